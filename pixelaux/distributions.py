@@ -1,0 +1,218 @@
+"""Output distributions of a PixelCNN (DESIGN.md section 1).
+
+Each distribution maps the network output ``params`` at a pixel to a distribution
+over that pixel's ``C`` integer channel values in ``[0, 2**bits)``.
+
+* ``log_prob(params, x)``: ``params`` ``(B, P, H, W)``, ``x`` integer ``(B, C, H, W)``
+  -> log-probability in nats per pixel, ``(B, H, W)`` (channels summed).
+* ``sample(params, u, temperature)``: ``params`` ``(B, P, H, W)``, uniforms ``u``
+  ``(B, H, W, U)`` in ``(0, 1)`` -> integer pixels ``(B, C, H, W)``. Deterministic:
+  the randomness is all in ``u``, drawn by the caller (see ``pixelaux.uniforms``).
+* ``sample_flat(params, u, temperature)``: the same on ``(N, P)`` and ``(N, U)``,
+  returning ``(N, C)``; this is what the per-pixel engines call.
+
+Every sampling engine (naive, cached torch / C++ / Triton) maps uniforms to pixels
+with the same arithmetic, written out step by step here.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_SCALE_MIN = -7.0
+U_EPS = 1e-5
+
+
+def _inverse_cdf_index(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index ``k`` of a categorical over the last axis of ``logits`` such that
+    ``cdf[k-1] <= u < cdf[k]``: the number of cumulative probabilities ``<= u``."""
+    cdf = torch.cumsum(torch.softmax(logits, dim=-1), dim=-1)
+    k = (cdf <= u.unsqueeze(-1)).sum(dim=-1)
+    return k.clamp(max=logits.shape[-1] - 1)
+
+
+def _to_flat(params: torch.Tensor) -> torch.Tensor:
+    return params.permute(0, 2, 3, 1).reshape(-1, params.shape[1])
+
+
+def _check_temperature(temperature: float) -> float:
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+class Distribution:
+    """Shared shape plumbing; subclasses define ``num_params``, ``num_uniforms``,
+    ``log_prob_flat`` and ``sample_flat``."""
+
+    channels: int
+    bits: int
+
+    @property
+    def levels(self) -> int:
+        return 2 ** self.bits
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = params.shape
+        xf = x.permute(0, 2, 3, 1).reshape(-1, self.channels)
+        return self.log_prob_flat(_to_flat(params), xf).reshape(b, h, w)
+
+    def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        b, _, h, w = params.shape
+        out = self.sample_flat(_to_flat(params), u.reshape(-1, self.num_uniforms), temperature)
+        return out.reshape(b, h, w, self.channels).permute(0, 3, 1, 2).contiguous()
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+
+class Categorical(Distribution):
+    """Independent softmax over ``2**bits`` values per channel.
+
+    ``params`` per pixel: ``C * levels`` logits, channel-major. With ``C > 1`` the
+    channels of one pixel are independent given the past (no within-pixel coupling);
+    it is meant for 1-channel images such as the 4-bit gray view.
+    Uniforms per pixel: one per channel.
+    """
+
+    def __init__(self, channels: int = 1, bits: int = 4):
+        self.channels, self.bits = channels, bits
+
+    @property
+    def num_params(self) -> int:
+        return self.channels * self.levels
+
+    @property
+    def num_uniforms(self) -> int:
+        return self.channels
+
+    def log_prob_flat(self, params, x):
+        logp = F.log_softmax(params.float().reshape(-1, self.channels, self.levels), dim=-1)
+        return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def sample_flat(self, params, u, temperature: float = 1.0):
+        t = _check_temperature(temperature)
+        logits = params.float().reshape(-1, self.channels, self.levels) / t
+        return _inverse_cdf_index(logits, u.float())
+
+    def config(self):
+        return {"dist": "categorical", "channels": self.channels, "bits": self.bits}
+
+
+class DiscretizedLogisticMixture(Distribution):
+    """PixelCNN++ mixture of discretized logistics with linear channel coupling.
+
+    ``params`` per pixel, for ``M = nr_mix`` components and ``C`` channels:
+    ``[logits (M), means (C*M), log_scales (C*M), coeffs (C(C-1)/2 * M)]``, each block
+    channel-major. Channel ``c`` of component ``k`` has mean
+    ``means[c, k] + sum_{c' < c} tanh(coeffs[(c, c'), k]) * x[c']`` (R -> G -> B for
+    RGB), with the pairs ``(c, c')`` ordered ``(1,0), (2,0), (2,1), ...``.
+    Pixels map to ``[-1, 1]`` on a grid of ``levels`` points, bins of width
+    ``2 / (levels - 1)``; the two end bins extend to infinity. Log-scales are clamped
+    at -7.
+
+    Uniforms per pixel: ``1 + C``; the first picks the component by inverse CDF, the
+    others give each channel by the logistic inverse CDF, then round to the grid.
+    Temperature ``T`` divides the mixture logits and multiplies the scales.
+    """
+
+    def __init__(self, channels: int = 3, bits: int = 8, nr_mix: int = 10):
+        self.channels, self.bits, self.nr_mix = channels, bits, nr_mix
+
+    @property
+    def num_coeffs(self) -> int:
+        return self.channels * (self.channels - 1) // 2
+
+    @property
+    def num_params(self) -> int:
+        return self.nr_mix * (1 + 2 * self.channels + self.num_coeffs)
+
+    @property
+    def num_uniforms(self) -> int:
+        return 1 + self.channels
+
+    def split(self, params: torch.Tensor):
+        """``(N, P)`` -> logits ``(N, M)``, means, log_scales ``(N, C, M)``, coeffs ``(N, C(C-1)/2, M)``."""
+        m, c = self.nr_mix, self.channels
+        p = params.float()
+        logits = p[:, :m]
+        means = p[:, m:m + c * m].reshape(-1, c, m)
+        log_scales = p[:, m + c * m:m + 2 * c * m].reshape(-1, c, m).clamp(min=LOG_SCALE_MIN)
+        coeffs = torch.tanh(p[:, m + 2 * c * m:].reshape(-1, self.num_coeffs, m))
+        return logits, means, log_scales, coeffs
+
+    def _coupled_means(self, means, coeffs, xs):
+        """Means after coupling with the scaled channel values ``xs`` ``(N, C)``."""
+        out = [means[:, 0]]
+        pair = 0
+        for c in range(1, self.channels):
+            mc = means[:, c]
+            for cp in range(c):
+                mc = mc + coeffs[:, pair] * xs[:, cp:cp + 1]
+                pair += 1
+            out.append(mc)
+        return torch.stack(out, dim=1)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * (2.0 / (self.levels - 1)) - 1.0
+
+    def log_prob_flat(self, params, x):
+        logits, means, log_scales, coeffs = self.split(params)
+        xs = self.to_unit(x)                                     # (N, C)
+        mean = self._coupled_means(means, coeffs, xs)            # (N, C, M)
+        centered = xs.unsqueeze(-1) - mean
+        inv_s = torch.exp(-log_scales)
+        half = 1.0 / (self.levels - 1)
+        plus_in = inv_s * (centered + half)
+        min_in = inv_s * (centered - half)
+        log_cdf_plus = plus_in - F.softplus(plus_in)             # log sigmoid(plus_in)
+        log_one_minus_cdf_min = -F.softplus(min_in)              # log (1 - sigmoid(min_in))
+        cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+        mid_in = inv_s * centered
+        log_pdf_mid = mid_in - log_scales - 2.0 * F.softplus(mid_in)
+        inner = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)),
+                            log_pdf_mid + math.log(2 * half))
+        xi = x.long().unsqueeze(-1)
+        lp = torch.where(xi == 0, log_cdf_plus,
+                         torch.where(xi == self.levels - 1, log_one_minus_cdf_min, inner))
+        return torch.logsumexp(lp.sum(1) + F.log_softmax(logits, dim=-1), dim=-1)
+
+    def sample_flat(self, params, u, temperature: float = 1.0):
+        t = _check_temperature(temperature)
+        logits, means, log_scales, coeffs = self.split(params)
+        u = u.float()
+        k = _inverse_cdf_index(logits / t, u[:, 0])              # (N,)
+        pick = lambda a: a.gather(-1, k.view(-1, 1, 1).expand(-1, a.shape[1], 1)).squeeze(-1)
+        mu, log_s = pick(means), pick(log_scales)
+        co = pick(coeffs) if self.num_coeffs else None
+        n, c = mu.shape
+        top = self.levels - 1
+        pixels = torch.empty(n, c, dtype=torch.long, device=params.device)
+        xs = torch.empty(n, c, dtype=torch.float32, device=params.device)
+        pair = 0
+        for ch in range(c):
+            mean = mu[:, ch]
+            for cp in range(ch):
+                mean = mean + co[:, pair] * xs[:, cp]
+                pair += 1
+            uc = u[:, 1 + ch].clamp(U_EPS, 1.0 - U_EPS)
+            val = mean + torch.exp(log_s[:, ch]) * t * (torch.log(uc) - torch.log1p(-uc))
+            pix = torch.round((val + 1.0) * (top / 2.0)).clamp(0, top)
+            pix = torch.nan_to_num(pix, nan=0.0)
+            pixels[:, ch] = pix.long()
+            xs[:, ch] = pix * (2.0 / top) - 1.0
+        return pixels
+
+    def config(self):
+        return {"dist": "logistic", "channels": self.channels, "bits": self.bits, "nr_mix": self.nr_mix}
+
+
+def make_distribution(dist: str, channels: int, bits: int, nr_mix: int = 10) -> Distribution:
+    if dist == "logistic":
+        return DiscretizedLogisticMixture(channels, bits, nr_mix)
+    if dist == "categorical":
+        return Categorical(channels, bits)
+    raise ValueError(f"dist must be 'logistic' or 'categorical', got {dist!r}")
