@@ -141,7 +141,7 @@ class DiscretizedLogisticMixture(Distribution):
         logits = p[:, :m]
         means = p[:, m:m + c * m].reshape(-1, c, m)
         log_scales = p[:, m + c * m:m + 2 * c * m].reshape(-1, c, m).clamp(min=LOG_SCALE_MIN)
-        coeffs = torch.tanh(p[:, m + 2 * c * m:].reshape(-1, self.num_coeffs, m))
+        coeffs = torch.tanh(p[:, m + 2 * c * m:].reshape(p.shape[0], self.num_coeffs, m))
         return logits, means, log_scales, coeffs
 
     def _coupled_means(self, means, coeffs, xs):

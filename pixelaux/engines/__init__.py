@@ -1,0 +1,93 @@
+"""Sampling engines for one ``GatedPixelCNN`` stage (DESIGN.md section 2).
+
+Every engine has the same contract, ``run(model, x, known, cond, uniforms,
+temperature, progress)`` -> completed ``x``, and consumes the same uniforms in the
+same order, so the same seed gives the same images whichever is used.
+
+* ``naive``: a full forward pass per pixel (the reference).
+* ``cached``: per-layer row caches, about one forward pass per image, with the
+  backends ``torch`` (readable, any device), ``cpp`` (CPU, C++ extension) and
+  ``triton`` (CUDA GPUs). ``auto`` picks the fastest available one.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+
+logger = logging.getLogger("pixelaux")
+
+ENGINES = ("naive", "cached")
+BACKENDS = ("auto", "torch", "cpp", "triton")
+_warned = set()
+
+
+def _warn_once(key: str, message: str):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def cpp_status() -> tuple[bool, str]:
+    try:
+        from .. import native
+    except ImportError as e:  # pragma: no cover - native.py always ships
+        return False, str(e)
+    return native.available(), native.reason()
+
+
+def triton_status(device: torch.device) -> tuple[bool, str]:
+    from . import cached_triton
+    return cached_triton.status(device)
+
+
+def resolve(engine: str, backend: str, device) -> tuple[str, str | None]:
+    """Check ``engine``/``backend`` and return ``(engine, backend)`` with ``auto``
+    replaced by the backend that will run (``None`` for the naive engine)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    if engine == "naive":
+        return engine, None
+    if backend == "auto":
+        if device.type == "cuda":
+            ok, why = triton_status(device)
+            if ok:
+                return engine, "triton"
+            _warn_once("triton", f"pixelaux: Triton backend unavailable ({why}); using the torch backend")
+            return engine, "torch"
+        if device.type == "cpu":
+            ok, why = cpp_status()
+            if ok:
+                return engine, "cpp"
+            _warn_once("cpp", f"pixelaux: C++ backend unavailable ({why}); using the torch backend")
+        return engine, "torch"
+    if backend == "cpp":
+        ok, why = cpp_status()
+        if not ok:
+            raise RuntimeError(f"backend='cpp' is not available: {why}")
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpp' runs on CPU models, got a model on {device}")
+    if backend == "triton":
+        ok, why = triton_status(device)
+        if not ok:
+            raise RuntimeError(f"backend='triton' is not available: {why}")
+    return engine, backend
+
+
+def runner(engine: str, backend: str | None):
+    """The ``run`` function of an engine/backend pair (already resolved)."""
+    if engine == "naive":
+        from .naive import run
+    elif backend == "torch":
+        from .cached_torch import run
+    elif backend == "cpp":
+        from .cached_cpp import run
+    elif backend == "triton":
+        from .cached_triton import run
+    else:  # pragma: no cover - resolve() rejects these
+        raise ValueError(f"unknown backend {backend!r}")
+    return run

@@ -1,0 +1,33 @@
+"""The naive engine: one full forward pass per pixel, as every public PixelCNN code does.
+
+The honest baseline and the reference every cached backend is tested against.
+"""
+from __future__ import annotations
+
+import torch
+
+from .progress import pixel_progress
+
+
+@torch.no_grad()
+def run(model, x, known, cond, uniforms, temperature, progress=False):
+    """Sample the unknown pixels of ``x`` in raster order.
+
+    model: ``GatedPixelCNN`` in eval mode. x: ``(B, C, H, W)`` long, holding the known
+    pixels (others are overwritten). known: ``(B, H, W)`` bool or None. cond: float
+    ``(B, cond_channels, H, W)`` or None. uniforms: ``(B, H, W, U)`` float32.
+    Returns the completed ``x``.
+    """
+    x = x.clone()
+    _, _, h, w = x.shape
+    with pixel_progress(h * w, progress, "naive") as bar:
+        for i in range(h):
+            for j in range(w):
+                params = model.forward_unchecked(x, cond)[:, :, i, j]
+                pix = model.dist.sample_flat(params, uniforms[:, i, j].to(x.device), temperature)
+                if known is None:
+                    x[:, :, i, j] = pix
+                else:
+                    x[:, :, i, j] = torch.where(known[:, i, j, None], x[:, :, i, j], pix)
+                bar.update(1)
+    return x
