@@ -1,11 +1,30 @@
 """pixelaux: PixelCNN models with auxiliary variables and a fast, exact sampling engine.
 
-Models: ``GatedPixelCNN``, ``GrayscalePixelCNN``, ``PyramidPixelCNN``.
-Sampling and scoring: ``sample``, ``bits_per_dim``.
+Models: ``GatedPixelCNN`` (the causal stack), ``GrayscalePixelCNN`` (4-bit gray prior +
+colour given gray), ``PyramidPixelCNN`` (resolution levels, each given the one below).
+Sampling and scoring: ``sample``, ``bits_per_dim``; tasks: ``colorize``, ``upscale``,
+``complete``. Weights: ``save``, ``load`` (a checkpoint file or an embedded model name),
+``list_models``. Training: ``train``.
 """
 from . import distributions
+from .applications import colorize, complete, upscale
+from .checkpoint import save
+from .encoders import ResNetEncoder, UNetEncoder
 from .gated_pixelcnn import GatedPixelCNN
+from .grayscale import GrayscalePixelCNN, to_gray
+from .pretrained import list_models, load
+from .pyramid import PyramidPixelCNN, build_pyramid
 from .sampling import bits_per_dim, sample
 
 __version__ = "0.1.0"
-__all__ = ["GatedPixelCNN", "distributions", "sample", "bits_per_dim"]
+
+
+def train(*args, **kwargs):
+    """``pixelaux.training.train`` (imported on first use)."""
+    from .training import train as _train
+    return _train(*args, **kwargs)
+
+
+__all__ = ["GatedPixelCNN", "GrayscalePixelCNN", "PyramidPixelCNN", "ResNetEncoder", "UNetEncoder",
+           "distributions", "sample", "bits_per_dim", "colorize", "upscale", "complete", "save", "load",
+           "list_models", "train", "to_gray", "build_pyramid"]

@@ -1,0 +1,236 @@
+"""Sampling benchmark: naive vs cached (each backend) on the same model, batch and seed.
+
+Figures (DESIGN.md section 3), all from one run:
+
+* ``s/img``: seconds per image of the sampler (batch time / batch size);
+* ``speedup = t_naive / t_cached``;
+* ``overhead = t_cached / t_forward``, with ``t_forward`` one batched forward pass of
+  the model over the same batch (ideal ~1; naive sampling is ~``H*W``);
+* ``peak MiB``: the growth of the process's peak resident memory during the run
+  (CPU) or ``torch.cuda.max_memory_allocated`` (GPU).
+
+Each measurement runs in a fresh subprocess (so peak memory is its own), builds the
+same model from the same seed, warms up, then times. The naive engine is timed on a
+prefix of ``--naive-pixels`` pixels and extrapolated to ``H*W`` (every pixel costs
+the same full forward pass); the table marks it ``(extrapolated)``.
+
+Run: ``python benchmarks/bench_sampling.py`` or ``pixelaux bench`` (``--help``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+PRESETS = {
+    "bench-32": dict(channels=3, bits=8, hidden=64, blocks=8, dist="logistic", nr_mix=10, size=32),
+    "tiny-16": dict(channels=3, bits=8, hidden=16, blocks=2, dist="logistic", nr_mix=5, size=16),
+}
+PROVIDERS = ("forward", "naive", "cached-torch", "cached-cpp", "cached-triton")
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def _sync(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(spec: dict) -> dict:
+    """One measurement (runs in the worker process). ``spec``: provider, config, batch,
+    device, seed, naive_pixels, repeat."""
+    import torch
+
+    import pixelaux
+    from pixelaux.engines import runner
+    from pixelaux.uniforms import ImageUniforms
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    cfg = dict(spec["config"])
+    size = cfg.pop("size")
+    device = torch.device(spec["device"])
+    torch.manual_seed(spec["seed"])
+    model = pixelaux.GatedPixelCNN(**cfg, image_size=(size, size)).to(device).eval()
+    b, provider = spec["batch"], spec["provider"]
+    gen = torch.Generator().manual_seed(spec["seed"])
+    u = ImageUniforms(b, gen).draw(size, size, model.dist.num_uniforms)
+    x0 = torch.zeros(b, model.channels, size, size, dtype=torch.long, device=device)
+    pixels = size * size
+    if provider == "forward":
+        # A realistic input: random pixels, never zeros.
+        xr = torch.randint(0, 2 ** model.bits, x0.shape, generator=gen).to(device)
+        fn = lambda: model.forward_unchecked(xr)
+        scale = 1.0
+    elif provider == "naive":
+        k = min(spec["naive_pixels"], pixels)
+        run = runner("naive", None)
+        fn = lambda: run(model, x0, None, None, u, 1.0, max_pixels=k)
+        scale = pixels / k
+    else:
+        backend = provider.split("-", 1)[1]
+        pixelaux.engines.resolve("cached", backend, device)      # clear error if unavailable
+        run = runner("cached", backend)
+        fn = lambda: run(model, x0, None, None, u, 1.0)
+        scale = 1.0
+    with torch.no_grad():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        rss0 = _rss_mib()                                         # model and inputs are built
+        fn()                                                      # warm-up
+        _sync(device)
+        times = []
+        for _ in range(spec["repeat"]):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    else:
+        peak = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0)
+    return {"seconds": min(times) * scale, "peak_mib": peak, "extrapolated": scale != 1.0}
+
+
+def _run_worker(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "pixelaux.bench", "--worker", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def run_benchmark(preset="bench-32", batches=(1, 16), providers=("naive", "cached-torch", "cached-cpp"),
+                  device="cpu", seed=0, naive_pixels=8, repeat=1, csv_path=None, plot_path=None,
+                  threads=None, config=None, log=print):
+    """Run the table; returns the rows (dicts). Appends them to ``csv_path`` and plots
+    to ``plot_path`` when given."""
+    config = dict(config or PRESETS[preset])
+    rows = []
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    machine = machine_name(device)
+    log(f"pixelaux sampling benchmark  {stamp}  device={device} ({machine})  model={preset} {config}")
+    header = f"{'batch':>5} {'provider':<14} {'s/img':>10} {'speedup':>9} {'overhead':>9} {'peak MiB':>9}"
+    for b in batches:
+        base = dict(config=config, batch=b, device=device, seed=seed, naive_pixels=naive_pixels,
+                    repeat=repeat, threads=threads)
+        fwd = _run_worker({**base, "provider": "forward"})
+        if "error" in fwd:
+            raise RuntimeError(f"forward pass failed: {fwd['error']}")
+        results = {p: _run_worker({**base, "provider": p}) for p in providers}
+        t_naive = results.get("naive", {}).get("seconds")
+        log(header)
+        log(f"{b:>5} {'forward':<14} {fwd['seconds'] / b:>10.4f} {'':>9} {1.0:>9.2f} {fwd['peak_mib']:>9.1f}")
+        for p, r in results.items():
+            if "error" in r:
+                log(f"{b:>5} {p:<14} unavailable: {r['error']}")
+                continue
+            speedup = t_naive / r["seconds"] if t_naive else float("nan")
+            overhead = r["seconds"] / fwd["seconds"]
+            note = " (extrapolated)" if r["extrapolated"] else ""
+            log(f"{b:>5} {p:<14} {r['seconds'] / b:>10.4f} {speedup:>9.1f} {overhead:>9.2f} "
+                f"{r['peak_mib']:>9.1f}{note}")
+            rows.append(dict(date=stamp, device=device, machine=machine, model=preset,
+                             config=json.dumps(config, sort_keys=True), batch=b, provider=p,
+                             seconds_per_image=r["seconds"] / b, seconds_batch=r["seconds"],
+                             forward_seconds_batch=fwd["seconds"], speedup=speedup, overhead=overhead,
+                             peak_mib=r["peak_mib"], extrapolated=r["extrapolated"]))
+    if csv_path and rows:
+        new = not os.path.exists(csv_path)
+        os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+        with open(csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+        log(f"appended {len(rows)} rows to {csv_path}")
+    if plot_path and rows:
+        plot(rows, plot_path)
+        log(f"wrote {plot_path}")
+    return rows
+
+
+def plot(rows, path):
+    """Bar chart of seconds per image (log scale) per provider and batch."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("plotting needs matplotlib: pip install matplotlib") from e
+    batches = sorted({r["batch"] for r in rows})
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    width = 0.8 / len(providers)
+    for k, p in enumerate(providers):
+        xs, ys = [], []
+        for i, b in enumerate(batches):
+            r = [r for r in rows if r["batch"] == b and r["provider"] == p]
+            if r:
+                xs.append(i + k * width)
+                ys.append(r[0]["seconds_per_image"])
+        bars = ax.bar(xs, ys, width, label=p)
+        for bar, y in zip(bars, ys):
+            ax.annotate(f"{y:.3g}s", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks([i + width * (len(providers) - 1) / 2 for i in range(len(batches))])
+    ax.set_xticklabels([f"batch {b}" for b in batches])
+    ax.set_ylabel("seconds per image (log)")
+    ax.set_title(f"{rows[0]['model']} sampling on {rows[0]['machine']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def add_arguments(p: argparse.ArgumentParser):
+    p.add_argument("--preset", default="bench-32", choices=sorted(PRESETS), help="model configuration")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes")
+    p.add_argument("--providers", nargs="+", default=["naive", "cached-torch", "cached-cpp"],
+                   choices=[q for q in PROVIDERS if q != "forward"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--naive-pixels", type=int, default=8, help="naive engine: pixels timed, then extrapolated")
+    p.add_argument("--repeat", type=int, default=1, help="timed repetitions (the minimum is kept)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--csv", default=None, help="append rows to this CSV")
+    p.add_argument("--plot", default=None, help="write a PNG bar chart here (needs matplotlib)")
+
+
+def run_from_args(args) -> int:
+    run_benchmark(args.preset, args.batch, args.providers, args.device, args.seed, args.naive_pixels,
+                  args.repeat, args.csv, args.plot, args.threads)
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        print(json.dumps(measure(json.loads(argv[1]))))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

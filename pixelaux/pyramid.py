@@ -1,0 +1,163 @@
+"""Pyramid auxiliary variables (DESIGN.md section 1; Kolesnikov & Lampert 2017, sec. 3.2).
+
+``X_k`` is the image average-pooled by ``2**k`` and rounded back to the integer grid,
+``X_0 = X``. Each ``X_k`` (``k >= 1``) is a function of ``X``, so the model factorises
+from the smallest level up:
+
+    log p(X) >= log p(X_{L-1}) + sum_{k < L-1} log p(X_k | X_{k+1})
+
+(a lower bound of the model's marginal; equality for the true distribution). The
+smallest level (e.g. 8x8) has an unconditional ``GatedPixelCNN``; every other level a
+``GatedPixelCNN`` that samples all its pixels in raster order, conditioned through a
+non-causal ``UNetEncoder`` on the level below (computed once per image).
+
+Two index conventions, both explicit:
+
+* ``build_pyramid(x, levels)`` returns ``[X_0, X_1, ...]``: **largest first**, the index
+  is the pooling exponent ``k`` (``X_k`` has size ``H / 2**k``).
+* ``PyramidPixelCNN`` numbers its stages **smallest first**: ``levels[0]`` models the
+  seed-size image, ``levels[k]`` the ``seed * 2**k`` image given stage ``k-1``;
+  ``model.pyramid(x)`` returns the images in that order.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .checks import check_float, check_images, check_int, check_size
+from .encoders import UNetEncoder
+from .gated_pixelcnn import GatedPixelCNN
+from .grayscale import div_round_half_even
+
+
+def build_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """``[X_0 = x, X_1, ..., X_{levels-1}]``, largest first.
+
+    ``x``: integer ``(B, C, H, W)``; ``H`` and ``W`` divisible by ``2**(levels-1)``.
+    ``X_k`` = ``avg_pool(x, 2**k)`` rounded half to even, int64 ``(B, C, H/2**k, W/2**k)``;
+    every level is pooled from ``x`` itself (not from ``X_{k-1}``), in exact integer
+    arithmetic (block sums divided by ``4**k``).
+    """
+    if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype.is_complex \
+            or x.dtype == torch.bool:
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x must be a torch.Tensor of integer pixels, got {got}")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    levels = check_int(levels, "levels", min_value=1)
+    b, c, h, w = x.shape
+    f = 2 ** (levels - 1)
+    if h % f or w % f:
+        raise ValueError(f"x spatial size {(h, w)} must be divisible by 2**(levels-1) = {f} "
+                         f"for levels={levels}")
+    x = x.long()
+    out = [x]
+    for k in range(1, levels):
+        f = 2 ** k
+        s = x.reshape(b, c, h // f, f, w // f, f).sum(dim=(3, 5))
+        out.append(div_round_half_even(s, f * f))
+    return out
+
+
+def level_sizes(image_size, seed_size) -> list[tuple[int, int]]:
+    """``[seed, 2*seed, ..., image_size]`` as ``(H, W)`` pairs; ``image_size`` must be
+    ``seed_size * 2**k`` in both dimensions with the same ``k >= 0``."""
+    ih, iw = check_size(image_size, "image_size")
+    sh, sw = check_size(seed_size, "seed_size")
+    ks = []
+    for i, s in ((ih, sh), (iw, sw)):
+        r = i // s
+        ks.append(r.bit_length() - 1 if i % s == 0 and r & (r - 1) == 0 else None)
+    if ks[0] is None or ks[0] != ks[1]:
+        raise ValueError(f"image_size must be seed_size * 2**k (k >= 0, the same k for H and W), "
+                         f"got image_size={(ih, iw)} and seed_size={(sh, sw)}")
+    return [(sh * 2 ** k, sw * 2 ** k) for k in range(ks[0] + 1)]
+
+
+class PyramidPixelCNN(nn.Module):
+    """``p(X) = p(X_{L-1}) prod_k p(X_k | X_{k+1})`` over an average-pool pyramid.
+
+    ``model(x)`` / ``model.log_prob(x)``: integer ``(B, channels, H, W)`` -> nats ``(B,)``.
+    ``(H, W)`` is ``image_size`` by default; every stage is fully convolutional, so any size
+    divisible by ``2**(num_levels-1)`` works (the stages then have that size / ``2**k``).
+    ``levels[0]`` (seed size) is unconditional; ``levels[k]`` takes
+    ``cond = encoders[k-1](stage k-1 image)``, ``cond_channels`` wide (default ``hidden``).
+    ``encoder_hidden`` (default ``hidden``) is the U-net width.
+    """
+
+    kind = "PyramidPixelCNN"
+
+    def __init__(self, channels: int = 3, bits: int = 8, image_size=32, seed_size=8, hidden: int = 64,
+                 blocks: int = 3, kernel_size: int = 3, nr_mix: int = 10, dist: str = "logistic",
+                 encoder_hidden: int | None = None, dropout: float = 0.0,
+                 cond_channels: int | None = None):
+        super().__init__()
+        channels = check_int(channels, "channels", min_value=1)
+        bits = check_int(bits, "bits", min_value=1, max_value=16)
+        hidden = check_int(hidden, "hidden", min_value=1)
+        blocks = check_int(blocks, "blocks", min_value=0)
+        kernel_size = check_int(kernel_size, "kernel_size", min_value=1)
+        nr_mix = check_int(nr_mix, "nr_mix", min_value=1)
+        dropout = check_float(dropout, "dropout", min_value=0.0, max_value=1.0)
+        encoder_hidden = None if encoder_hidden is None else check_int(encoder_hidden, "encoder_hidden", min_value=1)
+        cond_channels = None if cond_channels is None else check_int(cond_channels, "cond_channels", min_value=1)
+        self.level_sizes = level_sizes(image_size, seed_size)
+        self.image_size, self.seed_size = self.level_sizes[-1], self.level_sizes[0]
+        self.config = dict(channels=channels, bits=bits, image_size=list(self.image_size),
+                           seed_size=list(self.seed_size), hidden=hidden, blocks=blocks,
+                           kernel_size=kernel_size, nr_mix=nr_mix, dist=dist,
+                           encoder_hidden=encoder_hidden, dropout=dropout, cond_channels=cond_channels)
+        self.channels, self.bits = channels, bits
+        k_cond = hidden if cond_channels is None else cond_channels
+        e_hidden = hidden if encoder_hidden is None else encoder_hidden
+        self.levels = nn.ModuleList(
+            GatedPixelCNN(channels=channels, bits=bits, hidden=hidden, blocks=blocks,
+                          kernel_size=kernel_size, dropout=dropout, cond_channels=0 if k == 0 else k_cond,
+                          dist=dist, nr_mix=nr_mix, image_size=size)
+            for k, size in enumerate(self.level_sizes))
+        self.encoders = nn.ModuleList(
+            UNetEncoder(channels, bits, e_hidden, k_cond) for _ in self.level_sizes[1:])
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.level_sizes)
+
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, C, H, W)`` -> the stage images, **smallest first** (``level_sizes`` order
+        for ``image_size`` inputs); ``H``, ``W`` divisible by ``2**(num_levels-1)``."""
+        x = check_images(x, "x", channels=self.channels, bits=self.bits)
+        return build_pyramid(x, self.num_levels)[::-1]
+
+    def cond(self, k: int, lower: torch.Tensor) -> torch.Tensor:
+        """Conditioning map of stage ``k >= 1`` given the stage ``k-1`` image:
+        ``(B, C, h, w)`` -> ``(B, cond_channels, 2h, 2w)`` (``level_sizes[k-1]`` ->
+        ``level_sizes[k]`` at ``image_size``). Computed once per image when sampling."""
+        k = check_int(k, "k", min_value=1, max_value=self.num_levels - 1)
+        return self.encoders[k - 1](check_images(lower, "lower", channels=self.channels, bits=self.bits))
+
+    def log_prob_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"level{k}_{h}x{w}": log p(stage k | stage k-1)}`` smallest first, each nats ``(B,)``
+        (``h x w`` the stage's size, e.g. ``level0_8x8`` for the default model)."""
+        xs = self.pyramid(x)
+        parts = {}
+        for k, xk in enumerate(xs):
+            cond = None if k == 0 else self.cond(k, xs[k - 1])
+            parts[f"level{k}_{xk.shape[2]}x{xk.shape[3]}"] = self.levels[k].log_prob(xk, cond)
+        return parts
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the stage log-likelihoods in nats, ``(B,)``."""
+        return sum(self.log_prob_parts(x).values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(x)
+
+    def bits_per_dim(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"total", "level0_...", ...}``, each ``(B,)`` bits per dim over ``C*H*W`` of the
+        full image ``x``, so the levels add up to ``total`` (computed as their sum)."""
+        parts = self.log_prob_parts(x)
+        dims = x.shape[1] * x.shape[2] * x.shape[3]
+        out = {k: -v / (dims * math.log(2.0)) for k, v in parts.items()}
+        return {"total": sum(out.values()), **out}
