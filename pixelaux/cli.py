@@ -298,7 +298,8 @@ def cmd_models(args):
 
 def cmd_train(args):
     from .training import run_train_command
-    return run_train_command(args)
+    run_train_command(args)
+    return 0
 
 
 def cmd_bench(args):

@@ -1,0 +1,539 @@
+"""Training: Adam + EMA + gradient clipping, atomic checkpoints, exact resume, DDP.
+
+:func:`train` minimises bits/dim, ``-log_prob(x) / (C*H*W*ln 2)``, of any pixelaux
+model that takes just ``x`` (unconditional :class:`~pixelaux.GatedPixelCNN`, the
+grayscale and pyramid composites). What it writes to ``out_dir``:
+
+* ``model.safetensors``: the EMA weights via :func:`pixelaux.checkpoint.save`, so
+  :func:`pixelaux.checkpoint.load` gives a sampling-ready model; its header also holds
+  ``step``, ``train_bpd`` and (when evaluated at that step) ``test_bpd``.
+* ``training_state.safetensors``: raw and EMA weights, Adam state, step, RNG states
+  and the run settings (:func:`pixelaux.checkpoint.save_training_state`, no pickle).
+
+Both are written every ``ckpt_every`` steps and at the end, each atomically (a crash
+or Ctrl-C leaves the previous complete file, never a partial one). ``resume=True``
+continues from ``training_state.safetensors``; since the batch of step ``t`` is a
+function of ``(seed, t)`` only, 10 + resume 10 steps give the same weights as 20
+straight steps.
+
+Data order: epoch ``e`` is a permutation of the training set drawn from ``(seed, e)``;
+step ``t`` takes the next ``batch_size * world_size`` indices and rank ``r`` its
+``r``-th slice (the sharding of ``DistributedSampler``, indexed by step so a resumed
+run continues mid-epoch without replaying the loader). Incomplete tail batches of an
+epoch are skipped.
+
+Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the
+process group is initialised here (NCCL on CUDA, Gloo on CPU) unless it already is,
+the model is wrapped in ``DistributedDataParallel``, every rank evaluates a shard of
+the test set (summed with ``all_reduce``) and only rank 0 writes files and logs.
+``batch_size`` is per process.
+
+``amp`` and ``compile`` act on CUDA only; on CPU they are ignored, with a log line.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .checkpoint import (check_state_dict, load_training_state, model_class, save,
+                         save_training_state, unwrap)
+from .checks import check_float, check_int
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "training_state.safetensors"
+LN2 = math.log(2.0)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``step``: optimizer steps done in total (resumed ones included); ``train_bpd``:
+    mean training bits/dim of the raw model over the last (up to 100) steps run in
+    this call, ``None`` if none ran; ``test_bpd``: bits/dim of the EMA model on
+    ``test_data`` at the end, ``None`` without test data; ``checkpoint`` and
+    ``training_state``: the files in ``out_dir``; ``ema_model``: the EMA model (what
+    ``checkpoint`` holds), in eval mode on the training device.
+    """
+    step: int
+    train_bpd: float | None
+    test_bpd: float | None
+    checkpoint: Path
+    training_state: Path
+    ema_model: nn.Module | None = field(default=None, repr=False)
+
+
+# --------------------------------------------------------------------------- data
+
+class _Images:
+    """Random access to integer images ``(C, H, W)`` from a tensor ``(N, C, H, W)`` or
+    a Dataset (items: a tensor / array, or a tuple whose first element is one)."""
+
+    def __init__(self, data, name: str):
+        self.name = name
+        if isinstance(data, torch.Tensor):
+            if data.dim() != 4:
+                raise ValueError(f"{name} must be a tensor (N, C, H, W), got shape {tuple(data.shape)}")
+            self.tensor, self.dataset = data, None
+        elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+            self.tensor, self.dataset = None, data
+        else:
+            raise TypeError(f"{name} must be a torch Dataset or a tensor (N, C, H, W), "
+                            f"got {type(data).__name__}")
+        if len(self) == 0:
+            raise ValueError(f"{name} is empty")
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0] if self.tensor is not None else len(self.dataset)
+
+    def _item(self, i: int) -> torch.Tensor:
+        x = self.dataset[i]
+        if isinstance(x, (tuple, list)):
+            x = x[0]
+        return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` ``(B,)`` int64 -> images ``(B, C, H, W)`` (the data set's integer dtype)."""
+        if self.tensor is not None:
+            return self.tensor[idx]
+        return torch.stack([self._item(i) for i in idx.tolist()])
+
+
+class _Order:
+    """Indices of the batch of step ``t`` for one rank; a function of ``(seed, t)``."""
+
+    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int):
+        self.n, self.bs, self.world, self.rank, self.seed = n, batch_size, world, rank, seed
+        self.per_epoch = n // (batch_size * world)
+        if self.per_epoch == 0:
+            raise ValueError(f"the training set has {n} images, fewer than one global batch "
+                             f"(batch_size {batch_size} x {world} processes)")
+        self._epoch, self._perm = None, None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, b = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            s = np.random.SeedSequence([self.seed, epoch]).generate_state(2, dtype=np.uint32)
+            g = torch.Generator().manual_seed(int(s[0]) << 32 | int(s[1]))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        start = (b * self.world + self.rank) * self.bs
+        return self._perm[start:start + self.bs]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+class _NegLogProb(nn.Module):
+    """``x`` ``(B, C, H, W)`` -> ``-log_prob(x)`` ``(B,)`` nats. A module, so DDP's
+    forward hooks and ``torch.compile`` see the likelihood, not just ``forward``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return -self.model.log_prob(x)
+
+
+def _dist():
+    import torch.distributed as dist
+    return dist
+
+
+@torch.no_grad()
+def _eval_bpd(model, images: _Images, batch_size: int, dev, autocast, world=1, rank=0) -> float:
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=dev)       # nats, dims
+    idx = torch.arange(rank, len(images), world)
+    for chunk in idx.split(batch_size):
+        x = images.batch(chunk).to(dev)
+        with autocast():
+            nll = -model.log_prob(x)
+        total[0] += nll.double().sum()
+        total[1] += x.numel()
+    if world > 1:
+        _dist().all_reduce(total)
+    model.train(was_training)
+    return float(total[0] / (total[1] * LN2))
+
+
+def bits_per_dim(model: nn.Module, data, *, batch_size: int = 64, device=None) -> float:
+    """Bits/dim of ``model`` on ``data`` (a Dataset or uint8 tensor ``(N, C, H, W)``):
+    ``sum(-log_prob) / (N*C*H*W*ln 2)``, in eval mode, without gradients."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    return _eval_bpd(model, _Images(data, "data"), check_int(batch_size, "batch_size", min_value=1),
+                     dev, contextlib.nullcontext)
+
+
+# --------------------------------------------------------------------------- helpers
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def _json_normal(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _gather_rng(world: int, dev: torch.device) -> dict:
+    """RNG states of every rank: ``{"torch": [uint8 ...], "cuda": [...]}`` (CPU tensors)."""
+    states = {"torch": torch.get_rng_state()}
+    if dev.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(dev)
+    if world == 1:
+        return {k: [v] for k, v in states.items()}
+    dist, out = _dist(), {}
+    comm = dev if dist.get_backend() == "nccl" else torch.device("cpu")
+    for k, v in states.items():
+        t = v.to(comm)
+        bufs = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(bufs, t)
+        out[k] = [b.cpu() for b in bufs]
+    return out
+
+
+def _setup_distributed(device) -> tuple[int, int, torch.device, bool]:
+    """-> (world_size, rank, device, created_group). Single process unless WORLD_SIZE > 1."""
+    dev = torch.device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 1, 0, dev, False
+    dist = _dist()
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_world_size(), dist.get_rank(), dev, created
+
+
+def _amp_dtype(amp, dev: torch.device, say):
+    if amp is False or amp is None:
+        return None
+    if amp not in (True, "bf16", "fp16"):
+        raise ValueError(f"amp must be False, True, 'bf16' or 'fp16', got {amp!r}")
+    if dev.type != "cuda":
+        say(f"amp={amp!r} ignored: mixed precision is used on CUDA only (device {dev})")
+        return None
+    if amp == "fp16" or (amp is True and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+# --------------------------------------------------------------------------- train
+
+def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_size: int = 32,
+          lr: float = 1e-3, lr_decay: float = 0.999995, ema_decay: float = 0.999,
+          grad_clip: float | None = 1.0, amp=False, compile: bool = False, out_dir,
+          resume: bool = False, eval_every: int | None = None, ckpt_every: int | None = 1000,
+          seed: int = 0, device="cpu", progress: bool = True, log=print) -> TrainResult:
+    """Train ``model`` in place for ``steps`` optimizer steps in total.
+
+    ``train_data`` / ``test_data``: Datasets of integer images ``(C, H, W)`` (or tuples
+    starting with one) or tensors ``(N, C, H, W)`` of ``uint8``/``int64``, matching the
+    model's ``channels`` and ``image_size``. Loss: mean bits/dim of the batch.
+
+    Adam with learning rate ``lr * lr_decay**t`` at step ``t``; gradients clipped to
+    global norm ``grad_clip`` (``None``: no clipping). An EMA of the weights with decay
+    ``min(ema_decay, (1 + t) / (10 + t))`` (warm-up, so short runs get a usable EMA)
+    is the model that is evaluated every ``eval_every`` steps and at the end
+    (``None``: at the end only) and saved as ``out_dir/model.safetensors``.
+    ``amp``: ``False``, ``True`` (bf16 where supported, else fp16 with a grad scaler),
+    ``"bf16"`` or ``"fp16"``; ``compile``: ``torch.compile`` the likelihood; both CUDA
+    only (ignored on CPU). ``seed`` fixes the data order and seeds torch's global RNG
+    (dropout) at the start of a fresh run; the model's initial weights are the
+    caller's. ``log``: a callable taking one string (rank 0 only); ``progress``: a tqdm
+    bar with the loss in bits/dim.
+
+    ``resume=False`` refuses an ``out_dir`` that already holds a run; ``resume=True``
+    requires one, checks that its kind and config equal ``model``'s and continues at
+    its step with weights, EMA, Adam state and RNG as saved.
+
+    The ``model`` passed in ends with the raw (non-averaged) weights, in train mode;
+    the EMA weights are ``result.ema_model`` and ``out_dir/model.safetensors``.
+
+    Raises ``FloatingPointError`` naming the step on a non-finite loss or gradient
+    norm, before anything is written for that step. ``KeyboardInterrupt`` propagates;
+    the files in ``out_dir`` are then those of the last checkpoint.
+    """
+    steps = check_int(steps, "steps", min_value=1)
+    batch_size = check_int(batch_size, "batch_size", min_value=1)
+    lr = check_float(lr, "lr", min_value=0.0, min_exclusive=True)
+    lr_decay = check_float(lr_decay, "lr_decay", min_value=0.0, max_value=1.0, min_exclusive=True)
+    ema_decay = check_float(ema_decay, "ema_decay", min_value=0.0, max_value=1.0)
+    if grad_clip is not None:
+        grad_clip = check_float(grad_clip, "grad_clip", min_value=0.0, min_exclusive=True)
+    if eval_every is not None:
+        eval_every = check_int(eval_every, "eval_every", min_value=1)
+    if ckpt_every is not None:
+        ckpt_every = check_int(ckpt_every, "ckpt_every", min_value=1)
+    seed = check_int(seed, "seed", min_value=0)
+    if not callable(log):
+        raise TypeError(f"log must be callable, got {type(log).__name__}")
+    model = unwrap(model)
+    kind = getattr(model, "kind", None)
+    model_class(kind)  # ValueError now, not at the first checkpoint, for unknown kinds
+    if getattr(model, "cond_channels", 0):
+        raise ValueError(f"train() handles models that take just x; this {kind} needs cond "
+                         f"(cond_channels={model.cond_channels})")
+    world, rank, dev, created = _setup_distributed(device)
+    try:
+        return _train(model, train_data, test_data, steps=steps, batch_size=batch_size, lr=lr,
+                      lr_decay=lr_decay, ema_decay=ema_decay, grad_clip=grad_clip, amp=amp,
+                      compile=compile, out_dir=Path(out_dir), resume=resume, eval_every=eval_every,
+                      ckpt_every=ckpt_every, seed=seed, dev=dev, world=world, rank=rank,
+                      progress=progress, log=log)
+    finally:
+        if created:
+            _dist().destroy_process_group()
+
+
+def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema_decay, grad_clip,
+           amp, compile, out_dir, resume, eval_every, ckpt_every, seed, dev, world, rank,
+           progress, log):
+    from tqdm.auto import tqdm
+
+    train_images = _Images(train_data, "train_data")
+    test_images = None if test_data is None else _Images(test_data, "test_data")
+    want = (model.channels, *model.image_size)
+    for imgs in (train_images, test_images):
+        if imgs is not None:
+            got = tuple(imgs.batch(torch.zeros(1, dtype=torch.long)).shape[1:])
+            if got != want:
+                raise ValueError(f"{imgs.name} images are {got} (C, H, W); the {model.kind} "
+                                 f"is built for {want}")
+    say = log if rank == 0 else (lambda s: None)
+
+    model.to(dev).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    amp_dtype = _amp_dtype(amp, dev, say)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    autocast = ((lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype is not None
+                else contextlib.nullcontext)
+    loss_fn = _NegLogProb(model)
+    if world > 1:
+        loss_fn = nn.parallel.DistributedDataParallel(
+            loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if compile:
+        if dev.type == "cuda":
+            loss_fn = torch.compile(loss_fn)
+        else:
+            say(f"compile=True ignored: torch.compile is used on CUDA only (device {dev})")
+
+    state_path, model_path = out_dir / STATE_FILE, out_dir / MODEL_FILE
+    run = dict(seed=seed, batch_size=batch_size, world_size=world, n_train=len(train_images))
+    start = 0
+    if resume:
+        if not state_path.is_file():
+            raise ValueError(f"resume=True but there is no {STATE_FILE} in {str(out_dir)!r}")
+        start = _restore(load_training_state(state_path), state_path, model, ema, opt, scaler,
+                         run, world, rank, dev, say)
+        say(f"resumed {str(state_path)!r} at step {start}")
+    else:
+        if state_path.exists() or model_path.exists():
+            raise ValueError(f"{str(out_dir)!r} already holds a run ({STATE_FILE} / {MODEL_FILE}); "
+                             "pass resume=True to continue it, or choose another out_dir")
+        torch.manual_seed(seed + rank)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint(step, train_bpd, test_bpd):
+        rng = _gather_rng(world, dev)                  # collective: every rank
+        if rank == 0:
+            save_training_state(state_path, dict(
+                step=step, kind=model.kind, config=model.config, run=run,
+                model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                scaler=scaler.state_dict() if scaler is not None else None, rng=rng))
+            extra = {"step": step, "train_bpd": train_bpd}
+            if test_bpd is not None:
+                extra["test_bpd"] = test_bpd
+            save(ema, model_path, extra=extra)
+        if world > 1:
+            _dist().barrier()
+
+    order = _Order(len(train_images), batch_size, world, rank, seed)
+    bar = tqdm(total=steps, disable=not (progress and rank == 0), unit="step", dynamic_ncols=True)
+    if log is print and not bar.disable:
+        say = bar.write                                # keeps the bar intact
+    window: collections.deque = collections.deque(maxlen=100)
+    mean = lambda: sum(window) / len(window) if window else None
+    test_bpd, step = None, start
+    last_ckpt = f"step {start}" if resume else "none"
+    bar.update(start)
+    try:
+        for step in range(start + 1, steps + 1):       # `step` = steps done after this one
+            x = train_images.batch(order(step - 1)).to(dev, non_blocking=True)
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_decay ** (step - 1)
+            with autocast():
+                nll = loss_fn(x)
+            loss = nll.float().mean() / (x[0].numel() * LN2)
+            value = loss.detach().clone()
+            if world > 1:
+                _dist().all_reduce(value)
+                value /= world
+            value = value.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"non-finite training loss ({value} bits/dim) at step {step}; stopped "
+                    f"without writing a checkpoint for it (last checkpoint: {last_ckpt})")
+            opt.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if scaler is not None:
+                scaler.unscale_(opt)
+            norm = nn.utils.clip_grad_norm_(model.parameters(),
+                                            grad_clip if grad_clip is not None else math.inf)
+            if scaler is not None:                      # skips steps with inf gradients
+                scaler.step(opt)
+                scaler.update()
+            else:
+                if not torch.isfinite(norm):
+                    raise FloatingPointError(
+                        f"non-finite gradient norm at step {step}; stopped without writing a "
+                        f"checkpoint for it (last checkpoint: {last_ckpt})")
+                opt.step()
+            _ema_update(ema, model, min(ema_decay, (1.0 + step) / (10.0 + step)))
+            window.append(value)
+            bar.update(1)
+            bar.set_postfix(bpd=f"{value:.4f}")
+            test_now = None
+            if test_images is not None and eval_every and step % eval_every == 0 and step != steps:
+                test_now = test_bpd = _eval_bpd(ema, test_images, batch_size, dev, autocast, world, rank)
+                say(f"step {step}: train {mean():.4f} bits/dim, test (EMA) {test_bpd:.4f} bits/dim")
+            if ckpt_every and step % ckpt_every == 0 and step != steps:
+                checkpoint(step, mean(), test_now)
+                last_ckpt = f"step {step}"
+        if start >= steps:
+            say(f"{str(state_path)!r} is already at step {start} >= steps={steps}; nothing to train")
+        if test_images is not None:
+            test_bpd = _eval_bpd(ema, test_images, batch_size, dev, autocast, world, rank)
+        if start < steps:
+            checkpoint(steps, mean(), test_bpd)
+            last_ckpt = f"step {steps}"
+    except KeyboardInterrupt:
+        say(f"interrupted at step {step}; last checkpoint in {str(out_dir)!r}: {last_ckpt}")
+        raise
+    finally:
+        bar.close()
+    summary = f"step {max(start, steps)}: " + (f"train {mean():.4f} bits/dim" if window else "no steps run")
+    if test_bpd is not None:
+        summary += f", test (EMA) {test_bpd:.4f} bits/dim"
+    say(summary + f"; model: {str(model_path)!r}")
+    return TrainResult(step=max(start, steps), train_bpd=mean(), test_bpd=test_bpd,
+                       checkpoint=model_path, training_state=state_path, ema_model=ema)
+
+
+def _restore(st, path, model, ema, opt, scaler, run, world, rank, dev, say) -> int:
+    """Load a training state into model / ema / opt / scaler / RNG; -> the step."""
+    what = f"training state {str(path)!r}"
+    if st.get("kind") != model.kind or st.get("config") != _json_normal(model.config):
+        raise ValueError(f"{what} is a {st.get('kind')} with config {st.get('config')}, but the "
+                         f"model given is a {model.kind} with config {_json_normal(model.config)}")
+    for name, module in (("model", model), ("ema", ema)):
+        check_state_dict(module, st[name], f"{what} ({name})")
+        module.load_state_dict(st[name], strict=True)
+    opt.load_state_dict(st["optimizer"])
+    if scaler is not None and st.get("scaler") is not None:
+        scaler.load_state_dict(st["scaler"])
+    saved_run = st.get("run", {})
+    changed = {k: (saved_run.get(k), v) for k, v in run.items() if saved_run.get(k) != v}
+    if changed:
+        say(f"warning: resuming with changed settings {changed} (saved, now): the data order "
+            "differs from an uninterrupted run")
+    rng = st.get("rng", {})
+    if len(rng.get("torch", [])) == world:
+        torch.set_rng_state(rng["torch"][rank].cpu())
+        if dev.type == "cuda" and len(rng.get("cuda", [])) == world:
+            torch.cuda.set_rng_state(rng["cuda"][rank].cpu(), dev)
+    else:
+        torch.manual_seed(run["seed"] + rank + int(st["step"]))
+    return int(st["step"])
+
+
+# --------------------------------------------------------------------------- CLI
+
+MODEL_KINDS = {"gated": "GatedPixelCNN", "grayscale": "GrayscalePixelCNN", "pyramid": "PyramidPixelCNN"}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``pixelaux train`` to ``parser``; returns it."""
+    p = parser
+    p.add_argument("--model-kind", choices=sorted(MODEL_KINDS), default="gated",
+                   help="gated: one GatedPixelCNN; grayscale: 4-bit gray then colour given gray; "
+                        "pyramid: multi-scale (default: gated)")
+    p.add_argument("--data", default="patches",
+                   help="patches (built-in natural-image patches, needs scikit-image), "
+                        "folder:PATH (PNG/JPEG files, no test set) or cifar10:PATH "
+                        "(cifar-10-python.tar.gz or its extracted folder) (default: patches)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image size in pixels (default: 32; folder: the images' own size, "
+                        "otherwise they are resized)")
+    p.add_argument("--hidden", type=int, default=64, help="channels per layer (default: 64)")
+    p.add_argument("--blocks", type=int, default=4, help="gated residual blocks (default: 4)")
+    p.add_argument("--steps", type=int, default=10000, help="optimizer steps in total (default: 10000)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step and process (default: 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--out", required=True, help="output directory for the checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initial weights and data order")
+    p.add_argument("--eval-every", type=int, default=1000, help="test every N steps (default: 1000)")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every N steps (default: 1000)")
+    return p
+
+
+def load_data(spec: str, size: int | None = None):
+    """``--data`` value -> ``(train, test)`` (``test`` may be ``None``); see :func:`add_train_arguments`."""
+    from . import data
+    kind, _, path = spec.partition(":")
+    if kind == "patches" and not path:
+        s = 32 if size is None else size
+        return data.natural_patches("train", s, flip=True), data.natural_patches("test", s)
+    if kind == "cifar10" and path:
+        if size not in (None, 32):
+            raise ValueError(f"CIFAR-10 images are 32x32; --size {size} is not supported")
+        return data.CIFAR10(path, train=True), data.CIFAR10(path, train=False)
+    if kind == "folder" and path:
+        return data.ImageFolder(path, size=size), None
+    raise ValueError(f"--data must be patches, folder:PATH or cifar10:PATH, got {spec!r}")
+
+
+def build_model(kind: str, *, image_size, hidden: int, blocks: int, channels: int = 3,
+                bits: int = 8) -> nn.Module:
+    """A fresh model of CLI kind ``gated`` / ``grayscale`` / ``pyramid``."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+    cls = model_class(MODEL_KINDS[kind])
+    return cls(channels=channels, bits=bits, hidden=hidden, blocks=blocks, image_size=image_size)
+
+
+def run_train_command(args: argparse.Namespace) -> TrainResult:
+    """Run ``pixelaux train`` with the options of :func:`add_train_arguments`."""
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    train_data, test_data = load_data(args.data, args.size)
+    probe = _Images(train_data, "train data").batch(torch.zeros(1, dtype=torch.long))
+    torch.manual_seed(args.seed)
+    model = build_model(args.model_kind, image_size=tuple(probe.shape[2:]), hidden=args.hidden,
+                        blocks=args.blocks)
+    return train(model, train_data, test_data=test_data, steps=args.steps,
+                 batch_size=args.batch_size, lr=args.lr, out_dir=args.out, resume=args.resume,
+                 eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
+                 device=device)
