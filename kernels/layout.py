@@ -1,0 +1,193 @@
+"""Device buffers and weight layouts of the Triton cached engine (torch only).
+
+For a ``GatedPixelCNN`` with ``NB`` blocks, ``HID`` hidden channels, ``C`` image
+channels (``CIN = C + 1`` with the ones channel), ``KH = (k + 1) // 2`` rows of
+context and ``KW = k`` columns for the vertical convs, sampling ``B`` images of
+``H x W``. Float buffers are float32, contiguous, channels last.
+
+State (written by the kernels):
+
+* ``x``          ``(B, C, H, W)`` int64: the image being sampled; the kernels read
+  the model's input straight from it (scaled on the fly, the ones channel is 1
+  inside the image and 0 outside), so there is no separate padded input buffer.
+* ``row``        ``(1,)`` int32: the row being sampled, read by every kernel and
+  advanced on the device (so the launches of a row can be replayed as a graph).
+* ``u_cur``      ``(B, W, HID)``: the vertical stream of the current row, updated in
+  place block by block (the residual input of each block).
+* ``u_win``      ``(NB+1, 2, B, KH, W, 2*HID)``: per block, ring buffers (``KH`` rows;
+  image row ``r`` lives in slot ``r % KH``) of the *activated* inputs of its two
+  vertical convs, ``concat_elu`` interleaved (``[.., 2*c]`` = ``elu(t_c)``,
+  ``[.., 2*c+1]`` = ``elu(-t_c)``): ``[k, 0]`` of the block's input ``u``, ``[k, 1]``
+  of its ``c1`` (``[NB, 0]``: the last block's output, read by its ``nin_skip``).
+  Reads mask rows ``< 0`` and columns outside ``[0, W)`` (the convs'
+  zero padding), so the buffers never need clearing.
+* ``ul_win``     ``(NB, 2, B, KH, W, 2*HID)``: the same for the horizontal convs.
+* ``ul_row0``    ``(B, W, HID)``: the down-shifted first-layer part of ``ul`` of
+  the current row.
+* ``ul_rowbias`` ``(NB, B, W, HID)``: per block, ``nin_skip(concat_elu(u)) + cond``
+  of the current row (everything of ``ul``'s ``c1`` that does not depend on row
+  ``i`` of ``ul``).
+* ``params``     ``(B, P, H, W)``: the head's output, with ``return_params`` only.
+* ``pscr``       ``(B, P)``: the head's output at the current pixel (scratch read
+  back by the sampling).
+
+Inputs: ``uniforms`` ``(B, H, W, U)``, ``known`` ``(B, H, W)`` int8 (or None),
+the conditioning terms computed once per image (or None): ``u_h1``/``ul_h1``
+``(NB, B, H, W, HID)`` and ``u_h2``/``ul_h2`` ``(NB, B, H, W, HID, 2)`` (gate halves
+interleaved: ``[.., c, 0]`` goes to ``c2a``, ``[.., c, 1]`` to ``c2b``).
+
+Weights (tap matrices ``(K, N)`` contiguous, the input index the interleaved
+``concat_elu`` one ``2*ci + half``, the output of a gate conv interleaved
+``2*co + g``):
+
+* ``w_u0`` ``(KH, KW, CIN, HID)`` (first vertical layer) and ``w_v0``, the same shape,
+  zero but for its last row (the first horizontal layer's down-shifted ``(1, KW)``
+  conv of image row ``i-1``, so both read one im2col tile); ``w_h0``
+  ``(KH, CIN, HID)`` (the right-shifted part); biases ``(HID,)``.
+* ``w_u1`` ``(NB, KH, KW, 2*HID, HID)``, ``w_u2`` ``(NB, KH, KW, 2*HID, 2*HID)``;
+  ``w_ul1``/``w_ul2`` the same with ``(KH, KH)`` taps; ``w_nin`` ``(NB, 2*HID, HID)``;
+  biases ``(NB, HID)``, gate biases ``(NB, 2*HID)`` interleaved.
+* ``w_head`` ``(HID, P)``, ``b_head`` ``(P,)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+STATE = ("x", "row", "u_cur", "u_win", "ul_win", "ul_row0", "ul_rowbias", "params")
+
+
+def act_interleaved(t: torch.Tensor) -> torch.Tensor:
+    """``(..., HID)`` -> ``concat_elu`` interleaved ``(..., 2*HID)``: ``elu(t_c), elu(-t_c)``."""
+    return torch.stack([F.elu(t), F.elu(-t)], dim=-1).flatten(-2)
+
+
+def deinterleave(a: torch.Tensor) -> torch.Tensor:
+    """Interleaved ``(..., 2*HID)`` -> the channel order of ``concat_elu`` (pos, then neg)."""
+    return a.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
+
+
+def _plain_taps(conv) -> torch.Tensor:
+    """``(Cout, Cin, kh, kw)`` -> ``(kh, kw, Cin, Cout)``."""
+    return conv.weight.detach().float().permute(2, 3, 1, 0).contiguous()
+
+
+def _act_taps(conv, gate: bool) -> torch.Tensor:
+    """A conv over ``concat_elu`` -> tap matrices ``(kh, kw, 2*HID, Cout)``, rows
+    ``2*ci + half``; with ``gate`` the ``2*HID`` outputs interleaved ``2*co + g``."""
+    w = conv.weight.detach().float()
+    cout, cin2, kh, kw = w.shape
+    hid = cin2 // 2
+    w = w.reshape(cout, 2, hid, kh, kw).permute(3, 4, 2, 1, 0)          # (kh, kw, ci, half, cout)
+    if gate:
+        w = w.reshape(kh, kw, hid, 2, 2, cout // 2).transpose(-1, -2)  # (.., g, co) -> (.., co, g)
+    return w.reshape(kh, kw, cin2, cout).contiguous()
+
+
+def _bias(conv, gate: bool = False) -> torch.Tensor:
+    b = conv.bias.detach().float()
+    if gate:
+        b = b.reshape(2, -1).t()
+    return b.contiguous().reshape(-1)
+
+
+def _stack(tensors, dev):
+    if tensors:
+        return torch.stack(tensors).contiguous()
+    return torch.zeros(1, device=dev)
+
+
+def _cond_last(t: torch.Tensor, gate: bool = False) -> torch.Tensor:
+    """``(B, n, H, W)`` -> ``(B, H, W, n)``; with ``gate`` the halves interleaved."""
+    t = t.detach().float().permute(0, 2, 3, 1)
+    if gate:
+        t = t.unflatten(-1, (2, -1)).transpose(-1, -2).flatten(-2)
+    return t
+
+
+class CachedBuffers:
+    """Everything the row and pixel kernels of one sampling run read and write."""
+
+    def __init__(self, model, x, known, cond, uniforms, temperature: float, return_params: bool = False):
+        b, c, h, w = x.shape
+        dev = x.device
+        dist = model.dist
+        self.model, self.dist, self.device = model, dist, dev
+        self.B, self.C, self.H, self.W = b, c, h, w
+        self.CIN = c + 1
+        self.KH, self.KW, self.HID = model.kh, model.kw, model.hidden
+        self.NB = len(model.u_blocks)
+        self.P, self.U = dist.num_params, dist.num_uniforms
+        self.bits = model.bits
+        self.top = 2 ** model.bits - 1
+        self.temperature = float(temperature)
+        self.scale = 2.0 / self.top
+        if type(dist).__name__ == "Categorical":
+            self.DIST, self.L, self.NSEG = 0, dist.levels, dist.channels
+        else:
+            self.DIST, self.L = 1, dist.nr_mix
+            self.NSEG = 1 + 2 * c + c * (c - 1) // 2      # logits, means, log-scales, coeffs
+        nb, hid, kh = self.NB, self.HID, self.KH
+
+        with torch.no_grad():
+            # -- weights ---------------------------------------------------------
+            self.w_u0 = _plain_taps(model.u_init)                          # (KH, KW, CIN, HID)
+            self.b_u0 = _bias(model.u_init)
+            self.w_v0 = torch.zeros_like(self.w_u0)                        # (KH, KW, CIN, HID),
+            self.w_v0[kh - 1] = _plain_taps(model.ul_init_v)[0]            # zero but the last row
+            self.b_v0 = _bias(model.ul_init_v)
+            self.w_h0 = _plain_taps(model.ul_init_h)[:, 0].contiguous()    # (KH, CIN, HID)
+            self.b_h0 = _bias(model.ul_init_h)
+            ub, ulb = list(model.u_blocks), list(model.ul_blocks)
+            self.w_u1 = _stack([_act_taps(k.conv1, False) for k in ub], dev)
+            self.b_u1 = _stack([_bias(k.conv1) for k in ub], dev)
+            self.w_u2 = _stack([_act_taps(k.conv2, True) for k in ub], dev)
+            self.b_u2 = _stack([_bias(k.conv2, True) for k in ub], dev)
+            self.w_ul1 = _stack([_act_taps(k.conv1, False) for k in ulb], dev)
+            self.b_ul1 = _stack([_bias(k.conv1) for k in ulb], dev)
+            self.w_ul2 = _stack([_act_taps(k.conv2, True) for k in ulb], dev)
+            self.b_ul2 = _stack([_bias(k.conv2, True) for k in ulb], dev)
+            self.w_nin = _stack([_act_taps(k.nin_skip, False)[0, 0] for k in ulb], dev)
+            self.b_nin = _stack([_bias(k.nin_skip) for k in ulb], dev)
+            self.w_head = _plain_taps(model.head)[0, 0].contiguous()       # (HID, P)
+            self.b_head = _bias(model.head)
+
+            # -- conditioning terms, once per image ------------------------------
+            self.has_cond = cond is not None and nb > 0 and ub[0].cond_c1 is not None
+            if self.has_cond:
+                cond = cond.to(dev).float()
+                u_terms = [k.cond_terms(cond) for k in ub]
+                ul_terms = [k.cond_terms(cond) for k in ulb]
+                self.u_h1 = torch.stack([_cond_last(t[0]) for t in u_terms]).contiguous()
+                self.u_h2 = torch.stack([_cond_last(t[1], True) for t in u_terms]).contiguous()
+                self.ul_h1 = torch.stack([_cond_last(t[0]) for t in ul_terms]).contiguous()
+                self.ul_h2 = torch.stack([_cond_last(t[1], True) for t in ul_terms]).contiguous()
+            else:
+                self.u_h1 = self.u_h2 = self.ul_h1 = self.ul_h2 = None
+
+            # -- inputs and state ------------------------------------------------
+            self.x = x.to(torch.int64).contiguous().clone()
+            self.known = None if known is None else known.to(dev).to(torch.int8).contiguous()
+            self.uniforms = uniforms.to(dev, torch.float32).contiguous()
+            self.row = torch.zeros(1, dtype=torch.int32, device=dev)
+            nbuf = max(nb, 1)
+            self.u_cur = torch.zeros(b, w, hid, device=dev)
+            self.u_win = torch.zeros(nb + 1, 2, b, kh, w, 2 * hid, device=dev)
+            self.ul_win = torch.zeros(nbuf, 2, b, kh, w, 2 * hid, device=dev)
+            self.ul_row0 = torch.zeros(b, w, hid, device=dev)
+            self.ul_rowbias = torch.zeros(nbuf, b, w, hid, device=dev)
+            self.pscr = torch.zeros(b, self.P, device=dev)
+            self.params = torch.zeros(b, self.P, h, w, device=dev) if return_params else None
+            self.dummy = torch.zeros(1, device=dev)
+
+    # -- helpers for the tests -------------------------------------------------
+    def state(self) -> dict:
+        return {k: getattr(self, k) for k in STATE if getattr(self, k) is not None}
+
+    def clone(self) -> "CachedBuffers":
+        """A copy whose state tensors are independent (weights and inputs shared)."""
+        other = object.__new__(CachedBuffers)
+        other.__dict__.update(self.__dict__)
+        for k, v in self.state().items():
+            setattr(other, k, v.clone())
+        return other
