@@ -7,6 +7,8 @@ given.
 from __future__ import annotations
 
 import numbers
+import os
+from pathlib import Path
 
 import torch
 
@@ -37,6 +39,22 @@ def check_float(value, name: str, *, min_value: float | None = None, max_value: 
     return value
 
 
+def check_choice(value, name: str, choices) -> str:
+    """One of the strings ``choices`` (``TypeError`` for a non-string, ``ValueError`` otherwise)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {tuple(choices)}, got {type(value).__name__} {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_path(value, name: str) -> Path:
+    """A filesystem path given as ``str`` or ``os.PathLike`` -> ``Path`` (``TypeError`` otherwise)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r}")
+    return Path(value)
+
+
 def check_size(size, name: str = "size") -> tuple[int, int]:
     """``int`` or ``(H, W)`` -> ``(H, W)`` with both >= 1."""
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
@@ -48,12 +66,51 @@ def check_size(size, name: str = "size") -> tuple[int, int]:
     return h, w
 
 
-def check_images(x, name: str, *, channels: int, bits: int, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Integer pixels ``(B, channels, H, W)`` in ``[0, 2**bits)``."""
+def check_device(device, name: str = "device") -> torch.device:
+    """A device (``"cpu"``, ``"cuda:0"``, a ``torch.device``) that exists here -> ``torch.device``.
+    ``TypeError`` for other types, ``ValueError`` for unknown names and devices that this
+    torch build or machine does not have (instead of torch's ``AssertionError``)."""
+    shown = repr(str(device)) if isinstance(device, torch.device) else repr(device)
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(f"{name} must be a torch.device or a string such as 'cpu' or 'cuda:0', "
+                        f"got {type(device).__name__} {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name} must name a torch device such as 'cpu' or 'cuda:0', got {shown}") from None
+    if dev.type in ("cpu", "meta"):
+        return dev
+    backend = getattr(torch, dev.type, None)               # torch.cuda, torch.xpu, torch.mps, ...
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ValueError(f"{name} is {shown}, but this machine / torch build has no {dev.type} device "
+                         f"(torch {torch.__version__})")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise ValueError(f"{name} is {shown}, but there are only {count()} {dev.type} device(s)")
+    return dev
+
+
+def check_tensor_device(x: torch.Tensor, name: str, device=None) -> None:
+    """``ValueError`` unless tensor ``x`` holds data (not a ``meta`` tensor) and, when
+    ``device`` is given, is on that device."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} must be a tensor with data on the model's device, got a meta tensor")
+    if device is not None:
+        device = torch.device(device)
+        if x.device.type != device.type or (x.device.index is not None and device.index is not None
+                                            and x.device.index != device.index):
+            raise ValueError(f"{name} must be on the model's device {device}, got a tensor on {x.device}")
+
+
+def check_images(x, name: str, *, channels: int, bits: int, size: tuple[int, int] | None = None,
+                 device=None) -> torch.Tensor:
+    """Integer pixels ``(B, channels, H, W)`` in ``[0, 2**bits)`` (on ``device`` if given)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer pixels, got {type(x).__name__}")
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer pixels (uint8/int32/int64), got dtype {x.dtype}")
+    check_tensor_device(x, name, device)
     if x.dim() != 4 or x.shape[1] != channels:
         raise ValueError(f"{name} must have shape (B, {channels}, H, W), got {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
@@ -66,8 +123,10 @@ def check_images(x, name: str, *, channels: int, bits: int, size: tuple[int, int
     return x.long()
 
 
-def check_cond(cond, name: str, *, batch: int, channels: int, size: tuple[int, int]) -> torch.Tensor | None:
-    """A float conditioning map ``(B, channels, H, W)``, or ``None`` when ``channels == 0``."""
+def check_cond(cond, name: str, *, batch: int, channels: int, size: tuple[int, int],
+               device=None) -> torch.Tensor | None:
+    """A float conditioning map ``(B, channels, H, W)`` (on ``device`` if given), or ``None``
+    when ``channels == 0``; returned as float32, the models' dtype."""
     if channels == 0:
         if cond is not None:
             raise ValueError(f"{name} must be None for a model built with cond_channels=0")
@@ -77,9 +136,10 @@ def check_cond(cond, name: str, *, batch: int, channels: int, size: tuple[int, i
     if not isinstance(cond, torch.Tensor) or not cond.dtype.is_floating_point:
         got = cond.dtype if isinstance(cond, torch.Tensor) else type(cond).__name__
         raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
+    check_tensor_device(cond, name, device)
     expected = (batch, channels, *size)
     if tuple(cond.shape) != expected:
         raise ValueError(f"{name} must have shape {expected}, got {tuple(cond.shape)}")
     if not torch.isfinite(cond).all():
         raise ValueError(f"{name} must be finite, got NaN or inf values")
-    return cond
+    return cond.float()

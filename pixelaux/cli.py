@@ -48,6 +48,13 @@ def _int(text):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _seed(text):
+    v = _int(text)
+    if not -2 ** 63 <= v < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"expected a seed in [-2**63, 2**64), got {v}")
+    return v
+
+
 def _positive_float(text):
     try:
         v = float(text)
@@ -63,7 +70,7 @@ def _add_sampling_options(p, n_default=16, n_name="--n", model_default="default"
                    help=f"embedded model name (see `pixelaux models`) or checkpoint path (default: {model_default})")
     p.add_argument(n_name, dest="n", type=_positive_int, default=n_default,
                    help=f"number of samples (default: {n_default})")
-    p.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--engine", choices=["cached", "naive"], default="cached",
                    help="cached (fast, exact) or naive (a full forward pass per pixel)")
     p.add_argument("--backend", choices=["auto", "torch", "cpp", "triton"], default="auto",

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .checks import check_float, check_int, check_size
+from .checks import check_float, check_int, check_path, check_size
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _8BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La"})
@@ -67,7 +67,7 @@ class ImageFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, size=None, channels: int = 3, bits: int = 8):
-        self.root = Path(root)
+        self.root = check_path(root, "root")
         self.channels = check_int(channels, "channels", min_value=1)
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -204,7 +204,7 @@ class CIFAR10(torch.utils.data.Dataset):
 
     def __init__(self, path, train: bool = True):
         names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-        raws = self._read(Path(path), names)
+        raws = self._read(check_path(path, "path"), names)
         parts = [_parse_cifar_batch(raw, f"{where}") for where, raw in raws]
         self.images = torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts])))
         self.labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))

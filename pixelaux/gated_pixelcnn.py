@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import check_cond, check_float, check_images, check_int, check_size
+from .checks import check_choice, check_cond, check_float, check_images, check_int, check_size
 from .distributions import make_distribution
 from .layers import (DownRightShiftedConv2d, DownShiftedConv2d, GatedResidualBlock,
                      down_shift, right_shift)
@@ -52,6 +52,7 @@ class GatedPixelCNN(nn.Module):
         dropout = check_float(dropout, "dropout", min_value=0.0, max_value=1.0)
         cond_channels = check_int(cond_channels, "cond_channels", min_value=0)
         nr_mix = check_int(nr_mix, "nr_mix", min_value=1)
+        dist = check_choice(dist, "dist", ("logistic", "categorical"))
         self.image_size = check_size(image_size, "image_size")
         self.dist = make_distribution(dist, channels, bits, nr_mix)
         self.config = dict(channels=channels, bits=bits, hidden=hidden, blocks=blocks,
@@ -79,9 +80,10 @@ class GatedPixelCNN(nn.Module):
         return torch.cat([xf, torch.ones_like(xf[:, :1])], dim=1)
 
     def check_inputs(self, x, cond=None, name="x"):
-        x = check_images(x, name, channels=self.channels, bits=self.bits)
+        device = self.head.weight.device
+        x = check_images(x, name, channels=self.channels, bits=self.bits, device=device)
         cond = check_cond(cond, "cond", batch=x.shape[0], channels=self.cond_channels,
-                          size=tuple(x.shape[2:]))
+                          size=tuple(x.shape[2:]), device=device)
         return x, cond
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from . import checkpoint
+from .checks import check_device
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -47,6 +48,8 @@ def load(name_or_path, map_location="cpu"):
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be a model name or a checkpoint path, got {type(name_or_path).__name__}")
+    if map_location is not None:
+        map_location = check_device(map_location, "map_location")
     if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
         path = pretrained_path(name_or_path)
         if not path.exists():

@@ -16,8 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import engines
-from .checks import check_cond, check_float, check_images, check_int, check_size
+from . import engines, resources
+from .checks import check_cond, check_float, check_images, check_int, check_size, check_tensor_device
 from .uniforms import ImageUniforms
 
 logger = logging.getLogger("pixelaux")
@@ -33,6 +33,8 @@ def _model_kind(model) -> str:
 
 def _model_device(model) -> torch.device:
     p = next(model.parameters(), None)
+    if p is not None and p.device.type == "meta":
+        raise ValueError("model is on the meta device (its weights hold no data); load it on 'cpu' or a GPU")
     return p.device if p is not None else torch.device("cpu")
 
 
@@ -41,9 +43,11 @@ def _check_known(known, n: int, channels: int, bits: int, size) -> tuple[torch.T
     pixels -> (values with unknowns set to 0, mask ``(n, H, W)`` bool)."""
     if known is None:
         return None
-    if not isinstance(known, torch.Tensor) or known.dtype.is_floating_point or known.dtype == torch.bool:
+    if not isinstance(known, torch.Tensor) or known.dtype.is_floating_point or known.dtype.is_complex \
+            or known.dtype == torch.bool:
         got = known.dtype if isinstance(known, torch.Tensor) else type(known).__name__
         raise TypeError(f"known must be an integer torch.Tensor with -1 for unknown pixels, got {got}")
+    check_tensor_device(known, "known")
     if known.dim() == 3:
         known = known.unsqueeze(0).expand(n, -1, -1, -1)
     expected = (n, channels, *size)
@@ -115,6 +119,10 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
 
     Returns:
         ``(n, C, H, W)`` int64 pixels in ``[0, 2**bits)`` on the model's device.
+
+    Raises ``TypeError`` / ``ValueError`` for bad arguments, and
+    ``pixelaux.resources.InsufficientMemoryError`` (a ``MemoryError``) up front when the
+    estimated memory exceeds what is available (``PIXELAUX_MEMORY_CHECK=0`` skips it).
     """
     kind = _model_kind(model)
     n = check_int(n, "n", min_value=1)
@@ -122,6 +130,8 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     temperature = check_float(temperature, "temperature", min_value=0.0, min_exclusive=True)
     engine, backend = engines.resolve(engine, backend, _model_device(model))
     logger.info("pixelaux.sample: engine=%s backend=%s", engine, backend)
+    resources.check_memory(resources.estimate_sampling_bytes(model, n, size, engine, backend),
+                           _model_device(model), f"pixelaux.sample(n={n}, size={size}, engine={engine!r})", n=n)
     uniforms = ImageUniforms(n, generator)
     kw = dict(temperature=temperature, engine=engine, backend=backend, progress=progress)
     was_training = model.training
@@ -129,7 +139,8 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     try:
         if kind == "GatedPixelCNN":
             known = _check_known(known, n, model.channels, model.bits, size)
-            cond = check_cond(cond, "cond", batch=n, channels=model.cond_channels, size=size)
+            cond = check_cond(cond, "cond", batch=n, channels=model.cond_channels, size=size,
+                              device=_model_device(model))
             return _run_stage(model, n, size, uniforms, cond, known, **kw)
         if kind == "GrayscalePixelCNN":
             return _sample_grayscale(model, n, size, uniforms, cond, known, kw)
@@ -196,6 +207,11 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
     batch_size = check_int(batch_size, "batch_size", min_value=1)
     device = _model_device(model)
     x = check_images(images, "images", channels=model.channels, bits=model.bits)
+    if kind == "GatedPixelCNN":
+        cond = check_cond(cond, "cond", batch=x.shape[0], channels=model.cond_channels, size=tuple(x.shape[2:]))
+    elif cond is not None:
+        raise ValueError(f"cond must be None for a {kind}: its auxiliary inputs are computed from the images, "
+                         f"got {type(cond).__name__}")
     was_training = model.training
     model.eval()
     try:
@@ -204,8 +220,6 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
             xb = x[s:s + batch_size].to(device)
             if kind == "GatedPixelCNN":
                 cb = None if cond is None else cond[s:s + batch_size].to(device)
-                if cond is not None:
-                    check_cond(cond, "cond", batch=x.shape[0], channels=model.cond_channels, size=tuple(x.shape[2:]))
                 dims = xb[0].numel() * math.log(2)
                 chunks.append({"total": -model.log_prob(xb, cb) / dims})
             else:
