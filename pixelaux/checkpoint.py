@@ -7,8 +7,9 @@ safetensors metadata holds one entry, ``"pixelaux"``, a JSON header::
      "config": {...}, "sha256": "...", ...extra}
 
 ``kind`` picks the class from :data:`MODEL_REGISTRY` and ``cls(**config)`` rebuilds the
-architecture; ``sha256`` is a digest of every tensor's name, dtype, shape and bytes, so
-flipped bits in the data are caught (safetensors itself checks only the layout).
+architecture; ``sha256`` is a digest of the rest of the JSON header and of every
+tensor's name, dtype, shape and bytes, so flipped bits in the data or in the config are
+caught (safetensors itself checks only the layout).
 A single file is replaced atomically with one rename: a reader sees the old
 checkpoint or the new one, never a mix or a partial file.
 
@@ -25,6 +26,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import secrets
 import struct
 from pathlib import Path
@@ -76,6 +78,23 @@ def atomic_write_bytes(path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
+
+
+def remove_stale_temp_files(directory) -> list[str]:
+    """Delete the temporary files of writes that a SIGKILL interrupted (``atomic_write_bytes``
+    names them ``.{name}.{16 hex}.tmp``); a killed process cannot clean up after itself.
+    Call only where no other process is writing. Returns the names removed."""
+    d = Path(directory)
+    removed = []
+    if d.is_dir():
+        for entry in d.iterdir():
+            if TEMP_PATTERN.match(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed.append(entry.name)
+    return removed
+
+
 def _fsync_dir(d: Path) -> None:
     if os.name != "posix":  # directories cannot be opened for fsync on Windows
         return
@@ -86,9 +105,12 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+def _digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
+    """sha256 over the header (without its own ``sha256`` entry, keys sorted) and the
+    (name, dtype, shape, bytes) of every tensor, in name order."""
     h = hashlib.sha256()
+    rest = {k: v for k, v in header.items() if k != "sha256"}
+    h.update(json.dumps(rest, sort_keys=True, allow_nan=False).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
@@ -99,7 +121,7 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 def _dumps(tensors: dict[str, torch.Tensor], header: dict) -> bytes:
     # Own contiguous CPU copies: safetensors refuses views and shared storage.
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    header = dict(header, sha256=_digest(tensors))
+    header = dict(header, sha256=_digest(tensors, header))
     return _st_save(tensors, metadata={_META_KEY: json.dumps(header, allow_nan=False)})
 
 
@@ -149,8 +171,8 @@ def _tensors(path, header: dict, data: bytes) -> dict[str, torch.Tensor]:
         tensors = _st_load(data)
     except Exception as e:  # safetensors raises its own SafetensorError
         raise ValueError(f"checkpoint {str(path)!r} is corrupted or truncated: {e}") from e
-    if _digest(tensors) != header.get("sha256"):
-        raise ValueError(f"checkpoint {str(path)!r} is corrupted: the tensor data does not match "
+    if _digest(tensors, header) != header.get("sha256"):
+        raise ValueError(f"checkpoint {str(path)!r} is corrupted: its tensors or header do not match "
                          "its sha256 digest")
     return tensors
 

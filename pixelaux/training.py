@@ -46,8 +46,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import (check_state_dict, load_training_state, model_class, save,
-                         save_training_state, unwrap)
+from .checkpoint import (check_state_dict, load_training_state, model_class, remove_stale_temp_files,
+                         save, save_training_state, unwrap)
 from .checks import check_float, check_int
 
 MODEL_FILE = "model.safetensors"
@@ -352,6 +352,8 @@ def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema
         torch.manual_seed(seed + rank)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for name in remove_stale_temp_files(out_dir):
+            say(f"removed {name!r}, left by an interrupted checkpoint write")
 
     def checkpoint(step, train_bpd, test_bpd):
         rng = _gather_rng(world, dev)                  # collective: every rank

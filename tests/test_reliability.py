@@ -792,8 +792,6 @@ def test_cli_reports_device_and_seed_mistakes_in_one_line():
         assert rc == rc_want and len(lines) == 1 and needle in lines[0], (argv, rc, err)
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint sha256 covers the tensors only, not the JSON header: a "
-                   "corrupted config value loads a different model (reported, fix proposed for checkpoint.py)")
 def test_a_corrupted_config_value_in_a_checkpoint_header_is_detected(tmp_path):
     path = pixelaux.save(_tiny("gated", seed=3), tmp_path / "m.safetensors")
     raw = path.read_bytes()
@@ -804,8 +802,6 @@ def test_a_corrupted_config_value_in_a_checkpoint_header_is_detected(tmp_path):
         ck.load(path)
 
 
-@pytest.mark.xfail(strict=True, reason="training-state sha256 covers the tensors only, not the JSON tree: a "
-                   "corrupted step loads silently (reported, fix proposed for checkpoint.py)")
 def test_a_corrupted_step_in_a_training_state_is_detected(tmp_path):
     path = ck.save_training_state(tmp_path / "s.safetensors", {"step": 12, "w": torch.ones(3)})
     raw = path.read_bytes()

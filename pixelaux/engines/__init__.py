@@ -45,6 +45,10 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
 def resolve(engine: str, backend: str, device) -> tuple[str, str | None]:
     """Check ``engine``/``backend`` and return ``(engine, backend)`` with ``auto``
     replaced by the backend that will run (``None`` for the naive engine)."""
+    if not isinstance(engine, str):
+        raise TypeError(f"engine must be a str, one of {ENGINES}, got {type(engine).__name__}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {BACKENDS}, got {type(backend).__name__}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if backend not in BACKENDS:
