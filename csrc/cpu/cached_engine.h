@@ -1,0 +1,116 @@
+// The CPU cached sampling engine of a GatedPixelCNN (DESIGN.md section 2).
+//
+// Same algorithm as pixelaux/engines/cached_torch.py, with the whole per-image loop
+// in C++: at the start of row i the vertical stream of the row, and every term of
+// the horizontal stream that only reads rows < i (its first layer's down-shifted
+// part, each block's 1x1 projection of u, the conditioning terms, the taps of the
+// previous rows), are computed as GEMMs over all B*W positions; per pixel only the
+// taps of the current row remain, then the head and the sampling.
+//
+// Threads (at::parallel_for, i.e. torch's OpenMP pool and at::get_num_threads()):
+// with at least as many images as threads, each thread samples its own images (no
+// synchronisation at all); with fewer, a team of threads shares every layer's output
+// channels, with spin barriers between layers. A team whose threads keep arriving late
+// (an oversubscribed machine) gives up at the next pixel and its rank 0 goes on
+// alone. Results are bitwise the same whatever the split: each output element is
+// accumulated in the same order.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace pixelaux {
+namespace cpu {
+
+// Integer configuration of a GatedPixelCNN as passed to the ops (in this order).
+struct ModelConfig {
+  int channels = 0;       // C
+  int bits = 0;           // 1 .. 16
+  int hidden = 0;         // F
+  int blocks = 0;         // residual blocks per stream (>= 0)
+  int kernel_size = 0;    // odd k
+  int cond_channels = 0;  // cc (0: unconditional)
+  int dist = 0;           // 0: categorical, 1: discretized logistic mixture
+  int nr_mix = 0;         // mixture components (logistic)
+  // derived
+  int kh = 0, kw = 0, pw = 0, cin = 0;
+  int64_t levels = 0;     // 2**bits
+  int64_t num_params = 0; // P
+  int num_uniforms = 0;   // U
+};
+
+constexpr int kConfigLen = 8;
+
+// Parses and checks the config; returns an error message, empty when valid.
+std::string parse_config(const int64_t* v, int64_t n, ModelConfig* cfg);
+
+struct MatSlot {
+  int64_t off = 0;
+  int K = 0, N = 0, NP = 0;
+};
+struct VecSlot {
+  int64_t off = 0;
+  int N = 0;
+};
+
+// Where each packed matrix lives in the flat packed-weight tensor. Matrices are
+// (K x N) with K ordered (tap column s, input channel c); per-row arrays are indexed
+// by the kernel row r (0 = the oldest row of the window, kh-1 = the current row).
+struct BlockLayout {
+  std::vector<MatSlot> c1, c2a, c2b;  // per kernel row; c2a / c2b: value / gate halves
+  MatSlot nin;                        // ul blocks only: 1x1 projection of act(u)
+  MatSlot cc1, cc2a, cc2b;            // conditioning 1x1 convs (cond_channels > 0)
+  VecSlot b1, b2;                     // b1: conv1 bias (+ nin bias); b2: conv2 bias (2F)
+};
+
+struct Layout {
+  std::vector<MatSlot> u0;   // u_init per kernel row (K = k * cin)
+  VecSlot u0b;
+  MatSlot ulv;               // ul_init_v (K = k * cin)
+  VecSlot ulvb;
+  std::vector<MatSlot> ulh;  // ul_init_h per kernel row (K = cin)
+  VecSlot ulhb;
+  std::vector<BlockLayout> ub, ulb;
+  MatSlot head;
+  VecSlot headb;
+  int64_t total = 0;         // floats
+};
+
+Layout make_layout(const ModelConfig& cfg);
+
+// The raw weights expected by pack_weights, in order: name and shape of each.
+struct RawSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+std::vector<RawSpec> raw_weight_specs(const ModelConfig& cfg);
+
+// Packs the raw (checked, contiguous float32) weights into `out` (layout.total floats).
+void pack_weights(const ModelConfig& cfg, const Layout& lay, const std::vector<const float*>& raw,
+                  float* out);
+
+struct SampleArgs {
+  const ModelConfig* cfg = nullptr;
+  const Layout* lay = nullptr;
+  const float* packed = nullptr;
+  int64_t B = 0, H = 0, W = 0;
+  int64_t* x = nullptr;             // (B, C, H, W): known pixels in, completed images out
+  const bool* known = nullptr;      // (B, H, W) or null (nothing known)
+  const float* cond = nullptr;      // (B, cc, H, W) or null
+  const float* uniforms = nullptr;  // (B, H, W, U)
+  float* params = nullptr;          // (B, P, H, W) or null
+  double temperature = 1.0;
+  // Thread split: 0 auto; 1 images over threads; 2 one team over the output channels
+  // of every layer (row starts and pixels); 3 the team splits the row starts, one
+  // thread runs the pixels.
+  int mode = 0;
+  int threads = 0;                  // 0: at::get_num_threads()
+};
+
+void cached_sample(const SampleArgs& args);
+
+}  // namespace cpu
+}  // namespace pixelaux

@@ -1,0 +1,97 @@
+"""The cached engine on CPU, the whole loop in C++ (DESIGN.md section 2).
+
+Same algorithm and contract as ``cached_torch.run``; the Python side only packs the
+model's weights (once per weight version, cached) and calls one op,
+``torch.ops.pixelaux.cached_sample``, that samples the whole batch:
+
+* at the start of row ``i``: the vertical stream of the row, and every term of the
+  horizontal stream that reads rows ``< i`` only (the down-shifted part of its first
+  layer, each block's 1x1 projection of ``u``, the conditioning terms, the taps of
+  the rows above) as GEMMs over all ``B * W`` positions of the row;
+* per pixel: the current-row taps of each horizontal conv, the head, and the sampling,
+  with the arithmetic of ``distributions.py`` (same uniforms, same pixels);
+* threads: images split over threads when the batch is large enough, else one team
+  over the output channels of every layer.
+
+The conditioning terms ``blk.cond_terms(cond)`` are computed in C++, row by row, from
+``cond`` and the blocks' 1x1 weights (each position once, as in the forward pass).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from .. import native
+from .progress import pixel_progress
+
+_PACKED = weakref.WeakKeyDictionary()
+
+
+def config_of(model) -> list[int]:
+    """The integer config the ops take: ``[channels, bits, hidden, blocks, kernel_size,
+    cond_channels, dist (0 categorical, 1 logistic), nr_mix]``."""
+    cfg = model.config
+    return [int(cfg["channels"]), int(cfg["bits"]), int(cfg["hidden"]), int(cfg["blocks"]),
+            int(cfg["kernel_size"]), int(cfg["cond_channels"]),
+            0 if cfg["dist"] == "categorical" else 1, int(cfg["nr_mix"])]
+
+
+def raw_weights(model) -> list[torch.Tensor]:
+    """The model's parameters in the order ``pack_gated_pixelcnn`` expects."""
+    w = [model.u_init.weight, model.u_init.bias, model.ul_init_v.weight, model.ul_init_v.bias,
+         model.ul_init_h.weight, model.ul_init_h.bias]
+    for blk in model.u_blocks:
+        w += [blk.conv1.weight, blk.conv1.bias, blk.conv2.weight, blk.conv2.bias]
+        if blk.cond_c1 is not None:
+            w += [blk.cond_c1.weight, blk.cond_c2.weight]
+    for blk in model.ul_blocks:
+        w += [blk.conv1.weight, blk.conv1.bias, blk.nin_skip.weight, blk.nin_skip.bias,
+              blk.conv2.weight, blk.conv2.bias]
+        if blk.cond_c1 is not None:
+            w += [blk.cond_c1.weight, blk.cond_c2.weight]
+    w += [model.head.weight, model.head.bias]
+    return w
+
+
+def packed_weights(model) -> torch.Tensor:
+    """The packed weights of ``model``, recomputed only when a parameter changed."""
+    raw = raw_weights(model)
+    key = tuple((p.data_ptr(), p._version, tuple(p.shape), p.dtype) for p in raw)
+    hit = _PACKED.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad():
+        packed = torch.ops.pixelaux.pack_gated_pixelcnn(
+            [p.detach().to(device="cpu", dtype=torch.float32) for p in raw], config_of(model))
+    _PACKED[model] = (key, packed)
+    return packed
+
+
+@torch.no_grad()
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, mode=0):
+    """Sample the unknown pixels of ``x`` in raster order (contract of ``cached_torch.run``).
+
+    model: ``GatedPixelCNN`` on the CPU. x: ``(B, C, H, W)`` long, holding the known
+    pixels (others are overwritten). known: ``(B, H, W)`` bool or None. cond: float
+    ``(B, cond_channels, H, W)`` or None. uniforms: ``(B, H, W, U)`` float32.
+    Returns the completed ``x``, or ``(x, params)`` with the distribution parameters
+    ``(B, P, H, W)`` at every position when ``return_params`` (teacher forcing when all
+    pixels are known). ``mode``: thread split, 0 auto, 1 over images, 2 over channels.
+    """
+    if not native.available():
+        raise RuntimeError(f"the cpp backend is not available: {native.reason()}")
+    if x.device.type != "cpu":
+        raise ValueError(f"the cpp backend runs on CPU tensors, got x on {x.device}")
+    _, _, h, w = x.shape
+    packed = packed_weights(model)
+    if known is not None:
+        known = known.to(torch.bool)
+    if cond is not None:
+        cond = cond.to(torch.float32)
+    with pixel_progress(h * w, progress, "cached[cpp]") as bar:
+        out, params = torch.ops.pixelaux.cached_sample(
+            x.long(), known, cond, uniforms.to(torch.float32), packed, config_of(model),
+            float(temperature), bool(return_params), int(mode))
+        bar.update(h * w)
+    return (out, params) if return_params else out

@@ -1,0 +1,86 @@
+"""The compiled extension ``pixelaux._C`` (C++ CPU engine), if it was built.
+
+Importing ``pixelaux._C`` registers the ops ``torch.ops.pixelaux.*`` (DESIGN.md
+section 4). This module never raises when the extension is missing:
+``available()`` says whether it loaded and ``reason()`` why not.
+
+Ops (schemas; ``config`` = ``[channels, bits, hidden, blocks, kernel_size,
+cond_channels, dist (0 categorical, 1 logistic), nr_mix]``):
+
+* ``pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor``: the model's
+  weights (see ``pixelaux.engines.cached_cpp.raw_weights``) packed for the engine.
+* ``cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed,
+  int[] config, float temperature, bool return_params=False, int mode=0)
+  -> (Tensor, Tensor)``: the cached engine over a whole batch (see ``cached_cpp.run``).
+* ``build_info() -> str``: the kernel flavour and threads in use.
+"""
+from __future__ import annotations
+
+import torch
+
+_C = None
+_reason = "not loaded yet"
+
+
+def _load():
+    global _C, _reason
+    try:
+        from . import _C as ext  # noqa: F401 - loading registers torch.ops.pixelaux
+    except ImportError as e:
+        _reason = (f"pixelaux._C is not built or does not load ({e}); reinstall with "
+                   "'pip install --no-build-isolation -e .' and read the build notice")
+        return
+    except OSError as e:  # a library it needs is missing
+        _reason = f"pixelaux._C failed to load: {e}"
+        return
+    _C = ext
+    _reason = ""
+    try:
+        _register_fakes()
+    except RuntimeError:  # already registered (this module was reloaded)
+        pass
+
+
+def available() -> bool:
+    """Whether the C++ extension is loaded (its ops are in ``torch.ops.pixelaux``)."""
+    return _C is not None
+
+
+def reason() -> str:
+    """Why the extension is unavailable (empty when it is available)."""
+    return _reason
+
+
+def info() -> str:
+    """The kernel flavour and threads of the loaded extension, or why it is missing."""
+    return torch.ops.pixelaux.build_info() if available() else f"unavailable: {_reason}"
+
+
+def num_params(config) -> int:
+    channels, bits, _, _, _, _, dist, nr_mix = (int(v) for v in config)
+    if dist == 0:
+        return channels * 2 ** bits
+    return nr_mix * (1 + 2 * channels + channels * (channels - 1) // 2)
+
+
+def _register_fakes():
+    """Shape functions so the ops trace under ``torch.compile`` (FakeTensor / meta)."""
+    try:
+        register = torch.library.register_fake
+    except AttributeError:  # torch < 2.4
+        register = torch.library.impl_abstract
+
+    @register("pixelaux::cached_sample")
+    def _cached_sample_fake(x, known, cond, uniforms, packed, config, temperature,
+                            return_params=False, mode=0):
+        b, _, h, w = x.shape
+        shape = (b, num_params(config), h, w) if return_params else (0,)
+        return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
+
+    @register("pixelaux::pack_gated_pixelcnn")
+    def _pack_fake(weights, config):
+        ctx = torch.library.get_ctx()
+        return weights[0].new_empty((ctx.new_dynamic_size(),), dtype=torch.float32)
+
+
+_load()

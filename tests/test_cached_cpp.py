@@ -1,0 +1,274 @@
+"""The C++ cached engine (``backend="cpp"``): exactness contract of DESIGN.md section 2.
+
+1. Teacher forcing: with every pixel known, the parameters the engine computes at each
+   position match the full forward pass (max abs error <= 1e-4 of the parameter scale).
+2. Same uniforms, same images as the naive engine (>= 99.9% of pixels; any image that
+   differs must differ first at a float tie: both engines' parameters agree there to
+   1e-4 and each engine's pixel is what its own parameters give; reported).
+
+Tiny models with random weights (not near-zero), awkward sizes, every model option.
+"""
+import contextlib
+
+import pytest
+import torch
+
+from pixelaux import GatedPixelCNN
+from pixelaux import native
+
+pytestmark = pytest.mark.skipif(not native.available(),
+                                reason=f"pixelaux._C is not built: {native.reason()}")
+
+if native.available():
+    from pixelaux.engines import cached_cpp, naive
+
+# name: (model kwargs, init std, (H, W), batch, cond?)
+CONFIGS = {
+    "k1-b0-cat4": (dict(channels=1, bits=4, hidden=8, blocks=0, kernel_size=1, dist="categorical"),
+                   0.3, (7, 5), 1),
+    "k3-b1-rgb8": (dict(channels=3, bits=8, hidden=12, blocks=1, kernel_size=3, dist="logistic", nr_mix=3),
+                   0.2, (7, 5), 5),
+    "k5-b3-gray8-cond": (dict(channels=1, bits=8, hidden=8, blocks=3, kernel_size=5, dist="logistic",
+                              nr_mix=2, cond_channels=3), 0.1, (13, 16), 5),
+    "k3-b3-cat4-cond": (dict(channels=1, bits=4, hidden=10, blocks=3, kernel_size=3, dist="categorical",
+                             cond_channels=2), 0.15, (6, 11), 1),
+    "k1-b1-rgb8-cond": (dict(channels=3, bits=8, hidden=16, blocks=1, kernel_size=1, dist="logistic",
+                             nr_mix=4, cond_channels=4), 0.2, (6, 11), 2),
+    "k5-b0-rgb8": (dict(channels=3, bits=8, hidden=20, blocks=0, kernel_size=5, dist="logistic", nr_mix=5),
+                   0.2, (7, 5), 5),
+    "k3-b1-cat2-rgb": (dict(channels=3, bits=2, hidden=17, blocks=1, kernel_size=3, dist="categorical"),
+                       0.3, (7, 5), 3),
+    "k3-b1-gray16": (dict(channels=1, bits=16, hidden=8, blocks=1, kernel_size=3, dist="logistic", nr_mix=2),
+                     0.2, (5, 6), 2),
+    "k3-b2-bin": (dict(channels=2, bits=1, hidden=8, blocks=2, kernel_size=3, dist="categorical"),
+                  0.3, (6, 5), 3),
+}
+
+
+def make(name, seed=0, size=None, batch=None):
+    kwargs, std, (h, w), b = CONFIGS[name]
+    h, w = size or (h, w)
+    b = batch or b
+    torch.manual_seed(seed)
+    model = GatedPixelCNN(image_size=(h, w), **kwargs).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    cc = kwargs.get("cond_channels", 0)
+    cond = torch.randn(b, cc, h, w) if cc else None
+    x = torch.randint(0, 2 ** model.bits, (b, model.channels, h, w))
+    u = torch.rand(b, h, w, model.dist.num_uniforms)
+    return model, x, cond, u
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The naive reference runs ~H*W small forward passes: one thread is faster (and
+    much faster on a busy machine, where OpenMP teams wait on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def rel_err(a, ref):
+    return ((a - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_teacher_forcing_matches_forward(name):
+    model, x, cond, u = make(name)
+    b, _, h, w = x.shape
+    known = torch.ones(b, h, w, dtype=torch.bool)
+    with torch.no_grad():
+        ref = model(x, cond)
+    out, params = cached_cpp.run(model, x, known, cond, u, 1.0, return_params=True)
+    assert torch.equal(out, x), "known pixels must be kept"
+    assert params.shape == ref.shape and params.dtype == torch.float32
+    err = rel_err(params, ref)
+    assert err <= 1e-4, f"{name}: max abs error {err:.2e} of the parameter scale"
+
+
+def first_diff_explained(model, cond, u, temperature, a, b, params_b, name):
+    """For each image where ``a`` (naive) and ``b`` (cpp) differ, check the first
+    differing pixel is a float tie; return a report line per image."""
+    lines = []
+    diff = (a != b).any(1)
+    for k in range(a.shape[0]):
+        pos = diff[k].flatten().nonzero()
+        if len(pos) == 0:
+            continue
+        i, j = divmod(pos[0].item(), a.shape[3])
+        with torch.no_grad(), one_thread():
+            pa = model(a[k:k + 1], None if cond is None else cond[k:k + 1])[:, :, i, j]
+        pb = params_b[k:k + 1, :, i, j]
+        err = ((pa - pb).abs().max() / pa.abs().max().clamp(min=1e-30)).item()
+        own_a = model.dist.sample_flat(pa, u[k:k + 1, i, j], temperature)
+        own_b = model.dist.sample_flat(pb, u[k:k + 1, i, j], temperature)
+        assert err <= 1e-4, f"{name}: image {k} differs at ({i}, {j}) with params off by {err:.2e}"
+        assert torch.equal(own_a[0], a[k, :, i, j]) and torch.equal(own_b[0], b[k, :, i, j]), \
+            f"{name}: image {k} at ({i}, {j}): a pixel is not what its own parameters give"
+        lines.append(f"{name}: image {k} first differs at ({i}, {j}): naive {a[k, :, i, j].tolist()} "
+                     f"cpp {b[k, :, i, j].tolist()} (params within {err:.1e}: a float tie), "
+                     f"{int(diff[k].sum())} pixels differ after it")
+    return lines
+
+
+SAMPLING = [
+    ("k1-b0-cat4", 1.0), ("k3-b1-rgb8", 1.0), ("k5-b3-gray8-cond", 0.5), ("k3-b3-cat4-cond", 2.0),
+    ("k1-b1-rgb8-cond", 2.0), ("k5-b0-rgb8", 0.5), ("k3-b1-cat2-rgb", 1.0), ("k3-b1-gray16", 1.0),
+    ("k3-b2-bin", 0.5),
+]
+
+
+@pytest.mark.parametrize("name,temperature", SAMPLING)
+@pytest.mark.parametrize("completion", [False, True], ids=["sample", "complete"])
+def test_same_uniforms_same_images_as_naive(name, temperature, completion):
+    # 13x16 for teacher forcing only: the naive reference costs H*W forward passes
+    model, x, cond, u = make(name, seed=1, size=(6, 11) if name == "k5-b3-gray8-cond" else None,
+                             batch=2 if name == "k5-b3-gray8-cond" else None)
+    b, _, h, w = x.shape
+    known = (torch.rand(b, h, w) < 0.4) if completion else None
+    with one_thread():
+        a = naive.run(model, x, known, cond, u, temperature)
+    c, params = cached_cpp.run(model, x, known, cond, u, temperature, return_params=True)
+    assert c.dtype == torch.long and c.shape == x.shape
+    assert int(c.min()) >= 0 and int(c.max()) < 2 ** model.bits
+    if completion:
+        keep = known[:, None].expand_as(x)
+        assert torch.equal(c[keep], x[keep]), "known pixels must be kept"
+    equal = (a == c).all(1).float().mean().item()
+    if equal < 1.0:
+        # A float tie may flip a pixel, and then the rest of that image may follow:
+        # every image that differs must first differ at an explained tie.
+        report = first_diff_explained(model, cond, u, temperature, a, c, params, name)
+        print(f"\n{name}: {equal:.2%} of pixels equal to naive\n" + "\n".join(report))
+        assert report, f"{name}: {equal:.4%} of pixels equal"
+
+
+def test_sampling_arithmetic_matches_distribution():
+    """Constant parameters (head bias only): the C++ sampler and ``sample_flat`` map
+    the same uniforms to the same pixels, for both distributions."""
+    torch.manual_seed(3)
+    for kwargs in (dict(channels=3, bits=8, dist="logistic", nr_mix=5),
+                   dict(channels=1, bits=5, dist="categorical"),
+                   dict(channels=2, bits=16, dist="logistic", nr_mix=3)):
+        model = GatedPixelCNN(hidden=4, blocks=0, kernel_size=1, **kwargs).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+            model.head.bias.normal_(0.0, 2.0)
+        b, h, w = 4, 16, 16
+        x = torch.zeros(b, model.channels, h, w, dtype=torch.long)
+        u = torch.rand(b, h, w, model.dist.num_uniforms)
+        for t in (1.0, 0.7):
+            out = cached_cpp.run(model, x, None, None, u, t)
+            params = model.head.bias.view(1, -1, 1, 1).expand(b, -1, h, w)
+            ref = model.dist.sample(params, u, t)
+            equal = (out == ref).float().mean().item()
+            assert equal >= 0.999, f"{kwargs}: {equal:.4%} equal"
+
+
+@pytest.mark.parametrize("give_up", ["1", "0"])
+def test_thread_splits_give_identical_results(give_up, monkeypatch):
+    """Images over threads, channels over a team, row starts over a team: the same
+    arithmetic per element, so bitwise the same images and parameters. (A team whose
+    threads are late on a busy machine goes on with one thread; "0" forbids that.)"""
+    monkeypatch.setenv("PIXELAUX_TEAM_GIVE_UP", give_up)
+    torch.manual_seed(2)
+    # hidden=40: three panels of 16 channels (the last one partial), shared unevenly
+    model = GatedPixelCNN(channels=3, bits=8, hidden=40, blocks=2, kernel_size=3, nr_mix=3,
+                          cond_channels=2).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    x = torch.randint(0, 256, (3, 3, 6, 7))
+    cond = torch.randn(3, 2, 6, 7)
+    u = torch.rand(3, 6, 7, 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outs = [cached_cpp.run(model, x, None, cond, u, 1.0, return_params=True, mode=m) for m in range(4)]
+    finally:
+        torch.set_num_threads(threads)
+    for m, (o, p) in enumerate(outs[1:], 1):
+        assert torch.equal(o, outs[0][0]), f"mode {m} images differ"
+        assert torch.equal(p, outs[0][1]), f"mode {m} params differ"
+
+
+def test_batch_independence():
+    """Image k is the same whatever the batch it is sampled in."""
+    model, x, cond, u = make("k3-b1-rgb8", seed=4)
+    full = cached_cpp.run(model, x, None, cond, u, 1.0)
+    one = cached_cpp.run(model, x[2:3], None, cond, u[2:3], 1.0)
+    assert torch.equal(full[2:3], one)
+
+
+def test_packed_weights_follow_parameter_updates():
+    model, x, cond, u = make("k3-b1-cat2-rgb", seed=5)
+    b, _, h, w = x.shape
+    known = torch.ones(b, h, w, dtype=torch.bool)
+    first = cached_cpp.packed_weights(model)
+    assert cached_cpp.packed_weights(model) is first
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+        model.ul_blocks[0].conv2.weight.mul_(1.5)
+    assert cached_cpp.packed_weights(model) is not first
+    _, params = cached_cpp.run(model, x, known, None, u, 1.0, return_params=True)
+    with torch.no_grad():
+        ref = model(x)
+    assert rel_err(params, ref) <= 1e-4
+
+
+def test_op_schema_and_fake_tensor():
+    model, x, cond, u = make("k3-b3-cat4-cond", seed=6)
+    known = torch.rand(x.shape[0], *x.shape[2:]) < 0.5
+    args = (x, known, cond, u, cached_cpp.packed_weights(model), cached_cpp.config_of(model), 1.0, True, 0)
+    torch.library.opcheck(torch.ops.pixelaux.cached_sample.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    schema = str(torch.ops.pixelaux.cached_sample.default._schema)
+    assert schema.startswith("pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms")
+
+
+def test_bad_inputs_raise_clear_errors():
+    model, x, cond, u = make("k3-b3-cat4-cond", seed=7)
+    packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
+    op = torch.ops.pixelaux.cached_sample
+    b, _, h, w = x.shape
+    with pytest.raises(TypeError, match="x must be int64"):
+        op(x.float(), None, cond, u, packed, cfg, 1.0)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, H, W\)"):
+        op(x[:, None], None, cond, u, packed, cfg, 1.0)
+    with pytest.raises(ValueError, match="uniforms must have shape"):
+        op(x, None, cond, u[..., :0], packed, cfg, 1.0)
+    with pytest.raises(TypeError, match="uniforms must be float32"):
+        op(x, None, cond, u.double(), packed, cfg, 1.0)
+    with pytest.raises(ValueError, match="cond is required"):
+        op(x, None, None, u, packed, cfg, 1.0)
+    with pytest.raises(ValueError, match="cond must have shape"):
+        op(x, None, cond[:, :1], u, packed, cfg, 1.0)
+    with pytest.raises(TypeError, match="known must be a bool"):
+        op(x, torch.ones(b, h, w, dtype=torch.uint8), cond, u, packed, cfg, 1.0)
+    with pytest.raises(ValueError, match="known must have shape"):
+        op(x, torch.ones(b, h, w + 1, dtype=torch.bool), cond, u, packed, cfg, 1.0)
+    with pytest.raises(ValueError, match="known pixels of x must be in"):
+        op(x + 100, torch.ones(b, h, w, dtype=torch.bool), cond, u, packed, cfg, 1.0)
+    with pytest.raises(ValueError, match="packed must be"):
+        op(x, None, cond, u, packed[:-1], cfg, 1.0)
+    with pytest.raises(ValueError, match="temperature must be"):
+        op(x, None, cond, u, packed, cfg, 0.0)
+    with pytest.raises(ValueError, match="config"):
+        op(x, None, cond, u, packed, cfg[:-1], 1.0)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        op(x, None, cond, u, packed, cfg[:4] + [4] + cfg[5:], 1.0)
+    with pytest.raises(ValueError, match="mode must be"):
+        op(x, None, cond, u, packed, cfg, 1.0, False, 7)
+    raw = cached_cpp.raw_weights(model)
+    with pytest.raises(ValueError, match="expected .* weight tensors"):
+        torch.ops.pixelaux.pack_gated_pixelcnn(raw[:-1], cfg)
+    with pytest.raises(ValueError, match="head.weight must have shape"):
+        torch.ops.pixelaux.pack_gated_pixelcnn(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
+    with pytest.raises(TypeError, match="must be float32"):
+        torch.ops.pixelaux.pack_gated_pixelcnn([r.double() for r in raw], cfg)
