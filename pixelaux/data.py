@@ -35,7 +35,7 @@ def _to_tensor(img: Image.Image, channels: int, bits: int) -> torch.Tensor:
     a = a[None] if channels == 1 else a.transpose(2, 0, 1)
     if bits < 8:
         a = a >> (8 - bits)
-    return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_numpy(np.array(a, copy=True))
 
 
 def _resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
