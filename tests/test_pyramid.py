@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import assert_causal, one_thread  # noqa: F401 (fixture)
 from pixelaux.encoders import UNetEncoder
 from pixelaux.pyramid import PyramidPixelCNN, build_pyramid, level_sizes
 
@@ -13,13 +14,8 @@ SIZE, SEED = (12, 8), (3, 2)          # stages (3, 2) -> (6, 4) -> (12, 8)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the
-    thread spin-waits make these tests ~20x slower; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def tiny_model(**kw):
@@ -31,36 +27,6 @@ def tiny_model(**kw):
 
 def rand_images(b=2, c=3, size=SIZE, bits=8):
     return torch.randint(0, 2 ** bits, (b, c, *size))
-
-
-def perturb_each_pixel(x, bits):
-    """Batch of ``1 + H*W`` images: ``x`` itself, then ``x`` with pixel ``n`` (raster order,
-    all channels) moved to a different random value."""
-    _, c, h, w = x.shape
-    xs = x.repeat(1 + h * w, 1, 1, 1)
-    for n in range(h * w):
-        i, j = divmod(n, w)
-        xs[1 + n, :, i, j] = (x[0, :, i, j] + torch.randint(1, 2 ** bits, (c,))) % 2 ** bits
-    return xs
-
-
-def assert_causal(net, x, cond, bits):
-    """Params at (i, j) do not move when a pixel at/after (i, j) changes; they do move when
-    the pixel just left of or just above (i, j) changes."""
-    _, _, h, w = x.shape
-    xs = perturb_each_pixel(x, bits)
-    conds = None if cond is None else cond.expand(xs.shape[0], -1, -1, -1)
-    with torch.no_grad():
-        out = net(xs, conds)
-    diff = (out[1:] - out[:1]).abs().amax(dim=1).reshape(h * w, h * w)  # [perturbed n, position q]
-    scale = out.abs().max()
-    for n in range(h * w):
-        assert diff[n, : n + 1].max() <= 1e-5 * scale, f"pixel {divmod(n, w)} leaks into earlier/own params"
-        i, j = divmod(n, w)
-        if j + 1 < w:
-            assert diff[n, n + 1] > 1e-4 * scale, f"pixel {(i, j)} does not reach {(i, j + 1)}"
-        if i + 1 < h:
-            assert diff[n, n + w] > 1e-4 * scale, f"pixel {(i, j)} does not reach {(i + 1, j)}"
 
 
 # ---------------------------------------------------------------- build_pyramid
