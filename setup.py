@@ -147,7 +147,12 @@ setup(
     # torch is installed first (see the README): a plain requirement, so that pip keeps
     # the installed build instead of pulling another one.
     install_requires=["torch>=2.1", "numpy", "pillow", "safetensors", "tqdm", "scikit-image"],
-    extras_require={"test": ["pytest", "hypothesis", "triton; platform_system == 'Linux'"], "triton": ["triton"], "bench": ["matplotlib"]},
+    extras_require={
+        # triton: the Triton backend's tests run its kernels under TRITON_INTERPRET=1 on CPU
+        "test": ["pytest", "hypothesis", "triton; platform_system == 'Linux'"],
+        "triton": ["triton"],
+        "bench": ["matplotlib"],                    # plots of pixelaux bench
+    },
     entry_points={"console_scripts": ["pixelaux = pixelaux.cli:main"]},
     zip_safe=False,
 )
