@@ -6,7 +6,7 @@ Sampling and scoring: ``sample``, ``bits_per_dim``; tasks: ``colorize``, ``upsca
 ``complete``. Weights: ``save``, ``load`` (a checkpoint file or an embedded model name),
 ``list_models``. Training: ``train``.
 """
-from . import distributions
+from . import distributions, images
 from .applications import colorize, complete, upscale
 from .checkpoint import save
 from .encoders import ResNetEncoder, UNetEncoder
@@ -26,5 +26,5 @@ def train(*args, **kwargs):
 
 
 __all__ = ["GatedPixelCNN", "GrayscalePixelCNN", "PyramidPixelCNN", "ResNetEncoder", "UNetEncoder",
-           "distributions", "sample", "bits_per_dim", "colorize", "upscale", "complete", "save", "load",
+           "distributions", "images", "sample", "bits_per_dim", "colorize", "upscale", "complete", "save", "load",
            "list_models", "train", "to_gray", "build_pyramid"]
