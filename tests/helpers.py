@@ -1,4 +1,6 @@
 """Test helpers: models with random (not near-zero) weights and random inputs."""
+import contextlib
+
 import pytest
 import torch
 
@@ -48,14 +50,23 @@ ENGINE_CONFIGS = [
 ENGINE_SIZES = [(7, 5), (6, 11)]
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the
-    thread spin-waits make these tests ~20x slower; restored afterwards."""
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread, restored afterwards: tiny models gain nothing from threads,
+    and on a busy 2-core machine OpenMP spin-waits make them ~10-20x slower."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """``single_thread`` for a whole test module."""
+    with single_thread():
+        yield
 
 
 def perturb_each_pixel(x, bits):

@@ -8,11 +8,11 @@
 
 Tiny models with random weights (not near-zero), awkward sizes, every model option.
 """
-import contextlib
 
 import pytest
 import torch
 
+from helpers import single_thread
 from pixelaux import GatedPixelCNN
 from pixelaux import native
 
@@ -61,18 +61,6 @@ def make(name, seed=0, size=None, batch=None):
     return model, x, cond, u
 
 
-@contextlib.contextmanager
-def one_thread():
-    """The naive reference runs ~H*W small forward passes: one thread is faster (and
-    much faster on a busy machine, where OpenMP teams wait on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def rel_err(a, ref):
     return ((a - ref).abs().max() / ref.abs().max()).item()
 
@@ -101,7 +89,7 @@ def first_diff_explained(model, cond, u, temperature, a, b, params_b, name):
         if len(pos) == 0:
             continue
         i, j = divmod(pos[0].item(), a.shape[3])
-        with torch.no_grad(), one_thread():
+        with torch.no_grad(), single_thread():
             pa = model(a[k:k + 1], None if cond is None else cond[k:k + 1])[:, :, i, j]
         pb = params_b[k:k + 1, :, i, j]
         err = ((pa - pb).abs().max() / pa.abs().max().clamp(min=1e-30)).item()
@@ -131,7 +119,7 @@ def test_same_uniforms_same_images_as_naive(name, temperature, completion):
                              batch=2 if name == "k5-b3-gray8-cond" else None)
     b, _, h, w = x.shape
     known = (torch.rand(b, h, w) < 0.4) if completion else None
-    with one_thread():
+    with single_thread():
         a = naive.run(model, x, known, cond, u, temperature)
     c, params = cached_cpp.run(model, x, known, cond, u, temperature, return_params=True)
     assert c.dtype == torch.long and c.shape == x.shape

@@ -8,17 +8,14 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import one_thread  # noqa: F401 (fixture)
 from pixelaux import GatedPixelCNN
 from pixelaux import checkpoint as ck
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only spin against other processes on 2 cores."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(prev)
 
 
 def _model(**kw):

@@ -38,6 +38,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import one_thread  # noqa: F401 (fixture)
 from pixelaux import checkpoint as ck
 from pixelaux.training import MODEL_FILE, STATE_FILE
 
@@ -48,11 +49,8 @@ TMP_RE = re.compile(r"^\.(model|training_state)\.safetensors\.[0-9a-f]{16}\.tmp$
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(prev)
 
 
 def _env():

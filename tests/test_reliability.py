@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import pixelaux
-from helpers import randomize
+from helpers import randomize, single_thread
 from pixelaux import checkpoint as ck
 from pixelaux import native, resources
 from pixelaux.data import CIFAR10, ImageFolder, natural_patches
@@ -70,10 +70,8 @@ HYP = dict(deadline=None, derandomize=True, database=None, print_blob=True,
 def _one_thread_and_report(request):
     """One intra-op thread (tiny models; a busy 2-core machine), restored afterwards;
     the counts of inputs tried are printed when the module is done."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+    with single_thread():
+        yield
     tried = {k: v for k, v in sorted(COUNTS.items()) if "/" not in k}
     lines = [f"pixelaux reliability: {sum(tried.values())} inputs tried by the property tests"]
     lines += [f"  {k}: {v} tried; " + ", ".join(f"{o.split('/', 1)[1]} {c}" for o, c in sorted(COUNTS.items())

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from helpers import one_thread  # noqa: F401 (fixture)
 from pixelaux import GatedPixelCNN
 from pixelaux import checkpoint as ck
 from pixelaux import training
@@ -14,13 +15,8 @@ from pixelaux.training import (MODEL_FILE, STATE_FILE, _Order, add_train_argumen
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine
-    OpenMP threads spinning against other processes make these tests 10x slower."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(prev)
 
 
 @pytest.fixture(scope="module")
