@@ -1,7 +1,8 @@
 """pixelaux: PixelCNN models with auxiliary variables and a fast, exact sampling engine.
 
-Models: ``GatedPixelCNN`` (the causal stack), ``GrayscalePixelCNN`` (4-bit gray prior +
-colour given gray), ``PyramidPixelCNN`` (resolution levels, each given the one below).
+Models: ``GatedPixelCNN`` (the causal stack), ``PixelCNNpp`` (PixelCNN++: the same blocks
+in a U-net over several resolutions), ``GrayscalePixelCNN`` (4-bit gray prior + colour
+given gray), ``PyramidPixelCNN`` (resolution levels, each given the one below).
 Sampling and scoring: ``sample``, ``bits_per_dim``; tasks: ``colorize``, ``upscale``,
 ``complete``. Weights: ``save``, ``load`` (a checkpoint file or an embedded model name),
 ``list_models``. Training: ``train``.
@@ -12,6 +13,7 @@ from .checkpoint import save
 from .encoders import ResNetEncoder, UNetEncoder
 from .gated_pixelcnn import GatedPixelCNN
 from .grayscale import GrayscalePixelCNN, to_gray
+from .pixelcnnpp import PixelCNNpp
 from .pretrained import list_models, load
 from .pyramid import PyramidPixelCNN, build_pyramid
 from .sampling import bits_per_dim, sample
@@ -25,6 +27,6 @@ def train(*args, **kwargs):
     return _train(*args, **kwargs)
 
 
-__all__ = ["GatedPixelCNN", "GrayscalePixelCNN", "PyramidPixelCNN", "ResNetEncoder", "UNetEncoder",
+__all__ = ["GatedPixelCNN", "PixelCNNpp", "GrayscalePixelCNN", "PyramidPixelCNN", "ResNetEncoder", "UNetEncoder",
            "distributions", "images", "sample", "bits_per_dim", "colorize", "upscale", "complete", "save", "load",
            "list_models", "train", "to_gray", "build_pyramid"]

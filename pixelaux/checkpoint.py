@@ -47,6 +47,7 @@ MODEL_REGISTRY = {
     "GatedPixelCNN": "pixelaux.gated_pixelcnn:GatedPixelCNN",
     "GrayscalePixelCNN": "pixelaux.grayscale:GrayscalePixelCNN",
     "PyramidPixelCNN": "pixelaux.pyramid:PyramidPixelCNN",
+    "PixelCNNpp": "pixelaux.pixelcnnpp:PixelCNNpp",
 }
 
 

@@ -33,13 +33,17 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
 
 
 class DownShiftedConv2d(nn.Conv2d):
-    """Conv whose output at (i, j) sees rows <= i and a centred window of columns."""
+    """Conv whose output at (i, j) sees rows <= i and a centred window of columns.
 
-    def __init__(self, cin: int, cout: int, kernel: tuple[int, int]):
+    With ``stride=2`` (PixelCNN++'s down-sampling) the output at ``(p, q)`` reads
+    input rows ``2p-kh+1 .. 2p`` and columns ``2q-(kw-1)/2 .. 2q+(kw-1)/2``.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], stride: int = 1):
         kh, kw = kernel
         if kw % 2 != 1:
             raise ValueError(f"kernel width must be odd for a down-shifted conv, got {kw}")
-        super().__init__(cin, cout, (kh, kw))
+        super().__init__(cin, cout, (kh, kw), stride=stride)
         self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,15 +51,50 @@ class DownShiftedConv2d(nn.Conv2d):
 
 
 class DownRightShiftedConv2d(nn.Conv2d):
-    """Conv whose output at (i, j) sees rows <= i and columns <= j."""
+    """Conv whose output at (i, j) sees rows <= i and columns <= j.
 
-    def __init__(self, cin: int, cout: int, kernel: tuple[int, int]):
+    With ``stride=2`` the output at ``(p, q)`` reads input rows ``2p-kh+1 .. 2p`` and
+    columns ``2q-kw+1 .. 2q``.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], stride: int = 1):
         kh, kw = kernel
-        super().__init__(cin, cout, (kh, kw))
+        super().__init__(cin, cout, (kh, kw), stride=stride)
         self.pad = (kw - 1, 0, kh - 1, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, self.pad))
+
+
+class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
+    """PixelCNN++'s up-sampling of the vertical stream: a stride-2 transposed conv with
+    kernel ``(2, 3)``, cropped so that the output at ``(r, c)`` reads only input row
+    ``r // 2`` (columns ``(c-1) // 2 .. (c+1) // 2``): the output at row ``r`` depends
+    on what the input row ``r // 2`` depends on, no later row.
+
+    ``weight`` is ``(cin, cout, 2, 3)``; ``out[r, c] = bias + sum_q W[:, :, r % 2, c + 1 - 2q]^T in[r // 2, q]``
+    over the ``q`` with ``0 <= c + 1 - 2q <= 2``.
+    """
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, (2, 3), stride=2, output_padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y[:, :, :2 * x.shape[2], 1:1 + 2 * x.shape[3]]
+
+
+class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
+    """PixelCNN++'s up-sampling of the horizontal stream: a stride-2 transposed conv with
+    kernel ``(2, 2)``, cropped so that ``out[r, c] = bias + W[:, :, r % 2, c % 2]^T in[r // 2, c // 2]``
+    (each input position feeds the 2x2 block it covers, nothing before it)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, (2, 2), stride=2, output_padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y[:, :, :2 * x.shape[2], :2 * x.shape[3]]
 
 
 class GatedResidualBlock(nn.Module):
@@ -69,7 +108,7 @@ class GatedResidualBlock(nn.Module):
     """
 
     def __init__(self, channels: int, conv_cls, kernel: tuple[int, int], skip_channels: int = 0,
-                 cond_channels: int = 0, dropout: float = 0.0):
+                 cond_channels: int = 0, dropout: float = 0.0, channel_dropout: bool = False):
         super().__init__()
         c = channels
         self.conv1 = conv_cls(2 * c, c, kernel)
@@ -77,7 +116,8 @@ class GatedResidualBlock(nn.Module):
         self.conv2 = conv_cls(2 * c, 2 * c, kernel)
         self.cond_c1 = nn.Conv2d(2 * cond_channels, c, 1, bias=False) if cond_channels else None
         self.cond_c2 = nn.Conv2d(cond_channels, 2 * c, 1, bias=False) if cond_channels else None
-        self.dropout = nn.Dropout(dropout)
+        # PixelCNN++ drops whole channels (Dropout2d); the Gated PixelCNN single values.
+        self.dropout = nn.Dropout2d(dropout) if channel_dropout else nn.Dropout(dropout)
 
     def cond_terms(self, cond: torch.Tensor | None):
         """The two per-position conditioning terms; computed once per image when sampling."""

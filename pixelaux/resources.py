@@ -113,7 +113,38 @@ def _images_bytes(channels: int, h: int, w: int) -> int:
     return 2 * _I64 * channels * h * w          # the stage's image and the engine's copy
 
 
+def _pp_floats_naive(stage, h: int, w: int) -> int:
+    """Floats alive at the widest point of one forward pass of a ``PixelCNNpp``, per image:
+    the up-pass values kept for the down pass, one block's temporaries, the cond terms."""
+    c, f, k, n = stage.channels, stage.hidden, stage.cond_channels, stage.blocks
+    area = sum((h >> s) * (w >> s) for s in range(stage.scales))
+    kept = 2 * (n + 1) * f * area
+    per_pos = 3 * (c + 1) + 14 * f + (3 * f + 5 * k if k else 0) + stage.dist.num_params \
+        + stage.dist.num_uniforms
+    return kept + per_pos * h * w
+
+
+def _pp_floats_cached(stage, h: int, w: int) -> int:
+    """Floats of the cached engine's buffers for a ``PixelCNNpp``, per image: the 2-row
+    windows of every conv input at its scale, the transposed convs' outputs, one row of
+    stream values, and the conditioning terms of every block (whole maps)."""
+    c, f, k, n = stage.channels, stage.hidden, stage.cond_channels, stage.blocks
+    floats = (c + 1) * (2 + h) * (w + 2)
+    for s in range(stage.scales):
+        ws, area = w >> s, (h >> s) * (w >> s)
+        blocks = n + (n if s == stage.scales - 1 else n + 1)      # up + down, per stream
+        floats += 2 * blocks * 2 * (2 * f) * 2 * (ws + 2)        # two windows per block and stream
+        floats += 2 * f * 2 * (ws + 2) + 2 * f * 2 * ws          # stride-2 inputs, transposed outputs
+        floats += 4 * (n + 1) * f * ws                           # per-row values and terms
+        if k:
+            floats += 2 * blocks * 3 * f * area + k * area
+    return floats + (stage.dist.num_params + stage.dist.num_uniforms) * h * w
+
+
 def _stage_bytes(stage, h: int, w: int, engine: str, backend) -> int:
+    if stage.kind == "PixelCNNpp":
+        floats = _pp_floats_naive(stage, h, w) if engine == "naive" else _pp_floats_cached(stage, h, w)
+        return _F32 * floats + _images_bytes(stage.channels, h, w)
     if engine == "naive":
         floats = _stage_floats_naive(stage, h, w)
     else:
@@ -145,7 +176,7 @@ def estimate_sampling_bytes(model, n: int, size=None, engine: str = "cached", ba
     n = max(0, int(n))
     h, w = _size(model, size)
     kind = getattr(model, "kind", None)
-    if kind == "GatedPixelCNN":
+    if kind in ("GatedPixelCNN", "PixelCNNpp"):
         per_image = _stage_bytes(model, h, w, engine, backend)
     elif kind == "GrayscalePixelCNN":
         gray = _images_bytes(1, h, w)
@@ -165,8 +196,8 @@ def estimate_sampling_bytes(model, n: int, size=None, engine: str = "cached", ba
                 b += _F32 * _encoder_floats(model.encoders[k - 1], hk, wk)
             per_image = max(per_image, b)
     else:
-        raise TypeError(f"model must be a pixelaux GatedPixelCNN, GrayscalePixelCNN or PyramidPixelCNN, "
-                        f"got {type(model).__name__}")
+        raise TypeError(f"model must be a pixelaux GatedPixelCNN, PixelCNNpp, GrayscalePixelCNN or "
+                        f"PyramidPixelCNN, got {type(model).__name__}")
     return n * per_image
 
 

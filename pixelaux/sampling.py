@@ -23,12 +23,27 @@ from .uniforms import ImageUniforms
 logger = logging.getLogger("pixelaux")
 
 
+#: Models sampled as one stage by an engine (the auxiliary-variable models chain them).
+STAGE_KINDS = ("GatedPixelCNN", "PixelCNNpp")
+MODEL_KINDS = STAGE_KINDS + ("GrayscalePixelCNN", "PyramidPixelCNN")
+
+
 def _model_kind(model) -> str:
     kind = getattr(model, "kind", None)
-    if kind not in ("GatedPixelCNN", "GrayscalePixelCNN", "PyramidPixelCNN"):
-        raise TypeError("model must be a pixelaux GatedPixelCNN, GrayscalePixelCNN or PyramidPixelCNN, "
+    if kind not in MODEL_KINDS:
+        raise TypeError(f"model must be a pixelaux {', '.join(MODEL_KINDS[:-1])} or {MODEL_KINDS[-1]}, "
                         f"got {type(model).__name__}")
     return kind
+
+
+def _stages(model) -> list:
+    """The sampling stages of ``model``, in the order they run."""
+    kind = _model_kind(model)
+    if kind in STAGE_KINDS:
+        return [model]
+    if kind == "GrayscalePixelCNN":
+        return [model.prior, model.colour]
+    return list(model.levels)
 
 
 def _model_device(model) -> torch.device:
@@ -72,8 +87,10 @@ def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature
     mask = None
     if known is not None:
         x, mask = known[0].to(device), known[1].to(device)
+    if stage.kind == "PixelCNNpp":
+        stage.check_size(size, "size")
     u = uniforms.draw(h, w, stage.dist.num_uniforms)
-    run = engines.runner(engine, backend)
+    run = engines.runner(engine, backend, stage.kind)
     return run(stage, x, mask, cond, u, temperature, progress=progress)
 
 
@@ -97,17 +114,17 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     """Draw ``n`` images from a pixelaux model.
 
     Args:
-        model: ``GatedPixelCNN``, ``GrayscalePixelCNN`` or ``PyramidPixelCNN``.
+        model: ``GatedPixelCNN``, ``PixelCNNpp``, ``GrayscalePixelCNN`` or ``PyramidPixelCNN``.
         n: number of images (>= 1).
         size: ``(H, W)`` or ``int``; defaults to ``model.image_size``. Pyramid sizes must
-            be divisible by ``2**(levels-1)``.
+            be divisible by ``2**(levels-1)``, ``PixelCNNpp`` sizes by ``2**(scales-1)``.
         engine: ``"cached"`` (default; exact and about one forward pass per image) or
             ``"naive"`` (one forward pass per pixel, the reference).
         backend: for ``cached``: ``"auto"`` (cpp on CPU, triton on CUDA, else torch),
             ``"torch"``, ``"cpp"`` or ``"triton"``.
         generator: a CPU ``torch.Generator``; image ``k`` depends only on the generator
             state and ``k``, not on ``n``, the engine or the backend.
-        cond: the auxiliary input. ``GatedPixelCNN`` with ``cond_channels``: a float map
+        cond: the auxiliary input. ``GatedPixelCNN``/``PixelCNNpp`` with ``cond_channels``: a float map
             ``(n, cond_channels, H, W)``. ``GrayscalePixelCNN``: the gray view
             ``(n, 1, H, W)`` integer in ``[0, 2**gray_bits)`` (colorization).
             ``PyramidPixelCNN``: a smaller level ``(n, C, h, w)`` integer with
@@ -128,7 +145,8 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     n = check_int(n, "n", min_value=1)
     size = model.image_size if size is None else check_size(size)
     temperature = check_float(temperature, "temperature", min_value=0.0, min_exclusive=True)
-    engine, backend = engines.resolve(engine, backend, _model_device(model))
+    engine, backend = engines.resolve(engine, backend, _model_device(model),
+                                      kinds=tuple({st.kind for st in _stages(model)}))
     logger.info("pixelaux.sample: engine=%s backend=%s", engine, backend)
     resources.check_memory(resources.estimate_sampling_bytes(model, n, size, engine, backend),
                            _model_device(model), f"pixelaux.sample(n={n}, size={size}, engine={engine!r})", n=n)
@@ -137,7 +155,7 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     was_training = model.training
     model.eval()
     try:
-        if kind == "GatedPixelCNN":
+        if kind in STAGE_KINDS:
             known = _check_known(known, n, model.channels, model.bits, size)
             cond = check_cond(cond, "cond", batch=n, channels=model.cond_channels, size=size,
                               device=_model_device(model))
@@ -207,7 +225,7 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
     batch_size = check_int(batch_size, "batch_size", min_value=1)
     device = _model_device(model)
     x = check_images(images, "images", channels=model.channels, bits=model.bits)
-    if kind == "GatedPixelCNN":
+    if kind in STAGE_KINDS:
         cond = check_cond(cond, "cond", batch=x.shape[0], channels=model.cond_channels, size=tuple(x.shape[2:]))
     elif cond is not None:
         raise ValueError(f"cond must be None for a {kind}: its auxiliary inputs are computed from the images, "
@@ -218,7 +236,7 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
         chunks = []
         for s in range(0, x.shape[0], batch_size):
             xb = x[s:s + batch_size].to(device)
-            if kind == "GatedPixelCNN":
+            if kind in STAGE_KINDS:
                 cb = None if cond is None else cond[s:s + batch_size].to(device)
                 dims = xb[0].numel() * math.log(2)
                 chunks.append({"total": -model.log_prob(xb, cb) / dims})

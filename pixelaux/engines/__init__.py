@@ -20,6 +20,12 @@ logger = logging.getLogger("pixelaux")
 
 ENGINES = ("naive", "cached")
 BACKENDS = ("auto", "torch", "cpp", "triton")
+#: The sampling-stage kinds (``model.kind``) each cached backend can run.
+STAGE_KINDS = {
+    "torch": ("GatedPixelCNN", "PixelCNNpp"),
+    "cpp": ("GatedPixelCNN",),
+    "triton": ("GatedPixelCNN",),
+}
 _warned = set()
 
 
@@ -42,9 +48,11 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
     return cached_triton.status(device)
 
 
-def resolve(engine: str, backend: str, device) -> tuple[str, str | None]:
+def resolve(engine: str, backend: str, device, kinds=("GatedPixelCNN",)) -> tuple[str, str | None]:
     """Check ``engine``/``backend`` and return ``(engine, backend)`` with ``auto``
-    replaced by the backend that will run (``None`` for the naive engine)."""
+    replaced by the backend that will run (``None`` for the naive engine). ``kinds``:
+    the stage kinds the model samples with (``auto`` skips a backend that cannot run
+    one of them; an explicit backend that cannot is a ``ValueError``)."""
     if not isinstance(engine, str):
         raise TypeError(f"engine must be a str, one of {ENGINES}, got {type(engine).__name__}")
     if not isinstance(backend, str):
@@ -56,19 +64,26 @@ def resolve(engine: str, backend: str, device) -> tuple[str, str | None]:
     device = torch.device(device)
     if engine == "naive":
         return engine, None
+    unsupported = lambda b: [k for k in kinds if k not in STAGE_KINDS[b]]  # noqa: E731
     if backend == "auto":
         if device.type == "cuda":
             ok, why = triton_status(device)
-            if ok:
+            if ok and not unsupported("triton"):
                 return engine, "triton"
+            if ok:
+                why = f"it does not run {', '.join(unsupported('triton'))} yet"
             _warn_once("triton", f"pixelaux: Triton backend unavailable ({why}); using the torch backend")
             return engine, "torch"
         if device.type == "cpu":
             ok, why = cpp_status()
-            if ok:
+            if ok and not unsupported("cpp"):
                 return engine, "cpp"
-            _warn_once("cpp", f"pixelaux: C++ backend unavailable ({why}); using the torch backend")
+            if not ok:
+                _warn_once("cpp", f"pixelaux: C++ backend unavailable ({why}); using the torch backend")
         return engine, "torch"
+    if unsupported(backend):
+        raise ValueError(f"backend={backend!r} does not run {', '.join(unsupported(backend))} models; "
+                         f"backends that do: {[b for b in STAGE_KINDS if not unsupported(b)]}")
     if backend == "cpp":
         ok, why = cpp_status()
         if not ok:
@@ -82,14 +97,19 @@ def resolve(engine: str, backend: str, device) -> tuple[str, str | None]:
     return engine, backend
 
 
-def runner(engine: str, backend: str | None):
-    """The ``run`` function of an engine/backend pair (already resolved)."""
+def runner(engine: str, backend: str | None, kind: str = "GatedPixelCNN"):
+    """The ``run`` function of an engine/backend pair (already resolved) for a stage of
+    kind ``kind``."""
     if engine == "naive":
         from .naive import run
     elif backend == "torch":
         from .cached_torch import run
+    elif backend == "cpp" and kind == "PixelCNNpp":
+        from .cached_cpp_pp import run
     elif backend == "cpp":
         from .cached_cpp import run
+    elif backend == "triton" and kind == "PixelCNNpp":
+        from .cached_triton_pp import run
     elif backend == "triton":
         from .cached_triton import run
     else:  # pragma: no cover - resolve() rejects these

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers import concat_elu
+from .cached_torch_pp import PixelCNNppState
 from .progress import pixel_progress
 
 
@@ -126,7 +127,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     parameters at every position ``(B, P, H, W)`` (teacher forcing when all known)."""
     x = x.clone()
     b, _, h, w = x.shape
-    state = CachedState(model, x, cond)
+    state = PixelCNNppState(model, x, cond) if model.kind == "PixelCNNpp" else CachedState(model, x, cond)
     params_out = torch.empty(b, model.dist.num_params, h, w, device=x.device) if return_params else None
     uniforms = uniforms.to(x.device)
     with pixel_progress(h * w, progress, "cached[torch]") as bar:
