@@ -21,9 +21,9 @@ import math
 import torch
 import torch.nn as nn
 
-from .checks import check_float, check_images, check_int, check_size
+from .checks import check_choice, check_float, check_images, check_int, check_size
 from .encoders import ResNetEncoder
-from .gated_pixelcnn import GatedPixelCNN
+from .stages import ARCHS, make_stage
 
 # BT.601 luma weights in thousandths: Y = (299 R + 587 G + 114 B) / 1000.
 LUMA_WEIGHTS = (299, 587, 114)
@@ -69,6 +69,9 @@ class GrayscalePixelCNN(nn.Module):
 
     Defaults: ``encoder_hidden`` and ``prior_hidden`` -> ``hidden``; ``cond_channels``
     (width of the encoder map) -> ``hidden``; ``prior_blocks`` -> ``blocks``.
+    ``arch``: the network of every part, ``"gated"`` (``GatedPixelCNN``, default) or
+    ``"pixelcnnpp"`` (``PixelCNNpp`` over ``scales`` resolutions; ``kernel_size`` does not
+    apply to it, and every part's size must be divisible by ``2**(scales-1)``).
     """
 
     kind = "GrayscalePixelCNN"
@@ -77,8 +80,10 @@ class GrayscalePixelCNN(nn.Module):
                  blocks: int = 8, kernel_size: int = 3, dropout: float = 0.0, nr_mix: int = 10,
                  encoder_hidden: int | None = None, encoder_blocks: int = 4,
                  cond_channels: int | None = None, image_size=(32, 32),
-                 prior_hidden: int | None = None, prior_blocks: int | None = None):
+                 prior_hidden: int | None = None, prior_blocks: int | None = None,
+                 arch: str = "gated", scales: int = 3):
         super().__init__()
+        arch = check_choice(arch, "arch", ARCHS)
         channels = check_int(channels, "channels", min_value=1)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 3 (RGB) or 1, got {channels}")
@@ -101,19 +106,20 @@ class GrayscalePixelCNN(nn.Module):
                            encoder_hidden=encoder_hidden, encoder_blocks=encoder_blocks,
                            cond_channels=cond_channels, image_size=list(self.image_size),
                            prior_hidden=prior_hidden, prior_blocks=prior_blocks)
+        if arch != "gated":           # older checkpoints (gated, no such keys) keep their config
+            self.config.update(arch=arch, scales=scales)
         self.channels, self.bits, self.gray_bits = channels, bits, gray_bits
         k = hidden if cond_channels is None else cond_channels
-        self.prior = GatedPixelCNN(
-            channels=1, bits=gray_bits, dist="categorical",
+        self.prior = make_stage(
+            arch, scales, kernel_size, channels=1, bits=gray_bits, dist="categorical",
             hidden=hidden if prior_hidden is None else prior_hidden,
             blocks=blocks if prior_blocks is None else prior_blocks,
-            kernel_size=kernel_size, dropout=dropout, image_size=self.image_size)
+            dropout=dropout, image_size=self.image_size)
         self.encoder = ResNetEncoder(1, gray_bits, hidden if encoder_hidden is None else encoder_hidden,
                                      encoder_blocks, k)
-        self.colour = GatedPixelCNN(
-            channels=channels, bits=bits, dist="logistic", nr_mix=nr_mix, cond_channels=k,
-            hidden=hidden, blocks=blocks, kernel_size=kernel_size, dropout=dropout,
-            image_size=self.image_size)
+        self.colour = make_stage(
+            arch, scales, kernel_size, channels=channels, bits=bits, dist="logistic", nr_mix=nr_mix,
+            cond_channels=k, hidden=hidden, blocks=blocks, dropout=dropout, image_size=self.image_size)
 
     def gray(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, channels, H, W)`` -> the gray view ``X_hat``, ``(B, 1, H, W)`` in ``[0, 2**gray_bits)``."""

@@ -26,9 +26,9 @@ import math
 import torch
 import torch.nn as nn
 
-from .checks import check_float, check_images, check_int, check_size
+from .checks import check_choice, check_float, check_images, check_int, check_size
 from .encoders import UNetEncoder
-from .gated_pixelcnn import GatedPixelCNN
+from .stages import ARCHS, make_stage
 from .grayscale import div_round_half_even
 
 
@@ -85,6 +85,9 @@ class PyramidPixelCNN(nn.Module):
     ``levels[0]`` (seed size) is unconditional; ``levels[k]`` takes
     ``cond = encoders[k-1](stage k-1 image)``, ``cond_channels`` wide (default ``hidden``).
     ``encoder_hidden`` (default ``hidden``) is the U-net width.
+    ``arch``: the network of every part, ``"gated"`` (``GatedPixelCNN``, default) or
+    ``"pixelcnnpp"`` (``PixelCNNpp`` over ``scales`` resolutions; ``kernel_size`` does not
+    apply to it, and every part's size must be divisible by ``2**(scales-1)``).
     """
 
     kind = "PyramidPixelCNN"
@@ -92,8 +95,9 @@ class PyramidPixelCNN(nn.Module):
     def __init__(self, channels: int = 3, bits: int = 8, image_size=32, seed_size=8, hidden: int = 64,
                  blocks: int = 3, kernel_size: int = 3, nr_mix: int = 10, dist: str = "logistic",
                  encoder_hidden: int | None = None, dropout: float = 0.0,
-                 cond_channels: int | None = None):
+                 cond_channels: int | None = None, arch: str = "gated", scales: int = 2):
         super().__init__()
+        arch = check_choice(arch, "arch", ARCHS)
         channels = check_int(channels, "channels", min_value=1)
         bits = check_int(bits, "bits", min_value=1, max_value=16)
         hidden = check_int(hidden, "hidden", min_value=1)
@@ -109,13 +113,15 @@ class PyramidPixelCNN(nn.Module):
                            seed_size=list(self.seed_size), hidden=hidden, blocks=blocks,
                            kernel_size=kernel_size, nr_mix=nr_mix, dist=dist,
                            encoder_hidden=encoder_hidden, dropout=dropout, cond_channels=cond_channels)
+        if arch != "gated":           # older checkpoints (gated, no such keys) keep their config
+            self.config.update(arch=arch, scales=scales)
         self.channels, self.bits = channels, bits
         k_cond = hidden if cond_channels is None else cond_channels
         e_hidden = hidden if encoder_hidden is None else encoder_hidden
         self.levels = nn.ModuleList(
-            GatedPixelCNN(channels=channels, bits=bits, hidden=hidden, blocks=blocks,
-                          kernel_size=kernel_size, dropout=dropout, cond_channels=0 if k == 0 else k_cond,
-                          dist=dist, nr_mix=nr_mix, image_size=size)
+            make_stage(arch, scales, kernel_size, channels=channels, bits=bits, hidden=hidden, blocks=blocks,
+                       dropout=dropout, cond_channels=0 if k == 0 else k_cond,
+                       dist=dist, nr_mix=nr_mix, image_size=size)
             for k, size in enumerate(self.level_sizes))
         self.encoders = nn.ModuleList(
             UNetEncoder(channels, bits, e_hidden, k_cond) for _ in self.level_sizes[1:])

@@ -97,3 +97,40 @@ def assert_causal(net, x, cond, bits):
             assert diff[n, n + 1] > 1e-4 * scale, f"pixel {(i, j)} does not reach {(i, j + 1)}"
         if i + 1 < h:
             assert diff[n, n + w] > 1e-4 * scale, f"pixel {(i, j)} does not reach {(i + 1, j)}"
+
+
+def random_pp(seed=0, std=0.2, **cfg):
+    """A ``PixelCNNpp`` with random weights (dropout off unless given)."""
+    torch.manual_seed(seed)
+    cfg.setdefault("dropout", 0.0)
+    return randomize(pixelaux.PixelCNNpp(**cfg), std=std, seed=seed)
+
+
+def assert_same_images(model, cond, u, temperature, ref, got, params_got, name="", tol=1e-4):
+    """The exactness contract's second half, for every backend: ``got`` (a cached backend)
+    equals ``ref`` (the naive engine) on the same uniforms ``u``, except where a float tie
+    flips a pixel; then the rest of that image may follow. So every image that differs
+    must first differ at a tie: both parameter sets agree there to ``tol`` of their
+    scale and each engine's pixel is what its own parameters give. ``params_got``:
+    the backend's parameters at every position ``(B, P, H, W)`` (``return_params``).
+    Returns a report line per differing image (empty when all are equal)."""
+    lines = []
+    diff = (ref != got).any(1)
+    for k in range(ref.shape[0]):
+        pos = diff[k].flatten().nonzero()
+        if len(pos) == 0:
+            continue
+        i, j = divmod(pos[0].item(), ref.shape[3])
+        with torch.no_grad(), single_thread():
+            pa = model(ref[k:k + 1], None if cond is None else cond[k:k + 1])[:, :, i, j]
+        pb = params_got[k:k + 1, :, i, j].to(pa.device)
+        err = ((pa - pb).abs().max() / pa.abs().max().clamp(min=1e-30)).item()
+        own_a = model.dist.sample_flat(pa, u[k:k + 1, i, j], temperature)
+        own_b = model.dist.sample_flat(pb, u[k:k + 1, i, j].to(pb.device), temperature)
+        assert err <= tol, f"{name}: image {k} differs at ({i}, {j}) with params off by {err:.2e}"
+        assert torch.equal(own_a[0], ref[k, :, i, j]) and torch.equal(own_b[0].cpu(), got[k, :, i, j].cpu()), \
+            f"{name}: image {k} at ({i}, {j}): a pixel is not what its own parameters give"
+        lines.append(f"{name}: image {k} first differs at ({i}, {j}): naive {ref[k, :, i, j].tolist()} "
+                     f"backend {got[k, :, i, j].tolist()} (params within {err:.1e}: a float tie), "
+                     f"{int(diff[k].sum())} pixels differ after it")
+    return lines
