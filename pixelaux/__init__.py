@@ -14,6 +14,7 @@ from .encoders import ResNetEncoder, UNetEncoder
 from .gated_pixelcnn import GatedPixelCNN
 from .grayscale import GrayscalePixelCNN, to_gray
 from .pixelcnnpp import PixelCNNpp
+from .pixelcnnpp_import import import_pixel_cnn_pp
 from .pretrained import list_models, load
 from .pyramid import PyramidPixelCNN, build_pyramid
 from .sampling import bits_per_dim, sample
@@ -29,4 +30,4 @@ def train(*args, **kwargs):
 
 __all__ = ["GatedPixelCNN", "PixelCNNpp", "GrayscalePixelCNN", "PyramidPixelCNN", "ResNetEncoder", "UNetEncoder",
            "distributions", "images", "sample", "bits_per_dim", "colorize", "upscale", "complete", "save", "load",
-           "list_models", "train", "to_gray", "build_pyramid"]
+           "list_models", "train", "to_gray", "build_pyramid", "import_pixel_cnn_pp"]

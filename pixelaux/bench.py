@@ -32,6 +32,9 @@ import time
 PRESETS = {
     "bench-32": dict(channels=3, bits=8, hidden=64, blocks=8, dist="logistic", nr_mix=10, size=32),
     "tiny-16": dict(channels=3, bits=8, hidden=16, blocks=2, dist="logistic", nr_mix=5, size=16),
+    # PixelCNN++ over 3 resolutions (32, 16, 8), the public code's topology with 80 filters
+    "bench-pp32": dict(arch="pixelcnnpp", channels=3, bits=8, hidden=80, blocks=5, scales=3, dropout=0.0,
+                       dist="logistic", nr_mix=10, size=32),
 }
 PROVIDERS = ("forward", "naive", "cached-torch", "cached-cpp", "cached-triton")
 
@@ -62,7 +65,8 @@ def measure(spec: dict) -> dict:
     size = cfg.pop("size")
     device = torch.device(spec["device"])
     torch.manual_seed(spec["seed"])
-    model = pixelaux.GatedPixelCNN(**cfg, image_size=(size, size)).to(device).eval()
+    cls = pixelaux.PixelCNNpp if cfg.pop("arch", "gated") == "pixelcnnpp" else pixelaux.GatedPixelCNN
+    model = cls(**cfg, image_size=(size, size)).to(device).eval()
     b, provider = spec["batch"], spec["provider"]
     gen = torch.Generator().manual_seed(spec["seed"])
     u = ImageUniforms(b, gen).draw(size, size, model.dist.num_uniforms)
@@ -80,8 +84,8 @@ def measure(spec: dict) -> dict:
         scale = pixels / k
     else:
         backend = provider.split("-", 1)[1]
-        pixelaux.engines.resolve("cached", backend, device)      # clear error if unavailable
-        run = runner("cached", backend)
+        pixelaux.engines.resolve("cached", backend, device, kinds=(model.kind,))  # clear error if unavailable
+        run = runner("cached", backend, model.kind)
         fn = lambda: run(model, x0, None, None, u, 1.0)
         scale = 1.0
     with torch.no_grad():

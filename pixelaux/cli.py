@@ -8,6 +8,7 @@
     pixelaux train    --out runs/x                 train a model
     pixelaux bench                                 naive vs cached sampling benchmark
     pixelaux models                                the embedded models
+    pixelaux import-pixelcnnpp CKPT --out M.safetensors   convert a PixelCNN++ checkpoint
 
 Every error is one line on stderr and a non-zero exit status.
 """
@@ -132,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(b)
 
     sub.add_parser("models", help="list the embedded models")
+
+    ip = sub.add_parser("import-pixelcnnpp", help="convert a PixelCNN++ checkpoint (PyTorch port) to pixelaux")
+    ip.add_argument("checkpoint", help="state dict saved with torch.save(model.state_dict(), path); read with "
+                                       "torch.load(weights_only=True) only")
+    ip.add_argument("--out", required=True, help="pixelaux checkpoint to write (.safetensors)")
+    ip.add_argument("--size", type=_positive_int, nargs=2, default=(32, 32), metavar=("H", "W"),
+                    help="the model's default image size, divisible by 4 (default: 32 32)")
     return p
 
 
@@ -155,9 +163,8 @@ def _sample_kwargs(args):
 
 
 def _say_engine(args, model):
-    from .engines import resolve
-    from .sampling import _model_device
-    engine, backend = resolve(args.engine, args.backend, _model_device(model))
+    from .sampling import resolve_engine
+    engine, backend = resolve_engine(model, args.engine, args.backend)
     print(f"engine: {engine}" + (f", backend: {backend}" if backend else ""))
 
 
@@ -314,8 +321,20 @@ def cmd_bench(args):
     return run_from_args(args)
 
 
+def cmd_import_pixelcnnpp(args):
+    from .checkpoint import save
+    from .pixelcnnpp_import import describe, import_pixel_cnn_pp
+    if not os.path.isfile(args.checkpoint):
+        raise CliError(f"{args.checkpoint}: no such file")
+    model = import_pixel_cnn_pp(args.checkpoint, image_size=tuple(args.size))
+    save(model, args.out, extra={"imported_from": "PixelCNN++ (PyTorch port) state dict "
+                                                  f"{os.path.basename(args.checkpoint)}"})
+    print(f"imported {args.checkpoint}: PixelCNN++ {describe(model)} -> wrote {args.out}")
+
+
 COMMANDS = {"sample": cmd_sample, "colorize": cmd_colorize, "upscale": cmd_upscale, "complete": cmd_complete,
-            "score": cmd_score, "train": cmd_train, "bench": cmd_bench, "models": cmd_models}
+            "score": cmd_score, "train": cmd_train, "bench": cmd_bench, "models": cmd_models,
+            "import-pixelcnnpp": cmd_import_pixelcnnpp}
 
 
 def main(argv=None) -> int:

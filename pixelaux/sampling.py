@@ -46,6 +46,12 @@ def _stages(model) -> list:
     return list(model.levels)
 
 
+def resolve_engine(model, engine: str = "cached", backend: str = "auto") -> tuple[str, str | None]:
+    """The ``(engine, backend)`` that ``sample(model, ..., engine=, backend=)`` runs: ``auto``
+    resolved for the model's device and for every stage it samples with."""
+    return engines.resolve(engine, backend, _model_device(model), kinds=tuple({st.kind for st in _stages(model)}))
+
+
 def _model_device(model) -> torch.device:
     p = next(model.parameters(), None)
     if p is not None and p.device.type == "meta":
@@ -145,8 +151,7 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     n = check_int(n, "n", min_value=1)
     size = model.image_size if size is None else check_size(size)
     temperature = check_float(temperature, "temperature", min_value=0.0, min_exclusive=True)
-    engine, backend = engines.resolve(engine, backend, _model_device(model),
-                                      kinds=tuple({st.kind for st in _stages(model)}))
+    engine, backend = resolve_engine(model, engine, backend)
     logger.info("pixelaux.sample: engine=%s backend=%s", engine, backend)
     resources.check_memory(resources.estimate_sampling_bytes(model, n, size, engine, backend),
                            _model_device(model), f"pixelaux.sample(n={n}, size={size}, engine={engine!r})", n=n)
