@@ -6,6 +6,10 @@ Figures (DESIGN.md section 3), all from one run:
 * ``speedup = t_naive / t_cached``;
 * ``overhead = t_cached / t_forward``, with ``t_forward`` one batched forward pass of
   the model over the same batch (ideal ~1; naive sampling is ~``H*W``);
+* ``GFLOP/s`` and ``of GEMM``: the FLOPs of one forward pass of the batch (torch's
+  ``FlopCounterMode``; exact cached sampling performs them once, naive ``H*W`` times)
+  per second of the sampler, and that rate as a fraction of the machine's own fp32
+  GEMM rate (a 1024^3 ``torch.mm`` on the same threads, measured in the same run);
 * ``peak MiB``: the growth of the process's peak resident memory during the run
   (CPU) or ``torch.cuda.max_memory_allocated`` (GPU).
 
@@ -37,6 +41,7 @@ PRESETS = {
                        dist="logistic", nr_mix=10, size=32),
 }
 PROVIDERS = ("forward", "naive", "cached-torch", "cached-cpp", "cached-triton")
+GEMM_N = 1024   # the fp32 GEMM (N x N x N) whose rate is the machine's reference
 
 
 def _rss_mib() -> float:
@@ -72,11 +77,22 @@ def measure(spec: dict) -> dict:
     u = ImageUniforms(b, gen).draw(size, size, model.dist.num_uniforms)
     x0 = torch.zeros(b, model.channels, size, size, dtype=torch.long, device=device)
     pixels = size * size
-    if provider == "forward":
+    flops = None
+    if provider == "gemm":
+        # The machine's own fp32 GEMM rate on the same threads: the roofline of the figures.
+        a = torch.randn(GEMM_N, GEMM_N, device=device)
+        bm = torch.randn(GEMM_N, GEMM_N, device=device)
+        fn = lambda: torch.mm(a, bm)
+        flops, scale = 2 * GEMM_N ** 3, 1.0
+    elif provider == "forward":
         # A realistic input: random pixels, never zeros.
         xr = torch.randint(0, 2 ** model.bits, x0.shape, generator=gen).to(device)
         fn = lambda: model.forward_unchecked(xr)
         scale = 1.0
+        from torch.utils.flop_counter import FlopCounterMode
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn()
+        flops = counter.get_total_flops()
     elif provider == "naive":
         k = min(spec["naive_pixels"], pixels)
         run = runner("naive", None)
@@ -104,7 +120,7 @@ def measure(spec: dict) -> dict:
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:
         peak = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0)
-    return {"seconds": min(times) * scale, "peak_mib": peak, "extrapolated": scale != 1.0}
+    return {"seconds": min(times) * scale, "peak_mib": peak, "extrapolated": scale != 1.0, "flops": flops}
 
 
 def _run_worker(spec: dict) -> dict:
@@ -114,6 +130,10 @@ def _run_worker(spec: dict) -> dict:
         lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
         return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def size_pixels(config: dict) -> int:
+    return int(config["size"]) ** 2
 
 
 def machine_name(device: str) -> str:
@@ -133,7 +153,13 @@ def run_benchmark(preset="bench-32", batches=(1, 16), providers=("naive", "cache
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     machine = machine_name(device)
     log(f"pixelaux sampling benchmark  {stamp}  device={device} ({machine})  model={preset} {config}")
-    header = f"{'batch':>5} {'provider':<14} {'s/img':>10} {'speedup':>9} {'overhead':>9} {'peak MiB':>9}"
+    header = (f"{'batch':>5} {'provider':<14} {'s/img':>10} {'speedup':>9} {'overhead':>9} {'GFLOP/s':>8} "
+              f"{'of GEMM':>8} {'peak MiB':>9}")
+    gemm = _run_worker(dict(provider="gemm", config=config, batch=1, device=device, seed=seed,
+                            naive_pixels=naive_pixels, repeat=max(3, repeat), threads=threads))
+    gemm_rate = gemm["flops"] / gemm["seconds"] if "error" not in gemm else float("nan")
+    log(f"fp32 GEMM {GEMM_N}^3 on this machine: {gemm_rate / 1e9:.1f} GFLOP/s; "
+        f"one forward pass = the FLOPs exact cached sampling performs per batch")
     for b in batches:
         base = dict(config=config, batch=b, device=device, seed=seed, naive_pixels=naive_pixels,
                     repeat=repeat, threads=threads)
@@ -143,20 +169,25 @@ def run_benchmark(preset="bench-32", batches=(1, 16), providers=("naive", "cache
         results = {p: _run_worker({**base, "provider": p}) for p in providers}
         t_naive = results.get("naive", {}).get("seconds")
         log(header)
-        log(f"{b:>5} {'forward':<14} {fwd['seconds'] / b:>10.4f} {'':>9} {1.0:>9.2f} {fwd['peak_mib']:>9.1f}")
+        fwd_rate = fwd["flops"] / fwd["seconds"]
+        log(f"{b:>5} {'forward':<14} {fwd['seconds'] / b:>10.4f} {'':>9} {1.0:>9.2f} {fwd_rate / 1e9:>8.1f} "
+            f"{fwd_rate / gemm_rate:>8.2f} {fwd['peak_mib']:>9.1f}")
         for p, r in results.items():
             if "error" in r:
                 log(f"{b:>5} {p:<14} unavailable: {r['error']}")
                 continue
             speedup = t_naive / r["seconds"] if t_naive else float("nan")
             overhead = r["seconds"] / fwd["seconds"]
+            # Exact cached sampling performs one forward pass of FLOPs; naive H*W of them.
+            rate = fwd["flops"] * (size_pixels(config) if p == "naive" else 1) / r["seconds"]
             note = " (extrapolated)" if r["extrapolated"] else ""
-            log(f"{b:>5} {p:<14} {r['seconds'] / b:>10.4f} {speedup:>9.1f} {overhead:>9.2f} "
-                f"{r['peak_mib']:>9.1f}{note}")
+            log(f"{b:>5} {p:<14} {r['seconds'] / b:>10.4f} {speedup:>9.1f} {overhead:>9.2f} {rate / 1e9:>8.1f} "
+                f"{rate / gemm_rate:>8.2f} {r['peak_mib']:>9.1f}{note}")
             rows.append(dict(date=stamp, device=device, machine=machine, model=preset,
                              config=json.dumps(config, sort_keys=True), batch=b, provider=p,
                              seconds_per_image=r["seconds"] / b, seconds_batch=r["seconds"],
                              forward_seconds_batch=fwd["seconds"], speedup=speedup, overhead=overhead,
+                             gflops=rate / 1e9, gemm_gflops=gemm_rate / 1e9, fraction_of_gemm=rate / gemm_rate,
                              peak_mib=r["peak_mib"], extrapolated=r["extrapolated"]))
     if csv_path and rows:
         new = not os.path.exists(csv_path)
