@@ -10,9 +10,13 @@ that performs the same buffer updates (the tests compare the two):
                     layer, two per gated block), plus the device-side row counter.
 * ``pixel_step`` -- the pixel op: the horizontal ``ul`` stream at one pixel of every
                     image, the head, the sampling from the shared uniforms and the
-                    write-back, in one launch.
-* ``compile_check`` -- compiles every kernel variant for ``sm_90`` (or another
-                    arch) without a GPU and reports registers and spills.
+                    write-back; ``G`` images per program (``tl.dot`` with ``M = G``),
+                    one launch (fused plan) or one per conv over channel tiles
+                    (split plan, small batches).
+* ``compile_check`` -- compiles, without a GPU, exactly the variants a launch of a
+                    preset model compiles (Triton's launch-time specialisation
+                    included) for ``sm_90`` (or another arch) and reports registers,
+                    spills and shared memory per kernel.
 * ``_jitmath``   -- ``@triton.jit`` helpers (tanh, log1p, round-half-even) written
                     with plain ``tl`` primitives (libdevice does not run under the
                     interpreter).
@@ -21,7 +25,7 @@ Importing this package imports triton. ``TRITON_INTERPRET`` is read when the
 kernels are decorated, i.e. when this package is first imported: set it before.
 """
 from . import layout, pixel_step, row_step  # noqa: F401
-from .layout import CachedBuffers  # noqa: F401
+from .layout import CachedBuffers, Plan, choose_plan  # noqa: F401
 from .pixel_step import pixel_step_reference, launch_pixel_step  # noqa: F401
 from .row_step import launch_advance_row, launch_row_step, row_step_reference  # noqa: F401
 
@@ -35,4 +39,4 @@ def compile_check(argv=None) -> int:
 def interpreted() -> bool:
     """Whether these kernels were decorated for Triton's CPU interpreter."""
     from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(pixel_step.pixel_step_kernel, InterpretedFunction)
+    return isinstance(pixel_step.pixel_fused_kernel, InterpretedFunction)

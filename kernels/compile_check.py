@@ -1,16 +1,29 @@
-"""Compile the kernels for a GPU without one.
+"""Compile the kernels for a GPU without one, exactly as a launch would.
 
-    python -m pixelaux.kernels.compile_check [--arch 90] [--config "dict(...)"]
+    python -m pixelaux.kernels.compile_check --preset bench-32 [--preset pyramid] [--arch 90]
     # from a source checkout (kernels/ not installed as pixelaux.kernels):
-    python -c "from pixelaux.engines.cached_triton import load_kernels as k; k().compile_check()"
+    python -c "from pixelaux.engines.cached_triton import load_kernels as k; k().compile_check(['--preset', 'tiny-16'])"
 
 The interpreter checks the kernels' arithmetic and indexing but not that they
-compile: this runs the real launchers (``launch_row_step``, ``launch_pixel_step``,
-``launch_advance_row``) on CPU buffers with every kernel swapped for a stand-in that
-compiles the launch (``triton.compile`` for ``cuda`` ``sm_<arch>``: Triton's frontend,
-its optimiser, LLVM and ptxas, all shipped with triton) instead of running it, and
-reports each variant's registers and spill stack (with ``cuobjdump``, when triton
-ships it). No GPU, no driver: it says nothing about speed.
+compile. This runs the real launchers (``launch_row_step``, ``launch_pixel_step``,
+``launch_advance_row``) for a preset's models, batches and image sizes on CPU
+buffers, with Triton's active driver replaced by a stand-in that reports a CUDA
+``sm_<arch>`` target, and every ``kernel[grid](...)`` turned into
+``kernel.warmup(...)``: Triton's own launch path (its argument binder, so the
+launch-time specialisations are the real ones: pointers 16-byte aligned, integer
+arguments divisible by 16 or equal to 1, ``do_not_specialize``; the same
+constexprs and options, ``num_warps`` and ``enable_fp_fusion``) compiles the variant
+through its frontend, optimiser, LLVM and ptxas and returns it without launching.
+Per variant it reports registers, spill stack and local memory (``cuobjdump``, when
+triton ships it) and shared memory (the compiled metadata). No GPU, no driver: it
+says nothing about speed.
+
+Presets: ``bench-32`` and ``tiny-16`` (``pixelaux.bench``), ``default`` (the embedded
+grayscale model: its gray prior and its colour stage with conditioning) and
+``pyramid`` (the embedded pyramid's levels, 8x8 to 32x32, conditioned above the
+first), each at batches 1, 16 and 256 (the plans differ: channel tiles at small
+batches) for sampling (no known pixels) and teacher forcing (known pixels and the
+returned parameters).
 
 Needs the kernels imported *without* ``TRITON_INTERPRET`` (the variable is read when
 they are decorated).
@@ -18,6 +31,7 @@ they are decorated).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -27,33 +41,42 @@ import torch
 import triton
 
 from . import pixel_step, row_step
-from .layout import CachedBuffers
+from .layout import CachedBuffers, choose_plan
 
-KERNELS = ((row_step, "row_init_kernel"), (row_step, "row_block_kernel"),
-           (row_step, "advance_row_kernel"), (pixel_step, "pixel_step_kernel"))
-
-DEFAULT_CONFIGS = [
-    dict(channels=3, bits=8, hidden=64, blocks=2, kernel_size=3, nr_mix=10, dist="logistic", cond_channels=4),
-    dict(channels=1, bits=4, hidden=48, blocks=1, kernel_size=5, dist="categorical"),
-]
+KERNELS = ((row_step, "row_init_kernel"), (row_step, "row_block_kernel"), (row_step, "advance_row_kernel"),
+           (pixel_step, "pixel_fused_kernel"), (pixel_step, "pixel_conv_kernel"),
+           (pixel_step, "pixel_head_kernel"))
+PRESET_NAMES = ("bench-32", "tiny-16", "default", "pyramid")
+BATCHES = (1, 16, 256)
 
 
-def _type(v) -> str:
-    if isinstance(v, torch.Tensor):
-        return {torch.float32: "*fp32", torch.int64: "*i64", torch.int32: "*i32", torch.int8: "*i8"}[v.dtype]
-    if isinstance(v, bool):
-        return "i1"
-    if isinstance(v, int):
-        return "i32"
-    if isinstance(v, float):
-        return "fp32"
-    raise TypeError(f"unexpected kernel argument {type(v).__name__}")
+def preset_stages(name: str):
+    """``[(label, GatedPixelCNN, (H, W), has_cond)]`` of a preset (CPU, eval mode)."""
+    from pixelaux import GatedPixelCNN
+    if name in ("bench-32", "tiny-16"):
+        from pixelaux.bench import PRESETS
+        cfg = dict(PRESETS[name])
+        size = cfg.pop("size")
+        return [(name, GatedPixelCNN(**cfg, image_size=(size, size)).eval(), (size, size), False)]
+    if name == "default":
+        from pixelaux import pretrained
+        m = pretrained.load("default")
+        h, w = m.image_size
+        return [("default/prior", m.prior.eval(), (h, w), False), ("default/colour", m.colour.eval(), (h, w), True)]
+    if name == "pyramid":
+        from pixelaux import pretrained
+        m = pretrained.load("pyramid")
+        h, w = m.image_size
+        n = len(m.levels)
+        return [(f"pyramid/level{k}", lvl.eval(), (h >> (n - 1 - k), w >> (n - 1 - k)), k > 0)
+                for k, lvl in enumerate(m.levels)]
+    raise ValueError(f"unknown preset {name!r}, one of {PRESET_NAMES}")
 
 
-def _resources(cubin: bytes) -> str:
+def _resources(cubin: bytes) -> dict:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
-        return "(no cuobjdump)"
+        return {}
     path = f"/tmp/pixelaux_compile_check_{os.getpid()}.cubin"
     with open(path, "wb") as f:
         f.write(cubin)
@@ -61,80 +84,124 @@ def _resources(cubin: bytes) -> str:
         out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True).stdout
     finally:
         os.remove(path)
-    lines = [ln.strip().split(" LOCAL")[0] for ln in out.splitlines() if "REG:" in ln]
-    return lines[0] if lines else "(no resource line)"
+    for ln in out.splitlines():
+        if "REG:" in ln:
+            return {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", ln)}
+    return {}
 
 
-class _Compile:
-    """Stands in for ``kernel[grid]``: compiles the launch instead of running it."""
+class _Driver:
+    """Triton's active driver, for compiling only: a CUDA target, device 0, stream 0."""
 
-    def __init__(self, fn, name, target, results):
-        self.fn, self.name, self.target, self.results = fn, name, target, results
+    def __init__(self, arch: int):
+        from triton.backends.compiler import GPUTarget
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def __getattr__(self, name):   # anything else a launch would need is not needed by a warmup
+        raise AttributeError(f"compile_check's stand-in driver has no {name!r}")
+
+
+class _Warmup:
+    """Stands in for ``kernel[grid]``: ``kernel.warmup`` (compile, don't launch)."""
+
+    def __init__(self, fn, name, results, label):
+        self.fn, self.name, self.results, self.label = fn, name, results, label
 
     def __getitem__(self, grid):
-        def launch(*args, num_warps=4, **constexprs):
-            from triton.compiler import ASTSource
-            sig = {n: _type(v) for n, v in zip(self.fn.arg_names, args)}
-            sig.update({n: "constexpr" for n in constexprs})
-            key = (self.name, num_warps, tuple(sorted(constexprs.items())))
-            if key in self.results:
-                return
-            src = ASTSource(fn=self.fn, signature=sig, constexprs=dict(constexprs))
-            compiled = triton.compile(src, target=self.target, options={"num_warps": num_warps})
-            self.results[key] = _resources(compiled.asm["cubin"])
+        def launch(*args, **kwargs):
+            kernel = self.fn.warmup(*args, grid=grid, **kwargs)
+            key = (self.name, kernel.hash)
+            if key not in self.results:
+                consts = {k: v for k, v in kwargs.items() if k in (
+                    "STAGE", "FIRST", "HAS_COND", "HID_P", "OT", "G", "DIST", "C", "KH", "BLOCK_W",
+                    "HAS_KNOWN", "RETURN_PARAMS")}
+                info = dict(kernel=self.name, label=self.label[0], grid=tuple(grid),
+                            num_warps=kwargs.get("num_warps", 4), consts=consts)
+                info.update(_resources(kernel.asm["cubin"]))           # reg, stack, shared, local
+                info["shared"] = int(getattr(kernel.metadata, "shared", info.get("shared", 0)))
+                self.results[key] = info
         return launch
 
 
-def compile_all(configs=None, arch: int = 90, size=(4, 8), batch: int = 2) -> dict:
-    """Compile every kernel variant the launchers use for each model config (with and
-    without known pixels / returned parameters). Returns ``{(kernel, num_warps,
-    constexprs): resource line}``; raises on the first compile error."""
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from pixelaux import GatedPixelCNN
-    if isinstance(pixel_step.pixel_step_kernel, InterpretedFunction):
-        raise RuntimeError("the kernels were imported with TRITON_INTERPRET=1: run this without it")
-    target = GPUTarget("cuda", arch, 32)
-    results = {}
+@contextlib.contextmanager
+def _compiling(arch, results, label):
+    from triton.runtime.driver import driver
     saved = [(mod, name, getattr(mod, name)) for mod, name in KERNELS]
+    old = driver._active                  # (reading .active would create a real driver: none here)
+    driver.set_active(_Driver(arch))
     try:
         for mod, name, fn in saved:
-            setattr(mod, name, _Compile(fn, name, target, results))
-        for cfg in configs or DEFAULT_CONFIGS:
-            model = GatedPixelCNN(**cfg).eval()
-            h, w = size
-            x = torch.zeros(batch, model.channels, h, w, dtype=torch.long)
-            cond = torch.zeros(batch, model.cond_channels, h, w) if model.cond_channels else None
-            u = torch.rand(batch, h, w, model.dist.num_uniforms)
-            for known, params in ((None, False), (torch.ones(batch, h, w, dtype=torch.bool), True)):
-                buf = CachedBuffers(model, x, known, cond, u, 1.0, params)
-                row_step.launch_row_step(buf)
-                pixel_step.launch_pixel_step(buf, 1)
-                row_step.launch_advance_row(buf)
+            setattr(mod, name, _Warmup(fn, name, results, label))
+        yield
     finally:
         for mod, name, fn in saved:
             setattr(mod, name, fn)
+        driver._active = old
+
+
+def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None) -> dict:
+    """Compile what sampling and teacher forcing launch for each stage and batch.
+    ``stages``: ``[(label, model, (H, W), has_cond)]``; ``plans``: optional
+    ``{batch: Plan}``. Returns ``{(kernel, hash): info}``; raises on a compile error."""
+    from triton.runtime.interpreter import InterpretedFunction
+    if isinstance(pixel_step.pixel_fused_kernel, InterpretedFunction):
+        raise RuntimeError("the kernels were imported with TRITON_INTERPRET=1: run this without it")
+    results, label = {}, [""]
+    with _compiling(arch, results, label), torch.no_grad():
+        for name, model, (h, w), has_cond in stages:
+            for b in batches:
+                label[0] = f"{name} B={b}"
+                plan = (plans or {}).get(b) or choose_plan(b, model.hidden, w, override="")
+                x = torch.zeros(b, model.channels, h, w, dtype=torch.long)
+                cond = torch.zeros(b, model.cond_channels, h, w) if has_cond and model.cond_channels else None
+                u = torch.rand(b, h, w, model.dist.num_uniforms)
+                for known, params in ((None, False), (torch.ones(b, h, w, dtype=torch.bool), True)):
+                    buf = CachedBuffers(model, x, known, cond, u, 1.0, params, plan=plan)
+                    row_step.launch_row_step(buf)
+                    pixel_step.launch_pixel_step(buf, min(1, w - 1))
+                    row_step.launch_advance_row(buf)
     return results
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Compile the Triton kernels for a GPU target, without a GPU.")
-    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90 (default 90)")
-    ap.add_argument("--config", action="append", default=None,
-                    help="a GatedPixelCNN config as a Python dict literal (repeatable)")
-    args = ap.parse_args(argv)
-    import ast
-    configs = [ast.literal_eval(c) for c in args.config] if args.config else None
-    results = compile_all(configs, arch=args.arch)
-    spills = 0
-    for (name, warps, consts), res in results.items():
-        short = {k: v for k, v in consts if k in ("STAGE", "HAS_COND", "HID_P", "DIST", "C", "KH", "BLOCK_W",
-                                                 "HAS_KNOWN", "RETURN_PARAMS")}
-        stack = re.search(r"STACK:(\d+)", res)
-        spill = bool(stack and int(stack.group(1)) > 0)
+def compile_all(configs=None, arch: int = 90, size=(4, 8), batches=(2,), plans=None) -> dict:
+    """``compile_stages`` for ``GatedPixelCNN`` configs (dicts) at one small size."""
+    from pixelaux import GatedPixelCNN
+    stages = [(str(c), GatedPixelCNN(**c).eval(), size, bool(c.get("cond_channels"))) for c in configs]
+    return compile_stages(stages, arch, batches, plans)
+
+
+def report(results: dict) -> tuple[list[str], int]:
+    lines, spills = [], 0
+    for info in results.values():
+        spill = info.get("stack", 0) > 0 or info.get("local", 0) > 0
         spills += spill
-        print(f"{name:18s} warps={warps} {short} {res}{'  <-- spills' if spill else ''}")
+        res = " ".join(f"{k}={info[k]}" for k in ("reg", "stack", "local") if k in info)
+        lines.append(f"{info['kernel']:19s} {info['label']:22s} warps={info['num_warps']} smem={info['shared']:>6} "
+                     f"{res or '(no cuobjdump)'} {info['consts']}{'  <-- spills' if spill else ''}")
+    return lines, spills
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Compile the Triton kernels for a GPU target, without a GPU, "
+                                             "exactly as the launches of a preset compile them.")
+    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90 (default 90)")
+    ap.add_argument("--preset", action="append", choices=PRESET_NAMES, default=None,
+                    help="models to compile for (repeatable; default bench-32)")
+    ap.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
+    args = ap.parse_args(argv)
+    stages = [s for p in (args.preset or ["bench-32"]) for s in preset_stages(p)]
+    results = compile_stages(stages, arch=args.arch, batches=args.batch)
+    lines, spills = report(results)
+    print("\n".join(lines))
     print(f"{len(results)} variants compiled for sm_{args.arch}, {spills} with spills")
     return 0
 

@@ -27,9 +27,16 @@ State (written by the kernels):
 * ``ul_rowbias`` ``(NB, B, W, HID)``: per block, ``nin_skip(concat_elu(u)) + cond``
   of the current row (everything of ``ul``'s ``c1`` that does not depend on row
   ``i`` of ``ul``).
+* ``ul_cur``     ``(B, HID)``: ``ul`` between the launches of one pixel (split plan).
+* ``temp``       ``(1,)``: the temperature, read by the kernels (so a captured graph
+  serves every temperature).
 * ``params``     ``(B, P, H, W)``: the head's output, with ``return_params`` only.
 * ``pscr``       ``(B, P)``: the head's output at the current pixel (scratch read
   back by the sampling).
+
+The buffers are allocated once per (model, batch, size, options) and refilled in place
+per call (``fill``), so a CUDA graph of their launches stays valid across calls.
+``Plan`` / ``choose_plan``: how images and channels map onto programs.
 
 Inputs: ``uniforms`` ``(B, H, W, U)``, ``known`` ``(B, H, W)`` int8 (or None),
 the conditioning terms computed once per image (or None): ``u_h1``/``ul_h1``
@@ -51,10 +58,69 @@ Weights (tap matrices ``(K, N)`` contiguous, the input index the interleaved
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 STATE = ("x", "row", "u_cur", "u_win", "ul_win", "ul_row0", "ul_rowbias", "params")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the work of one pixel and one row maps onto programs (DESIGN.md, "GPU engine").
+
+    * ``group``: images per program (``G``, a power of two >= 16): the ``M`` of every
+      per-pixel ``tl.dot``; each weight is read once per group.
+    * ``pixel_tile``: output channels per program in the pixel op; ``>= hid_p`` is the
+      fused plan (one launch per pixel, current taps in registers), smaller splits
+      every conv over ``cdiv(HID, pixel_tile)`` programs (``2 * blocks + 1`` launches).
+    * ``row_tile``: output channels per program in the row op (grid ``(B, column
+      tiles, channel tiles)``).
+    """
+    group: int
+    pixel_tile: int
+    row_tile: int
+    hid_p: int
+    pixel_warps: int
+
+    @property
+    def fused(self) -> bool:
+        return self.pixel_tile >= self.hid_p
+
+    def key(self) -> tuple:
+        return (self.group, self.pixel_tile, self.row_tile, self.pixel_warps)
+
+
+def _p2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def choose_plan(batch: int, hidden: int, width: int = 32, override: str | None = None) -> Plan:
+    """The default plan for a batch and hidden size (``override``, or the environment
+    variable ``PIXELAUX_TRITON_PLAN``, e.g. ``"group=16,pixel_tile=16,row_tile=16"``,
+    sets fields by name; sizes are rounded to powers of two >= 16).
+
+    Defaults: ``G = 16`` (32 from 2048 images); the pixel op fused while the current
+    tap's weight tile of ``conv2`` (``2*hid_p x 2*hid_p``) fits the register budget
+    (``hid_p <= 64``), else split into tiles of ``max(16, 4096 // hid_p)`` channels;
+    the row op split into 16-channel tiles while it has fewer than 16 programs."""
+    hid_p = max(16, _p2(hidden))
+    group = 16 if batch < 2048 else 32
+    pixel_tile = hid_p if hid_p <= 64 else max(16, 4096 // hid_p)
+    col_tiles = -(-max(width, 1) // 32)
+    row_tile = hid_p if batch * col_tiles >= 16 else 16
+    fields = dict(group=group, pixel_tile=pixel_tile, row_tile=row_tile)
+    text = override if override is not None else os.environ.get("PIXELAUX_TRITON_PLAN", "")
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name.strip() not in fields:
+            raise ValueError(f"PIXELAUX_TRITON_PLAN: unknown field {name.strip()!r} (one of {sorted(fields)})")
+        fields[name.strip()] = max(16, _p2(int(value)))
+    fields["pixel_tile"] = min(fields["pixel_tile"], hid_p)
+    fields["row_tile"] = min(fields["row_tile"], hid_p)
+    return Plan(hid_p=hid_p, pixel_warps=4 if hid_p <= 32 else 8, **fields)
 
 
 def act_interleaved(t: torch.Tensor) -> torch.Tensor:
@@ -108,7 +174,8 @@ def _cond_last(t: torch.Tensor, gate: bool = False) -> torch.Tensor:
 class CachedBuffers:
     """Everything the row and pixel kernels of one sampling run read and write."""
 
-    def __init__(self, model, x, known, cond, uniforms, temperature: float, return_params: bool = False):
+    def __init__(self, model, x, known, cond, uniforms, temperature: float, return_params: bool = False,
+                 plan: Plan | None = None, fp_fusion: bool = False):
         b, c, h, w = x.shape
         dev = x.device
         dist = model.dist
@@ -120,7 +187,8 @@ class CachedBuffers:
         self.P, self.U = dist.num_params, dist.num_uniforms
         self.bits = model.bits
         self.top = 2 ** model.bits - 1
-        self.temperature = float(temperature)
+        self.plan = plan if plan is not None else choose_plan(b, model.hidden, w)
+        self.fp_fusion = bool(fp_fusion)
         self.scale = 2.0 / self.top
         if type(dist).__name__ == "Categorical":
             self.DIST, self.L, self.NSEG = 0, dist.levels, dist.channels
@@ -152,23 +220,13 @@ class CachedBuffers:
             self.w_head = _plain_taps(model.head)[0, 0].contiguous()       # (HID, P)
             self.b_head = _bias(model.head)
 
-            # -- conditioning terms, once per image ------------------------------
+            # -- state (the rings need no clearing: reads mask rows < 0 and columns
+            # outside the image, the convs' zero padding) ------------------------
             self.has_cond = cond is not None and nb > 0 and ub[0].cond_c1 is not None
-            if self.has_cond:
-                cond = cond.to(dev).float()
-                u_terms = [k.cond_terms(cond) for k in ub]
-                ul_terms = [k.cond_terms(cond) for k in ulb]
-                self.u_h1 = torch.stack([_cond_last(t[0]) for t in u_terms]).contiguous()
-                self.u_h2 = torch.stack([_cond_last(t[1], True) for t in u_terms]).contiguous()
-                self.ul_h1 = torch.stack([_cond_last(t[0]) for t in ul_terms]).contiguous()
-                self.ul_h2 = torch.stack([_cond_last(t[1], True) for t in ul_terms]).contiguous()
-            else:
-                self.u_h1 = self.u_h2 = self.ul_h1 = self.ul_h2 = None
-
-            # -- inputs and state ------------------------------------------------
-            self.x = x.to(torch.int64).contiguous().clone()
-            self.known = None if known is None else known.to(dev).to(torch.int8).contiguous()
-            self.uniforms = uniforms.to(dev, torch.float32).contiguous()
+            self.x = torch.zeros(b, c, h, w, dtype=torch.int64, device=dev)
+            self.known = None if known is None else torch.zeros(b, h, w, dtype=torch.int8, device=dev)
+            self.uniforms = torch.zeros(b, h, w, self.U, device=dev)
+            self.temp = torch.ones(1, device=dev)
             self.row = torch.zeros(1, dtype=torch.int32, device=dev)
             nbuf = max(nb, 1)
             self.u_cur = torch.zeros(b, w, hid, device=dev)
@@ -176,9 +234,49 @@ class CachedBuffers:
             self.ul_win = torch.zeros(nbuf, 2, b, kh, w, 2 * hid, device=dev)
             self.ul_row0 = torch.zeros(b, w, hid, device=dev)
             self.ul_rowbias = torch.zeros(nbuf, b, w, hid, device=dev)
+            self.ul_cur = torch.zeros(b, hid, device=dev)       # split plan: ul between launches
             self.pscr = torch.zeros(b, self.P, device=dev)
             self.params = torch.zeros(b, self.P, h, w, device=dev) if return_params else None
             self.dummy = torch.zeros(1, device=dev)
+            self.u_h1 = self.u_h2 = self.ul_h1 = self.ul_h2 = None
+        self.fill(x, known, cond, uniforms, temperature)
+
+    def signature(self, x, known, cond, return_params: bool) -> tuple:
+        """What must match for these buffers (and a graph of their launches) to serve a
+        call: shapes and which optional inputs are present."""
+        has_cond = cond is not None and self.NB > 0 and self.model.u_blocks[0].cond_c1 is not None
+        return (tuple(x.shape), known is not None, has_cond, bool(return_params))
+
+    @torch.no_grad()
+    def fill(self, x, known, cond, uniforms, temperature: float):
+        """Load one call's inputs into the buffers in place (their addresses, which a
+        captured graph holds, do not change): the image, the known mask, the uniforms,
+        the temperature, the conditioning terms (the prefill, once per image); the row
+        counter back to 0."""
+        if self.signature(x, known, cond, self.params is not None)[:3] != (
+                (self.B, self.C, self.H, self.W), self.known is not None, self.has_cond):
+            raise ValueError("CachedBuffers.fill: inputs do not match the buffers' shapes / options")
+        self.temperature = float(temperature)
+        self.x.copy_(x)
+        if known is not None:
+            self.known.copy_(known)
+        self.uniforms.copy_(uniforms)
+        self.temp.fill_(self.temperature)
+        self.row.zero_()
+        if self.has_cond:
+            cond = cond.to(self.device).float()
+            ub, ulb = list(self.model.u_blocks), list(self.model.ul_blocks)
+            u_terms = [k.cond_terms(cond) for k in ub]
+            ul_terms = [k.cond_terms(cond) for k in ulb]
+            new = dict(u_h1=torch.stack([_cond_last(t[0]) for t in u_terms]),
+                       u_h2=torch.stack([_cond_last(t[1], True) for t in u_terms]),
+                       ul_h1=torch.stack([_cond_last(t[0]) for t in ul_terms]),
+                       ul_h2=torch.stack([_cond_last(t[1], True) for t in ul_terms]))
+            for name, t in new.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, t.contiguous())
+                else:
+                    getattr(self, name).copy_(t)
 
     # -- helpers for the tests -------------------------------------------------
     def state(self) -> dict:

@@ -1,35 +1,62 @@
 """The pixel op: one pixel of every image, from the cached rows to the sampled value.
 
-``pixel_step_kernel``, grid ``(B,)``: one program per image computes, at pixel
-``(i, j)`` (``i`` read from the device row counter, ``j`` an argument):
+Images are **grouped**: a program owns ``G`` images (``G`` a power of two >= 16, the
+rows of every per-pixel matmul), so each weight is read once per group and every
+per-pixel product is a ``tl.dot`` with ``M = G`` (fp32, ``input_precision="ieee"``:
+no TF32). A batch that is not a multiple of ``G`` masks the rows of its last group.
+
+Two launch plans (``layout.Plan``), same arithmetic:
+
+* **fused** (``pixel_fused_kernel``, grid ``(cdiv(B, G),)``, one launch per pixel):
+  one program computes every output channel of every layer for its images, so the
+  current tap of each conv (``concat_elu`` of the value just computed) stays in
+  registers and goes straight into the dot; it is also stored into the ring buffer
+  for the later pixels, but never read back here (no barrier). The cached taps
+  (earlier columns and rows) are read from the rings in chunks of ``BK`` channels.
+* **split** (``pixel_conv_kernel`` + ``pixel_head_kernel``, ``2 * blocks + 1``
+  launches per pixel): for small batches, each conv's output channels are tiled
+  over ``cdiv(HID, OT)`` programs (grid ``(cdiv(B, G), tiles)``), so one pixel uses
+  ``tiles`` times more SMs and each reads ``1 / tiles`` of the weights. A launch
+  boundary is the synchronisation between layers (a conv needs every channel of its
+  input); the current tap comes from registers where the program computed it (the
+  first layer, ``act(ul)`` of the residual) and from the ring where another program
+  did (``act(c1)``).
+
+Per pixel ``(i, j)`` (``i`` from the device row counter, ``j`` an argument):
 
 1. the first horizontal layer: ``ul_row0[j]`` (from the row op) plus the
-   right-shifted ``(KH, 1)`` conv of the input at column ``j-1``, an im2col vector
-   read straight from the integer image ``x``;
-2. per block (a runtime loop over ``NB``): ``concat_elu(ul)`` is stored into the
-   block's ring buffer at ``(i, j)``, then ``c1 = conv1 + bias + rowbias`` reads all
-   ``KH x KH`` taps back from the ring (``tl.debug_barrier()`` in between: a CTA
-   barrier makes one thread's global store visible to the others of the program;
-   no other program touches this image's buffers); the same for ``c2 = conv2 +
-   bias + cond_c2``; the gate and the residual;
-3. the head (1x1 conv of ``elu(ul)``), in chunks of outputs, into this image's
-   scratch row ``pscr`` (and ``params`` with ``return_params``), barrier;
+   right-shifted ``(KH, 1)`` conv of the input at column ``j-1``, an im2col tile
+   ``[G, KH*CIN]`` read straight from the integer image ``x``;
+2. per block: ``c1 = conv1(act(ul)) + bias + rowbias``, ``c2 = conv2(act(c1)) +
+   bias + cond_c2``, the gate and the residual (``ul_cur`` between launches in the
+   split plan);
+3. the head (1x1 conv of ``elu(ul)``, a dot per chunk of ``PB`` outputs) into the
+   scratch rows ``pscr`` of the group's images (and ``params``), then a CTA barrier:
+   the sampling reads the parameters back in another layout;
 4. the sampling from the shared uniforms with the arithmetic of
-   ``pixelaux.distributions`` ``sample_flat``:
+   ``pixelaux.distributions`` ``sample_flat``, all ``G`` images at once:
    * categorical: ``softmax(logits / T)``, ``cumsum``, count of ``cdf <= u``,
-     clamped to ``levels - 1``, all channels at once; the levels are read in chunks
-     (max, sum, then the running cdf), so any ``bits`` works;
+     clamped to ``levels - 1``, all channels at once, levels in chunks of ``L_B``
+     (max, sum, running cdf), so any ``bits`` works;
    * logistic mixture: the component by the same inverse CDF of ``logits / T``,
-     then per channel the coupled mean (``tanh`` coefficients times the rounded
-     previous channels), ``u`` clamped to ``[1e-5, 1 - 1e-5]``,
+     then per channel the coupled mean, ``u`` clamped to ``[1e-5, 1 - 1e-5]``,
      ``mean + exp(max(log_s, -7)) * T * (log(u) - log1p(-u))``, rounded half to
      even onto the bin grid, clamped, NaN -> 0;
-5. known pixels override the sample; the pixel is written into ``x``, the input of
-   every later step.
+5. known pixels override the sample; the pixel is written into ``x``.
 
-Mat-vecs are register broadcasts and reductions over ``[T_P, BK, OUT_P]`` tiles of
-at most 4096 floats (one image per program has no ``M >= 16`` for ``tl.dot``), in
-runtime loops over input chunks.
+Float policy of the sampling part (compiled Triton is not the interpreter's
+arithmetic): every launch of this engine passes ``enable_fp_fusion=False`` (no FMA
+contraction of ``a * b + c``, as PyTorch's elementwise ops compute it; the dots
+accumulate with FMA like any GEMM); divisions in the sampling are
+round-to-nearest (``tl.math.div_rn``; ``/`` compiles to ``div.full.f32``, 2 ulp);
+``max(log_s, -7)`` propagates NaN like ``torch.clamp``; ``exp`` / ``log`` are
+Triton's (``ex2.approx``-based on NVIDIA, a few ulp from PyTorch's) and the sums and
+``cumsum`` run in a tree order, not PyTorch's. These differ from PyTorch only in
+the last bits of a probability or a position, so they can flip a pixel only at a
+float tie on a bin boundary: the exactness tests compare images with the
+tie-explained comparison of the C++ engine's tests (an image that differs must
+first differ where both engines' parameters agree to 1e-4 and each pixel is what
+its own parameters give).
 
 ``pixel_step_reference`` does the same in PyTorch with the model's own modules and
 ``model.dist.sample_flat``.
@@ -50,233 +77,383 @@ NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
-def _act2(t, N_P: tl.constexpr):
-    """``concat_elu`` of a ``[N_P]`` vector, interleaved ``[2*N_P]``."""
+def act2d(t, G: tl.constexpr, N: tl.constexpr):
+    """``concat_elu`` of ``[G, N]``, interleaved ``[G, 2N]``: ``elu(t_c), elu(-t_c)``."""
     pos = tl.where(t > 0, t, tl.exp(tl.minimum(t, 0.0)) - 1.0)
     neg = tl.where(t < 0, -t, tl.exp(tl.minimum(-t, 0.0)) - 1.0)
-    return tl.reshape(tl.join(pos, neg), [2 * N_P])
+    return tl.reshape(tl.join(pos, neg), [G, 2 * N])
 
 
 @triton.jit
-def _conv_px(win_ptr, w_ptr, i, j, W,
-             OUT: tl.constexpr, OUT_P: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
-             KH: tl.constexpr, T_P: tl.constexpr, BK: tl.constexpr):
-    """Down-right-shifted ``(KH, KH)`` conv at ``(i, j)`` over the ring buffer
-    ``(KH, W, 2*HID)`` of this image's interleaved activations (the current tap already
-    stored); tap matrices ``(2*HID, OUT)``. All taps ``t = r*KH + s`` at once, input
-    channels in chunks of ``BK``, one reduction at the end. Returns ``[OUT_P]``."""
-    K2: tl.constexpr = 2 * HID
-    tt = tl.arange(0, T_P)
-    row = i - KH + 1 + tt // KH
-    col = j - KH + 1 + tt % KH
-    slot = (i + 1 + tt // KH) % KH
-    tok = (tt < KH * KH) & (row >= 0) & (col >= 0)                 # [T_P]
-    kb = tl.arange(0, BK)
-    on = tl.arange(0, OUT_P)
-    acc = tl.zeros([BK, OUT_P], dtype=tl.float32)
-    for k0 in range(0, 2 * HID_P, BK):
-        km = (k0 + kb) < K2
-        a = tl.load(win_ptr + (slot * W + col)[:, None] * K2 + k0 + kb[None, :],
-                    mask=tok[:, None] & km[None, :], other=0.0)               # [T_P, BK]
-        wt = tl.load(w_ptr + ((tt[:, None, None] * K2 + k0 + kb[None, :, None]) * OUT + on[None, None, :]),
-                     mask=(tt < KH * KH)[:, None, None] & km[None, :, None] & (on < OUT)[None, None, :],
-                     other=0.0)                                                 # [T_P, BK, OUT_P]
-        acc += tl.sum(a[:, :, None] * wt, axis=0)
-    return tl.sum(acc, axis=0)
-
-
-@triton.jit(do_not_specialize=["j"])
-def pixel_step_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, j,
-                      NB, B, H, W, scale, temp, half_top, to_unit,
-                      ulwin_ptr, row0_ptr, rowbias_ptr, h2_ptr,
-                      w_h_ptr, b_h_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wh_ptr, bh_ptr,
-                      C: tl.constexpr, C_P: tl.constexpr, KH: tl.constexpr,
-                      HID: tl.constexpr, HID_P: tl.constexpr, T_P: tl.constexpr,
-                      BK1: tl.constexpr, BK2: tl.constexpr, P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr,
-                      DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
-                      NSEG: tl.constexpr, NSEG_P: tl.constexpr, TOP: tl.constexpr,
-                      T0_P: tl.constexpr,
-                      HAS_COND: tl.constexpr, HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    i = tl.load(row_ptr).to(tl.int64)
-    jj = tl.full([], 0, tl.int64) + j
+def first_layer(x_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, scale,
+                C: tl.constexpr, KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
+                G: tl.constexpr, T0_P: tl.constexpr):
+    """``ul`` of the first horizontal layer at ``(i, j)`` for images ``bidx`` ``[G]``:
+    ``ul_row0[j]`` + the right-shifted ``(KH, 1)`` conv at column ``j-1`` (zero at
+    ``j = 0``), im2col over ``t = r * CIN + ci``. Returns ``[G, HID_P]`` (pad = 0)."""
     CIN: tl.constexpr = C + 1
-    K2: tl.constexpr = 2 * HID
     ch = tl.arange(0, HID_P)
     cm = ch < HID
-    n2 = tl.arange(0, 2 * HID_P)
-    pix_off = (b * H + i) * W + jj                        # (b, i, j) in a (B, H, W) map
-
-    # -- 1. first horizontal layer -------------------------------------------------
-    # ul_row0 (row op) + the right-shifted (KH, 1) conv at column j-1, im2col over
-    # t = r * CIN + ci, straight from the integer image
     tt = tl.arange(0, T0_P)
     tr = tt // CIN
     tc = tt % CIN
     trow = i - KH + 1 + tr
-    tok = (tt < KH * CIN) & (trow >= 0)
-    tok = tl.where(jj > 0, tok, False)
-    xi = tl.load(x_ptr + ((b * C + tc) * H + trow) * W + jj - 1, mask=tok & (tc < C), other=0)
-    xv = tl.where(tc < C, xi.to(tl.float32) * scale - 1.0, 1.0)   # the ones channel
-    xv = tl.where(tok, xv, 0.0)
-    wtile = tl.load(w_h_ptr + tt[:, None] * HID + ch[None, :],
-                    mask=(tt < KH * CIN)[:, None] & cm[None, :], other=0.0)
-    ulh = tl.sum(xv[:, None] * wtile, axis=0) + tl.load(b_h_ptr + ch, mask=cm, other=0.0)
-    ul = tl.load(row0_ptr + (b * W + jj) * HID + ch, mask=cm, other=0.0)
-    ul += tl.where(jj > 0, ulh, 0.0)                      # right_shift: column 0 is zero
-    ul = tl.where(cm, ul, 0.0)
+    tok = tl.where(jj > 0, (tt < KH * CIN) & (trow >= 0), False)   # (scalar & vector: not in the interpreter)
+    m = bm[:, None] & tok[None, :]
+    xi = tl.load(x_ptr + ((bidx[:, None] * C + tc[None, :]) * H + trow[None, :]) * W + jj - 1,
+                 mask=m & (tc < C)[None, :], other=0)
+    xv = tl.where((tc < C)[None, :], xi.to(tl.float32) * scale - 1.0, 1.0)    # the ones channel
+    xv = tl.where(m, xv, 0.0)
+    wt = tl.load(w_h_ptr + tt[:, None] * HID + ch[None, :],
+                 mask=(tt < KH * CIN)[:, None] & cm[None, :], other=0.0)
+    ulh = tl.dot(xv, wt, input_precision="ieee") + tl.load(b_h_ptr + ch, mask=cm, other=0.0)[None, :]
+    ul = tl.load(row0_ptr + (bidx[:, None] * W + jj) * HID + ch[None, :],
+                 mask=bm[:, None] & cm[None, :], other=0.0)
+    ul += tl.where(jj > 0, ulh, 0.0)                  # right_shift: column 0 is zero
+    return tl.where(cm[None, :], ul, 0.0)
 
-    # -- 2. gated blocks -----------------------------------------------------------
-    # each conv input is stored into its ring buffer first, then the conv reads all
-    # KH x KH taps back in chunks; tl.debug_barrier() (__syncthreads) makes one
-    # thread's store visible to the others of this program (this image's buffers
-    # are touched by no other program).
+
+@triton.jit
+def conv_px(ring_ptr, w_ptr, cur, bidx, bm, i, jj, W, o0,
+            OUT: tl.constexpr, OUT_T: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
+            KH: tl.constexpr, BK: tl.constexpr):
+    """Down-right-shifted ``(KH, KH)`` conv at ``(i, j)`` for images ``bidx``, outputs
+    ``o0 .. o0+OUT_T`` of ``OUT``. ``cur`` ``[G, 2*HID_P]``: the current tap (interleaved
+    activations at ``(i, j)``), in registers; the other ``KH*KH - 1`` taps are read from
+    the ring ``(B, KH, W, 2*HID)`` of this block's conv input, ``BK`` channels a dot.
+    Tap matrices ``(KH*KH, 2*HID, OUT)``. Returns ``[G, OUT_T]``."""
+    K2: tl.constexpr = 2 * HID
+    K2P: tl.constexpr = 2 * HID_P
+    on = o0 + tl.arange(0, OUT_T)
+    om = on < OUT
+    n2 = tl.arange(0, K2P)
+    wc = tl.load(w_ptr + ((KH * KH - 1) * K2 + n2[:, None]) * OUT + on[None, :],
+                 mask=(n2 < K2)[:, None] & om[None, :], other=0.0)
+    acc = tl.dot(cur, wc, input_precision="ieee")
     plane = KH * W * K2
-    here = ((i % KH) * W + jj) * K2 + n2                  # (slot of row i, col j)
-    for k in range(NB):
-        kk = tl.full([], 0, tl.int64) + k
-        win1 = ulwin_ptr + ((kk * 2 + 0) * B + b) * plane
-        win2 = ulwin_ptr + ((kk * 2 + 1) * B + b) * plane
-        tl.store(win1 + here, _act2(ul, HID_P), mask=n2 < K2)
-        tl.debug_barrier()
-        c1 = _conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), i, jj, W,
-                      HID, HID_P, HID, HID_P, KH, T_P, BK1)
-        c1 += tl.load(b1_ptr + kk * HID + ch, mask=cm, other=0.0)
-        c1 += tl.load(rowbias_ptr + ((kk * B + b) * W + jj) * HID + ch, mask=cm, other=0.0)
-        c1 = tl.where(cm, c1, 0.0)
-        tl.store(win2 + here, _act2(c1, HID_P), mask=n2 < K2)
-        tl.debug_barrier()
-        c2 = _conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), i, jj, W,
-                      K2, 2 * HID_P, HID, HID_P, KH, T_P, BK2)
-        c2 += tl.load(b2_ptr + kk * K2 + n2, mask=n2 < K2, other=0.0)
-        if HAS_COND:
-            c2 += tl.load(h2_ptr + (kk * B * H * W + pix_off) * K2 + n2, mask=n2 < K2, other=0.0)
-        ca, cb = tl.split(tl.reshape(c2, [HID_P, 2]))      # gate halves
-        ul = ul + ca * tl.sigmoid(cb)
-        ul = tl.where(cm, ul, 0.0)
+    kb = tl.arange(0, BK)
+    for t in range(KH * KH - 1):
+        r = t // KH
+        s = t % KH
+        row = i - KH + 1 + r
+        col = jj - KH + 1 + s
+        slot = (i + 1 + r) % KH
+        ok = (row >= 0) & (col >= 0)
+        base = ring_ptr + bidx[:, None] * plane + (slot * W + col) * K2
+        for k0 in range(0, K2P, BK):
+            km = (k0 + kb) < K2
+            a = tl.load(base + k0 + kb[None, :], mask=tl.where(ok, bm[:, None] & km[None, :], False), other=0.0)
+            wt = tl.load(w_ptr + (t * K2 + k0 + kb[:, None]) * OUT + on[None, :],
+                         mask=km[:, None] & om[None, :], other=0.0)
+            acc += tl.dot(a, wt, input_precision="ieee")
+    return acc
 
-    # -- 3. head: all P parameters into this image's scratch row (and params) ---------
-    e = tl.where(ul > 0, ul, tl.exp(tl.minimum(ul, 0.0)) - 1.0)
+
+@triton.jit
+def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
+                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr,
+                C: tl.constexpr, C_P: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
+                G: tl.constexpr, P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr,
+                DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
+                NSEG: tl.constexpr, NSEG_P: tl.constexpr, TOP: tl.constexpr,
+                HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
+    """The head, the sampling and the write-back for the images ``bidx`` at ``(i, j)``."""
+    ch = tl.arange(0, HID_P)
+    cm = ch < HID
     HW = H * W
-    par = params_ptr + b * P * HW + i * W + jj            # + p * HW
-    scr = pscr_ptr + b * P
+    pix_off = (bidx * H + i) * W + jj                     # [G]: (b, i, j) in a (B, H, W) map
+    # -- head: all P parameters into the scratch rows (and params) -------------------
+    e = tl.where(ul > 0, ul, tl.exp(tl.minimum(ul, 0.0)) - 1.0)
     pb = tl.arange(0, PB)
     for p0 in range(0, P, PB):
-        pm = (p0 + pb) < P
-        y = tl.sum(e[:, None] * tl.load(wh_ptr + ch[:, None] * P + p0 + pb[None, :],
-                                        mask=cm[:, None] & pm[None, :], other=0.0), axis=0)
-        y += tl.load(bh_ptr + p0 + pb, mask=pm, other=0.0)
-        tl.store(scr + p0 + pb, y, mask=pm)
+        pn = p0 + pb
+        pm = pn < P
+        wt = tl.load(wh_ptr + ch[:, None] * P + pn[None, :], mask=cm[:, None] & pm[None, :], other=0.0)
+        y = tl.dot(e, wt, input_precision="ieee") + tl.load(bh_ptr + pn, mask=pm, other=0.0)[None, :]
+        sm = bm[:, None] & pm[None, :]
+        tl.store(pscr_ptr + bidx[:, None] * P + pn[None, :], y, mask=sm)
         if RETURN_PARAMS:
-            tl.store(par + (p0 + pb) * HW, y, mask=pm)
-    tl.debug_barrier()
-
-    # -- 4. sampling from the shared uniforms --------------------------------------
-    uni = uni_ptr + pix_off * U
+            tl.store(params_ptr + bidx[:, None] * (P * HW) + pn[None, :] * HW + i * W + jj, y, mask=sm)
+    tl.debug_barrier()         # the scratch rows, visible to every thread of this program
+    scr = pscr_ptr + bidx * P                             # [G]
+    uni = uni_ptr + pix_off * U                           # [G]
     cidx = tl.arange(0, C_P)
     cmask = cidx < C
     if DIST == 0:
-        # categorical: C independent softmaxes over L levels, all channels at once,
-        # in chunks of L_B levels: y[c, l] = logit of level l0 + l of channel c
+        # categorical: C independent softmaxes over L levels, in chunks of L_B levels;
+        # z[g, c, l] = logit of level l0 + l of channel c of image g, divided by T
         lb = tl.arange(0, L_B)
-        pidx = cidx[:, None] * L + lb[None, :]             # + l0
-        u = tl.load(uni + cidx, mask=cmask, other=0.0)
-        mx = tl.full([C_P], NEG_INF, tl.float32)
+        pidx = scr[:, None, None] + cidx[None, :, None] * L + lb[None, None, :]      # + l0
+        u = tl.load(uni[:, None] + cidx[None, :], mask=bm[:, None] & cmask[None, :], other=0.0)
+        mx = tl.full([G, C_P], NEG_INF, tl.float32)
         for l0 in range(0, L, L_B):                       # pass 1: max of logits / T
-            ym = cmask[:, None] & ((l0 + lb) < L)[None, :]
-            z = tl.load(scr + l0 + pidx, mask=ym, other=0.0) / temp
-            mx = tl.maximum(mx, tl.max(tl.where(ym, z, NEG_INF), axis=1))
-        tot = tl.zeros([C_P], dtype=tl.float32)
+            ym = bm[:, None, None] & cmask[None, :, None] & ((l0 + lb) < L)[None, None, :]
+            z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
+            mx = tl.maximum(mx, tl.max(tl.where(ym, z, NEG_INF), axis=2))
+        mx = tl.where(bm[:, None] & cmask[None, :], mx, 0.0)
+        tot = tl.zeros([G, C_P], dtype=tl.float32)
         for l0 in range(0, L, L_B):                       # pass 2: the softmax normaliser
-            ym = cmask[:, None] & ((l0 + lb) < L)[None, :]
-            z = tl.load(scr + l0 + pidx, mask=ym, other=0.0) / temp
-            tot += tl.sum(tl.where(ym, tl.exp(z - mx[:, None]), 0.0), axis=1)
-        tot = tl.where(cmask, tot, 1.0)
-        carry = tl.zeros([C_P], dtype=tl.float32)
-        cnt = tl.zeros([C_P], dtype=tl.int32)
+            ym = bm[:, None, None] & cmask[None, :, None] & ((l0 + lb) < L)[None, None, :]
+            z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
+            tot += tl.sum(tl.where(ym, tl.exp(z - mx[:, :, None]), 0.0), axis=2)
+        tot = tl.where(bm[:, None] & cmask[None, :], tot, 1.0)
+        carry = tl.zeros([G, C_P], dtype=tl.float32)
+        cnt = tl.zeros([G, C_P], dtype=tl.int32)
         for l0 in range(0, L, L_B):                       # pass 3: count cdf <= u
-            ym = cmask[:, None] & ((l0 + lb) < L)[None, :]
-            z = tl.load(scr + l0 + pidx, mask=ym, other=0.0) / temp
-            pr = tl.where(ym, tl.exp(z - mx[:, None]) / tot[:, None], 0.0)
-            cdf = tl.cumsum(pr, axis=1) + carry[:, None]
-            cnt += tl.sum(tl.where(ym & (cdf <= u[:, None]), 1, 0), axis=1)
-            carry += tl.sum(pr, axis=1)
+            ym = bm[:, None, None] & cmask[None, :, None] & ((l0 + lb) < L)[None, None, :]
+            z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
+            pr = tl.where(ym, tl.math.div_rn(tl.exp(z - mx[:, :, None]), tot[:, :, None]), 0.0)
+            cdf = tl.cumsum(pr, axis=2) + carry[:, :, None]
+            cnt += tl.sum(tl.where(ym & (cdf <= u[:, :, None]), 1, 0), axis=2)
+            carry += tl.sum(pr, axis=2)
         pix = tl.minimum(cnt, L - 1).to(tl.int64)
     else:
-        # discretized logistic mixture: y[seg, m] = parameter seg*L + m, segments
+        # discretized logistic mixture: y[g, seg, m] = parameter seg*L + m, segments
         # [logits, means (C), log-scales (C), coeffs (C(C-1)/2)], L = nr_mix
         mi = tl.arange(0, L_B)
         sg = tl.arange(0, NSEG_P)
-        ym = (sg < NSEG)[:, None] & (mi < L)[None, :]
-        y = tl.load(scr + sg[:, None] * L + mi[None, :], mask=ym, other=0.0)
-        logits = tl.load(scr + mi, mask=mi < L, other=0.0)
-        z = tl.where(mi < L, logits / temp, NEG_INF)
-        pr = tl.exp(z - tl.max(z, axis=0))
-        pr = tl.where(mi < L, pr, 0.0)
-        pr = pr / tl.sum(pr, axis=0)
-        cdf = tl.cumsum(pr, axis=0)
-        u0 = tl.load(uni)
-        comp = tl.minimum(tl.sum(tl.where((mi < L) & (cdf <= u0), 1, 0), axis=0), L - 1)
+        lm = mi < L
+        ym = bm[:, None, None] & (sg < NSEG)[None, :, None] & lm[None, None, :]
+        y = tl.load(scr[:, None, None] + sg[None, :, None] * L + mi[None, None, :], mask=ym, other=0.0)
+        logits = tl.load(scr[:, None] + mi[None, :], mask=bm[:, None] & lm[None, :], other=0.0)
+        z = tl.where(lm[None, :], tl.math.div_rn(logits, temp), NEG_INF)
+        pr = tl.exp(z - tl.max(z, axis=1)[:, None])
+        pr = tl.where(lm[None, :], pr, 0.0)
+        pr = tl.math.div_rn(pr, tl.sum(pr, axis=1)[:, None])
+        cdf = tl.cumsum(pr, axis=1)
+        u0 = tl.load(uni, mask=bm, other=0.0)
+        comp = tl.minimum(tl.sum(tl.where(lm[None, :] & (cdf <= u0[:, None]), 1, 0), axis=1), L - 1)
         # every segment at the chosen component
-        picked = tl.sum(tl.where(mi[None, :] == comp, y, 0.0), axis=1)      # [NSEG_P]
-        xs = tl.zeros([C_P], dtype=tl.float32)            # the rounded channels in [-1, 1]
-        pix = tl.zeros([C_P], dtype=tl.int64)
+        picked = tl.sum(tl.where(mi[None, None, :] == comp[:, None, None], y, 0.0), axis=2)   # [G, NSEG_P]
+        xs = tl.zeros([G, C_P], dtype=tl.float32)         # the rounded channels in [-1, 1]
+        pix = tl.zeros([G, C_P], dtype=tl.int64)
         for c in tl.static_range(C):
-            mean = tl.sum(tl.where(sg == 1 + c, picked, 0.0), axis=0)
-            log_s = tl.maximum(tl.sum(tl.where(sg == 1 + C + c, picked, 0.0), axis=0), LOG_SCALE_MIN)
+            mean = tl.sum(tl.where(sg[None, :] == 1 + c, picked, 0.0), axis=1)
+            log_s = tl.maximum(tl.sum(tl.where(sg[None, :] == 1 + C + c, picked, 0.0), axis=1),
+                               LOG_SCALE_MIN, propagate_nan=tl.PropagateNan.ALL)
             for cp in tl.static_range(c):
                 pair = c * (c - 1) // 2 + cp
-                co = tl.sum(tl.where(sg == 1 + 2 * C + pair, picked, 0.0), axis=0)
-                mean = mean + tanh(co) * tl.sum(tl.where(cidx == cp, xs, 0.0), axis=0)
-            uc = tl.minimum(tl.maximum(tl.load(uni + 1 + c), U_EPS), 1.0 - U_EPS)
+                co = tl.sum(tl.where(sg[None, :] == 1 + 2 * C + pair, picked, 0.0), axis=1)
+                mean = mean + tanh(co) * tl.sum(tl.where(cidx[None, :] == cp, xs, 0.0), axis=1)
+            uc = tl.load(uni + 1 + c, mask=bm, other=0.5)
+            uc = tl.minimum(tl.maximum(uc, U_EPS), 1.0 - U_EPS)
             val = mean + tl.exp(log_s) * temp * (tl.log(uc) - log1p(-uc))
             pf = round_half_even((val + 1.0) * half_top)
             pf = tl.minimum(tl.maximum(pf, 0.0), TOP * 1.0)
-            pf = tl.where(val != val, 0.0, pf)                 # nan_to_num
-            xs = tl.where(cidx == c, pf * to_unit - 1.0, xs)
-            pix = tl.where(cidx == c, pf.to(tl.int64), pix)
-
-    # -- 5. known pixels override; write the pixel ----------------------------------
-    xo = x_ptr + (b * C + cidx) * HW + i * W + jj
+            pf = tl.where(val != val, 0.0, pf)             # nan_to_num
+            xs = tl.where(cidx[None, :] == c, pf[:, None] * to_unit - 1.0, xs)
+            pix = tl.where(cidx[None, :] == c, pf.to(tl.int64)[:, None], pix)
+    # -- known pixels override; write the pixel --------------------------------------
+    wm = bm[:, None] & cmask[None, :]
+    xo = x_ptr + (bidx[:, None] * C + cidx[None, :]) * HW + i * W + jj
     if HAS_KNOWN:
-        kn = tl.load(known_ptr + pix_off) != 0
-        pix = tl.where(kn, tl.load(xo, mask=cmask, other=0), pix)
-    tl.store(xo, pix, mask=cmask)
+        kn = tl.load(known_ptr + pix_off, mask=bm, other=0) != 0
+        pix = tl.where(kn[:, None], tl.load(xo, mask=wm, other=0), pix)
+    tl.store(xo, pix, mask=wm)
+
+
+@triton.jit(do_not_specialize=["j"])
+def pixel_fused_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
+                       NB, B, H, W, scale, half_top, to_unit,
+                       ulwin_ptr, row0_ptr, rowbias_ptr, h2_ptr,
+                       w_h_ptr, b_h_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wh_ptr, bh_ptr,
+                       C: tl.constexpr, C_P: tl.constexpr, KH: tl.constexpr,
+                       HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr, T0_P: tl.constexpr,
+                       BK1: tl.constexpr, BK2: tl.constexpr, P: tl.constexpr, PB: tl.constexpr,
+                       U: tl.constexpr, DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
+                       NSEG: tl.constexpr, NSEG_P: tl.constexpr, TOP: tl.constexpr,
+                       HAS_COND: tl.constexpr, HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
+    """The whole pixel for ``G`` images per program (the fused plan)."""
+    bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
+    bm = bidx < B
+    i = tl.load(row_ptr).to(tl.int64)
+    temp = tl.load(temp_ptr)
+    jj = tl.full([], 0, tl.int64) + j
+    K2: tl.constexpr = 2 * HID
+    ch = tl.arange(0, HID_P)
+    cm = ch < HID
+    n2 = tl.arange(0, 2 * HID_P)
+    am = bm[:, None] & (n2 < K2)[None, :]
+    ul = first_layer(x_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, scale,
+                     C, KH, HID, HID_P, G, T0_P)
+    plane = KH * W * K2
+    here = bidx[:, None] * plane + ((i % KH) * W + jj) * K2 + n2[None, :]    # ring slot of (i, j)
+    pix_off = (bidx * H + i) * W + jj
+    for k in range(NB):
+        kk = tl.full([], 0, tl.int64) + k
+        win1 = ulwin_ptr + (kk * 2 + 0) * B * plane
+        win2 = ulwin_ptr + (kk * 2 + 1) * B * plane
+        a_ul = act2d(ul, G, HID_P)                    # the current tap, kept in registers
+        tl.store(win1 + here, a_ul, mask=am)          # for the later pixels only
+        c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, 0,
+                     HID, HID_P, HID, HID_P, KH, BK1)
+        c1 += tl.load(b1_ptr + kk * HID + ch, mask=cm, other=0.0)[None, :]
+        c1 += tl.load(rowbias_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + ch[None, :],
+                      mask=bm[:, None] & cm[None, :], other=0.0)
+        c1 = tl.where(cm[None, :], c1, 0.0)
+        a_c1 = act2d(c1, G, HID_P)
+        tl.store(win2 + here, a_c1, mask=am)
+        c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), a_c1, bidx, bm, i, jj, W, 0,
+                     K2, 2 * HID_P, HID, HID_P, KH, BK2)
+        c2 += tl.load(b2_ptr + kk * K2 + n2, mask=n2 < K2, other=0.0)[None, :]
+        if HAS_COND:
+            c2 += tl.load(h2_ptr + (kk * B * H * W + pix_off[:, None]) * K2 + n2[None, :], mask=am, other=0.0)
+        ca, cb = tl.split(tl.reshape(c2, [G, HID_P, 2]))      # gate halves
+        ul = ul + ca * tl.sigmoid(cb)
+        ul = tl.where(cm[None, :], ul, 0.0)
+    head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
+                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr,
+                C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, NSEG, NSEG_P, TOP, HAS_KNOWN, RETURN_PARAMS)
+
+
+@triton.jit(do_not_specialize=["j", "blk"])
+def pixel_conv_kernel(x_ptr, row_ptr, j, blk, B, H, W, scale,
+                      ulwin_ptr, row0_ptr, rowbias_ptr, h2_ptr, ulcur_ptr,
+                      w_h_ptr, b_h_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                      STAGE: tl.constexpr, FIRST: tl.constexpr, C: tl.constexpr, KH: tl.constexpr,
+                      HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr, OT: tl.constexpr,
+                      T0_P: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr, HAS_COND: tl.constexpr):
+    """One conv of block ``blk`` at one pixel, output channels ``OT * program_id(1) ..``
+    (the split plan). ``STAGE=1``: ``c1`` (block 0 also computes the first layer);
+    ``STAGE=2``: ``c2``, the gate and the residual into ``ul_cur``."""
+    bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
+    bm = bidx < B
+    o0 = tl.program_id(1) * OT
+    i = tl.load(row_ptr).to(tl.int64)
+    jj = tl.full([], 0, tl.int64) + j
+    kk = tl.full([], 0, tl.int64) + blk
+    K2: tl.constexpr = 2 * HID
+    ch = tl.arange(0, HID_P)
+    n2 = tl.arange(0, 2 * HID_P)
+    to = o0 + tl.arange(0, OT)                        # this program's channels
+    tm = to < HID
+    t2 = 2 * o0 + tl.arange(0, 2 * OT)                # ... interleaved
+    t2m = t2 < K2
+    plane = KH * W * K2
+    slot_off = ((i % KH) * W + jj) * K2
+    win1 = ulwin_ptr + (kk * 2 + 0) * B * plane
+    win2 = ulwin_ptr + (kk * 2 + 1) * B * plane
+    if STAGE == 1:
+        if FIRST:
+            ul = first_layer(x_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, scale,
+                             C, KH, HID, HID_P, G, T0_P)
+            own = bm[:, None] & (ch >= o0)[None, :] & (ch < o0 + OT)[None, :] & (ch < HID)[None, :]
+            tl.store(ulcur_ptr + bidx[:, None] * HID + ch[None, :], ul, mask=own)
+        else:
+            ul = tl.load(ulcur_ptr + bidx[:, None] * HID + ch[None, :],
+                         mask=bm[:, None] & (ch < HID)[None, :], other=0.0)
+        a_ul = act2d(ul, G, HID_P)
+        own2 = bm[:, None] & (n2 >= 2 * o0)[None, :] & (n2 < 2 * o0 + 2 * OT)[None, :] & (n2 < K2)[None, :]
+        tl.store(win1 + bidx[:, None] * plane + slot_off + n2[None, :], a_ul, mask=own2)
+        c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, o0,
+                     HID, OT, HID, HID_P, KH, BK1)
+        c1 += tl.load(b1_ptr + kk * HID + to, mask=tm, other=0.0)[None, :]
+        c1 += tl.load(rowbias_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + to[None, :],
+                      mask=bm[:, None] & tm[None, :], other=0.0)
+        c1 = tl.where(tm[None, :], c1, 0.0)
+        tl.store(win2 + bidx[:, None] * plane + slot_off + t2[None, :], act2d(c1, G, OT),
+                 mask=bm[:, None] & t2m[None, :])
+    else:
+        a_c1 = tl.load(win2 + bidx[:, None] * plane + slot_off + n2[None, :],
+                       mask=bm[:, None] & (n2 < K2)[None, :], other=0.0)     # written by stage 1
+        c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), a_c1, bidx, bm, i, jj, W, 2 * o0,
+                     K2, 2 * OT, HID, HID_P, KH, BK2)
+        c2 += tl.load(b2_ptr + kk * K2 + t2, mask=t2m, other=0.0)[None, :]
+        if HAS_COND:
+            pix_off = (bidx * H + i) * W + jj
+            c2 += tl.load(h2_ptr + (kk * B * H * W + pix_off[:, None]) * K2 + t2[None, :],
+                          mask=bm[:, None] & t2m[None, :], other=0.0)
+        ca, cb = tl.split(tl.reshape(c2, [G, OT, 2]))
+        um = bm[:, None] & tm[None, :]
+        addr = ulcur_ptr + bidx[:, None] * HID + to[None, :]
+        ul = tl.load(addr, mask=um, other=0.0) + ca * tl.sigmoid(cb)
+        tl.store(addr, ul, mask=um)
+
+
+@triton.jit(do_not_specialize=["j"])
+def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
+                      B, H, W, scale, half_top, to_unit, row0_ptr, ulcur_ptr, w_h_ptr, b_h_ptr, wh_ptr, bh_ptr,
+                      FIRST: tl.constexpr, C: tl.constexpr, C_P: tl.constexpr, KH: tl.constexpr,
+                      HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr, T0_P: tl.constexpr,
+                      P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr, DIST: tl.constexpr,
+                      L: tl.constexpr, L_B: tl.constexpr, NSEG: tl.constexpr, NSEG_P: tl.constexpr,
+                      TOP: tl.constexpr, HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
+    """Head, sampling and write-back (the split plan's last launch of a pixel); with
+    ``FIRST`` (no blocks) it computes the first layer itself."""
+    bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
+    bm = bidx < B
+    i = tl.load(row_ptr).to(tl.int64)
+    temp = tl.load(temp_ptr)
+    jj = tl.full([], 0, tl.int64) + j
+    ch = tl.arange(0, HID_P)
+    if FIRST:
+        ul = first_layer(x_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, scale,
+                         C, KH, HID, HID_P, G, T0_P)
+    else:
+        ul = tl.load(ulcur_ptr + bidx[:, None] * HID + ch[None, :],
+                     mask=bm[:, None] & (ch < HID)[None, :], other=0.0)
+    head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
+                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr,
+                C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, NSEG, NSEG_P, TOP, HAS_KNOWN, RETURN_PARAMS)
 
 
 # -- launcher -------------------------------------------------------------------------
 
-def _meta(buf):
-    """Block sizes: padded powers of two; product tiles of at most 4096 floats."""
-    hid_p = triton.next_power_of_2(buf.HID)
-    c_p = triton.next_power_of_2(buf.C)
+def _meta(buf) -> dict:
+    """Block sizes: powers of two, every dot dimension >= 16; the weight tile of a
+    chunk ``[BK, OUT_T]`` at most 4096 floats."""
+    p2 = triton.next_power_of_2
+    pl = buf.plan
+    hid_p = pl.hid_p
+    c_p = p2(buf.C)
     if buf.DIST == 0:
-        l_b = min(triton.next_power_of_2(buf.L), max(16, 256 // c_p))
+        l_b = min(p2(buf.L), max(16, 256 // c_p))
         nseg_p = 1
     else:
-        l_b, nseg_p = triton.next_power_of_2(buf.L), triton.next_power_of_2(buf.NSEG)
-    t_p = triton.next_power_of_2(buf.KH * buf.KH)
-    # [T_P, BK, OUT_P] product tiles of at most 4096 floats
-    bk1 = max(1, min(2 * hid_p, 4096 // (t_p * hid_p)))
-    bk2 = max(1, min(2 * hid_p, 4096 // (t_p * 2 * hid_p)))
-    pb = min(triton.next_power_of_2(buf.P), max(16, 4096 // hid_p))
-    warps = 2 if hid_p <= 16 else (4 if hid_p <= 64 else 8)
-    return dict(C_P=c_p, HID_P=hid_p, T_P=t_p, BK1=bk1, BK2=bk2, PB=pb, L_B=l_b, NSEG_P=nseg_p,
-                T0_P=triton.next_power_of_2(buf.KH * buf.CIN), num_warps=warps)
+        l_b, nseg_p = p2(buf.L), p2(buf.NSEG)
+    ot = pl.pixel_tile
+    bk = lambda out_t: max(16, min(2 * hid_p, 4096 // out_t))
+    return dict(C_P=c_p, HID_P=hid_p, G=pl.group, T0_P=max(16, p2(buf.KH * buf.CIN)),
+                BK1=bk(ot), BK2=bk(2 * ot), PB=max(16, min(p2(buf.P), 4096 // hid_p)),
+                L_B=l_b, NSEG_P=nseg_p, OT=ot)
 
 
 def launch_pixel_step(buf, j: int):
-    """Launch the pixel op at column ``j`` of the row ``buf.row`` points at."""
+    """Launch the pixel op at column ``j`` of the row ``buf.row`` points at (one launch
+    in the fused plan, ``2 * blocks + 1`` in the split plan)."""
     d = buf.dummy
-    pixel_step_kernel[(buf.B,)](
-        buf.x, buf.known if buf.known is not None else d, buf.uniforms,
-        buf.params if buf.params is not None else d, buf.pscr, buf.row, j,
-        buf.NB, buf.B, buf.H, buf.W, buf.scale, buf.temperature, buf.top / 2.0, 2.0 / buf.top,
-        buf.ul_win, buf.ul_row0, buf.ul_rowbias, buf.ul_h2 if buf.has_cond else d,
-        buf.w_h0, buf.b_h0, buf.w_ul1, buf.b_ul1, buf.w_ul2, buf.b_ul2, buf.w_head, buf.b_head,
-        C=buf.C, KH=buf.KH, HID=buf.HID, P=buf.P, U=buf.U, DIST=buf.DIST, L=buf.L,
-        NSEG=buf.NSEG, TOP=buf.top, HAS_COND=buf.has_cond, HAS_KNOWN=buf.known is not None,
-        RETURN_PARAMS=buf.params is not None, **_meta(buf))
+    z = _meta(buf)
+    pl = buf.plan
+    groups = triton.cdiv(buf.B, pl.group)
+    common = dict(C=buf.C, KH=buf.KH, HID=buf.HID, HID_P=z["HID_P"], G=z["G"], T0_P=z["T0_P"])
+    samp = dict(C_P=z["C_P"], P=buf.P, PB=z["PB"], U=buf.U, DIST=buf.DIST, L=buf.L, L_B=z["L_B"],
+                NSEG=buf.NSEG, NSEG_P=z["NSEG_P"], TOP=buf.top, HAS_KNOWN=buf.known is not None,
+                RETURN_PARAMS=buf.params is not None)
+    known = buf.known if buf.known is not None else d
+    params = buf.params if buf.params is not None else d
+    h2 = buf.ul_h2 if buf.has_cond else d
+    opts = dict(num_warps=pl.pixel_warps, enable_fp_fusion=buf.fp_fusion)
+    if pl.fused:
+        pixel_fused_kernel[(groups,)](
+            buf.x, known, buf.uniforms, params, buf.pscr, buf.row, buf.temp, j,
+            buf.NB, buf.B, buf.H, buf.W, buf.scale, buf.top / 2.0, 2.0 / buf.top,
+            buf.ul_win, buf.ul_row0, buf.ul_rowbias, h2,
+            buf.w_h0, buf.b_h0, buf.w_ul1, buf.b_ul1, buf.w_ul2, buf.b_ul2, buf.w_head, buf.b_head,
+            BK1=z["BK1"], BK2=z["BK2"], HAS_COND=buf.has_cond, **common, **samp, **opts)
+        return
+    tiles = triton.cdiv(buf.HID, z["OT"])
+    for k in range(buf.NB):
+        for stage in (1, 2):
+            pixel_conv_kernel[(groups, tiles)](
+                buf.x, buf.row, j, k, buf.B, buf.H, buf.W, buf.scale,
+                buf.ul_win, buf.ul_row0, buf.ul_rowbias, h2, buf.ul_cur,
+                buf.w_h0, buf.b_h0, buf.w_ul1, buf.b_ul1, buf.w_ul2, buf.b_ul2,
+                STAGE=stage, FIRST=(k == 0 and stage == 1), OT=z["OT"], BK1=z["BK1"], BK2=z["BK2"],
+                HAS_COND=buf.has_cond, **common, **opts)
+    pixel_head_kernel[(groups,)](
+        buf.x, known, buf.uniforms, params, buf.pscr, buf.row, buf.temp, j,
+        buf.B, buf.H, buf.W, buf.scale, buf.top / 2.0, 2.0 / buf.top, buf.ul_row0, buf.ul_cur,
+        buf.w_h0, buf.b_h0, buf.w_head, buf.b_head, FIRST=buf.NB == 0, **common, **samp, **opts)
 
 
 # -- PyTorch reference ----------------------------------------------------------------
@@ -314,6 +491,8 @@ def pixel_step_reference(buf, j: int):
         buf.ul_win[k, 0, :, slot, j] = a_ul
         buf.ul_win[k, 1, :, slot, j] = a_c1
         ul = ul + c2[:, :hid] * torch.sigmoid(c2[:, hid:])
+    if buf.NB > 0:
+        buf.ul_cur.copy_(ul)
     params = m.head(F.elu(ul)[:, :, None, None])[:, :, 0, 0]
     if buf.params is not None:
         buf.params[:, :, i, j] = params

@@ -46,22 +46,23 @@ def row_init_kernel(x_ptr, row_ptr, ucur_ptr, uwin_ptr, row0_ptr,
                     w_u_ptr, b_u_ptr, w_v_ptr, b_v_ptr,
                     H, W, scale,
                     C: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                    HID: tl.constexpr, HID_P: tl.constexpr, BLOCK_W: tl.constexpr,
+                    HID: tl.constexpr, OT: tl.constexpr, BLOCK_W: tl.constexpr,
                     TB: tl.constexpr, HAS_U: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
+    o0 = tl.program_id(2) * OT
     i = tl.load(row_ptr).to(tl.int64)
     CIN: tl.constexpr = C + 1
     PW: tl.constexpr = (KW - 1) // 2
     T: tl.constexpr = KH * KW * CIN
     cols = t * BLOCK_W + tl.arange(0, BLOCK_W)
     cmask = cols < W
-    co = tl.arange(0, HID_P)
+    co = o0 + tl.arange(0, OT)                                # this program's output channels
     omask = co < HID
     # im2col of the model's input over tap (r, s) and channel ci, tt = (r*KW + s)*CIN + ci
     # (image rows i-KH .. i-1: down-shifted; columns col-PW .. col+PW), in chunks of TB
-    acc_u = tl.zeros([BLOCK_W, HID_P], dtype=tl.float32)
-    acc_v = tl.zeros([BLOCK_W, HID_P], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_W, OT], dtype=tl.float32)
+    acc_v = tl.zeros([BLOCK_W, OT], dtype=tl.float32)
     tb = tl.arange(0, TB)
     for t0 in range(0, T, TB):
         tt = t0 + tb
@@ -92,26 +93,27 @@ def row_init_kernel(x_ptr, row_ptr, ucur_ptr, uwin_ptr, row0_ptr,
         # concat_elu(u), interleaved, into block 0's ring buffer at row i
         a = tl.reshape(tl.join(tl.where(u > 0, u, tl.exp(tl.minimum(u, 0.0)) - 1.0),
                                tl.where(u < 0, -u, tl.exp(tl.minimum(-u, 0.0)) - 1.0)),
-                       [BLOCK_W, 2 * HID_P])
-        n2 = tl.arange(0, 2 * HID_P)
+                       [BLOCK_W, 2 * OT])
+        n2 = 2 * o0 + tl.arange(0, 2 * OT)
         slot = i % KH
         tl.store(uwin_ptr + ((b * KH + slot) * W + cols[:, None]) * (2 * HID) + n2[None, :], a,
                  mask=cmask[:, None] & (n2 < 2 * HID)[None, :])
 
 
 @triton.jit
-def _conv_rows(win_ptr, w_ptr, b, i, cols, cmask, W,
+def _conv_rows(win_ptr, w_ptr, b, i, cols, cmask, W, o0,
                HID: tl.constexpr, HID_P: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr,
                KH: tl.constexpr, KW: tl.constexpr, BLOCK_W: tl.constexpr, BK: tl.constexpr):
     """Down-shifted ``(KH, KW)`` conv at row ``i``, columns ``cols``, over a ring buffer
     of interleaved activations ``(B, KH, W, 2*HID)``; tap matrices ``(2*HID, OUT)``.
     im2col over the flattened (tap, channel) index ``kk = t * 2*HID_P + n``, ``t = r*KW
-    + s``, in chunks of ``BK`` (a chunk may span taps). Returns ``[BLOCK_W, OUT_P]``."""
+    + s``, in chunks of ``BK`` (a chunk may span taps). Outputs ``o0 .. o0+OUT_P`` of
+    ``OUT``. Returns ``[BLOCK_W, OUT_P]``."""
     PW: tl.constexpr = (KW - 1) // 2
     K2: tl.constexpr = 2 * HID
     K2P: tl.constexpr = 2 * HID_P
     KT: tl.constexpr = KH * KW * K2P
-    on = tl.arange(0, OUT_P)
+    on = o0 + tl.arange(0, OUT_P)
     omask = on < OUT
     kb = tl.arange(0, BK)
     acc = tl.zeros([BLOCK_W, OUT_P], dtype=tl.float32)
@@ -133,49 +135,78 @@ def _conv_rows(win_ptr, w_ptr, b, i, cols, cmask, W,
     return acc
 
 
+@triton.jit
+def _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, rowbias_ptr, k, b, i, cols, cmask, B, H, W, o0,
+              HAS_COND: tl.constexpr, KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
+              OT: tl.constexpr, BLOCK_W: tl.constexpr, BKN: tl.constexpr):
+    """The horizontal block ``k``'s per-row term ``nin_skip(concat_elu(u)) (+ cond)`` at
+    row ``i``, outputs ``o0 .. o0+OT``, reading ``concat_elu(u)`` from the ring in chunks."""
+    K2: tl.constexpr = 2 * HID
+    co = o0 + tl.arange(0, OT)
+    omask = co < HID
+    smask = cmask[:, None] & omask[None, :]
+    slot = i % KH
+    rb = tl.zeros([BLOCK_W, OT], dtype=tl.float32)
+    kb = tl.arange(0, BKN)
+    for k0 in range(0, 2 * HID_P, BKN):
+        km = (k0 + kb) < K2
+        a = tl.load(win_next + ((b * KH + slot) * W + cols[:, None]) * K2 + k0 + kb[None, :],
+                    mask=cmask[:, None] & km[None, :], other=0.0)
+        wn = tl.load(nin_ptr + (k * K2 + k0 + kb[:, None]) * HID + co[None, :],
+                     mask=km[:, None] & omask[None, :], other=0.0)
+        rb += tl.dot(a, wn, input_precision="ieee")
+    rb += tl.load(bnin_ptr + k * HID + co, mask=omask, other=0.0)[None, :]
+    if HAS_COND:
+        pos = ((k * B + b) * H + i) * W + cols[:, None]
+        rb += tl.load(ulh1_ptr + pos * HID + co[None, :], mask=smask, other=0.0)
+    tl.store(rowbias_ptr + ((k * B + b) * W + cols[:, None]) * HID + co[None, :], rb, mask=smask)
+
+
 @triton.jit(do_not_specialize=["blk"])
 def row_block_kernel(row_ptr, blk, NB, B, H, W,
                      ucur_ptr, uwin_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, h1_ptr, h2_ptr,
                      nin_ptr, bnin_ptr, ulh1_ptr, rowbias_ptr,
                      STAGE: tl.constexpr, HAS_COND: tl.constexpr,
                      KH: tl.constexpr, KW: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
-                     BLOCK_W: tl.constexpr, BK: tl.constexpr, BKN: tl.constexpr):
+                     OT: tl.constexpr, BLOCK_W: tl.constexpr, BK: tl.constexpr, BKN: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
+    o0 = tl.program_id(2) * OT                          # this program's output channels
     i = tl.load(row_ptr).to(tl.int64)
     k = tl.full([], 0, tl.int64) + blk
     K2: tl.constexpr = 2 * HID
     cols = t * BLOCK_W + tl.arange(0, BLOCK_W)
     cmask = cols < W
-    co = tl.arange(0, HID_P)
+    co = o0 + tl.arange(0, OT)
     omask = co < HID
     smask = cmask[:, None] & omask[None, :]
-    n2 = tl.arange(0, 2 * HID_P)
+    n2 = 2 * o0 + tl.arange(0, 2 * OT)                  # ... interleaved
     amask = cmask[:, None] & (n2 < K2)[None, :]
     plane = KH * W * K2                                  # one image's ring buffer
     win_u = uwin_ptr + (k * 2 + 0) * B * plane           # [k, 0]: act(u), the block's input
     win_c1 = uwin_ptr + (k * 2 + 1) * B * plane          # [k, 1]: act(c1)
+    win_next = uwin_ptr + (k + 1) * 2 * B * plane        # [k+1, 0]: act(u'), the next input
     slot = i % KH
     here2 = ((b * KH + slot) * W + cols[:, None]) * K2 + n2[None, :]     # row i of a ring
     pos = ((k * B + b) * H + i) * W + cols[:, None]                      # (k, b, i, col)
     if STAGE == 1:
-        c1 = _conv_rows(win_u, w1_ptr + k * (KH * KW * K2 * HID), b, i, cols, cmask, W,
-                        HID, HID_P, HID, HID_P, KH, KW, BLOCK_W, BK)
+        c1 = _conv_rows(win_u, w1_ptr + k * (KH * KW * K2 * HID), b, i, cols, cmask, W, o0,
+                        HID, HID_P, HID, OT, KH, KW, BLOCK_W, BK)
         c1 += tl.load(b1_ptr + k * HID + co, mask=omask, other=0.0)[None, :]
         if HAS_COND:
             c1 += tl.load(h1_ptr + pos * HID + co[None, :], mask=smask, other=0.0)
         c1 = tl.where(smask, c1, 0.0)
         a1 = tl.reshape(tl.join(tl.where(c1 > 0, c1, tl.exp(tl.minimum(c1, 0.0)) - 1.0),
                                 tl.where(c1 < 0, -c1, tl.exp(tl.minimum(-c1, 0.0)) - 1.0)),
-                        [BLOCK_W, 2 * HID_P])
+                        [BLOCK_W, 2 * OT])
         tl.store(win_c1 + here2, a1, mask=amask)
-    else:
-        c2 = _conv_rows(win_c1, w2_ptr + k * (KH * KW * K2 * K2), b, i, cols, cmask, W,
-                        HID, HID_P, K2, 2 * HID_P, KH, KW, BLOCK_W, BK)
+    elif STAGE == 2:
+        c2 = _conv_rows(win_c1, w2_ptr + k * (KH * KW * K2 * K2), b, i, cols, cmask, W, 2 * o0,
+                        HID, HID_P, K2, 2 * OT, KH, KW, BLOCK_W, BK)
         c2 += tl.load(b2_ptr + k * K2 + n2, mask=n2 < K2, other=0.0)[None, :]
         if HAS_COND:
             c2 += tl.load(h2_ptr + pos * K2 + n2[None, :], mask=amask, other=0.0)
-        ca, cb = tl.split(tl.reshape(c2, [BLOCK_W, HID_P, 2]))            # gate halves
+        ca, cb = tl.split(tl.reshape(c2, [BLOCK_W, OT, 2]))              # gate halves
         here = (b * W + cols[:, None]) * HID + co[None, :]
         u = tl.load(ucur_ptr + here, mask=smask, other=0.0)
         u = u + ca * tl.sigmoid(cb)
@@ -183,27 +214,20 @@ def row_block_kernel(row_ptr, blk, NB, B, H, W,
         tl.store(ucur_ptr + here, u, mask=smask)
         au = tl.reshape(tl.join(tl.where(u > 0, u, tl.exp(tl.minimum(u, 0.0)) - 1.0),
                                 tl.where(u < 0, -u, tl.exp(tl.minimum(-u, 0.0)) - 1.0)),
-                        [BLOCK_W, 2 * HID_P])
+                        [BLOCK_W, 2 * OT])
         # concat_elu(u) into ring [k+1, 0] at row i: the next block's input (the ring
         # has NB+1 entries, the last one holds the final u for the nin below only)
-        win_next = uwin_ptr + (k + 1) * 2 * B * plane
         tl.store(win_next + here2, au, mask=amask)
-        tl.debug_barrier()       # the stores above, visible to all threads of this program
-        # the horizontal block k's per-row term: nin_skip(concat_elu(u)) (+ cond),
-        # read back in chunks of BK input channels
-        rb = tl.zeros([BLOCK_W, HID_P], dtype=tl.float32)
-        kb = tl.arange(0, BKN)
-        for k0 in range(0, 2 * HID_P, BKN):
-            km = (k0 + kb) < K2
-            a = tl.load(win_next + ((b * KH + slot) * W + cols[:, None]) * K2 + k0 + kb[None, :],
-                        mask=cmask[:, None] & km[None, :], other=0.0)
-            wn = tl.load(nin_ptr + (k * K2 + k0 + kb[:, None]) * HID + co[None, :],
-                         mask=km[:, None] & omask[None, :], other=0.0)
-            rb += tl.dot(a, wn, input_precision="ieee")
-        rb += tl.load(bnin_ptr + k * HID + co, mask=omask, other=0.0)[None, :]
-        if HAS_COND:
-            rb += tl.load(ulh1_ptr + pos * HID + co[None, :], mask=smask, other=0.0)
-        tl.store(rowbias_ptr + ((k * B + b) * W + cols[:, None]) * HID + co[None, :], rb, mask=smask)
+        if OT >= HID_P:
+            # one program holds every channel: the per-row term of the horizontal block
+            # k here, reading the stores above back (visible to all threads after the
+            # CTA barrier); with channel tiles it is a launch of its own (STAGE 3)
+            tl.debug_barrier()
+            _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, rowbias_ptr, k, b, i, cols, cmask, B, H, W, o0,
+                      HAS_COND, KH, HID, HID_P, OT, BLOCK_W, BKN)
+    else:
+        _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, rowbias_ptr, k, b, i, cols, cmask, B, H, W, o0,
+                  HAS_COND, KH, HID, HID_P, OT, BLOCK_W, BKN)
 
 
 @triton.jit
@@ -219,35 +243,41 @@ def _sizes(buf) -> dict:
     (``compile_check`` reports it). The first layer's im2col gather takes tiles of
     ``[16, TB]``: it is the most register-hungry part."""
     p2 = triton.next_power_of_2
-    hid_p = max(16, p2(buf.HID))
-    block_w = max(16, min(64 if hid_p <= 32 else 32 if hid_p <= 128 else 16, p2(buf.W)))
+    hid_p = buf.plan.hid_p
+    ot = buf.plan.row_tile
+    block_w = max(16, min(64 if ot <= 32 else 32 if ot <= 128 else 16, p2(buf.W)))
     kt = p2(buf.KH * buf.KW * 2 * hid_p)                  # a conv's flattened (tap, channel) size
     bk = lambda out_p: max(16, min(128, kt, 4096 // max(out_p, block_w)))
-    return dict(hid_p=hid_p, block_w=block_w, bk1=bk(hid_p), bk2=bk(2 * hid_p), bkn=min(2 * hid_p, bk(hid_p)),
-                tb=min(32 if hid_p <= 128 else 16, max(16, p2(buf.KH * buf.KW * buf.CIN))),
-                warps=4 if hid_p <= 64 else 8, init_warps=4 if hid_p <= 32 else 8)
+    return dict(hid_p=hid_p, ot=ot, block_w=block_w, bk1=bk(ot), bk2=bk(2 * ot), bkn=min(2 * hid_p, bk(ot)),
+                tb=min(32 if ot <= 128 else 16, max(16, p2(buf.KH * buf.KW * buf.CIN))),
+                warps=4 if ot <= 64 else 8, init_warps=4 if ot <= 32 else 8)
 
 
 def launch_row_step(buf):
-    """Launch the row op for the row ``buf.row`` points at (no host synchronisation)."""
+    """Launch the row op for the row ``buf.row`` points at (no host synchronisation):
+    grid ``(B, column tiles, channel tiles)``; ``1 + 2 * blocks`` launches (``1 + 3 *
+    blocks`` with channel tiles: the ``nin`` needs every channel of ``u``)."""
     z = _sizes(buf)
-    row_init_kernel[(buf.B, triton.cdiv(buf.W, 16))](
+    tiles = triton.cdiv(buf.HID, z["ot"])
+    fuse = dict(enable_fp_fusion=buf.fp_fusion)
+    row_init_kernel[(buf.B, triton.cdiv(buf.W, 16), tiles)](
         buf.x, buf.row, buf.u_cur, buf.u_win, buf.ul_row0, buf.w_u0, buf.b_u0, buf.w_v0, buf.b_v0,
         buf.H, buf.W, buf.scale,
-        C=buf.C, KH=buf.KH, KW=buf.KW, HID=buf.HID, HID_P=z["hid_p"], BLOCK_W=16,
-        TB=z["tb"], HAS_U=buf.NB > 0, num_warps=z["init_warps"])
+        C=buf.C, KH=buf.KH, KW=buf.KW, HID=buf.HID, OT=z["ot"], BLOCK_W=16,
+        TB=z["tb"], HAS_U=buf.NB > 0, num_warps=z["init_warps"], **fuse)
     d = buf.dummy
-    grid = (buf.B, triton.cdiv(buf.W, z["block_w"]))
+    grid = (buf.B, triton.cdiv(buf.W, z["block_w"]), tiles)
+    stages = (1, 2) if tiles == 1 else (1, 2, 3)
     for k in range(buf.NB):
-        for stage in (1, 2):
+        for stage in stages:
             row_block_kernel[grid](
                 buf.row, k, buf.NB, buf.B, buf.H, buf.W,
                 buf.u_cur, buf.u_win, buf.w_u1, buf.b_u1, buf.w_u2, buf.b_u2,
                 buf.u_h1 if buf.has_cond else d, buf.u_h2 if buf.has_cond else d,
                 buf.w_nin, buf.b_nin, buf.ul_h1 if buf.has_cond else d, buf.ul_rowbias,
                 STAGE=stage, HAS_COND=buf.has_cond, KH=buf.KH, KW=buf.KW, HID=buf.HID,
-                HID_P=z["hid_p"], BLOCK_W=z["block_w"], BK=z["bk1"] if stage == 1 else z["bk2"],
-                BKN=z["bkn"], num_warps=z["warps"])
+                HID_P=z["hid_p"], OT=z["ot"], BLOCK_W=z["block_w"], BK=z["bk1"] if stage == 1 else z["bk2"],
+                BKN=z["bkn"], num_warps=z["warps"], **fuse)
 
 
 def launch_advance_row(buf):

@@ -4,51 +4,62 @@ The algorithm of ``cached_torch`` (its readable reference), with the per-row and
 per-pixel work fused into Triton kernels (``pixelaux.kernels``, shipped from the
 top-level ``kernels/`` folder; each kernel file has a PyTorch reference beside it):
 
-* once per run (``kernels/layout.py``, ``CachedBuffers``): the weights re-laid out as
-  per-tap matrices over the interleaved concat-ELU channels, the conditioning terms
-  of every block computed (the prefill), the ring buffers allocated;
-* per row ``i``: the row op (``kernels/row_step.py``; ``1 + 2 * blocks`` launches,
-  grid ``(B, column tiles)``) computes the vertical stream of the whole row and the
-  per-row terms of the horizontal one; then ``W`` launches of the pixel op
-  (``kernels/pixel_step.py``; grid ``(B,)``, one program per image) each run every
-  horizontal block at one pixel, the head, the sampling from the shared uniforms
-  and the write-back; a one-thread launch advances the row counter.
+* once per (model, batch, size) (``kernels/layout.py``, ``CachedBuffers``): the
+  weights re-laid out as per-tap matrices over the interleaved concat-ELU channels,
+  the ring buffers allocated, the launch plan chosen (``layout.Plan``: ``G`` images
+  per program, output-channel tiles for small batches);
+* per call: the inputs, uniforms, temperature and conditioning terms (the prefill)
+  copied into those buffers in place;
+* per row ``i``: the row op (``kernels/row_step.py``), then ``W`` pixel ops
+  (``kernels/pixel_step.py``: one launch per pixel in the fused plan, ``2 * blocks +
+  1`` in the split plan), then a one-thread launch that advances the row counter.
 
 The row index lives on the device (``buf.row``) and every kernel reads it, so the
 launch sequence of a row is the same for every row and nothing on the host waits for
 the device inside the loop (no ``.item()``, no synchronisation).
 
-**CUDA graphs: per row.** On CUDA, row 0 runs eagerly (it compiles every kernel
-variant, which must not happen during a capture); then the ``W + 2 + 2 * blocks``
-launches of one row are captured once into a ``torch.cuda.CUDAGraph`` and the graph
-is replayed for rows ``1 .. H-1``. Per row rather than per image because the row
-index is read from device memory, so one small graph serves every row: capturing it
-costs one row of launches and pays off within a single call, with no cache of graphs
-keyed on shapes, buffers and temperature; a whole-image graph would cost a whole
-image of launches to capture, hold ``H`` times the nodes and only pay off if cached
-across calls; the ``H - 1`` extra replay calls of the per-row graph cost a few
-microseconds each. ``PIXELAUX_TRITON_GRAPHS=0`` (or ``USE_CUDA_GRAPHS = False``)
-launches eagerly instead.
+**CUDA graphs, captured once.** The buffers and the graph of one row's launches are
+kept in a small cache (``RUNS``, a ``RunCache``) keyed by the model (identity and
+the version counters of its weights), the batch, the image size and which optional
+inputs are present. The first call runs row 0 eagerly (it compiles every kernel
+variant: no compilation may happen during a capture), captures the row once and
+replays it for rows ``1 .. H-1``; every later call with the same key replays it for
+all ``H`` rows, with no capture, no allocation and no synchronisation before the
+last row. The progress bar counts rows that finished on the device (an event per
+row), not rows enqueued. ``PIXELAUX_TRITON_GRAPHS=0`` (or ``USE_CUDA_GRAPHS =
+False``) launches eagerly instead; ``clear_cache()`` frees the buffers.
+
+Float policy (``kernels/pixel_step.py``): every launch passes
+``enable_fp_fusion=FP_FUSION`` (default off: no FMA contraction outside the dots;
+``PIXELAUX_TRITON_FP_FUSION=1`` turns it on), round-to-nearest division in the
+sampling, NaN-propagating clamps; exactness against PyTorch is judged by the
+tie-explained comparison (``tie_report``).
 
 Where it runs: CUDA tensors with triton installed; CPU tensors only under Triton's
 interpreter (``TRITON_INTERPRET=1`` set before the kernels are first imported), which
 is how the tests run it, slowly, on tiny shapes.
+
+Helpers meant for other Triton engines (e.g. a PixelCNN++ backend): ``triton_error``,
+``interpreter_enabled``, ``device_status``, ``RunCache`` / ``weights_version``,
+``capture_cuda_graph`` and ``RowProgress``.
 
 UNTESTED ON HARDWARE (no GPU was available when this was written): everything under
 ``x.device.type == "cuda"`` below (the graph capture and replay, the device guard),
 the kernels' behaviour on a GPU (memory ordering around ``tl.debug_barrier``, speed,
 the block sizes and ``num_warps``). What was checked without a GPU: the interpreter
 runs exactly these kernels and the same launch sequence as the eager CUDA path (the
-tests); every kernel variant compiles for sm_90 through Triton, LLVM and ptxas with
-no register spills (``kernels/compile_check.py``, also a test). On a GPU,
-``benchmarks/bench_triton_gpu.py`` checks exactness (teacher forcing, naive images,
-graphs == eager) before it times anything.
+tests); every kernel variant a launch of the benchmark presets compiles builds for
+sm_90 through Triton, LLVM and ptxas (``kernels/compile_check.py``). On a GPU,
+``benchmarks/gpu_check.py`` answers the rest in one run.
 """
 from __future__ import annotations
 
+import collections
 import importlib.util
+import itertools
 import os
 import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -56,12 +67,17 @@ import torch
 from ..distributions import _check_temperature
 from .progress import pixel_progress
 
-USE_CUDA_GRAPHS = os.environ.get("PIXELAUX_TRITON_GRAPHS", "1").strip().lower() not in ("0", "false", "off", "no")
+def _env_flag(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() not in ("0", "false", "off", "no", "")
+
+
+USE_CUDA_GRAPHS = _env_flag("PIXELAUX_TRITON_GRAPHS", "1")
+FP_FUSION = _env_flag("PIXELAUX_TRITON_FP_FUSION", "0")
 
 _MISSING_TRITON = "triton is not installed (pip install triton)"
 
 
-def _triton_error() -> str | None:
+def triton_error() -> str | None:
     """``None`` if triton imports, else why not."""
     try:
         import triton  # noqa: F401
@@ -73,7 +89,7 @@ def _triton_error() -> str | None:
     return None
 
 
-def _interpreter_enabled() -> bool:
+def interpreter_enabled() -> bool:
     """Whether Triton's CPU interpreter is on for our kernels.
 
     Once ``pixelaux.kernels`` is imported its kernels are fixed one way or the other,
@@ -88,8 +104,18 @@ def _interpreter_enabled() -> bool:
         return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def status(device) -> tuple[bool, str]:
-    """``(available, reason)`` of the Triton backend for tensors on ``device``."""
+# (old private names, kept for callers and tests that patch them)
+_triton_error = triton_error
+
+
+def _interpreter_enabled() -> bool:
+    return interpreter_enabled()
+
+
+def device_status(device, what: str = "triton") -> tuple[bool, str]:
+    """``(available, reason)`` of Triton kernels for tensors on ``device``: triton
+    importable, and a CUDA device torch can use, or the CPU interpreter. Shared by
+    every Triton engine; ``what`` names it in the reasons."""
     device = torch.device(device)
     why = _triton_error()
     if why is not None:
@@ -97,13 +123,18 @@ def status(device) -> tuple[bool, str]:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             return False, "needs a CUDA device: torch reports CUDA unavailable (CPU build of torch or no GPU)"
-        return True, "triton on CUDA"
+        return True, f"{what} on CUDA"
     if device.type == "cpu":
         if _interpreter_enabled():
-            return True, "triton interpreter on CPU (TRITON_INTERPRET=1; slow, meant for tests)"
+            return True, f"{what} interpreter on CPU (TRITON_INTERPRET=1; slow, meant for tests)"
         return False, ("needs a CUDA device or TRITON_INTERPRET=1 (Triton's CPU interpreter, "
                        "set before pixelaux.kernels is imported) for tensors on the CPU")
     return False, f"needs a CUDA device or TRITON_INTERPRET=1 on the CPU, got tensors on {device.type}"
+
+
+def status(device) -> tuple[bool, str]:
+    """``(available, reason)`` of the Triton backend for tensors on ``device``."""
+    return device_status(device, "triton")
 
 
 def load_kernels():
@@ -141,7 +172,7 @@ def _launch_row(K, buf):
     K.launch_advance_row(buf)
 
 
-def _capture_cuda_graph(fn):  # pragma: no cover - needs a GPU; UNTESTED ON HARDWARE
+def capture_cuda_graph(fn):  # pragma: no cover - needs a GPU; UNTESTED ON HARDWARE
     """Capture the launches of ``fn`` (not run now) into a CUDA graph; returns its replay."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):          # syncs first; records on a side stream
@@ -149,24 +180,143 @@ def _capture_cuda_graph(fn):  # pragma: no cover - needs a GPU; UNTESTED ON HARD
     return graph.replay                    # (the bound method keeps the graph alive)
 
 
-def _sample_rows(K, buf, bar, capture=None):
-    """Row 0 eagerly (it compiles every kernel variant: no compilation may happen
-    during a capture), then rows ``1 .. H-1`` by replaying ``capture(one_row)``, or
-    eagerly when ``capture`` is None. The row counter lives on the device, so the
-    same launches serve every row and nothing waits for the device."""
+_capture_cuda_graph = capture_cuda_graph
+
+
+def weights_version(model) -> tuple:
+    """Changes when a parameter or buffer of ``model`` is replaced or modified in place
+    (``data_ptr`` and the autograd version counter of every tensor)."""
+    return tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+class RunCache:
+    """A small LRU of per-(model, key) run state: buffers, a captured graph, anything
+    an engine builds once and replays. An entry is valid while its model is alive and
+    its weights unchanged (``weights_version``); ``capacity`` entries at most."""
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self._d: collections.OrderedDict = collections.OrderedDict()
+        self.builds = 0                        # how many entries were built (tests)
+
+    def get(self, model, key, build):
+        """The entry for ``(model, key)``, built with ``build()`` when missing or stale."""
+        k = (id(model), key)
+        version = weights_version(model)
+        hit = self._d.get(k)
+        if hit is not None:
+            ref, ver, entry = hit
+            if ref() is model and ver == version:
+                self._d.move_to_end(k)
+                return entry
+            del self._d[k]
+        entry = build()
+        self.builds += 1
+        self._d[k] = (weakref.ref(model), version, entry)
+        while len(self._d) > self.capacity:
+            self._d.popitem(last=False)
+        return entry
+
+    def clear(self):
+        self._d.clear()
+
+    def __len__(self):
+        return len(self._d)
+
+
+RUNS = RunCache()
+
+
+def clear_cache():
+    """Free the cached buffers and graphs of the Triton engine."""
+    RUNS.clear()
+
+
+class RowProgress:
+    """Counts rows on a progress bar as they *finish*: on CUDA an event is recorded
+    after each row's launches and the bar moves when it completes (polled while
+    enqueueing, waited at the end); elsewhere the launches ran already."""
+
+    def __init__(self, bar, width: int, cuda: bool):
+        self.bar, self.width, self.cuda = bar, width, cuda
+        self.pending = collections.deque()
+        self.done = 0
+
+    def _tick(self):
+        self.done += 1
+        self.bar.update(self.width)
+
+    def enqueued(self):
+        if not self.cuda:
+            self._tick()
+            return
+        ev = torch.cuda.Event()            # pragma: no cover - needs a GPU
+        ev.record()
+        self.pending.append(ev)
+        while self.pending and self.pending[0].query():
+            self.pending.popleft()
+            self._tick()
+
+    def finish(self):
+        while self.pending:                # pragma: no cover - needs a GPU
+            self.pending.popleft().synchronize()
+            self._tick()
+
+
+class _Run:
+    """A cache entry: the buffers of one (model, batch, size) and its row replay."""
+
+    def __init__(self, buf):
+        self.buf = buf
+        self.replay = None                 # the captured row, once captured
+        self.captures = 0
+
+
+def _sample_rows(K, run_or_buf, bar, capture=None, track=None):
+    """Sample every row. First use of a ``_Run``: row 0 eagerly (it compiles every
+    kernel variant: no compilation may happen during a capture), then capture the
+    row once with ``capture`` (when given) and replay it for rows ``1 .. H-1``; later
+    uses replay it for every row. The row counter lives on the device, so the same
+    launches serve every row and nothing waits for the device."""
+    run = run_or_buf if isinstance(run_or_buf, _Run) else _Run(run_or_buf)
+    buf = run.buf
+    track = track or RowProgress(bar, buf.W, cuda=False)
     one_row = lambda: _launch_row(K, buf)
-    one_row()
-    bar.update(buf.W)
-    if buf.H == 1:
-        return
-    replay = capture(one_row) if capture is not None else one_row
-    for _ in range(1, buf.H):
+    start = 0
+    if capture is not None and run.replay is None:
+        one_row()
+        track.enqueued()
+        start = 1
+        run.replay = capture(one_row)
+        run.captures += 1
+    replay = run.replay if capture is not None else one_row
+    for _ in range(start, buf.H):
         replay()
-        bar.update(buf.W)
+        track.enqueued()
+    track.finish()
+    return run
+
+
+def _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan):
+    """The cached buffers (and graph) for this call, filled with its inputs."""
+    key = (str(x.device), tuple(x.shape), known is not None,
+           cond is not None and len(model.u_blocks) > 0 and model.u_blocks[0].cond_c1 is not None,
+           bool(return_params), plan.key() if plan is not None else None, FP_FUSION)
+    fresh = []
+
+    def build():
+        fresh.append(True)
+        return _Run(K.CachedBuffers(model, x, known, cond, uniforms, temperature, return_params,
+                                    plan=plan, fp_fusion=FP_FUSION))
+
+    run = RUNS.get(model, key, build)
+    if not fresh:
+        run.buf.fill(x, known, cond, uniforms, temperature)
+    return run
 
 
 @torch.no_grad()
-def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False):
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, plan=None):
     """Sample the unknown pixels of ``x`` in raster order with the Triton kernels.
 
     Same contract as ``cached_torch.run``: model ``GatedPixelCNN`` (eval mode, on
@@ -174,6 +324,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     ``(B, H, W)`` bool or None; cond float ``(B, cond_channels, H, W)`` or None;
     uniforms ``(B, H, W, U)`` float32. Returns the completed ``x`` (a new tensor), or
     ``(x, params)`` with ``params`` ``(B, P, H, W)`` when ``return_params``.
+    ``plan``: a ``kernels.layout.Plan`` (default: ``choose_plan`` for the batch).
     Raises ``RuntimeError`` when the backend cannot run here (see ``status``).
     """
     ok, why = status(x.device)
@@ -186,14 +337,50 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
         out = x.clone()
         params = torch.zeros(b, model.dist.num_params, h, w, device=x.device)
         return (out, params) if return_params else out
-    if x.device.type == "cuda":  # pragma: no cover - needs a GPU; UNTESTED ON HARDWARE
-        with torch.cuda.device(x.device):
-            buf = K.CachedBuffers(model, x, known, cond, uniforms, temperature, return_params)
-            with pixel_progress(h * w, progress, "cached[triton]") as bar:
-                _sample_rows(K, buf, bar, _capture_cuda_graph if USE_CUDA_GRAPHS else None)
-    else:
-        buf = K.CachedBuffers(model, x, known, cond, uniforms, temperature, return_params)
+    cuda = x.device.type == "cuda"
+    with torch.cuda.device(x.device) if cuda else _nullcontext():
+        entry = _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan)
+        buf = entry.buf
         with pixel_progress(h * w, progress, "cached[triton]") as bar:
-            _sample_rows(K, buf, bar)
-    x_out = buf.x if buf.x.dtype == x.dtype else buf.x.to(x.dtype)
-    return (x_out, buf.params) if return_params else x_out
+            track = RowProgress(bar, w, cuda=cuda and progress)
+            _sample_rows(K, entry, bar, capture_cuda_graph if (cuda and USE_CUDA_GRAPHS) else None, track)
+        # the buffers are reused by the next call: hand back copies
+        x_out = buf.x.to(x.dtype) if buf.x.dtype != x.dtype else buf.x.clone()
+        return (x_out, buf.params.clone()) if return_params else x_out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@torch.no_grad()
+def tie_report(model, cond, uniforms, temperature, ref, got, params_got, tol: float = 1e-4):
+    """Tie-explained comparison of two engines' images (as the C++ engine's tests do):
+    every image where ``got`` differs from ``ref`` must first differ (raster order) at
+    a float tie: ``model``'s parameters on ``ref`` and ``params_got`` agree there to
+    ``tol`` of their scale, and each engine's pixel is what its own parameters give
+    with the shared uniforms. Returns ``(ok, fraction of pixels equal, lines)``."""
+    lines, ok = [], True
+    diff = (ref != got).any(1)
+    for k in range(ref.shape[0]):
+        pos = diff[k].flatten().nonzero()
+        if len(pos) == 0:
+            continue
+        i, j = divmod(pos[0].item(), ref.shape[3])
+        pa = model(ref[k:k + 1], None if cond is None else cond[k:k + 1])[:, :, i, j]
+        pb = params_got[k:k + 1, :, i, j].to(pa.device)
+        err = ((pa - pb).abs().max() / pa.abs().max().clamp(min=1e-30)).item()
+        u = uniforms[k:k + 1, i, j].to(pa.device)
+        own_a = model.dist.sample_flat(pa, u, temperature)[0]
+        own_b = model.dist.sample_flat(pb, u, temperature)[0]
+        tie = err <= tol and torch.equal(own_a, ref[k, :, i, j]) and torch.equal(own_b, got[k, :, i, j])
+        ok &= tie
+        lines.append(f"image {k} first differs at ({i}, {j}): {ref[k, :, i, j].tolist()} vs "
+                     f"{got[k, :, i, j].tolist()}, params within {err:.1e}: "
+                     f"{'a float tie' if tie else 'NOT a tie'}; {int(diff[k].sum())} pixels differ")
+    equal = (ref == got).all(1).float().mean().item()
+    return ok, equal, lines
