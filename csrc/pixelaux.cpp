@@ -5,10 +5,16 @@
 //   pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms,
 //       Tensor packed, int[] config, float temperature, bool return_params=False,
 //       int mode=0) -> (Tensor, Tensor)
+//   pixelaux::pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor
+//   pixelaux::cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
+//       Tensor packed, int[] config, float temperature, bool return_params=False,
+//       int mode=0) -> (Tensor, Tensor)
 //   pixelaux::build_info() -> str
 //
 // config = [channels, bits, hidden, blocks, kernel_size, cond_channels,
-//           dist (0: categorical, 1: logistic), nr_mix].
+//           dist (0: categorical, 1: logistic), nr_mix]; for the PixelCNNpp ops
+// kernel_size is replaced by scales. cond_terms: the conditioning terms of every block
+// (see cpu/cached_engine_pp.h), computed once per image by the caller; [] without cond.
 // mode (thread split, for benchmarks): 0 auto, 1 images over threads, 2 a team over
 // the output channels, 3 a team over the row starts with the pixels on one thread.
 // Environment: PIXELAUX_CPU_KERNELS=generic (no AVX2 kernels), PIXELAUX_PROFILE=1
@@ -27,11 +33,14 @@
 #include <vector>
 
 #include "cpu/cached_engine.h"
+#include "cpu/cached_engine_pp.h"
 
 namespace pixelaux {
 namespace {
 
 using cpu::ModelConfig;
+
+constexpr int64_t kMaxRowPositions = int64_t(1) << 30;  // B * W and H (int GEMM sizes)
 
 ModelConfig get_config(at::IntArrayRef config) {
   ModelConfig c;
@@ -54,31 +63,117 @@ void check_cpu(const at::Tensor& t, const char* name) {
               t.device());
 }
 
-at::Tensor pack_gated_pixelcnn(at::TensorList weights, at::IntArrayRef config) {
-  const ModelConfig c = get_config(config);
-  const auto specs = cpu::raw_weight_specs(c);
-  TORCH_CHECK_VALUE(weights.size() == specs.size(), "pixelaux.pack_gated_pixelcnn: expected ",
-                    specs.size(), " weight tensors for this config (", specs.front().name, " ... ",
+// Checks a list of raw weights against specs; returns contiguous float32 pointers (kept in keep).
+std::vector<const float*> check_raw(const char* op, at::TensorList weights,
+                                    const std::vector<cpu::RawSpec>& specs,
+                                    std::vector<at::Tensor>* keep) {
+  TORCH_CHECK_VALUE(weights.size() == specs.size(), op, "expected ", specs.size(),
+                    " weight tensors for this config (", specs.front().name, " ... ",
                     specs.back().name, "), got ", weights.size());
-  std::vector<at::Tensor> keep;
   std::vector<const float*> ptrs;
   for (size_t i = 0; i < specs.size(); ++i) {
     const at::Tensor& w = weights[i];
     const std::string& name = specs[i].name;
-    TORCH_CHECK_TYPE(w.defined(), "pixelaux.pack_gated_pixelcnn: ", name, " is undefined");
+    TORCH_CHECK_TYPE(w.defined(), op, name, " is undefined");
     check_cpu(w, name.c_str());
-    TORCH_CHECK_TYPE(w.scalar_type() == at::kFloat, "pixelaux.pack_gated_pixelcnn: ", name,
-                     " must be float32, got ", w.scalar_type());
-    TORCH_CHECK_VALUE(w.sizes() == at::IntArrayRef(specs[i].shape),
-                      "pixelaux.pack_gated_pixelcnn: ", name, " must have shape ",
-                      shape_str(specs[i].shape), ", got ", shape_str(w.sizes()));
-    keep.push_back(w.detach().contiguous());
-    ptrs.push_back(keep.back().data_ptr<float>());
+    TORCH_CHECK_TYPE(w.scalar_type() == at::kFloat, op, name, " must be float32, got ",
+                     w.scalar_type());
+    TORCH_CHECK_VALUE(w.sizes() == at::IntArrayRef(specs[i].shape), op, name,
+                      " must have shape ", shape_str(specs[i].shape), ", got ",
+                      shape_str(w.sizes()));
+    keep->push_back(w.detach().contiguous());
+    ptrs.push_back(keep->back().data_ptr<float>());
   }
+  return ptrs;
+}
+
+at::Tensor pack_gated_pixelcnn(at::TensorList weights, at::IntArrayRef config) {
+  const ModelConfig c = get_config(config);
+  std::vector<at::Tensor> keep;
+  const auto ptrs = check_raw("pixelaux.pack_gated_pixelcnn: ", weights, cpu::raw_weight_specs(c), &keep);
   const cpu::Layout lay = cpu::make_layout(c);
   at::Tensor out = at::empty({lay.total}, at::TensorOptions().dtype(at::kFloat));
   cpu::pack_weights(c, lay, ptrs, out.data_ptr<float>());
   return out;
+}
+
+// The checked inputs shared by the sampling ops.
+struct SampleInputs {
+  int64_t B = 0, H = 0, W = 0;
+  at::Tensor x, known, uniforms;  // x: a contiguous copy (the output)
+};
+
+// Checks x (int64 (B, C, H, W)), known ((B, H, W) bool or None, known pixels in range)
+// and uniforms ((B, H, W, U) float32), temperature and mode.
+SampleInputs check_sample_inputs(const char* op, const at::Tensor& x,
+                                 const std::optional<at::Tensor>& known,
+                                 const at::Tensor& uniforms, const cpu::DistSpec& d,
+                                 double temperature, int64_t mode) {
+  SampleInputs in;
+  // x: the images, known pixels filled in
+  check_cpu(x, "x");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kLong, op, "x must be int64 (torch.long) pixels, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == d.channels, op, "x must have shape (B, ",
+                    d.channels, ", H, W), got ", shape_str(x.sizes()));
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+  TORCH_CHECK_VALUE(B > 0 && H > 0 && W > 0, op, "x must be non-empty, got shape ",
+                    shape_str(x.sizes()));
+  TORCH_CHECK_VALUE(B * W < kMaxRowPositions && H < kMaxRowPositions, op,
+                    "x is too large, got shape ", shape_str(x.sizes()));
+  in.B = B;
+  in.H = H;
+  in.W = W;
+  in.x = x.contiguous().clone();
+  // known: which pixels of x are given
+  if (known.has_value() && known->defined()) {
+    at::Tensor kn = *known;
+    check_cpu(kn, "known");
+    TORCH_CHECK_TYPE(kn.scalar_type() == at::kBool, op, "known must be a bool tensor, got ",
+                     kn.scalar_type());
+    TORCH_CHECK_VALUE(kn.sizes() == at::IntArrayRef({B, H, W}), op, "known must have shape ",
+                      shape_str({B, H, W}), ", got ", shape_str(kn.sizes()));
+    kn = kn.contiguous();
+    const bool* k = kn.data_ptr<bool>();
+    const int64_t* xp = in.x.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t ch = 0; ch < d.channels; ++ch)
+        for (int64_t p = 0; p < H * W; ++p) {
+          if (!k[b * H * W + p]) continue;
+          const int64_t v = xp[(b * d.channels + ch) * H * W + p];
+          TORCH_CHECK_VALUE(v >= 0 && v < d.levels, op, "known pixels of x must be in [0, ",
+                            d.levels - 1, "] (", d.bits, "-bit), got ", v);
+        }
+    in.known = kn;
+  }
+  // uniforms
+  check_cpu(uniforms, "uniforms");
+  TORCH_CHECK_TYPE(uniforms.scalar_type() == at::kFloat, op, "uniforms must be float32, got ",
+                   uniforms.scalar_type());
+  TORCH_CHECK_VALUE(uniforms.sizes() == at::IntArrayRef({B, H, W, d.num_uniforms}), op,
+                    "uniforms must have shape ", shape_str({B, H, W, d.num_uniforms}), ", got ",
+                    shape_str(uniforms.sizes()));
+  in.uniforms = uniforms.contiguous();
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, op,
+                    "temperature must be a finite number > 0, got ", temperature);
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 3, op,
+                    "mode must be 0 (auto), 1 (images), 2 (channels) or 3 (rows), got ", mode);
+  return in;
+}
+
+at::Tensor check_packed(const char* op, const char* pack_op, const at::Tensor& packed, int64_t total) {
+  check_cpu(packed, "packed");
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kFloat, op, "packed must be float32, got ",
+                   packed.scalar_type());
+  TORCH_CHECK_VALUE(packed.dim() == 1 && packed.numel() == total, op, "packed must be the 1-D output of ",
+                    pack_op, " for this config (", total, " floats), got shape ",
+                    shape_str(packed.sizes()));
+  return packed.contiguous();
+}
+
+at::Tensor params_tensor(bool return_params, int64_t B, int64_t P, int64_t H, int64_t W) {
+  return return_params ? at::empty({B, P, H, W}, at::TensorOptions().dtype(at::kFloat))
+                       : at::empty({0}, at::TensorOptions().dtype(at::kFloat));
 }
 
 std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
@@ -90,39 +185,8 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
                                                  int64_t mode) {
   const char* op = "pixelaux.cached_sample: ";
   const ModelConfig c = get_config(config);
-  // x: the images, known pixels filled in
-  check_cpu(x, "x");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kLong, op, "x must be int64 (torch.long) pixels, got ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == c.channels, op, "x must have shape (B, ",
-                    c.channels, ", H, W), got ", shape_str(x.sizes()));
-  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
-  TORCH_CHECK_VALUE(B > 0 && H > 0 && W > 0, op, "x must be non-empty, got shape ",
-                    shape_str(x.sizes()));
-  TORCH_CHECK_VALUE(B * W < (int64_t(1) << 30) && H < (int64_t(1) << 30), op,
-                    "x is too large, got shape ", shape_str(x.sizes()));
-  at::Tensor xo = x.contiguous().clone();
-  // known: which pixels of x are given
-  at::Tensor kn;
-  if (known.has_value() && known->defined()) {
-    kn = *known;
-    check_cpu(kn, "known");
-    TORCH_CHECK_TYPE(kn.scalar_type() == at::kBool, op, "known must be a bool tensor, got ",
-                     kn.scalar_type());
-    TORCH_CHECK_VALUE(kn.sizes() == at::IntArrayRef({B, H, W}), op, "known must have shape ",
-                      shape_str({B, H, W}), ", got ", shape_str(kn.sizes()));
-    kn = kn.contiguous();
-    const bool* k = kn.data_ptr<bool>();
-    const int64_t* xp = xo.data_ptr<int64_t>();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t ch = 0; ch < c.channels; ++ch)
-        for (int64_t p = 0; p < H * W; ++p) {
-          if (!k[b * H * W + p]) continue;
-          const int64_t v = xp[(b * c.channels + ch) * H * W + p];
-          TORCH_CHECK_VALUE(v >= 0 && v < c.levels, op, "known pixels of x must be in [0, ",
-                            c.levels - 1, "] (", c.bits, "-bit), got ", v);
-        }
-  }
+  SampleInputs in = check_sample_inputs(op, x, known, uniforms, cpu::dist_spec(c), temperature, mode);
+  const int64_t B = in.B, H = in.H, W = in.W;
   // cond: the conditioning map
   at::Tensor cd;
   const bool has_cond = cond.has_value() && cond->defined();
@@ -140,31 +204,9 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   } else {
     TORCH_CHECK_VALUE(!has_cond, op, "cond must be None for a model with cond_channels=0");
   }
-  // uniforms
-  check_cpu(uniforms, "uniforms");
-  TORCH_CHECK_TYPE(uniforms.scalar_type() == at::kFloat, op, "uniforms must be float32, got ",
-                   uniforms.scalar_type());
-  TORCH_CHECK_VALUE(uniforms.sizes() == at::IntArrayRef({B, H, W, c.num_uniforms}), op,
-                    "uniforms must have shape ", shape_str({B, H, W, c.num_uniforms}), ", got ",
-                    shape_str(uniforms.sizes()));
-  const at::Tensor un = uniforms.contiguous();
-  // packed weights
   const cpu::Layout lay = cpu::make_layout(c);
-  check_cpu(packed, "packed");
-  TORCH_CHECK_TYPE(packed.scalar_type() == at::kFloat, op, "packed must be float32, got ",
-                   packed.scalar_type());
-  TORCH_CHECK_VALUE(packed.dim() == 1 && packed.numel() == lay.total, op,
-                    "packed must be the 1-D output of pack_gated_pixelcnn for this config (",
-                    lay.total, " floats), got shape ", shape_str(packed.sizes()));
-  const at::Tensor pk = packed.contiguous();
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, op,
-                    "temperature must be a finite number > 0, got ", temperature);
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 3, op,
-                    "mode must be 0 (auto), 1 (images), 2 (channels) or 3 (rows), got ", mode);
-
-  at::Tensor params = return_params
-                          ? at::empty({B, c.num_params, H, W}, at::TensorOptions().dtype(at::kFloat))
-                          : at::empty({0}, at::TensorOptions().dtype(at::kFloat));
+  const at::Tensor pk = check_packed(op, "pack_gated_pixelcnn", packed, lay.total);
+  at::Tensor params = params_tensor(return_params, B, c.num_params, H, W);
   cpu::SampleArgs a;
   a.cfg = &c;
   a.lay = &lay;
@@ -172,15 +214,92 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   a.B = B;
   a.H = H;
   a.W = W;
-  a.x = xo.data_ptr<int64_t>();
-  a.known = kn.defined() ? kn.data_ptr<bool>() : nullptr;
+  a.x = in.x.data_ptr<int64_t>();
+  a.known = in.known.defined() ? in.known.data_ptr<bool>() : nullptr;
   a.cond = cd.defined() ? cd.data_ptr<float>() : nullptr;
-  a.uniforms = un.data_ptr<float>();
+  a.uniforms = in.uniforms.data_ptr<float>();
   a.params = return_params ? params.data_ptr<float>() : nullptr;
   a.temperature = temperature;
   a.mode = (int)mode;
   cpu::cached_sample(a);
-  return {xo, params};
+  return {in.x, params};
+}
+
+// ---- PixelCNNpp ----------------------------------------------------------------------
+
+cpu::pp::Config get_pp_config(at::IntArrayRef config) {
+  cpu::pp::Config c;
+  const std::string err = cpu::pp::parse_config(config.data(), (int64_t)config.size(), &c);
+  TORCH_CHECK_VALUE(err.empty(), "pixelaux: ", err);
+  return c;
+}
+
+at::Tensor pack_pixelcnnpp(at::TensorList weights, at::IntArrayRef config) {
+  const cpu::pp::Config c = get_pp_config(config);
+  std::vector<at::Tensor> keep;
+  const auto ptrs = check_raw("pixelaux.pack_pixelcnnpp: ", weights, cpu::pp::raw_weight_specs(c), &keep);
+  const cpu::pp::Layout lay = cpu::pp::make_layout(c);
+  at::Tensor out = at::empty({lay.total}, at::TensorOptions().dtype(at::kFloat));
+  cpu::pp::pack_weights(c, lay, ptrs, out.data_ptr<float>());
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
+                                                    const std::optional<at::Tensor>& known,
+                                                    at::TensorList cond_terms,
+                                                    const at::Tensor& uniforms,
+                                                    const at::Tensor& packed,
+                                                    at::IntArrayRef config, double temperature,
+                                                    bool return_params, int64_t mode) {
+  const char* op = "pixelaux.cached_sample_pp: ";
+  const cpu::pp::Config c = get_pp_config(config);
+  SampleInputs in = check_sample_inputs(op, x, known, uniforms, c.d, temperature, mode);
+  const int64_t B = in.B, H = in.H, W = in.W, f = int64_t(1) << (c.scales - 1);
+  TORCH_CHECK_VALUE(H % f == 0 && W % f == 0, op, "a PixelCNNpp with scales=", c.scales,
+                    " needs H and W divisible by 2**(scales-1) = ", f, ", got ", H, " x ", W,
+                    " (H x W)");
+  const cpu::pp::Layout lay = cpu::pp::make_layout(c);
+  // cond_terms: per block (B, H_s, W_s, 3F) in the engine's block order
+  TORCH_CHECK_VALUE((int64_t)cond_terms.size() == lay.num_cond_blocks, op, "expected ",
+                    lay.num_cond_blocks, " conditioning-term tensors (cond_channels=",
+                    c.cond_channels, "), got ", cond_terms.size());
+  std::vector<at::Tensor> keep;
+  cpu::pp::SampleArgs a;
+  {
+    std::vector<int64_t> scale_of;
+    for (int s = 0; s < c.scales; ++s)
+      for (int k = 0; k < 2 * c.blocks; ++k) scale_of.push_back(s);
+    for (int s = 0; s < c.scales; ++s)
+      for (int k = 0; k < 2 * c.down_blocks(s); ++k) scale_of.push_back(s);
+    for (size_t n = 0; n < cond_terms.size(); ++n) {
+      const at::Tensor& t = cond_terms[n];
+      const int64_t s = scale_of[n];
+      check_cpu(t, "cond_terms");
+      TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, op, "cond_terms must be float32, got ",
+                       t.scalar_type());
+      const std::vector<int64_t> want = {B, H >> s, W >> s, 3 * (int64_t)c.hidden};
+      TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(want), op, "cond_terms[", n,
+                        "] must have shape ", shape_str(want), ", got ", shape_str(t.sizes()));
+      keep.push_back(t.contiguous());
+      a.cond_terms.push_back(keep.back().data_ptr<float>());
+    }
+  }
+  const at::Tensor pk = check_packed(op, "pack_pixelcnnpp", packed, lay.total);
+  at::Tensor params = params_tensor(return_params, B, c.d.num_params, H, W);
+  a.cfg = &c;
+  a.lay = &lay;
+  a.packed = pk.data_ptr<float>();
+  a.B = B;
+  a.H = H;
+  a.W = W;
+  a.x = in.x.data_ptr<int64_t>();
+  a.known = in.known.defined() ? in.known.data_ptr<bool>() : nullptr;
+  a.uniforms = in.uniforms.data_ptr<float>();
+  a.params = return_params ? params.data_ptr<float>() : nullptr;
+  a.temperature = temperature;
+  a.mode = (int)mode;
+  cpu::pp::cached_sample(a);
+  return {in.x, params};
 }
 
 std::string build_info() {
@@ -198,12 +317,19 @@ TORCH_LIBRARY(pixelaux, m) {
   m.def(
       "cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed, "
       "int[] config, float temperature, bool return_params=False, int mode=0) -> (Tensor, Tensor)");
+  m.def("pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor");
+  m.def(
+      "cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms, "
+      "Tensor packed, int[] config, float temperature, bool return_params=False, int mode=0) "
+      "-> (Tensor, Tensor)");
   m.def("build_info() -> str", &pixelaux::build_info);
 }
 
 TORCH_LIBRARY_IMPL(pixelaux, CPU, m) {
   m.impl("pack_gated_pixelcnn", &pixelaux::pack_gated_pixelcnn);
   m.impl("cached_sample", &pixelaux::cached_sample);
+  m.impl("pack_pixelcnnpp", &pixelaux::pack_pixelcnnpp);
+  m.impl("cached_sample_pp", &pixelaux::cached_sample_pp);
 }
 
 // A plain Python module: importing pixelaux._C loads the library, which registers the

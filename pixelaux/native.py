@@ -12,6 +12,11 @@ cond_channels, dist (0 categorical, 1 logistic), nr_mix]``):
 * ``cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed,
   int[] config, float temperature, bool return_params=False, int mode=0)
   -> (Tensor, Tensor)``: the cached engine over a whole batch (see ``cached_cpp.run``).
+* ``pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor`` and
+  ``cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
+  Tensor packed, int[] config, float temperature, bool return_params=False, int mode=0)
+  -> (Tensor, Tensor)``: the same for a ``PixelCNNpp`` (``config`` with ``scales`` in
+  place of ``kernel_size``; see ``pixelaux.engines.cached_cpp_pp``).
 * ``build_info() -> str``: the kernel flavour and threads in use.
 """
 from __future__ import annotations
@@ -76,6 +81,18 @@ def _register_fakes():
         b, _, h, w = x.shape
         shape = (b, num_params(config), h, w) if return_params else (0,)
         return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
+
+    @register("pixelaux::cached_sample_pp")
+    def _cached_sample_pp_fake(x, known, cond_terms, uniforms, packed, config, temperature,
+                               return_params=False, mode=0):
+        b, _, h, w = x.shape
+        shape = (b, num_params(config), h, w) if return_params else (0,)
+        return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
+
+    @register("pixelaux::pack_pixelcnnpp")
+    def _pack_pp_fake(weights, config):
+        ctx = torch.library.get_ctx()
+        return weights[0].new_empty((ctx.new_dynamic_size(),), dtype=torch.float32)
 
     @register("pixelaux::pack_gated_pixelcnn")
     def _pack_fake(weights, config):

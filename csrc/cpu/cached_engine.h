@@ -7,20 +7,18 @@
 // previous rows), are computed as GEMMs over all B*W positions; per pixel only the
 // taps of the current row remain, then the head and the sampling.
 //
-// Threads (at::parallel_for, i.e. torch's OpenMP pool and at::get_num_threads()):
-// with at least as many images as threads, each thread samples its own images (no
-// synchronisation at all); with fewer, a team of threads shares every layer's output
-// channels, with spin barriers between layers. A team whose threads keep arriving late
-// (an oversubscribed machine) gives up at the next pixel and its rank 0 goes on
-// alone. Results are bitwise the same whatever the split: each output element is
-// accumulated in the same order.
+// Threads: see team.h (images over threads, or a team over the output channels).
+// Buffer names follow pixelaux/engines/cached_torch.py: u_win / ul_win (the row rings
+// of the conv inputs), ul_row0 (the per-row part of ul's first layer), ul_c1_row /
+// ul_c2_row (the per-row terms of the ul blocks).
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "kernels.h"
+#include "packing.h"
+#include "sampling.h"
 
 namespace pixelaux {
 namespace cpu {
@@ -43,18 +41,13 @@ struct ModelConfig {
 };
 
 constexpr int kConfigLen = 8;
+constexpr int kMaxKernelSize = 63;
 
 // Parses and checks the config; returns an error message, empty when valid.
 std::string parse_config(const int64_t* v, int64_t n, ModelConfig* cfg);
 
-struct MatSlot {
-  int64_t off = 0;
-  int K = 0, N = 0, NP = 0;
-};
-struct VecSlot {
-  int64_t off = 0;
-  int N = 0;
-};
+// The output distribution of a config.
+DistSpec dist_spec(const ModelConfig& cfg);
 
 // Where each packed matrix lives in the flat packed-weight tensor. Matrices are
 // (K x N) with K ordered (tap column s, input channel c); per-row arrays are indexed
@@ -82,10 +75,6 @@ struct Layout {
 Layout make_layout(const ModelConfig& cfg);
 
 // The raw weights expected by pack_weights, in order: name and shape of each.
-struct RawSpec {
-  std::string name;
-  std::vector<int64_t> shape;
-};
 std::vector<RawSpec> raw_weight_specs(const ModelConfig& cfg);
 
 // Packs the raw (checked, contiguous float32) weights into `out` (layout.total floats).

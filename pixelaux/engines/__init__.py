@@ -23,7 +23,7 @@ BACKENDS = ("auto", "torch", "cpp", "triton")
 #: The sampling-stage kinds (``model.kind``) each cached backend can run.
 STAGE_KINDS = {
     "torch": ("GatedPixelCNN", "PixelCNNpp"),
-    "cpp": ("GatedPixelCNN",),
+    "cpp": ("GatedPixelCNN", "PixelCNNpp"),
     "triton": ("GatedPixelCNN",),
 }
 _warned = set()

@@ -1,0 +1,781 @@
+// The CPU cached sampling engine of a PixelCNNpp (see cached_engine_pp.h).
+#include "cached_engine_pp.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "team.h"
+
+namespace pixelaux {
+namespace cpu {
+namespace pp {
+
+// ------------------------------------------------------------------------------------
+// Configuration, layout, packing
+// ------------------------------------------------------------------------------------
+
+std::string parse_config(const int64_t* v, int64_t n, Config* c) {
+  if (n != kConfigLen)
+    return "config must have " + std::to_string(kConfigLen) +
+           " ints [channels, bits, hidden, blocks, scales, cond_channels, dist, nr_mix], got " +
+           std::to_string(n);
+  const char* names[kConfigLen] = {"channels", "bits", "hidden", "blocks",
+                                   "scales", "cond_channels", "dist", "nr_mix"};
+  const int64_t lo[kConfigLen] = {1, 1, 1, 0, 1, 0, 0, 1};
+  const int64_t hi[kConfigLen] = {kMaxChannels, 16, 16384, 4096, kMaxScales, 16384, 1, 4096};
+  for (int i = 0; i < kConfigLen; ++i)
+    if (v[i] < lo[i] || v[i] > hi[i])
+      return std::string("config ") + names[i] + " must be in [" + std::to_string(lo[i]) + ", " +
+             std::to_string(hi[i]) + "], got " + std::to_string(v[i]);
+  c->channels = (int)v[0];
+  c->bits = (int)v[1];
+  c->hidden = (int)v[2];
+  c->blocks = (int)v[3];
+  c->scales = (int)v[4];
+  c->cond_channels = (int)v[5];
+  c->dist = (int)v[6];
+  c->nr_mix = (int)v[7];
+  c->cin = c->channels + 1;
+  return make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
+}
+
+namespace {
+
+BlockLayout block_layout(LayoutBuilder& lb, int F, int kw, bool nin, bool nin_ul) {
+  BlockLayout B;
+  for (int r = 0; r < 2; ++r) {
+    B.c1[r] = lb.mat(kw * 2 * F, F);
+    B.c2a[r] = lb.mat(kw * 2 * F, F);
+    B.c2b[r] = lb.mat(kw * 2 * F, F);
+  }
+  if (nin) B.nin = lb.mat(2 * F, F);
+  if (nin_ul) B.nin_ul = lb.mat(2 * F, F);
+  B.b1 = lb.vec(F);
+  B.b2 = lb.vec(2 * F);
+  return B;
+}
+
+}  // namespace
+
+Layout make_layout(const Config& c) {
+  LayoutBuilder lb;
+  Layout L;
+  const int F = c.hidden, cin = c.cin, S = c.scales, nb = c.blocks;
+  for (int r = 0; r < 2; ++r) L.u0[r] = lb.mat(3 * cin, F);
+  L.u0b = lb.vec(F);
+  L.ulv = lb.mat(3 * cin, F);
+  L.ulvb = lb.vec(F);
+  for (int r = 0; r < 2; ++r) L.ulh[r] = lb.mat(cin, F);
+  L.ulhb = lb.vec(F);
+  L.up_u.resize(S);
+  L.up_ul.resize(S);
+  L.down_u.resize(S);
+  L.down_ul.resize(S);
+  for (int s = 0; s < S; ++s)
+    for (int k = 0; k < nb; ++k) {
+      L.up_u[s].push_back(block_layout(lb, F, 3, false, false));
+      L.up_ul[s].push_back(block_layout(lb, F, 2, true, false));
+    }
+  for (int s = 0; s < S; ++s)
+    for (int k = 0; k < c.down_blocks(s); ++k) {
+      L.down_u[s].push_back(block_layout(lb, F, 3, true, false));
+      L.down_ul[s].push_back(block_layout(lb, F, 2, true, true));
+    }
+  L.down_u_conv.resize(S);
+  L.down_ul_conv.resize(S);
+  L.down_u_bias.resize(S);
+  L.down_ul_bias.resize(S);
+  L.up_u_conv.resize(S);
+  L.up_ul_conv.resize(S);
+  L.up_u_bias.resize(S);
+  L.up_ul_bias.resize(S);
+  for (int s = 1; s < S; ++s) {
+    for (int r = 0; r < 2; ++r) L.down_u_conv[s].push_back(lb.mat(3 * F, F));
+    L.down_u_bias[s] = lb.vec(F);
+    for (int r = 0; r < 2; ++r) L.down_ul_conv[s].push_back(lb.mat(2 * F, F));
+    L.down_ul_bias[s] = lb.vec(F);
+    for (int t = 0; t < 6; ++t) L.up_u_conv[s].push_back(lb.mat(F, F));
+    L.up_u_bias[s] = lb.vec(F);
+    for (int t = 0; t < 4; ++t) L.up_ul_conv[s].push_back(lb.mat(F, F));
+    L.up_ul_bias[s] = lb.vec(F);
+  }
+  L.head = lb.mat(F, (int)c.d.num_params);
+  L.headb = lb.vec((int)c.d.num_params);
+  int n = 0;
+  for (int s = 0; s < S; ++s) n += 2 * nb + 2 * c.down_blocks(s);
+  L.num_cond_blocks = c.cond_channels ? n : 0;
+  L.total = lb.total;
+  return L;
+}
+
+std::vector<RawSpec> raw_weight_specs(const Config& c) {
+  const int64_t F = c.hidden, cin = c.cin, S = c.scales, nb = c.blocks;
+  std::vector<RawSpec> s;
+  auto conv = [&](const std::string& name, int64_t cout, int64_t ci, int64_t kh, int64_t kw) {
+    s.push_back({name + ".weight", {cout, ci, kh, kw}});
+    s.push_back({name + ".bias", {cout}});
+  };
+  auto block = [&](const std::string& p, int64_t kw, int64_t skip) {
+    conv(p + "conv1", F, 2 * F, 2, kw);
+    if (skip) conv(p + "nin_skip", F, 2 * skip, 1, 1);
+    conv(p + "conv2", 2 * F, 2 * F, 2, kw);
+  };
+  conv("u_init", F, cin, 2, 3);
+  conv("ul_init_v", F, cin, 1, 3);
+  conv("ul_init_h", F, cin, 2, 1);
+  for (int64_t t = 0; t < S; ++t) {
+    const std::string p = "up_layers." + std::to_string(t) + ".";
+    for (int64_t k = 0; k < nb; ++k) block(p + "u_stream." + std::to_string(k) + ".", 3, 0);
+    for (int64_t k = 0; k < nb; ++k) block(p + "ul_stream." + std::to_string(k) + ".", 2, F);
+  }
+  for (int64_t t = 0; t < S; ++t) {
+    const std::string p = "down_layers." + std::to_string(t) + ".";
+    const int64_t n = t == 0 ? nb : nb + 1;
+    for (int64_t k = 0; k < n; ++k) block(p + "u_stream." + std::to_string(k) + ".", 3, F);
+    for (int64_t k = 0; k < n; ++k) block(p + "ul_stream." + std::to_string(k) + ".", 2, 2 * F);
+  }
+  for (int64_t t = 0; t + 1 < S; ++t) {
+    conv("downsize_u." + std::to_string(t), F, F, 2, 3);
+    conv("downsize_ul." + std::to_string(t), F, F, 2, 2);
+  }
+  for (int64_t t = 0; t + 1 < S; ++t) {
+    conv("upsize_u." + std::to_string(t), F, F, 2, 3);  // ConvTranspose2d: (cin, cout, 2, 3)
+    conv("upsize_ul." + std::to_string(t), F, F, 2, 2);
+  }
+  conv("head", c.d.num_params, F, 1, 1);
+  return s;
+}
+
+namespace {
+
+// conv1 / nin / conv2 of one block from the raw list (kw: 3 for u, 2 for ul; skip: the
+// nin input channels / 2, 0 for none; split: a down-pass ul block's nin over [u, ul]).
+void pack_block(float* out, const BlockLayout& B, int64_t F, int64_t kw, int64_t skip, bool split,
+                const float* const*& next) {
+  ConvW w1{*next++, F, 2 * F, 2, kw};
+  const float* b1 = *next++;
+  const float* wn = nullptr;
+  const float* bn = nullptr;
+  if (skip) {
+    wn = *next++;
+    bn = *next++;
+  }
+  ConvW w2{*next++, 2 * F, 2 * F, 2, kw};
+  const float* b2 = *next++;
+  for (int r = 0; r < 2; ++r) {
+    fill_row(out, B.c1[r], w1, r, 0);
+    fill_row(out, B.c2a[r], w2, r, 0);
+    fill_row(out, B.c2b[r], w2, r, (int)F);
+  }
+  for (int64_t o = 0; o < F; ++o) out[B.b1.off + o] = b1[o] + (bn ? bn[o] : 0.f);
+  fill_vec(out, B.b2, b2);
+  if (!skip) return;
+  const int64_t kin = 2 * skip;  // nin input channels
+  if (!split) {
+    fill_mat(out, B.nin, [&](int k, int n) { return wn[n * kin + k]; });
+    return;
+  }
+  // concat_elu(cat(u, ul)) = [u, ul, -u, -ul]: the u part is columns [0, F) + [2F, 3F)
+  fill_mat(out, B.nin, [&](int k, int n) { return wn[n * kin + (k < F ? k : F + k)]; });
+  fill_mat(out, B.nin_ul, [&](int k, int n) { return wn[n * kin + (k < F ? F + k : 2 * F + k)]; });
+}
+
+}  // namespace
+
+void pack_weights(const Config& c, const Layout& L, const std::vector<const float*>& raw,
+                  float* out) {
+  std::memset(out, 0, sizeof(float) * L.total);
+  const int64_t F = c.hidden, cin = c.cin, S = c.scales, nb = c.blocks;
+  const float* const* next = raw.data();
+  {
+    ConvW w{*next++, F, cin, 2, 3};
+    for (int r = 0; r < 2; ++r) fill_row(out, L.u0[r], w, r, 0);
+    fill_vec(out, L.u0b, *next++);
+  }
+  {
+    ConvW w{*next++, F, cin, 1, 3};
+    fill_row(out, L.ulv, w, 0, 0);
+    fill_vec(out, L.ulvb, *next++);
+  }
+  {
+    ConvW w{*next++, F, cin, 2, 1};
+    for (int r = 0; r < 2; ++r) fill_row(out, L.ulh[r], w, r, 0);
+    fill_vec(out, L.ulhb, *next++);
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t k = 0; k < nb; ++k) pack_block(out, L.up_u[s][k], F, 3, 0, false, next);
+    for (int64_t k = 0; k < nb; ++k) pack_block(out, L.up_ul[s][k], F, 2, F, false, next);
+  }
+  for (int64_t t = 0; t < S; ++t) {  // down_layers[t] runs at scale S-1-t
+    const int64_t s = S - 1 - t;
+    for (size_t k = 0; k < L.down_u[s].size(); ++k) pack_block(out, L.down_u[s][k], F, 3, F, false, next);
+    for (size_t k = 0; k < L.down_ul[s].size(); ++k) pack_block(out, L.down_ul[s][k], F, 2, 2 * F, true, next);
+  }
+  for (int64_t t = 0; t + 1 < S; ++t) {  // downsize_*[t]: scale t -> t+1
+    const int64_t s = t + 1;
+    ConvW wu{*next++, F, F, 2, 3};
+    for (int r = 0; r < 2; ++r) fill_row(out, L.down_u_conv[s][r], wu, r, 0);
+    fill_vec(out, L.down_u_bias[s], *next++);
+    ConvW wl{*next++, F, F, 2, 2};
+    for (int r = 0; r < 2; ++r) fill_row(out, L.down_ul_conv[s][r], wl, r, 0);
+    fill_vec(out, L.down_ul_bias[s], *next++);
+  }
+  for (int64_t t = 0; t + 1 < S; ++t) {  // upsize_*[t]: scale S-1-t -> S-2-t
+    const int64_t s = S - 1 - t;
+    const float* wu = *next++;  // (F_in, F_out, 2, 3)
+    for (int r = 0; r < 2; ++r)
+      for (int tap = 0; tap < 3; ++tap)
+        fill_mat(out, L.up_u_conv[s][r * 3 + tap],
+                 [&](int k, int n) { return wu[((k * F + n) * 2 + r) * 3 + tap]; });
+    fill_vec(out, L.up_u_bias[s], *next++);
+    const float* wl = *next++;  // (F_in, F_out, 2, 2)
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b)
+        fill_mat(out, L.up_ul_conv[s][a * 2 + b],
+                 [&](int k, int n) { return wl[((k * F + n) * 2 + a) * 2 + b]; });
+    fill_vec(out, L.up_ul_bias[s], *next++);
+  }
+  {
+    ConvW w{*next++, c.d.num_params, F, 1, 1};
+    fill_row(out, L.head, w, 0, 0);
+    fill_vec(out, L.headb, *next++);
+  }
+}
+
+// ------------------------------------------------------------------------------------
+// Buffers
+// ------------------------------------------------------------------------------------
+namespace {
+
+// The last 2 rows of one conv input at one scale, (Bt, 2, width, ch), the row of
+// parity r in slot r; column c of the scale at index c + 1 (one column of zero padding
+// on the left; u windows one on the right too).
+struct RowWindow {
+  float* data = nullptr;
+  int64_t width = 0, ch = 0;
+  int64_t img() const { return 2 * width * ch; }  // floats per image
+  float* at(int64_t b, int64_t row, int64_t col) const {
+    return data + ((b * 2 + (row & 1)) * width + col) * ch;
+  }
+};
+
+// Per scale s (width Ws = W >> s, Ms = Bt * Ws positions in a row).
+struct ScaleBuffers {
+  int64_t Ws = 0;
+  float* u = nullptr;                   // (Ms, F): the u stream of the current row
+  std::vector<RowWindow> up_u_win1, up_u_win2, up_ul_win1, up_ul_win2;        // [block]
+  std::vector<RowWindow> down_u_win1, down_u_win2, down_ul_win1, down_ul_win2;
+  std::vector<float*> u_skip;           // [k = 0..blocks]: act(up-pass u value k), (Ms, 2F)
+  std::vector<float*> up_ul_c1, up_ul_c2, down_ul_c1, down_ul_c2;  // per-row terms (Ms, F / 2F)
+  RowWindow last_u_win, last_ul_win;    // s < S-1: inputs of the stride-2 convs into s+1
+  float* u_up = nullptr;                // s < S-1: (Bt, 2, Ws, F), transposed conv from s+1
+  float* ul_up = nullptr;               // s < S-1: (Bt, 2, Ws, F)
+  float* ul = nullptr;                  // (Bt, F): the ul stream at the current position
+  std::vector<float*> ul_skip;          // [k]: act(up-pass ul value k) at (p, q), (Bt, 2F)
+  std::vector<const float*> cond_up_u, cond_up_ul, cond_down_u, cond_down_ul;  // [block]
+};
+
+struct Workspace {
+  int64_t b0 = 0, Bt = 0;
+  Arena arena;
+  float *xin = nullptr, *ul_row0 = nullptr, *c1 = nullptr, *c2 = nullptr, *uact = nullptr,
+        *eh = nullptr, *hp = nullptr, *tmp = nullptr;
+  std::vector<ScaleBuffers> sc;
+};
+
+void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt, int team,
+                    Workspace* ws) {
+  const int64_t F = c.hidden, H = a.H, W = a.W, S = c.scales, nb = c.blocks, cin = c.cin;
+  const int64_t M0 = Bt * W;
+  Arena& ar = ws->arena;
+  ws->b0 = b0;
+  ws->Bt = Bt;
+  ar.want(&ws->xin, Bt * (H + 2) * (W + 2) * cin);
+  ar.want(&ws->ul_row0, M0 * F);
+  ar.want(&ws->c1, M0 * F);
+  ar.want(&ws->c2, M0 * 2 * F);
+  ar.want(&ws->uact, M0 * 2 * F);
+  ar.want(&ws->eh, Bt * F);
+  ar.want(&ws->hp, Bt * c.d.num_params);
+  ar.want(&ws->tmp, (int64_t)team * sample_scratch(c.d));
+  ws->sc.resize(S);
+  auto wins = [&](std::vector<RowWindow>& v, int64_t n, int64_t width, int64_t ch) {
+    v.resize(n);
+    for (auto& w : v) {
+      w.width = width;
+      w.ch = ch;
+      ar.want(&w.data, Bt * 2 * width * ch);
+    }
+  };
+  auto bufs = [&](std::vector<float*>& v, int64_t n, int64_t size) {
+    v.assign(n, nullptr);
+    for (auto& p : v) ar.want(&p, size);
+  };
+  const float* const* cond = a.cond_terms.empty() ? nullptr : a.cond_terms.data();
+  auto conds = [&](std::vector<const float*>& v, int64_t n) {
+    v.assign(n, nullptr);
+    if (cond)
+      for (auto& p : v) p = *cond++;
+  };
+  for (int64_t s = 0; s < S; ++s) {
+    ScaleBuffers& B = ws->sc[s];
+    const int64_t Ws = W >> s, Ms = Bt * Ws, nd = c.down_blocks((int)s);
+    B.Ws = Ws;
+    ar.want(&B.u, Ms * F);
+    wins(B.up_u_win1, nb, Ws + 2, 2 * F);
+    wins(B.up_u_win2, nb, Ws + 2, 2 * F);
+    wins(B.up_ul_win1, nb, Ws + 1, 2 * F);
+    wins(B.up_ul_win2, nb, Ws + 1, 2 * F);
+    wins(B.down_u_win1, nd, Ws + 2, 2 * F);
+    wins(B.down_u_win2, nd, Ws + 2, 2 * F);
+    wins(B.down_ul_win1, nd, Ws + 1, 2 * F);
+    wins(B.down_ul_win2, nd, Ws + 1, 2 * F);
+    bufs(B.u_skip, nb + 1, Ms * 2 * F);
+    bufs(B.up_ul_c1, nb, Ms * F);
+    bufs(B.up_ul_c2, nb, Ms * 2 * F);
+    bufs(B.down_ul_c1, nd, Ms * F);
+    bufs(B.down_ul_c2, nd, Ms * 2 * F);
+    if (s + 1 < S) {
+      B.last_u_win.width = Ws + 2;
+      B.last_u_win.ch = F;
+      ar.want(&B.last_u_win.data, Bt * 2 * (Ws + 2) * F);
+      B.last_ul_win.width = Ws + 1;
+      B.last_ul_win.ch = F;
+      ar.want(&B.last_ul_win.data, Bt * 2 * (Ws + 1) * F);
+      ar.want(&B.u_up, Bt * 2 * Ws * F);
+      ar.want(&B.ul_up, Bt * 2 * Ws * F);
+    }
+    ar.want(&B.ul, Bt * F);
+    bufs(B.ul_skip, nb + 1, Bt * 2 * F);
+    conds(B.cond_up_u, nb);
+    conds(B.cond_up_ul, nb);
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    conds(ws->sc[s].cond_down_u, c.down_blocks((int)s));
+    conds(ws->sc[s].cond_down_ul, c.down_blocks((int)s));
+  }
+  ar.allocate();
+  // The input buffer: 2 rows of top padding, 1 column each side; the ones channel marks
+  // the image (the model's extra input channel), zeros are padding.
+  for (int64_t b = 0; b < Bt; ++b)
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j)
+        ws->xin[((b * (H + 2) + 2 + i) * (W + 2) + 1 + j) * cin + c.channels] = 1.f;
+}
+
+// ------------------------------------------------------------------------------------
+// The engine of one team (one or more threads sharing a group of images)
+// ------------------------------------------------------------------------------------
+
+struct Engine : TeamMember {
+  const SampleArgs& a;
+  const Config& c;
+  const Layout& L;
+  Workspace& ws;
+  const int64_t H, W, Bt, F, F2, S, nb, P, C, cin;
+  const int64_t xrow, xstride;  // floats per xin row / per image
+  float* tmp;
+
+  Engine(const SampleArgs& args, Workspace& w, Barrier& b, int rank_, int size_, bool pixel_team_)
+      : TeamMember(b, rank_, size_, pixel_team_, args.cfg->hidden, args.cfg->d.num_params, w.Bt,
+                   args.W),
+        a(args), c(*args.cfg), L(*args.lay), ws(w), H(args.H), W(args.W), Bt(w.Bt),
+        F(c.hidden), F2(2 * c.hidden), S(c.scales), nb(c.blocks), P(c.d.num_params),
+        C(c.channels), cin(c.cin), xrow((args.W + 2) * c.cin), xstride((args.H + 2) * xrow) {
+    tmp = ws.tmp + (int64_t)rank * sample_scratch(c.d);
+  }
+
+  PackedMat mat(const MatSlot& m) const { return packed_mat(a.packed, m); }
+  const float* vec(const VecSlot& v) const { return a.packed + v.off; }
+  float* xin(int64_t b, int64_t xr, int64_t xc) const {
+    return ws.xin + b * xstride + xr * xrow + xc * cin;
+  }
+
+  // ---- row helpers (this thread's output channels c0 .. c0+nown of share sh) --------
+
+  // C[m, c0:c0+nown] = bias[c0:...] (or 0) for m in [0, M), row stride ldc.
+  static void init_rows(const Share& sh, float* Cp, int64_t M, int64_t ldc, const float* bias) {
+    for (int64_t m = 0; m < M; ++m) {
+      float* d = Cp + m * ldc + sh.c0;
+      if (bias)
+        std::memcpy(d, bias + sh.c0, sizeof(float) * sh.nown);
+      else
+        std::memset(d, 0, sizeof(float) * sh.nown);
+    }
+  }
+  // Both halves of (M, 2F) rows from a 2F bias.
+  void init_rows2(const Share& sh, float* Cp, int64_t M, const float* bias) const {
+    for (int64_t m = 0; m < M; ++m) {
+      float* d = Cp + m * F2;
+      std::memcpy(d + sh.c0, bias + sh.c0, sizeof(float) * sh.nown);
+      std::memcpy(d + F + sh.c0, bias + F + sh.c0, sizeof(float) * sh.nown);
+    }
+  }
+  // act(x) of the (Bt * Ws, F) row x into column 1+q of the window's row p (and into
+  // the (Bt * Ws, 2F) buffer dst when given).
+  void act_row(const Share& sh, const float* x, int64_t Ws, const RowWindow* win, int64_t p,
+               float* dst) const {
+    for (int64_t b = 0; b < Bt; ++b)
+      for (int64_t q = 0; q < Ws; ++q) {
+        const float* src = x + (b * Ws + q) * F + sh.c0;
+        if (win) {
+          float* d = win->at(b, p, 1 + q);
+          concat_elu(src, sh.nown, d + sh.c0, d + F + sh.c0);
+        }
+        if (dst) {
+          float* d = dst + (b * Ws + q) * F2;
+          concat_elu(src, sh.nown, d + sh.c0, d + F + sh.c0);
+        }
+      }
+  }
+  // C (Bt * Ws, N) += the taps of rows p-1 (r = 0) and p (r = 1), r in [r0, r1), of a
+  // 2-row conv over win at output row p (column stride cstride: 2 for the stride-2 convs,
+  // whose window is of the finer scale and rows are given there).
+  void conv_rows(const Share& sh, const RowWindow& win, int64_t row0, int r0, int r1,
+                 const MatSlot* mats, int64_t Ws, int64_t cstride, float* Cp, int64_t ldc) const {
+    for (int r = r0; r < r1; ++r) {
+      const int64_t row = row0 + r;
+      if (row < 0) continue;
+      const PackedMat w = mat(mats[r]);
+      for (int64_t b = 0; b < Bt; ++b)
+        gemm_acc((int)Ws, win.at(b, row, 0), cstride * win.ch, w, sh.fp0, sh.fp1,
+                 Cp + b * Ws * ldc, ldc);
+    }
+  }
+  // Adds the conditioning terms of row p: cond (B, Hs, Ws, 3F) part [o, o + n*F) into
+  // rows of Cp (stride ldc), halves of F channels each.
+  void add_cond_row(const Share& sh, const float* cond, int64_t Hs, int64_t Ws, int64_t p,
+                    int64_t o, int halves, float* Cp, int64_t ldc) const {
+    for (int64_t b = 0; b < Bt; ++b)
+      for (int64_t q = 0; q < Ws; ++q) {
+        const float* src = cond + (((ws.b0 + b) * Hs + p) * Ws + q) * 3 * F + o;
+        float* d = Cp + (b * Ws + q) * ldc;
+        for (int h = 0; h < halves; ++h)
+          for (int ch = sh.c0; ch < sh.c0 + sh.nown; ++ch) d[h * F + ch] += src[h * F + ch];
+      }
+  }
+
+  // A u block over the whole row p of scale s: u += gate(conv2(act(conv1(act(u)) + extra)));
+  // win1 already holds act(u). skip: act(skip) for the nin (or null). Leaves act(u) in
+  // next_win (row p) and in dst (when given).
+  void u_block(const Share& sh, int s, int64_t p, const BlockLayout& B, const RowWindow& win1,
+               const RowWindow& win2, const float* skip, const float* cond, const RowWindow* next_win,
+               float* dst) {
+    ScaleBuffers& sb = ws.sc[s];
+    const int64_t Ws = sb.Ws, Ms = Bt * Ws, Hs = H >> s;
+    init_rows(sh, ws.c1, Ms, F, vec(B.b1));
+    if (skip) gemm_acc((int)Ms, skip, F2, mat(B.nin), sh.fp0, sh.fp1, ws.c1, F);
+    if (cond) add_cond_row(sh, cond, Hs, Ws, p, 0, 1, ws.c1, F);
+    conv_rows(sh, win1, p - 1, 0, 2, B.c1, Ws, 1, ws.c1, F);
+    act_row(sh, ws.c1, Ws, &win2, p, nullptr);
+    sync();
+    init_rows2(sh, ws.c2, Ms, vec(B.b2));
+    if (cond) add_cond_row(sh, cond, Hs, Ws, p, F, 2, ws.c2, F2);
+    conv_rows(sh, win2, p - 1, 0, 2, B.c2a, Ws, 1, ws.c2, F2);
+    conv_rows(sh, win2, p - 1, 0, 2, B.c2b, Ws, 1, ws.c2 + F, F2);
+    for (int64_t m = 0; m < Ms; ++m)
+      gate_add(sb.u + m * F + sh.c0, ws.c2 + m * F2 + sh.c0, ws.c2 + m * F2 + F + sh.c0, sh.nown);
+    act_row(sh, sb.u, Ws, next_win, p, dst);
+    sync();
+  }
+
+  // The per-row terms of a ul block at row p: c1 = b1 + nin(uact) + cond + conv1 taps of
+  // row p-1; c2 = b2 + cond + conv2 taps of row p-1.
+  void ul_row_terms(const Share& sh, int s, int64_t p, const BlockLayout& B, const RowWindow& win1,
+                    const RowWindow& win2, const float* uact, const float* cond, float* c1,
+                    float* c2) {
+    const int64_t Ws = ws.sc[s].Ws, Ms = Bt * Ws, Hs = H >> s;
+    init_rows(sh, c1, Ms, F, vec(B.b1));
+    gemm_acc((int)Ms, uact, F2, mat(B.nin), sh.fp0, sh.fp1, c1, F);
+    if (cond) add_cond_row(sh, cond, Hs, Ws, p, 0, 1, c1, F);
+    conv_rows(sh, win1, p - 1, 0, 1, B.c1, Ws, 1, c1, F);
+    init_rows2(sh, c2, Ms, vec(B.b2));
+    if (cond) add_cond_row(sh, cond, Hs, Ws, p, F, 2, c2, F2);
+    conv_rows(sh, win2, p - 1, 0, 1, B.c2a, Ws, 1, c2, F2);
+    conv_rows(sh, win2, p - 1, 0, 1, B.c2b, Ws, 1, c2 + F, F2);
+  }
+
+  // ---- per row ----------------------------------------------------------------------
+  void start_row(int64_t i) {
+    const Share& sh = rs;
+    // First layer of ul: the down-shifted (1, 3) conv of image row i-1, and the row i-1
+    // tap of the right-shifted (2, 1) conv (column j-1).
+    {
+      const float* bv = vec(L.ulvb);
+      const float* bh = vec(L.ulhb);
+      for (int64_t b = 0; b < Bt; ++b)
+        for (int64_t j = 0; j < W; ++j) {
+          float* d = ws.ul_row0 + (b * W + j) * F;
+          for (int q = sh.c0; q < sh.c0 + sh.nown; ++q)
+            d[q] = (i > 0 ? bv[q] : 0.f) + (j > 0 ? bh[q] : 0.f);
+        }
+      for (int64_t b = 0; b < Bt; ++b) {
+        if (i > 0) gemm_acc((int)W, xin(b, i + 1, 0), cin, mat(L.ulv), sh.fp0, sh.fp1, ws.ul_row0 + b * W * F, F);
+        if (W > 1)
+          gemm_acc((int)W - 1, xin(b, i + 1, 1), cin, mat(L.ulh[0]), sh.fp0, sh.fp1,
+                   ws.ul_row0 + (b * W + 1) * F, F);
+      }
+    }
+    int top = 0;  // the coarsest scale of this row
+    while (top + 1 < S && i % (int64_t(1) << (top + 1)) == 0) ++top;
+    for (int s = 0; s <= top; ++s) {  // up pass, scales ascending
+      ScaleBuffers& sb = ws.sc[s];
+      const int64_t p = i >> s, Ws = sb.Ws, Ms = Bt * Ws;
+      if (s == 0) {  // u reads image rows i-2, i-1 (zero at row 0)
+        init_rows(sh, sb.u, Ms, F, i > 0 ? vec(L.u0b) : nullptr);
+        if (i > 0)
+          for (int64_t b = 0; b < Bt; ++b)
+            for (int r = 0; r < 2; ++r)
+              gemm_acc((int)W, xin(b, i + r, 0), cin, mat(L.u0[r]), sh.fp0, sh.fp1, sb.u + b * W * F, F);
+      } else {  // stride-2 conv over rows 2p-1, 2p of scale s-1
+        init_rows(sh, sb.u, Ms, F, vec(L.down_u_bias[s]));
+        conv_rows(sh, ws.sc[s - 1].last_u_win, 2 * p - 1, 0, 2, L.down_u_conv[s].data(), Ws, 2, sb.u, F);
+      }
+      act_row(sh, sb.u, Ws, nb ? &sb.up_u_win1[0] : nullptr, p, sb.u_skip[0]);
+      if (nb == 0 && s + 1 < S) copy_row(sh, sb.u, Ws, sb.last_u_win, p);
+      sync();
+      for (int64_t k = 0; k < nb; ++k) {
+        u_block(sh, s, p, L.up_u[s][k], sb.up_u_win1[k], sb.up_u_win2[k], nullptr,
+                sb.cond_up_u[k], k + 1 < nb ? &sb.up_u_win1[k + 1] : nullptr, sb.u_skip[k + 1]);
+        if (k + 1 == nb && s + 1 < S) {
+          copy_row(sh, sb.u, Ws, sb.last_u_win, p);
+          sync();
+        }
+        ul_row_terms(sh, s, p, L.up_ul[s][k], sb.up_ul_win1[k], sb.up_ul_win2[k], sb.u_skip[k + 1],
+                     sb.cond_up_ul[k], sb.up_ul_c1[k], sb.up_ul_c2[k]);
+      }
+    }
+    for (int s = top; s >= 0; --s) {  // down pass, scales descending
+      ScaleBuffers& sb = ws.sc[s];
+      const int64_t p = i >> s, Ws = sb.Ws, Ms = Bt * Ws, nd = c.down_blocks(s);
+      if (s + 1 < S)  // the transposed conv's row of scale s+1 for row p
+        for (int64_t m = 0; m < Ms; ++m) {
+          const int64_t b = m / Ws, q = m % Ws;
+          std::memcpy(sb.u + m * F + sh.c0, sb.u_up + ((b * 2 + (p & 1)) * Ws + q) * F + sh.c0,
+                      sizeof(float) * sh.nown);
+        }
+      if (nd) {
+        act_row(sh, sb.u, Ws, &sb.down_u_win1[0], p, nullptr);
+        sync();
+      }
+      for (int64_t k = 0; k < nd; ++k) {
+        const int64_t skip = s == S - 1 ? nb - 1 - k : nb - k;
+        u_block(sh, s, p, L.down_u[s][k], sb.down_u_win1[k], sb.down_u_win2[k], sb.u_skip[skip],
+                sb.cond_down_u[k], k + 1 < nd ? &sb.down_u_win1[k + 1] : nullptr, ws.uact);
+        ul_row_terms(sh, s, p, L.down_ul[s][k], sb.down_ul_win1[k], sb.down_ul_win2[k], ws.uact,
+                     sb.cond_down_ul[k], sb.down_ul_c1[k], sb.down_ul_c2[k]);
+      }
+      if (s > 0) {  // rows 2p, 2p+1 of scale s-1
+        sync();
+        ScaleBuffers& fine = ws.sc[s - 1];
+        const int64_t Wf = fine.Ws;
+        for (int r = 0; r < 2; ++r) {
+          float* out = fine.u_up + r * Wf * F;  // image b at + b * 2 * Wf * F
+          const int64_t img = 2 * Wf * F;
+          for (int64_t b = 0; b < Bt; ++b) {
+            init_rows(sh, out + b * img, Wf, F, vec(L.up_u_bias[s]));
+            const float* in = sb.u + b * Ws * F;
+            const auto& wt = L.up_u_conv[s];
+            // even columns 2q: tap 1 of q; odd 2q+1: tap 2 of q and tap 0 of q+1
+            gemm_acc((int)Ws, in, F, mat(wt[r * 3 + 1]), sh.fp0, sh.fp1, out + b * img, 2 * F);
+            gemm_acc((int)Ws, in, F, mat(wt[r * 3 + 2]), sh.fp0, sh.fp1, out + b * img + F, 2 * F);
+            gemm_acc((int)Ws - 1, in + F, F, mat(wt[r * 3 + 0]), sh.fp0, sh.fp1, out + b * img + F, 2 * F);
+          }
+        }
+      }
+    }
+  }
+
+  // u row (Bt * Ws, F) -> the window's row p (own channels).
+  void copy_row(const Share& sh, const float* x, int64_t Ws, const RowWindow& win, int64_t p) const {
+    for (int64_t b = 0; b < Bt; ++b)
+      for (int64_t q = 0; q < Ws; ++q)
+        std::memcpy(win.at(b, p, 1 + q) + sh.c0, x + (b * Ws + q) * F + sh.c0, sizeof(float) * sh.nown);
+  }
+
+  // ---- per pixel --------------------------------------------------------------------
+
+  // act(ul) of every image into column 1+q of the window's row p and into dst (Bt, 2F).
+  void act_px(const Share& sh, const float* ul, const RowWindow* win, int64_t p, int64_t q,
+              float* dst) const {
+    for (int64_t b = 0; b < Bt; ++b) {
+      const float* src = ul + b * F + sh.c0;
+      if (win) {
+        float* d = win->at(b, p, 1 + q);
+        concat_elu(src, sh.nown, d + sh.c0, d + F + sh.c0);
+      }
+      if (dst) concat_elu(src, sh.nown, dst + b * F2 + sh.c0, dst + b * F2 + F + sh.c0);
+    }
+  }
+
+  // A ul block at (p, q) of scale s: win1 already holds act(ul) at (p, q); c1 / c2 the
+  // per-row terms (Bt * Ws rows); skip: act(up-pass ul) for the down-pass nin (or null).
+  void ul_block(const Share& sh, int s, int64_t p, int64_t q, const BlockLayout& B,
+                const RowWindow& win1, const RowWindow& win2, float* c1row, float* c2row,
+                const float* skip, const RowWindow* next_win, float* dst) {
+    ScaleBuffers& sb = ws.sc[s];
+    const int64_t Ws = sb.Ws;
+    float* c1 = c1row + q * F;  // rows: stride Ws * F
+    if (skip) gemm_acc((int)Bt, skip, F2, mat(B.nin_ul), sh.fp0, sh.fp1, c1, Ws * F);
+    gemm_acc((int)Bt, win1.at(0, p, q), win1.img(), mat(B.c1[1]), sh.fp0, sh.fp1, c1, Ws * F);
+    for (int64_t b = 0; b < Bt; ++b) {
+      float* d = win2.at(b, p, 1 + q);
+      concat_elu(c1 + b * Ws * F + sh.c0, sh.nown, d + sh.c0, d + F + sh.c0);
+    }
+    pixel_sync();
+    float* c2 = c2row + q * F2;  // rows: stride Ws * 2F
+    gemm_acc((int)Bt, win2.at(0, p, q), win2.img(), mat(B.c2a[1]), sh.fp0, sh.fp1, c2, Ws * F2);
+    gemm_acc((int)Bt, win2.at(0, p, q), win2.img(), mat(B.c2b[1]), sh.fp0, sh.fp1, c2 + F, Ws * F2);
+    for (int64_t b = 0; b < Bt; ++b)
+      gate_add(sb.ul + b * F + sh.c0, c2 + b * Ws * F2 + sh.c0, c2 + b * Ws * F2 + F + sh.c0, sh.nown);
+    act_px(sh, sb.ul, next_win, p, q, dst);
+  }
+
+  // ul (Bt, F) -> column 1+q of the window's row p (own channels).
+  void copy_px(const Share& sh, const float* ul, const RowWindow& win, int64_t p, int64_t q) const {
+    for (int64_t b = 0; b < Bt; ++b)
+      std::memcpy(win.at(b, p, 1 + q) + sh.c0, ul + b * F + sh.c0, sizeof(float) * sh.nown);
+  }
+
+  void pixel(int64_t i, int64_t j) {
+    const Share& sh = ps;
+    int top = 0;
+    while (top + 1 < S && i % (int64_t(1) << (top + 1)) == 0 && j % (int64_t(1) << (top + 1)) == 0) ++top;
+    for (int s = 0; s <= top; ++s) {  // up pass, scales ascending
+      ScaleBuffers& sb = ws.sc[s];
+      const int64_t p = i >> s, q = j >> s;
+      if (s == 0) {
+        for (int64_t b = 0; b < Bt; ++b)
+          std::memcpy(sb.ul + b * F + sh.c0, ws.ul_row0 + (b * W + j) * F + sh.c0, sizeof(float) * sh.nown);
+        if (j > 0)  // right-shifted (2, 1) conv, current row: the pixel at column j-1
+          gemm_acc((int)Bt, xin(0, i + 2, j), xstride, mat(L.ulh[1]), sh.fp0, sh.fp1, sb.ul, F);
+      } else {  // stride-2 conv over the 2x2 window (2p-1 .. 2p, 2q-1 .. 2q) of scale s-1
+        const RowWindow& lw = ws.sc[s - 1].last_ul_win;
+        init_rows(sh, sb.ul, Bt, F, vec(L.down_ul_bias[s]));
+        for (int r = 0; r < 2; ++r) {
+          const int64_t row = 2 * p - 1 + r;
+          if (row < 0) continue;
+          gemm_acc((int)Bt, lw.at(0, row, 2 * q), lw.img(), mat(L.down_ul_conv[s][r]), sh.fp0,
+                   sh.fp1, sb.ul, F);
+        }
+      }
+      act_px(sh, sb.ul, nb ? &sb.up_ul_win1[0] : nullptr, p, q, sb.ul_skip[0]);
+      if (nb == 0 && s + 1 < S) copy_px(sh, sb.ul, sb.last_ul_win, p, q);
+      pixel_sync();
+      for (int64_t k = 0; k < nb; ++k) {
+        ul_block(sh, s, p, q, L.up_ul[s][k], sb.up_ul_win1[k], sb.up_ul_win2[k], sb.up_ul_c1[k],
+                 sb.up_ul_c2[k], nullptr, k + 1 < nb ? &sb.up_ul_win1[k + 1] : nullptr, sb.ul_skip[k + 1]);
+        if (k + 1 == nb && s + 1 < S) copy_px(sh, sb.ul, sb.last_ul_win, p, q);
+        pixel_sync();
+      }
+    }
+    for (int s = top; s >= 0; --s) {  // down pass, scales descending
+      ScaleBuffers& sb = ws.sc[s];
+      const int64_t p = i >> s, q = j >> s, nd = c.down_blocks(s);
+      if (s + 1 < S)
+        for (int64_t b = 0; b < Bt; ++b)
+          std::memcpy(sb.ul + b * F + sh.c0, sb.ul_up + ((b * 2 + (p & 1)) * sb.Ws + q) * F + sh.c0,
+                      sizeof(float) * sh.nown);
+      if (nd) {
+        act_px(sh, sb.ul, &sb.down_ul_win1[0], p, q, nullptr);
+        pixel_sync();
+      }
+      for (int64_t k = 0; k < nd; ++k) {
+        const int64_t skip = s == S - 1 ? nb - 1 - k : nb - k;
+        ul_block(sh, s, p, q, L.down_ul[s][k], sb.down_ul_win1[k], sb.down_ul_win2[k],
+                 sb.down_ul_c1[k], sb.down_ul_c2[k], sb.ul_skip[skip],
+                 k + 1 < nd ? &sb.down_ul_win1[k + 1] : nullptr, nullptr);
+        pixel_sync();
+      }
+      if (s > 0) {  // the 2x2 block (2p .. 2p+1, 2q .. 2q+1) of scale s-1 it feeds
+        ScaleBuffers& fine = ws.sc[s - 1];
+        const int64_t Wf = fine.Ws;
+        for (int ar = 0; ar < 2; ++ar)
+          for (int ac = 0; ac < 2; ++ac) {
+            float* out = fine.ul_up + (ar * Wf + 2 * q + ac) * F;  // image b at + b * 2 * Wf * F
+            init_rows(sh, out, Bt, 2 * Wf * F, vec(L.up_ul_bias[s]));
+            gemm_acc((int)Bt, sb.ul, F, mat(L.up_ul_conv[s][ar * 2 + ac]), sh.fp0, sh.fp1, out, 2 * Wf * F);
+          }
+      }
+    }
+    float* ul = ws.sc[0].ul;
+    for (int64_t b = 0; b < Bt; ++b) elu(ul + b * F + sh.c0, sh.nown, ws.eh + b * F + sh.c0);
+    pixel_sync();
+    {
+      const float* hb = vec(L.headb);
+      const int64_t q0 = (int64_t)sh.hp0 * kPanel, q1 = std::min<int64_t>(P, (int64_t)sh.hp1 * kPanel);
+      if (q1 > q0)
+        for (int64_t b = 0; b < Bt; ++b) std::memcpy(ws.hp + b * P + q0, hb + q0, sizeof(float) * (q1 - q0));
+      gemm_acc((int)Bt, ws.eh, F, mat(L.head), sh.hp0, sh.hp1, ws.hp, P);
+    }
+    pixel_sync();
+    const float t = (float)a.temperature;
+    const int64_t HW = H * W;
+    const float unit = (float)(2.0 / (double)(c.d.levels - 1));
+    for (int64_t b = sh.sb0; b < sh.sb1; ++b) {
+      const int64_t g = ws.b0 + b;
+      const float* prm = ws.hp + b * P;
+      int64_t pix[kMaxChannels];
+      int64_t* xg = a.x + g * C * HW + i * W + j;
+      if (a.known && a.known[g * HW + i * W + j]) {
+        for (int64_t ch = 0; ch < C; ++ch) pix[ch] = xg[ch * HW];
+      } else {
+        sample_pixel(c.d, prm, a.uniforms + (g * HW + i * W + j) * c.d.num_uniforms, t, pix, tmp);
+        for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
+      }
+      float* xd = xin(b, i + 2, 1 + j);
+      for (int64_t ch = 0; ch < C; ++ch) xd[ch] = (float)pix[ch] * unit - 1.0f;
+      if (a.params) {
+        float* pd = a.params + g * P * HW + i * W + j;
+        for (int64_t q = 0; q < P; ++q) pd[q * HW] = prm[q];
+      }
+    }
+    if (pixel_team) team_point();  // pixel (i, j) written
+  }
+
+  void run() {
+    double t_row = 0, t_pix = 0;
+    since = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < H && !quit; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!pixel_team && i > 0) team_point();  // row i-1 sampled by rank 0
+      if (quit) break;
+      start_row(i);
+      if (!pixel_team) sync();  // every share of the row terms is ready
+      const auto t1 = std::chrono::steady_clock::now();
+      if (pixel_team || rank == 0)
+        for (int64_t j = 0; j < W && !quit; ++j) pixel(i, j);
+      const auto t2 = std::chrono::steady_clock::now();
+      t_row += std::chrono::duration<double>(t1 - t0).count();
+      t_pix += std::chrono::duration<double>(t2 - t1).count();
+    }
+    if (profile_enabled() && !quit)
+      std::fprintf(stderr,
+                   "pixelaux profile (PixelCNNpp): team of %d%s, rank %d, %lld images: rows %.4f s, "
+                   "pixels %.4f s%s\n",
+                   team.size, pixel_team || team.size == 1 ? "" : " (row starts only)", rank,
+                   (long long)Bt, t_row, t_pix,
+                   gave_up ? " (the others were late: rank 0 went on alone)" : "");
+  }
+};
+
+}  // namespace
+
+void cached_sample(const SampleArgs& a) {
+  const Config& c = *a.cfg;
+  const TeamPlan plan = plan_teams(a.B, a.mode, c.hidden, a.threads);
+  std::vector<Workspace> ws(plan.G);
+  for (int g = 0; g < plan.G; ++g) {
+    const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
+    make_workspace(c, a, b0, b1 - b0, plan.S, &ws[g]);
+  }
+  run_teams(plan, [&](int g, int rank, int size, bool pixel_team, Barrier& bar) {
+    Engine(a, ws[g], bar, rank, size, pixel_team).run();
+  });
+}
+
+}  // namespace pp
+}  // namespace cpu
+}  // namespace pixelaux

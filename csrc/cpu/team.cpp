@@ -1,0 +1,132 @@
+// Threads of the CPU engines (see team.h).
+#include "team.h"
+
+#include <cstring>
+#include <new>
+
+namespace pixelaux {
+namespace cpu {
+
+double Barrier::wait() {
+  if (size <= 1) return 0;
+  const int g = gen.load(std::memory_order_acquire);
+  if (count.fetch_add(1, std::memory_order_acq_rel) == size - 1) {
+    count.store(0, std::memory_order_relaxed);
+    gen.store(g + 1, std::memory_order_release);
+    return 0;
+  }
+  for (int spins = 0; spins < kBarrierSpins; ++spins) {  // the usual case: a short wait
+    if (gen.load(std::memory_order_acquire) != g) return 0;
+    PIXELAUX_PAUSE();
+  }
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  double us = 0;
+  for (int spins = 0; gen.load(std::memory_order_acquire) == g; ++spins) {
+    if (us < kBarrierSpinUs) {
+      PIXELAUX_PAUSE();
+    } else {
+      std::this_thread::yield();
+    }
+    if ((spins & 15) == 0) us = std::chrono::duration<double, std::micro>(clock::now() - t0).count();
+  }
+  return std::chrono::duration<double, std::micro>(clock::now() - t0).count();
+}
+
+Share::Share(int rank, int size, int64_t F, int64_t P, int64_t Bt, int64_t W) {
+  const int NPF = (int)((F + kPanel - 1) / kPanel);
+  fp0 = NPF * rank / size;
+  fp1 = NPF * (rank + 1) / size;
+  c0 = fp0 * kPanel;
+  nown = (int)std::max<int64_t>(0, std::min<int64_t>(F, (int64_t)fp1 * kPanel) - c0);
+  const int NPP = (int)((P + kPanel - 1) / kPanel);
+  hp0 = NPP * rank / size;
+  hp1 = NPP * (rank + 1) / size;
+  sb0 = Bt * rank / size;
+  sb1 = Bt * (rank + 1) / size;
+  m0 = Bt * W * rank / size;
+  m1 = Bt * W * (rank + 1) / size;
+}
+
+TeamMember::TeamMember(Barrier& b, int rank_, int size_, bool pixel_team_, int64_t F, int64_t P,
+                       int64_t Bt, int64_t W)
+    : team(b), rank(rank_), size(size_), pixel_team(pixel_team_ || size_ == 1), share_F(F),
+      share_P(P), share_Bt(Bt), share_W(W) {
+  const char* env = std::getenv("PIXELAUX_TEAM_GIVE_UP");
+  may_give_up = !(env && std::strcmp(env, "0") == 0);
+  rs = Share(rank, size, F, P, Bt, W);
+  ps = pixel_team ? rs : Share(0, 1, F, P, Bt, W);
+  since = std::chrono::steady_clock::now();
+}
+
+void TeamMember::team_point() {
+  if (size <= 1) return;
+  if (rank == 0 && may_give_up) {
+    const auto now = std::chrono::steady_clock::now();
+    const double us = std::chrono::duration<double, std::micro>(now - since).count();
+    if (us >= kTeamCheckUs) {
+      if (waited_us > kGiveUpFraction * us) team.give_up.store(1, std::memory_order_relaxed);
+      since = now;
+      waited_us = 0;
+    }
+  }
+  sync();
+  if (!team.give_up.load(std::memory_order_relaxed)) return;
+  if (rank != 0) {
+    quit = true;
+    return;
+  }
+  size = 1;
+  pixel_team = true;
+  rs = ps = Share(0, 1, share_F, share_P, share_Bt, share_W);
+  gave_up = true;
+}
+
+bool profile_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("PIXELAUX_PROFILE");
+    return e && std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+
+TeamPlan plan_teams(int64_t B, int mode, int hidden, int threads) {
+  int T = threads > 0 ? threads : at::get_num_threads();
+#if !AT_PARALLEL_OPENMP
+  T = 1;  // the team barriers need the chunks of at::parallel_for to run concurrently
+#endif
+  if (at::in_parallel_region()) T = 1;
+  T = std::max(1, T);
+  TeamPlan p;
+  if (mode == 1) {
+    p.G = (int)std::min<int64_t>(T, B);  // images over threads: no synchronisation at all
+  } else if (mode == 2 || mode == 3) {
+    p.S = T;  // one team over the output channels (of the pixels too in mode 2)
+    p.pixel_team = mode == 2;
+  } else if (B >= T) {
+    p.G = T;
+  } else {
+    p.G = (int)B;  // teams of T / B threads over the output channels (each team shrinks
+    p.S = T / p.G; // to one thread if the machine is too busy for its barriers)
+  }
+  // No more threads in a team than it has panels of hidden channels to share.
+  p.S = std::max(1, std::min<int>(p.S, (hidden + kPanel - 1) / kPanel));
+  return p;
+}
+
+void Arena::allocate() {
+  int64_t total = 0;
+  for (auto& r : req) total += r.second;
+  float* m = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * total));
+  if (!m) throw std::bad_alloc();
+  std::memset(m, 0, sizeof(float) * total);
+  mem.reset(m);
+  int64_t off = 0;
+  for (auto& r : req) {
+    *r.first = m + off;
+    off += r.second;
+  }
+}
+
+}  // namespace cpu
+}  // namespace pixelaux

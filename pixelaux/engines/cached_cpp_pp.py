@@ -1,0 +1,147 @@
+"""The cached engine of a ``PixelCNNpp`` on CPU, the whole loop in C++ (DESIGN.md section 2).
+
+Same algorithm, contract and buffer names as ``cached_torch_pp`` (the readable
+reference); the Python side only packs the model's weights (once per weight version,
+cached), computes the conditioning terms of every block once per image, and calls one
+op, ``torch.ops.pixelaux.cached_sample_pp``, that samples the whole batch:
+
+* at the start of row ``i``, for every scale ``s`` with ``i % 2**s == 0``: the whole row
+  of every ``u`` value of that scale (up pass ascending, down pass descending) and every
+  per-row term of the ``ul`` blocks, as GEMMs over the ``B * W_s`` positions of the row;
+* per pixel, for every scale with ``i, j`` divisible by ``2**s``: the ``ul`` stream at that
+  position from the current-row taps only (GEMMs over the images), then the head and the
+  sampling with the arithmetic of ``distributions.py`` (same uniforms, same pixels);
+* threads: images split over threads when the batch is large enough, else one team
+  over the output channels of every layer.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from .. import native
+from .progress import pixel_progress
+
+_PACKED = weakref.WeakKeyDictionary()
+
+
+def config_of(model) -> list[int]:
+    """The integer config the ops take: ``[channels, bits, hidden, blocks, scales,
+    cond_channels, dist (0 categorical, 1 logistic), nr_mix]``."""
+    cfg = model.config
+    return [int(cfg["channels"]), int(cfg["bits"]), int(cfg["hidden"]), int(cfg["blocks"]),
+            int(cfg["scales"]), int(cfg["cond_channels"]),
+            0 if cfg["dist"] == "categorical" else 1, int(cfg["nr_mix"])]
+
+
+def weight_names(model) -> list[str]:
+    """The parameter names, in the order ``pack_pixelcnnpp`` expects."""
+    S, nb = model.scales, model.blocks
+    names = []
+
+    def conv(name):
+        names.extend([name + ".weight", name + ".bias"])
+
+    for name in ("u_init", "ul_init_v", "ul_init_h"):
+        conv(name)
+    for s in range(S):
+        for k in range(nb):
+            for part in ("conv1", "conv2"):
+                conv(f"up_layers.{s}.u_stream.{k}.{part}")
+        for k in range(nb):
+            for part in ("conv1", "nin_skip", "conv2"):
+                conv(f"up_layers.{s}.ul_stream.{k}.{part}")
+    for t in range(S):
+        n = nb if t == 0 else nb + 1
+        for stream in ("u_stream", "ul_stream"):
+            for k in range(n):
+                for part in ("conv1", "nin_skip", "conv2"):
+                    conv(f"down_layers.{t}.{stream}.{k}.{part}")
+    for t in range(S - 1):
+        conv(f"downsize_u.{t}")
+        conv(f"downsize_ul.{t}")
+    for t in range(S - 1):
+        conv(f"upsize_u.{t}")
+        conv(f"upsize_ul.{t}")
+    conv("head")
+    return names
+
+
+def raw_weights(model) -> list[torch.Tensor]:
+    params = dict(model.named_parameters())
+    return [params[n] for n in weight_names(model)]
+
+
+def packed_weights(model) -> torch.Tensor:
+    """The packed weights of ``model``, recomputed only when a parameter changed."""
+    raw = raw_weights(model)
+    key = tuple((p.data_ptr(), p._version, tuple(p.shape), p.dtype) for p in raw)
+    hit = _PACKED.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad():
+        packed = torch.ops.pixelaux.pack_pixelcnnpp(
+            [p.detach().to(device="cpu", dtype=torch.float32) for p in raw], config_of(model))
+    _PACKED[model] = (key, packed)
+    return packed
+
+
+def cond_terms(model, cond) -> list[torch.Tensor]:
+    """The conditioning terms of every block, once per image: ``(B, H_s, W_s, 3F)`` =
+    ``[cond_c1, cond_c2]`` per block, in the engine's order (per scale ascending: the
+    up-pass ``u`` then ``ul`` blocks; then per scale ascending: the down-pass ``u`` then
+    ``ul`` blocks). ``[]`` for an unconditional model."""
+    if not model.cond_channels:
+        return []
+    conds = model.scale_conds(cond.to(torch.float32))
+    S = model.scales
+    out = []
+
+    def add(blocks, c):
+        for blk in blocks:
+            h1, h2 = blk.cond_terms(c)
+            out.append(torch.cat([h1, h2], 1).permute(0, 2, 3, 1).contiguous())
+
+    for s in range(S):
+        add(model.up_layers[s].u_stream, conds[s])
+        add(model.up_layers[s].ul_stream, conds[s])
+    for s in range(S):
+        stage = model.down_layers[S - 1 - s]
+        add(stage.u_stream, conds[s])
+        add(stage.ul_stream, conds[s])
+    return out
+
+
+@torch.no_grad()
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, mode=0):
+    """Sample the unknown pixels of ``x`` in raster order (contract of ``cached_cpp.run``).
+
+    model: ``PixelCNNpp`` on the CPU. x: ``(B, C, H, W)`` long, holding the known pixels
+    (others are overwritten). known: ``(B, H, W)`` bool or None. cond: float
+    ``(B, cond_channels, H, W)`` or None. uniforms: ``(B, H, W, U)`` float32.
+    Returns the completed ``x``, or ``(x, params)`` with the distribution parameters
+    ``(B, P, H, W)`` at every position when ``return_params`` (teacher forcing when all
+    pixels are known). ``mode``: thread split, 0 auto, 1 over images, 2 over channels,
+    3 a team over the row starts with the pixels on one thread.
+    """
+    if not native.available():
+        raise RuntimeError(f"the cpp backend is not available: {native.reason()}")
+    if x.device.type != "cpu":
+        raise ValueError(f"the cpp backend runs on CPU tensors, got x on {x.device}")
+    _, _, h, w = x.shape
+    model.check_size((h, w), "x")
+    if model.cond_channels and cond is None:
+        raise ValueError(f"cond is required: the model has cond_channels={model.cond_channels}")
+    if not model.cond_channels and cond is not None:
+        raise ValueError("cond must be None for a model with cond_channels=0")
+    packed = packed_weights(model)
+    if known is not None:
+        known = known.to(torch.bool)
+    terms = cond_terms(model, cond)
+    with pixel_progress(h * w, progress, "cached[cpp]") as bar:
+        out, params = torch.ops.pixelaux.cached_sample_pp(
+            x.long(), known, terms, uniforms.to(torch.float32), packed, config_of(model),
+            float(temperature), bool(return_params), int(mode))
+        bar.update(h * w)
+    return (out, params) if return_params else out
