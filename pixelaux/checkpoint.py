@@ -48,6 +48,7 @@ MODEL_REGISTRY = {
     "GrayscalePixelCNN": "pixelaux.grayscale:GrayscalePixelCNN",
     "PyramidPixelCNN": "pixelaux.pyramid:PyramidPixelCNN",
     "PixelCNNpp": "pixelaux.pixelcnnpp:PixelCNNpp",
+    "AuxiliaryPixelCNN": "pixelaux.auxiliary:AuxiliaryPixelCNN",
 }
 
 

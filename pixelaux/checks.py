@@ -125,8 +125,9 @@ def check_images(x, name: str, *, channels: int, bits: int, size: tuple[int, int
 
 def check_cond(cond, name: str, *, batch: int, channels: int, size: tuple[int, int],
                device=None) -> torch.Tensor | None:
-    """A float conditioning map ``(B, channels, H, W)`` (on ``device`` if given), or ``None``
-    when ``channels == 0``; returned as float32, the models' dtype."""
+    """A float conditioning map ``(B, channels, H, W)``, or a vector per image ``(B, channels)``
+    (global conditioning, broadcast over all positions), on ``device`` if given; or ``None``
+    when ``channels == 0``. Returned as float32, the models' dtype, with its shape."""
     if channels == 0:
         if cond is not None:
             raise ValueError(f"{name} must be None for a model built with cond_channels=0")
@@ -138,8 +139,16 @@ def check_cond(cond, name: str, *, batch: int, channels: int, size: tuple[int, i
         raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
     check_tensor_device(cond, name, device)
     expected = (batch, channels, *size)
-    if tuple(cond.shape) != expected:
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(cond.shape)}")
+    if cond.dim() == 2:
+        if cond.shape[1] != channels:
+            raise ValueError(f"{name} as a vector per image must have width cond_channels={channels}, i.e. shape "
+                             f"{(batch, channels)}, got width {cond.shape[1]} (shape {tuple(cond.shape)})")
+        if cond.shape[0] != batch:
+            raise ValueError(f"{name} as a vector per image must have shape {(batch, channels)} (one per image), "
+                             f"got {tuple(cond.shape)}")
+    elif tuple(cond.shape) != expected:
+        raise ValueError(f"{name} must have shape {expected} (a map) or {(batch, channels)} (a vector per image), "
+                         f"got {tuple(cond.shape)}")
     if not torch.isfinite(cond).all():
         raise ValueError(f"{name} must be finite, got NaN or inf values")
     return cond.float()

@@ -33,7 +33,10 @@ class GatedPixelCNN(nn.Module):
     the parameters at ``(i, j)`` depend only on pixels before ``(i, j)`` in raster order
     (all channels of earlier pixels, none of pixel ``(i, j)`` itself).
     ``cond`` is a float map ``(B, cond_channels, H, W)`` (e.g. from an encoder over an
-    auxiliary image); it may depend on anything.
+    auxiliary image; it may depend on anything), or a vector per image ``(B, cond_channels)``
+    (global conditioning, the Gated PixelCNN paper's ``h``: one-hot class labels,
+    embeddings), broadcast over all positions: each block's terms are then computed once
+    per image, ``(B, 2C, 1, 1)``.
     """
 
     kind = "GatedPixelCNN"
@@ -91,6 +94,8 @@ class GatedPixelCNN(nn.Module):
         return self.forward_unchecked(x, cond)
 
     def forward_unchecked(self, x, cond=None):
+        if cond is not None and cond.dim() == 2:        # global: (B, K) -> (B, K, 1, 1), broadcast
+            cond = cond[:, :, None, None]
         h = self.scale_input(x)
         u = down_shift(self.u_init(h))
         ul = down_shift(self.ul_init_v(h)) + right_shift(self.ul_init_h(h))

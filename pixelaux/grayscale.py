@@ -10,60 +10,28 @@ model the right-hand side is a lower bound of the marginal, and it is what we tr
 and report). Both terms are in nats per image; bits/dim divide both by ``C*H*W`` of
 the colour image, so the gray and colour parts add up to the total.
 
-* ``p(X_hat)``: ``prior``, a categorical ``GatedPixelCNN`` over the 1-channel gray view.
+* ``p(X_hat)``: ``prior``, a categorical ``GatedPixelCNN`` over the 1-channel gray view, or
+  any unconditional pixelaux model of it given as ``prior=`` (a gray pyramid, say).
 * ``p(X | X_hat)``: ``colour``, a logistic-mixture ``GatedPixelCNN`` whose ``cond`` is
   ``encoder(X_hat)``, a non-causal ``ResNetEncoder`` computed once per image.
+
+An ``AuxiliaryPixelCNN`` (``pixelaux.auxiliary``) with the gray-view transform.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
 
-from .checks import check_choice, check_float, check_images, check_int, check_size
+from .auxiliary import AuxiliaryPixelCNN, build_model, model_spec
+from .checks import check_choice, check_float, check_int, check_size
 from .encoders import ResNetEncoder
 from .stages import ARCHS, make_stage
-
-# BT.601 luma weights in thousandths: Y = (299 R + 587 G + 114 B) / 1000.
-LUMA_WEIGHTS = (299, 587, 114)
+from .transforms import LUMA_WEIGHTS, GrayView, div_round_half_even, to_gray  # noqa: F401 (re-exported)
 
 
-def div_round_half_even(s: torch.Tensor, n: int) -> torch.Tensor:
-    """``round(s / n)`` for integer tensors, exact, ties to even (as ``torch.round``)."""
-    q, r = torch.div(s, n, rounding_mode="floor"), torch.remainder(s, n)
-    return q + ((2 * r > n) | ((2 * r == n) & (q % 2 == 1))).long()
-
-
-def to_gray(x: torch.Tensor, bits: int = 8, gray_bits: int = 4) -> torch.Tensor:
-    """Low-bit gray view of integer images.
-
-    ``x``: integer ``(B, 3, H, W)`` in ``[0, 2**bits)`` (RGB), or ``(B, 1, H, W)`` (already
-    gray: ``Y = x``). Returns ``(B, 1, H, W)`` int64 in ``[0, 2**gray_bits)``:
-
-        Y    = round((299 R + 587 G + 114 B) / 1000)     # BT.601 luma, in [0, 2**bits)
-        gray = floor(Y / 2**(bits - gray_bits))
-
-    The rounding is exact integer arithmetic, round half to even (as ``torch.round``),
-    so the result is the same on every device and dtype; e.g. ``(0, 0, 250)`` has
-    luma 28.5 -> 28.
-    """
-    bits = check_int(bits, "bits", min_value=1, max_value=16)
-    gray_bits = check_int(gray_bits, "gray_bits", min_value=1, max_value=bits)
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must have shape (B, 3, H, W) (RGB) or (B, 1, H, W), got {shape}")
-    x = check_images(x, "x", channels=x.shape[1], bits=bits)
-    if x.shape[1] == 1:
-        y = x
-    else:
-        s = LUMA_WEIGHTS[0] * x[:, 0:1] + LUMA_WEIGHTS[1] * x[:, 1:2] + LUMA_WEIGHTS[2] * x[:, 2:3]
-        y = div_round_half_even(s, 1000)
-    return torch.div(y, 2 ** (bits - gray_bits), rounding_mode="floor")
-
-
-class GrayscalePixelCNN(nn.Module):
-    """``p(X) = p(X_hat) p(X | X_hat)`` with ``X_hat = to_gray(X)``.
+class GrayscalePixelCNN(AuxiliaryPixelCNN):
+    """``p(X) = p(X_hat) p(X | X_hat)`` with ``X_hat = to_gray(X)``: an
+    ``AuxiliaryPixelCNN`` with the gray-view transform.
 
     ``model(x)`` / ``model.log_prob(x)``: integer ``(B, channels, H, W)`` -> nats ``(B,)``.
 
@@ -72,17 +40,24 @@ class GrayscalePixelCNN(nn.Module):
     ``arch``: the network of every part, ``"gated"`` (``GatedPixelCNN``, default) or
     ``"pixelcnnpp"`` (``PixelCNNpp`` over ``scales`` resolutions; ``kernel_size`` does not
     apply to it, and every part's size must be divisible by ``2**(scales-1)``).
+    ``prior``: instead of the built-in categorical stage, any unconditional pixelaux model
+    of the gray view (``channels=1``, ``bits=gray_bits``, ``image_size`` the same), e.g.
+    ``PyramidPixelCNN(channels=1, bits=4, dist="categorical")``: the gray view is then
+    sampled as a pyramid, and its parts are reported as ``"gray/level0_8x8"``, ...
+    (a ``{"kind", "config"}`` dict is accepted too, as checkpoints store it).
+    Submodules (state-dict names): ``prior``, ``encoder``, ``colour``.
     """
 
     kind = "GrayscalePixelCNN"
+    part_name, prior_name = "colour", "gray"
 
     def __init__(self, channels: int = 3, bits: int = 8, gray_bits: int = 4, hidden: int = 64,
                  blocks: int = 8, kernel_size: int = 3, dropout: float = 0.0, nr_mix: int = 10,
                  encoder_hidden: int | None = None, encoder_blocks: int = 4,
                  cond_channels: int | None = None, image_size=(32, 32),
                  prior_hidden: int | None = None, prior_blocks: int | None = None,
-                 arch: str = "gated", scales: int = 3):
-        super().__init__()
+                 arch: str = "gated", scales: int = 3, prior=None):
+        nn.Module.__init__(self)
         arch = check_choice(arch, "arch", ARCHS)
         channels = check_int(channels, "channels", min_value=1)
         if channels not in (1, 3):
@@ -100,6 +75,9 @@ class GrayscalePixelCNN(nn.Module):
         cond_channels = opt(cond_channels, "cond_channels", 1)
         prior_hidden = opt(prior_hidden, "prior_hidden", 1)
         prior_blocks = opt(prior_blocks, "prior_blocks", 0)
+        if prior is not None and (prior_hidden is not None or prior_blocks is not None):
+            raise ValueError(f"prior_hidden / prior_blocks size the built-in gray prior; with prior= given they must "
+                             f"be None, got prior_hidden={prior_hidden}, prior_blocks={prior_blocks}")
         self.image_size = check_size(image_size, "image_size")
         self.config = dict(channels=channels, bits=bits, gray_bits=gray_bits, hidden=hidden,
                            blocks=blocks, kernel_size=kernel_size, dropout=dropout, nr_mix=nr_mix,
@@ -109,17 +87,29 @@ class GrayscalePixelCNN(nn.Module):
         if arch != "gated":           # older checkpoints (gated, no such keys) keep their config
             self.config.update(arch=arch, scales=scales)
         self.channels, self.bits, self.gray_bits = channels, bits, gray_bits
+        self.transform = GrayView(gray_bits).bind(channels, bits)
         k = hidden if cond_channels is None else cond_channels
-        self.prior = make_stage(
-            arch, scales, kernel_size, channels=1, bits=gray_bits, dist="categorical",
-            hidden=hidden if prior_hidden is None else prior_hidden,
-            blocks=blocks if prior_blocks is None else prior_blocks,
-            dropout=dropout, image_size=self.image_size)
-        self.encoder = ResNetEncoder(1, gray_bits, hidden if encoder_hidden is None else encoder_hidden,
-                                     encoder_blocks, k)
-        self.colour = make_stage(
+        if prior is None:
+            prior = make_stage(
+                arch, scales, kernel_size, channels=1, bits=gray_bits, dist="categorical",
+                hidden=hidden if prior_hidden is None else prior_hidden,
+                blocks=blocks if prior_blocks is None else prior_blocks,
+                dropout=dropout, image_size=self.image_size)
+        else:
+            prior = build_model(prior, "prior")
+            self.config["prior"] = model_spec(prior)     # only then: older configs stay as they were
+        encoder = ResNetEncoder(1, gray_bits, hidden if encoder_hidden is None else encoder_hidden,
+                                encoder_blocks, k)
+        colour = make_stage(
             arch, scales, kernel_size, channels=channels, bits=bits, dist="logistic", nr_mix=nr_mix,
             cond_channels=k, hidden=hidden, blocks=blocks, dropout=dropout, image_size=self.image_size)
+        self.check_parts(prior, colour, encoder)
+        self.prior, self.encoder, self.colour = prior, encoder, colour
+
+    @property
+    def conditional(self):
+        """The colour stage, ``p(X | X_hat)`` (the generic name of ``colour``)."""
+        return self.colour
 
     def gray(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, channels, H, W)`` -> the gray view ``X_hat``, ``(B, 1, H, W)`` in ``[0, 2**gray_bits)``."""
@@ -129,25 +119,15 @@ class GrayscalePixelCNN(nn.Module):
         """Gray view ``(B, 1, H, W)`` -> conditioning map of ``colour``, ``(B, K, H, W)``."""
         return self.encoder(gray)
 
+    def encode(self, view, size):
+        return self.cond(view)
+
     def log_prob_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"gray": log p(X_hat), "colour": log p(X | X_hat)}``, each nats ``(B,)``."""
-        x = check_images(x, "x", channels=self.channels, bits=self.bits)
-        g = self.gray(x)
-        return {"gray": self.prior.log_prob(g), "colour": self.colour.log_prob(x, self.cond(g))}
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(X_hat) + log p(X | X_hat)`` in nats, ``(B,)``."""
-        parts = self.log_prob_parts(x)
-        return parts["gray"] + parts["colour"]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.log_prob(x)
+        """``{"gray": log p(X_hat), "colour": log p(X | X_hat)}``, each nats ``(B,)``; with a
+        composite ``prior``, ``"gray/<part>"`` for each of its parts instead of ``"gray"``."""
+        return super().log_prob_parts(x)
 
     def bits_per_dim(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"total", "gray", "colour"}``, each ``(B,)`` bits per dim over ``C*H*W`` of ``x``;
-        ``total`` is computed as ``gray + colour``."""
-        parts = self.log_prob_parts(x)
-        dims = x.shape[1] * x.shape[2] * x.shape[3]
-        out = {k: -v / (dims * math.log(2.0)) for k, v in parts.items()}
-        out["total"] = out["gray"] + out["colour"]
-        return {"total": out["total"], "gray": out["gray"], "colour": out["colour"]}
+        ``total`` is computed as the sum of the parts."""
+        return super().bits_per_dim(x)

@@ -55,7 +55,9 @@ class PixelCNNpp(nn.Module):
     ``model(x, cond=None)`` -> distribution parameters ``(B, P, H, W)``; the parameters at
     ``(i, j)`` depend only on pixels before ``(i, j)`` in raster order. ``H`` and ``W``
     must be divisible by ``2**(scales-1)``. ``cond``: a float map
-    ``(B, cond_channels, H, W)`` (any dependence), average-pooled to each scale.
+    ``(B, cond_channels, H, W)`` (any dependence), average-pooled to each scale, or a
+    vector per image ``(B, cond_channels)`` broadcast over all positions (its per-block
+    terms computed once per image).
 
     Modules, as in the public code: ``u_init``, ``ul_init_v``/``ul_init_h`` (its
     ``ul_init.0``/``.1``), ``up_layers[s]`` and ``down_layers[t]`` (``t = 0`` the smallest
@@ -122,9 +124,12 @@ class PixelCNNpp(nn.Module):
         return x, cond
 
     def scale_conds(self, cond):
-        """The conditioning map at every scale (average pools), or ``[None] * scales``."""
+        """The conditioning map at every scale (average pools), or ``[None] * scales``; a
+        vector per image ``(B, K)`` is ``(B, K, 1, 1)`` at every scale (broadcast)."""
         if cond is None:
             return [None] * self.scales
+        if cond.dim() == 2:
+            return [cond[:, :, None, None]] * self.scales
         return [cond if s == 0 else F.avg_pool2d(cond, 2 ** s) for s in range(self.scales)]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,15 +21,14 @@ Two index conventions, both explicit:
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
+from .auxiliary import AuxiliaryPixelCNN
 from .checks import check_choice, check_float, check_images, check_int, check_size
 from .encoders import UNetEncoder
 from .stages import ARCHS, make_stage
-from .grayscale import div_round_half_even
+from .transforms import AvgPool, avg_pool_round, pool_mask
 
 
 def build_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
@@ -53,12 +52,7 @@ def build_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
         raise ValueError(f"x spatial size {(h, w)} must be divisible by 2**(levels-1) = {f} "
                          f"for levels={levels}")
     x = x.long()
-    out = [x]
-    for k in range(1, levels):
-        f = 2 ** k
-        s = x.reshape(b, c, h // f, f, w // f, f).sum(dim=(3, 5))
-        out.append(div_round_half_even(s, f * f))
-    return out
+    return [x] + [avg_pool_round(x, 2 ** k) for k in range(1, levels)]
 
 
 def level_sizes(image_size, seed_size) -> list[tuple[int, int]]:
@@ -76,8 +70,10 @@ def level_sizes(image_size, seed_size) -> list[tuple[int, int]]:
     return [(sh * 2 ** k, sw * 2 ** k) for k in range(ks[0] + 1)]
 
 
-class PyramidPixelCNN(nn.Module):
-    """``p(X) = p(X_{L-1}) prod_k p(X_k | X_{k+1})`` over an average-pool pyramid.
+class PyramidPixelCNN(AuxiliaryPixelCNN):
+    """``p(X) = p(X_{L-1}) prod_k p(X_k | X_{k+1})`` over an average-pool pyramid: an
+    ``AuxiliaryPixelCNN`` with the 2x average-pool transform whose prior is the pyramid of
+    one level less (recursion), down to the unconditional seed-size stage.
 
     ``model(x)`` / ``model.log_prob(x)``: integer ``(B, channels, H, W)`` -> nats ``(B,)``.
     ``(H, W)`` is ``image_size`` by default; every stage is fully convolutional, so any size
@@ -88,15 +84,22 @@ class PyramidPixelCNN(nn.Module):
     ``arch``: the network of every part, ``"gated"`` (``GatedPixelCNN``, default) or
     ``"pixelcnnpp"`` (``PixelCNNpp`` over ``scales`` resolutions; ``kernel_size`` does not
     apply to it, and every part's size must be divisible by ``2**(scales-1)``).
+
+    As an auxiliary-variable model: ``conditional = levels[-1]``, ``encoder = encoders[-1]``,
+    ``prior`` = the pyramid of ``levels[:-1]`` (a view sharing these modules; ``levels[0]``
+    itself for two levels; ``None`` for one level). The modules are held in ``levels`` and
+    ``encoders``, so the state-dict names are those of every earlier checkpoint. Every
+    level is pooled from ``X`` itself (``build_pyramid``), not from the rounded level above.
     """
 
     kind = "PyramidPixelCNN"
+    prior_name = ""
 
     def __init__(self, channels: int = 3, bits: int = 8, image_size=32, seed_size=8, hidden: int = 64,
                  blocks: int = 3, kernel_size: int = 3, nr_mix: int = 10, dist: str = "logistic",
                  encoder_hidden: int | None = None, dropout: float = 0.0,
                  cond_channels: int | None = None, arch: str = "gated", scales: int = 2):
-        super().__init__()
+        nn.Module.__init__(self)
         arch = check_choice(arch, "arch", ARCHS)
         channels = check_int(channels, "channels", min_value=1)
         bits = check_int(bits, "bits", min_value=1, max_value=16)
@@ -107,29 +110,84 @@ class PyramidPixelCNN(nn.Module):
         dropout = check_float(dropout, "dropout", min_value=0.0, max_value=1.0)
         encoder_hidden = None if encoder_hidden is None else check_int(encoder_hidden, "encoder_hidden", min_value=1)
         cond_channels = None if cond_channels is None else check_int(cond_channels, "cond_channels", min_value=1)
-        self.level_sizes = level_sizes(image_size, seed_size)
-        self.image_size, self.seed_size = self.level_sizes[-1], self.level_sizes[0]
-        self.config = dict(channels=channels, bits=bits, image_size=list(self.image_size),
-                           seed_size=list(self.seed_size), hidden=hidden, blocks=blocks,
-                           kernel_size=kernel_size, nr_mix=nr_mix, dist=dist,
-                           encoder_hidden=encoder_hidden, dropout=dropout, cond_channels=cond_channels)
+        sizes = level_sizes(image_size, seed_size)
+        config = dict(channels=channels, bits=bits, image_size=list(sizes[-1]),
+                      seed_size=list(sizes[0]), hidden=hidden, blocks=blocks,
+                      kernel_size=kernel_size, nr_mix=nr_mix, dist=dist,
+                      encoder_hidden=encoder_hidden, dropout=dropout, cond_channels=cond_channels)
         if arch != "gated":           # older checkpoints (gated, no such keys) keep their config
-            self.config.update(arch=arch, scales=scales)
-        self.channels, self.bits = channels, bits
+            config.update(arch=arch, scales=scales)
         k_cond = hidden if cond_channels is None else cond_channels
         e_hidden = hidden if encoder_hidden is None else encoder_hidden
-        self.levels = nn.ModuleList(
+        levels = nn.ModuleList(
             make_stage(arch, scales, kernel_size, channels=channels, bits=bits, hidden=hidden, blocks=blocks,
                        dropout=dropout, cond_channels=0 if k == 0 else k_cond,
                        dist=dist, nr_mix=nr_mix, image_size=size)
-            for k, size in enumerate(self.level_sizes))
-        self.encoders = nn.ModuleList(
-            UNetEncoder(channels, bits, e_hidden, k_cond) for _ in self.level_sizes[1:])
+            for k, size in enumerate(sizes))
+        encoders = nn.ModuleList(UNetEncoder(channels, bits, e_hidden, k_cond) for _ in sizes[1:])
+        self._setup(levels, encoders, sizes, config)
+
+    def _setup(self, levels, encoders, sizes, config):
+        self.level_sizes = [tuple(s) for s in sizes]
+        self.image_size, self.seed_size = self.level_sizes[-1], self.level_sizes[0]
+        self.config = config
+        self.channels, self.bits = config["channels"], config["bits"]
+        self.transform = AvgPool(2).bind(self.channels, self.bits) if len(sizes) > 1 else None
+        self.levels, self.encoders = levels, encoders
+        self.__dict__["_prior"] = None          # built on first use; not a registered submodule
 
     @property
     def num_levels(self) -> int:
         return len(self.level_sizes)
 
+    # ---------------------------------------------------------------- the recursion
+    @property
+    def prior(self):
+        """The model of ``X_1``: the pyramid of ``levels[:-1]`` (sharing their modules),
+        ``levels[0]`` for a 2-level pyramid, ``None`` for a 1-level one."""
+        if self.num_levels == 1:
+            return None
+        if self.num_levels == 2:
+            return self.levels[0]
+        if self.__dict__.get("_prior") is None:
+            view = PyramidPixelCNN.__new__(PyramidPixelCNN)
+            nn.Module.__init__(view)
+            n = self.num_levels - 1
+            view._setup(nn.ModuleList(list(self.levels)[:n]), nn.ModuleList(list(self.encoders)[:n - 1]),
+                        self.level_sizes[:n], dict(self.config, image_size=list(self.level_sizes[n - 1])))
+            self.__dict__["_prior"] = view
+        return self.__dict__["_prior"]
+
+    @property
+    def conditional(self):
+        return self.levels[-1]
+
+    @property
+    def encoder(self):
+        return self.encoders[-1] if len(self.encoders) else None
+
+    def conditional_part_name(self, size) -> str:
+        return f"level{self.num_levels - 1}_{size[0]}x{size[1]}"
+
+    def prior_part_name(self, size) -> str:
+        return f"level0_{size[0]}x{size[1]}"
+
+    @property
+    def prior_prefix(self) -> str:
+        return ""
+
+    def encode(self, view, size):
+        return self.cond(self.num_levels - 1, view)
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[X_0 = x, X_1, ...]`` (largest first), each pooled from ``x`` itself."""
+        return build_pyramid(x, self.num_levels)
+
+    def known_views(self, values, mask):
+        vs = build_pyramid(values, self.num_levels)
+        return [(v, pool_mask(mask, 2 ** k)) for k, v in enumerate(vs)]
+
+    # ---------------------------------------------------------------- as before
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, C, H, W)`` -> the stage images, **smallest first** (``level_sizes`` order
         for ``image_size`` inputs); ``H``, ``W`` divisible by ``2**(num_levels-1)``."""
@@ -146,24 +204,9 @@ class PyramidPixelCNN(nn.Module):
     def log_prob_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"level{k}_{h}x{w}": log p(stage k | stage k-1)}`` smallest first, each nats ``(B,)``
         (``h x w`` the stage's size, e.g. ``level0_8x8`` for the default model)."""
-        xs = self.pyramid(x)
-        parts = {}
-        for k, xk in enumerate(xs):
-            cond = None if k == 0 else self.cond(k, xs[k - 1])
-            parts[f"level{k}_{xk.shape[2]}x{xk.shape[3]}"] = self.levels[k].log_prob(xk, cond)
-        return parts
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum of the stage log-likelihoods in nats, ``(B,)``."""
-        return sum(self.log_prob_parts(x).values())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.log_prob(x)
+        return super().log_prob_parts(x)
 
     def bits_per_dim(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"total", "level0_...", ...}``, each ``(B,)`` bits per dim over ``C*H*W`` of the
         full image ``x``, so the levels add up to ``total`` (computed as their sum)."""
-        parts = self.log_prob_parts(x)
-        dims = x.shape[1] * x.shape[2] * x.shape[3]
-        out = {k: -v / (dims * math.log(2.0)) for k, v in parts.items()}
-        return {"total": sum(out.values()), **out}
+        return super().bits_per_dim(x)

@@ -18,9 +18,9 @@ The estimate counts the dominant allocations, in float32 (4 bytes) unless noted:
   buffer, the images being written and the uniforms. This is the layout of the
   ``torch`` backend; the ``cpp`` backend computes the conditioning terms row by row
   and needs less, so the estimate is an upper bound for it.
-* Composite models: the maximum over their stages, each with what is alive while it
-  runs (the conditioning network's activations and output, the image of the stage
-  below).
+* Composite models (any nesting of auxiliary-variable models): the maximum over the
+  stages of their chain, each with what is alive while it runs (the conditioning
+  network's activations and output, the image of the stage below).
 
 Set ``PIXELAUX_MEMORY_CHECK=0`` to skip the check (e.g. with plenty of swap).
 """
@@ -104,9 +104,14 @@ def _stage_floats_cached(stage, h: int, w: int, cond_per_row: bool) -> int:
 
 def _encoder_floats(encoder, h: int, w: int) -> int:
     """Activations alive in a conditioning network whose output is ``(h, w)``, per image
-    (its output map included)."""
-    hid = encoder.stem.out_channels
-    return (encoder.in_channels + 6 * hid + encoder.out_channels) * h * w
+    (its output map included). Other encoders than the built-in ones: counted by their
+    widest conv."""
+    stem = getattr(encoder, "stem", None)
+    if stem is not None and hasattr(encoder, "in_channels") and hasattr(encoder, "out_channels"):
+        hid = stem.out_channels
+        return (encoder.in_channels + 6 * hid + encoder.out_channels) * h * w
+    widths = [m.out_channels for m in encoder.modules() if hasattr(m, "out_channels")] or [1]
+    return 8 * max(widths) * h * w
 
 
 def _images_bytes(channels: int, h: int, w: int) -> int:
@@ -163,7 +168,8 @@ def _size(model, size) -> tuple[int, int]:
 def estimate_sampling_bytes(model, n: int, size=None, engine: str = "cached", backend: str | None = None) -> int:
     """Estimated peak memory in bytes of ``pixelaux.sample(model, n, size=size, engine=engine)``.
 
-    ``model``: ``GatedPixelCNN``, ``GrayscalePixelCNN`` or ``PyramidPixelCNN``;
+    ``model``: ``GatedPixelCNN``, ``PixelCNNpp`` or an auxiliary-variable model
+    (``GrayscalePixelCNN``, ``PyramidPixelCNN``, any ``AuxiliaryPixelCNN``);
     ``size``: ``(H, W)``, an int, or ``None`` for ``model.image_size``; ``engine``:
     ``"naive"`` or ``"cached"``; ``backend`` (cached only): ``"cpp"`` needs less (see
     the module docstring), anything else is estimated with the ``torch`` layout.
@@ -176,28 +182,25 @@ def estimate_sampling_bytes(model, n: int, size=None, engine: str = "cached", ba
     n = max(0, int(n))
     h, w = _size(model, size)
     kind = getattr(model, "kind", None)
-    if kind in ("GatedPixelCNN", "PixelCNNpp"):
+    from .auxiliary import chain, is_composite
+    if kind in ("GatedPixelCNN", "PixelCNNpp") and not is_composite(model):
         per_image = _stage_bytes(model, h, w, engine, backend)
-    elif kind == "GrayscalePixelCNN":
-        gray = _images_bytes(1, h, w)
-        prior = _stage_bytes(model.prior, h, w, engine, backend)
-        colour = (_stage_bytes(model.colour, h, w, engine, backend) + gray
-                  + _F32 * _encoder_floats(model.encoder, h, w))
-        per_image = max(prior, colour)
-    elif kind == "PyramidPixelCNN":
-        levels = len(model.levels)
+    elif is_composite(model):
+        # Every stage of the unrolled chain (any nesting), with what is alive while it runs:
+        # the auxiliary image below it and its encoder's activations and output map.
+        links = chain(model, (h, w), strict=False)
         per_image = 0
-        for k, stage in enumerate(model.levels):
-            f = 2 ** (levels - 1 - k)
-            hk, wk = max(1, h // f), max(1, w // f)
-            b = _stage_bytes(stage, hk, wk, engine, backend)
-            if k > 0:
-                b += _images_bytes(model.channels, max(1, hk // 2), max(1, wk // 2))
-                b += _F32 * _encoder_floats(model.encoders[k - 1], hk, wk)
+        for i, link in enumerate(links):
+            hk, wk = link.size
+            b = _stage_bytes(link.stage, hk, wk, engine, backend)
+            if link.owner is not None:
+                below = links[i + 1]
+                b += _images_bytes(below.channels, *below.size)
+                b += _F32 * _encoder_floats(link.owner.encoder, hk, wk)
             per_image = max(per_image, b)
     else:
-        raise TypeError(f"model must be a pixelaux GatedPixelCNN, PixelCNNpp, GrayscalePixelCNN or "
-                        f"PyramidPixelCNN, got {type(model).__name__}")
+        raise TypeError(f"model must be a pixelaux GatedPixelCNN, PixelCNNpp, GrayscalePixelCNN, "
+                        f"PyramidPixelCNN or AuxiliaryPixelCNN, got {type(model).__name__}")
     return n * per_image
 
 

@@ -1,12 +1,15 @@
 """The sampling and scoring API: ``pixelaux.sample`` and ``pixelaux.bits_per_dim``.
 
-A ``GatedPixelCNN`` is one sampling stage. The auxiliary-variable models chain
-stages: ``GrayscalePixelCNN`` samples the 4-bit gray view, computes its conditioning
-map once, then samples colour given gray; ``PyramidPixelCNN`` samples its smallest
-level, then each larger level given the one below. The same machinery gives the
-conditional tasks: colorization (colour given a user's gray view), super-resolution
-(pyramid levels above a user's small image) and completion (``known`` pixels are
-written instead of sampled).
+A ``GatedPixelCNN`` (or ``PixelCNNpp``) is one sampling stage. An auxiliary-variable
+model (``AuxiliaryPixelCNN``: ``GrayscalePixelCNN``, ``PyramidPixelCNN`` and any nesting
+of them) is unrolled into its chain of stages (``pixelaux.auxiliary.chain``), sampled
+innermost first: the innermost stage unconditionally, then for each stage outwards its
+encoder's map of the image just sampled, computed once, and the stage given it. E.g.
+a grayscale model with a pyramid prior: gray 8x8, gray 16x16, gray 32x32, colour. The
+same machinery gives the conditional tasks: colorization (colour given a user's gray
+view), super-resolution (the stages above a user's small image) and completion
+(``known`` pixels are written instead of sampled, and their views are known in the
+stages below).
 """
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F
 
 from . import engines, resources
+from .auxiliary import check_chain_size, is_composite, stages
 from .checks import check_cond, check_float, check_images, check_int, check_size, check_tensor_device
 from .uniforms import ImageUniforms
 
@@ -25,12 +28,12 @@ logger = logging.getLogger("pixelaux")
 
 #: Models sampled as one stage by an engine (the auxiliary-variable models chain them).
 STAGE_KINDS = ("GatedPixelCNN", "PixelCNNpp")
-MODEL_KINDS = STAGE_KINDS + ("GrayscalePixelCNN", "PyramidPixelCNN")
+MODEL_KINDS = STAGE_KINDS + ("GrayscalePixelCNN", "PyramidPixelCNN", "AuxiliaryPixelCNN")
 
 
 def _model_kind(model) -> str:
     kind = getattr(model, "kind", None)
-    if kind not in MODEL_KINDS:
+    if kind not in MODEL_KINDS and not is_composite(model):
         raise TypeError(f"model must be a pixelaux {', '.join(MODEL_KINDS[:-1])} or {MODEL_KINDS[-1]}, "
                         f"got {type(model).__name__}")
     return kind
@@ -38,12 +41,8 @@ def _model_kind(model) -> str:
 
 def _stages(model) -> list:
     """The sampling stages of ``model``, in the order they run."""
-    kind = _model_kind(model)
-    if kind in STAGE_KINDS:
-        return [model]
-    if kind == "GrayscalePixelCNN":
-        return [model.prior, model.colour]
-    return list(model.levels)
+    _model_kind(model)
+    return stages(model)
 
 
 def resolve_engine(model, engine: str = "cached", backend: str = "auto") -> tuple[str, str | None]:
@@ -95,22 +94,14 @@ def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature
         x, mask = known[0].to(device), known[1].to(device)
     if stage.kind == "PixelCNNpp":
         stage.check_size(size, "size")
+    if cond is not None and cond.dim() == 2 and engine == "cached" and backend not in ("torch",):
+        # A global cond (one vector per image): the torch engine computes its per-block terms
+        # once per image from the vector; the cpp and triton backends take a map, so it is
+        # expanded here (the terms are then computed per position, with equal values).
+        cond = cond[:, :, None, None].expand(-1, -1, h, w).contiguous()
     u = uniforms.draw(h, w, stage.dist.num_uniforms)
     run = engines.runner(engine, backend, stage.kind)
     return run(stage, x, mask, cond, u, temperature, progress=progress)
-
-
-def _pool_known(known, factor: int):
-    """Known pixels of a pyramid level ``factor`` times smaller: a pixel is known where
-    its whole block is known, with the block's rounded mean as value."""
-    if known is None:
-        return None
-    values, mask = known
-    if factor == 1:
-        return values, mask
-    pooled = torch.round(F.avg_pool2d(values.float(), factor)).long()
-    m = F.avg_pool2d(mask.float().unsqueeze(1), factor)[:, 0] == 1.0
-    return pooled, m
 
 
 @torch.no_grad()
@@ -120,7 +111,8 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     """Draw ``n`` images from a pixelaux model.
 
     Args:
-        model: ``GatedPixelCNN``, ``PixelCNNpp``, ``GrayscalePixelCNN`` or ``PyramidPixelCNN``.
+        model: ``GatedPixelCNN``, ``PixelCNNpp``, ``GrayscalePixelCNN``, ``PyramidPixelCNN``
+            or any ``AuxiliaryPixelCNN`` (nested ones included).
         n: number of images (>= 1).
         size: ``(H, W)`` or ``int``; defaults to ``model.image_size``. Pyramid sizes must
             be divisible by ``2**(levels-1)``, ``PixelCNNpp`` sizes by ``2**(scales-1)``.
@@ -131,10 +123,16 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
         generator: a CPU ``torch.Generator``; image ``k`` depends only on the generator
             state and ``k``, not on ``n``, the engine or the backend.
         cond: the auxiliary input. ``GatedPixelCNN``/``PixelCNNpp`` with ``cond_channels``: a float map
-            ``(n, cond_channels, H, W)``. ``GrayscalePixelCNN``: the gray view
-            ``(n, 1, H, W)`` integer in ``[0, 2**gray_bits)`` (colorization).
-            ``PyramidPixelCNN``: a smaller level ``(n, C, h, w)`` integer with
-            ``h = H / 2**k`` (super-resolution from that level).
+            ``(n, cond_channels, H, W)``, or a vector per image ``(n, cond_channels)``
+            (global conditioning, e.g. ``F.one_hot(labels, 10).float()``; broadcast over
+            all positions, its per-block terms computed once per image).
+            Auxiliary-variable models: one of the model's auxiliary images, integer; the
+            stages below it are not sampled. ``GrayscalePixelCNN``: the gray view
+            ``(n, 1, H, W)`` in ``[0, 2**gray_bits)`` (colorization), or with a pyramid
+            prior a smaller gray level. ``PyramidPixelCNN``: a smaller level
+            ``(n, C, h, w)`` with ``h = H / 2**k`` (super-resolution from that level).
+            Matched by shape; where two auxiliary images have the same shape, the
+            outermost one.
         known: integer ``(n, C, H, W)`` or ``(C, H, W)``, ``-1`` for the pixels to
             sample; the others are kept (completion).
         temperature: > 0; scales the logits and logistic scales.
@@ -147,7 +145,7 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     ``pixelaux.resources.InsufficientMemoryError`` (a ``MemoryError``) up front when the
     estimated memory exceeds what is available (``PIXELAUX_MEMORY_CHECK=0`` skips it).
     """
-    kind = _model_kind(model)
+    _model_kind(model)
     n = check_int(n, "n", min_value=1)
     size = model.image_size if size is None else check_size(size)
     temperature = check_float(temperature, "temperature", min_value=0.0, min_exclusive=True)
@@ -160,61 +158,64 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     was_training = model.training
     model.eval()
     try:
-        if kind in STAGE_KINDS:
+        if not is_composite(model):
             known = _check_known(known, n, model.channels, model.bits, size)
             cond = check_cond(cond, "cond", batch=n, channels=model.cond_channels, size=size,
                               device=_model_device(model))
             return _run_stage(model, n, size, uniforms, cond, known, **kw)
-        if kind == "GrayscalePixelCNN":
-            return _sample_grayscale(model, n, size, uniforms, cond, known, kw)
-        return _sample_pyramid(model, n, size, uniforms, cond, known, kw)
+        return _sample_chain(model, n, size, uniforms, cond, known, kw)
     finally:
         model.train(was_training)
 
 
-def _sample_grayscale(model, n, size, uniforms, gray, known, kw):
-    known = _check_known(known, n, model.channels, model.bits, size)
-    device = _model_device(model)
-    if gray is None:
-        gray_known = None if known is None else (model.gray(known[0]).to(device), known[1])
-        gray = _run_stage(model.prior, n, size, uniforms, None, gray_known, **kw)
+def _given_level(model, links, n, given, size):
+    """The index of the link whose image the user gave as ``cond`` (>= 1), and that image."""
+    if not isinstance(given, torch.Tensor):
+        raise TypeError(f"cond must be an integer torch.Tensor (one of the model's auxiliary images), "
+                        f"got {type(given).__name__}")
+    shapes = [(n, link.channels, *link.size) for link in links[1:]]
+    if model.kind == "GrayscalePixelCNN":
+        what = "the gray view"
+    elif model.kind == "PyramidPixelCNN":
+        what = "a low-resolution image"
     else:
-        gray = check_images(gray, "cond", channels=1, bits=model.gray_bits, size=size)
-        if gray.shape[0] != n:
-            raise ValueError(f"cond (the gray view) must hold n={n} images, got {gray.shape[0]}")
-        uniforms.draw(*size, model.prior.dist.num_uniforms)   # keep each stage's uniforms in place
-        gray = gray.to(device)
-    cond = model.cond(gray)
-    return _run_stage(model.colour, n, size, uniforms, cond, known, **kw)
+        what = "an auxiliary image"
+    got = tuple(given.shape)
+    for d, s in enumerate(shapes, start=1):
+        if given.dim() == 4 and tuple(given.shape[1:]) == s[1:]:
+            link = links[d]
+            x = check_images(given, "cond", channels=link.channels, bits=link.bits)
+            if x.shape[0] != n:
+                raise ValueError(f"cond ({what}) must hold n={n} images, got {x.shape[0]}")
+            return d, x
+    raise ValueError(f"cond must be {what} of this {model.kind}: one of the shapes "
+                     f"{', '.join(str(s) for s in shapes)} at size={tuple(size)}, got {got}")
 
 
-def _sample_pyramid(model, n, size, uniforms, low, known, kw):
-    levels = len(model.levels)
-    f = 2 ** (levels - 1)
-    if size[0] % f or size[1] % f:
-        raise ValueError(f"size must be divisible by {f} for a {levels}-level pyramid, got {tuple(size)}")
-    sizes = [(size[0] * 2 ** k // f, size[1] * 2 ** k // f) for k in range(levels)]
+def _sample_chain(model, n, size, uniforms, given, known, kw):
+    """Sample an auxiliary-variable model through its chain of stages, innermost first."""
+    links = check_chain_size(model, size)
     known = _check_known(known, n, model.channels, model.bits, size)
     device = _model_device(model)
-    start = 0
-    if low is not None:
-        if not isinstance(low, torch.Tensor) or low.dim() != 4 or tuple(low.shape[2:]) not in sizes[:-1]:
-            got = tuple(low.shape) if isinstance(low, torch.Tensor) else type(low).__name__
-            raise ValueError(f"cond must be a low-resolution image (n, {model.channels}, h, w) with (h, w) one of "
-                             f"{sizes[:-1]}, got {got}")
-        start = sizes.index(tuple(low.shape[2:]))
-        x = check_images(low, "cond", channels=model.channels, bits=model.bits).to(device)
-        if x.shape[0] != n:
-            raise ValueError(f"cond must hold n={n} images, got {x.shape[0]}")
-    for k in range(levels):
-        u_shape = (*sizes[k], model.levels[k].dist.num_uniforms)
-        if k <= start and low is not None:
-            uniforms.draw(*u_shape)                          # keep each level's uniforms in place
-            continue
-        cond = model.cond(k, x) if k > 0 else None
-        level_known = _pool_known(known, 2 ** (levels - 1 - k))
-        x = _run_stage(model.levels[k], n, sizes[k], uniforms, cond, level_known, **kw)
-    return x
+    start = len(links) - 1                           # the link sampled first
+    image = None
+    if given is not None:
+        if len(links) == 1:
+            raise ValueError(f"cond must be None for a {model.kind} with a single stage, "
+                             f"got {type(given).__name__}")
+        start, image = _given_level(model, links, n, given, size)
+        image = image.to(device)
+        for link in reversed(links[start:]):         # keep each stage's uniforms in place
+            uniforms.draw(*link.size, link.stage.dist.num_uniforms)
+        start -= 1
+    knowns = None if known is None else [(v.to(device), m.to(device)) for v, m in
+                                         model.known_views(known[0].to(device), known[1].to(device))]
+    for i in range(start, -1, -1):
+        link = links[i]
+        cond = link.cond(image) if i + 1 < len(links) else None   # once per image
+        image = _run_stage(link.stage, n, link.size, uniforms, cond,
+                           None if knowns is None else knowns[i], **kw)
+    return image
 
 
 @torch.no_grad()
@@ -222,15 +223,20 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
     """Negative log-likelihood of integer images ``(B, C, H, W)`` in bits per dimension
     (over ``C*H*W``).
 
+    ``cond``: for a conditional ``GatedPixelCNN``/``PixelCNNpp`` a map ``(B, cond_channels, H, W)``
+    or a vector per image ``(B, cond_channels)``; ``None`` for the auxiliary models.
+
     Returns ``(B,)`` float, or with ``parts=True`` a dict of ``(B,)`` tensors with
     ``"total"`` and, for the auxiliary models, the parts that add up to it
-    (``"gray"``/``"colour"``, or one entry per pyramid level).
+    (``"gray"``/``"colour"``, one entry per pyramid level, ``"gray/level0_8x8"``, ... for a
+    nested prior: one per stage).
     """
     kind = _model_kind(model)
+    composite = is_composite(model)
     batch_size = check_int(batch_size, "batch_size", min_value=1)
     device = _model_device(model)
     x = check_images(images, "images", channels=model.channels, bits=model.bits)
-    if kind in STAGE_KINDS:
+    if not composite:
         cond = check_cond(cond, "cond", batch=x.shape[0], channels=model.cond_channels, size=tuple(x.shape[2:]))
     elif cond is not None:
         raise ValueError(f"cond must be None for a {kind}: its auxiliary inputs are computed from the images, "
@@ -241,7 +247,7 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
         chunks = []
         for s in range(0, x.shape[0], batch_size):
             xb = x[s:s + batch_size].to(device)
-            if kind in STAGE_KINDS:
+            if not composite:
                 cb = None if cond is None else cond[s:s + batch_size].to(device)
                 dims = xb[0].numel() * math.log(2)
                 chunks.append({"total": -model.log_prob(xb, cb) / dims})

@@ -14,7 +14,9 @@ The readable reference of the algorithm; runs on any device. For a
   from the windows, the head gives the distribution, the pixel is sampled from the
   shared uniforms and written into ``xin``.
 
-The conditioning terms of every block are computed once per image.
+The conditioning terms of every block are computed once per image; for a global
+``cond`` (a vector per image, ``(B, K)``) from the vector itself, ``(B, 2C, 1, 1)``
+per block, and broadcast over the positions (``expand``, no copy).
 """
 from __future__ import annotations
 
@@ -24,6 +26,17 @@ import torch.nn.functional as F
 from ..layers import concat_elu
 from .cached_torch_pp import PixelCNNppState
 from .progress import pixel_progress
+
+
+def cond_terms(blk, cond, h: int, w: int):
+    """A block's ``(h1, h2)`` for a map ``(B, K, h, w)`` or a vector ``(B, K)``, as maps
+    ``(B, *, h, w)``; from a vector they are computed once per image and broadcast."""
+    if cond is None or cond.dim() == 4:
+        return blk.cond_terms(cond)
+    t1, t2 = blk.cond_terms(cond[:, :, None, None])
+    if t1 is None:
+        return t1, t2
+    return t1.expand(-1, -1, h, w), t2.expand(-1, -1, h, w)
 
 
 def _flat(conv):
@@ -52,8 +65,8 @@ class CachedState:
         self.ul_win = [[torch.zeros(b, 2 * hid, self.kh, w + self.kh - 1, device=dev) for _ in range(2)]
                        for _ in range(n)]
         # Conditioning terms, once per image: (h1, h2) per block and stream.
-        self.u_cond = [blk.cond_terms(cond) for blk in model.u_blocks]
-        self.ul_cond = [blk.cond_terms(cond) for blk in model.ul_blocks]
+        self.u_cond = [cond_terms(blk, cond, h, w) for blk in model.u_blocks]
+        self.ul_cond = [cond_terms(blk, cond, h, w) for blk in model.ul_blocks]
         self.ul_flat = [(_flat(blk.conv1), _flat(blk.conv2)) for blk in model.ul_blocks]
         self.init_h = _flat(model.ul_init_h)
         self.head = _flat(model.head)

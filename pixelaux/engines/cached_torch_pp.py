@@ -26,7 +26,8 @@ pixel ("triggered"):
   pixels come; the up-pass values of ``(p, q)`` are the down pass's skip inputs.
   The head reads the final ``ul`` at scale 0.
 
-The conditioning terms of every block are computed once per image.
+The conditioning terms of every block are computed once per image (for a global
+``cond``, a vector per image, from the vector, and broadcast over each scale's positions).
 """
 from __future__ import annotations
 
@@ -104,10 +105,16 @@ class PixelCNNppState:
         self.ul_up = [torch.zeros(b, f, 2, self.widths[s], device=dev) for s in range(S - 1)]
         # Conditioning terms, once per image: per scale, per block, (h1, h2) maps at that scale.
         conds = m.scale_conds(cond)
-        self.up_cond = [([blk.cond_terms(conds[s]) for blk in st.u_stream],
-                         [blk.cond_terms(conds[s]) for blk in st.ul_stream]) for s, st in enumerate(m.up_layers)]
-        self.down_cond = [([blk.cond_terms(conds[s]) for blk in st.u_stream],
-                           [blk.cond_terms(conds[s]) for blk in st.ul_stream])
+
+        def terms(blk, s):
+            t1, t2 = blk.cond_terms(conds[s])
+            if t1 is not None and t1.shape[2:] != (h >> s, w >> s):   # global cond: broadcast
+                t1, t2 = t1.expand(-1, -1, h >> s, w >> s), t2.expand(-1, -1, h >> s, w >> s)
+            return t1, t2
+        self.up_cond = [([terms(blk, s) for blk in st.u_stream],
+                         [terms(blk, s) for blk in st.ul_stream]) for s, st in enumerate(m.up_layers)]
+        self.down_cond = [([terms(blk, s) for blk in st.u_stream],
+                           [terms(blk, s) for blk in st.ul_stream])
                           for s, st in enumerate(self.down_layers)]
         self.down_nin = [[_split_nin(blk, f) for blk in st.ul_stream] for st in self.down_layers]
 
