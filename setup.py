@@ -1,4 +1,4 @@
-"""Build and install pixelaux (DESIGN.md section 4).
+"""Build and install pixelaux (docs/design.md section 4).
 
 Install (the build imports the installed torch, hence --no-build-isolation)::
 
@@ -151,7 +151,8 @@ setup(
         # triton: the Triton backend's tests run its kernels under TRITON_INTERPRET=1 on CPU
         "test": ["pytest", "hypothesis", "triton; platform_system == 'Linux'"],
         "triton": ["triton"],
-        "bench": ["matplotlib"],                    # plots of pixelaux bench
+        # plots of pixelaux bench; the engine's hot-path timings (python -m pytest benchmarks/ --benchmark-only)
+        "bench": ["matplotlib", "pytest-benchmark"],
     },
     entry_points={"console_scripts": ["pixelaux = pixelaux.cli:main"]},
     zip_safe=False,

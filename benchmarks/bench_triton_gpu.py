@@ -1,4 +1,4 @@
-"""The Triton backend on a GPU: exactness first, then timings (DESIGN.md sections 2, 3).
+"""The Triton backend on a GPU: exactness first, then timings (docs/design.md sections 2, 3).
 
     python benchmarks/bench_triton_gpu.py                      # bench-32, batch 1 and 16
     python benchmarks/bench_triton_gpu.py --batch 1 8 64 --preset tiny-16

@@ -4,11 +4,11 @@
 //   pixelaux::pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor
 //   pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms,
 //       Tensor packed, int[] config, float temperature, bool return_params=False,
-//       int mode=0) -> (Tensor, Tensor)
+//       int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)
 //   pixelaux::pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor
 //   pixelaux::cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
 //       Tensor packed, int[] config, float temperature, bool return_params=False,
-//       int mode=0) -> (Tensor, Tensor)
+//       int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)
 //   pixelaux::build_info() -> str
 //
 // config = [channels, bits, hidden, blocks, kernel_size, cond_channels,
@@ -17,6 +17,10 @@
 // (see cpu/cached_engine_pp.h), computed once per image by the caller; [] without cond.
 // mode (thread split, for benchmarks): 0 auto, 1 images over threads, 2 a team over
 // the output channels, 3 a team over the row starts with the pixels on one thread.
+// progress: None or a contiguous int64 CPU tensor of 2 elements, [rows done, stop]: the
+// op adds every finished row of every image to progress[0] while it runs, and stops at
+// the next row start once progress[1] != 0 (set from another thread; the op releases
+// the GIL), returning the images as far as they got. The caller polls it.
 // Environment: PIXELAUX_CPU_KERNELS=generic (no AVX2 kernels), PIXELAUX_PROFILE=1
 // (row/pixel times on stderr), PIXELAUX_TEAM_GIVE_UP=0 (teams never shrink).
 #include <Python.h>
@@ -171,6 +175,19 @@ at::Tensor check_packed(const char* op, const char* pack_op, const at::Tensor& p
   return packed.contiguous();
 }
 
+// The progress tensor of a sampling op (see the top of the file), or null.
+int64_t* progress_ptr(const char* op, const std::optional<at::Tensor>& progress) {
+  if (!progress.has_value() || !progress->defined()) return nullptr;
+  const at::Tensor& p = *progress;
+  check_cpu(p, "progress");
+  TORCH_CHECK_TYPE(p.scalar_type() == at::kLong, op, "progress must be an int64 tensor, got ",
+                   p.scalar_type());
+  TORCH_CHECK_VALUE(p.dim() == 1 && p.numel() == 2 && p.is_contiguous(), op,
+                    "progress must be a contiguous tensor of shape (2,), got shape ",
+                    shape_str(p.sizes()));
+  return p.data_ptr<int64_t>();
+}
+
 at::Tensor params_tensor(bool return_params, int64_t B, int64_t P, int64_t H, int64_t W) {
   return return_params ? at::empty({B, P, H, W}, at::TensorOptions().dtype(at::kFloat))
                        : at::empty({0}, at::TensorOptions().dtype(at::kFloat));
@@ -182,7 +199,8 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
                                                  const at::Tensor& uniforms,
                                                  const at::Tensor& packed, at::IntArrayRef config,
                                                  double temperature, bool return_params,
-                                                 int64_t mode) {
+                                                 int64_t mode,
+                                                 const std::optional<at::Tensor>& progress) {
   const char* op = "pixelaux.cached_sample: ";
   const ModelConfig c = get_config(config);
   SampleInputs in = check_sample_inputs(op, x, known, uniforms, cpu::dist_spec(c), temperature, mode);
@@ -221,6 +239,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   a.params = return_params ? params.data_ptr<float>() : nullptr;
   a.temperature = temperature;
   a.mode = (int)mode;
+  a.progress = progress_ptr(op, progress);
   cpu::cached_sample(a);
   return {in.x, params};
 }
@@ -250,7 +269,8 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
                                                     const at::Tensor& uniforms,
                                                     const at::Tensor& packed,
                                                     at::IntArrayRef config, double temperature,
-                                                    bool return_params, int64_t mode) {
+                                                    bool return_params, int64_t mode,
+                                                    const std::optional<at::Tensor>& progress) {
   const char* op = "pixelaux.cached_sample_pp: ";
   const cpu::pp::Config c = get_pp_config(config);
   SampleInputs in = check_sample_inputs(op, x, known, uniforms, c.d, temperature, mode);
@@ -298,6 +318,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
   a.params = return_params ? params.data_ptr<float>() : nullptr;
   a.temperature = temperature;
   a.mode = (int)mode;
+  a.progress = progress_ptr(op, progress);
   cpu::pp::cached_sample(a);
   return {in.x, params};
 }
@@ -316,12 +337,13 @@ TORCH_LIBRARY(pixelaux, m) {
   m.def("pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor");
   m.def(
       "cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed, "
-      "int[] config, float temperature, bool return_params=False, int mode=0) -> (Tensor, Tensor)");
+      "int[] config, float temperature, bool return_params=False, int mode=0, "
+      "Tensor(a!)? progress=None) -> (Tensor, Tensor)");
   m.def("pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor");
   m.def(
       "cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms, "
-      "Tensor packed, int[] config, float temperature, bool return_params=False, int mode=0) "
-      "-> (Tensor, Tensor)");
+      "Tensor packed, int[] config, float temperature, bool return_params=False, int mode=0, "
+      "Tensor(a!)? progress=None) -> (Tensor, Tensor)");
   m.def("build_info() -> str", &pixelaux::build_info);
 }
 

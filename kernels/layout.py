@@ -69,7 +69,7 @@ STATE = ("x", "row", "u_cur", "u_win", "ul_win", "ul_row0", "ul_rowbias", "param
 
 @dataclass(frozen=True)
 class Plan:
-    """How the work of one pixel and one row maps onto programs (DESIGN.md, "GPU engine").
+    """How the work of one pixel and one row maps onto programs (docs/design.md section 2.4, "GPU engine").
 
     * ``group``: images per program (``G``, a power of two >= 16): the ``M`` of every
       per-pixel ``tl.dot``; each weight is read once per group.

@@ -1,4 +1,4 @@
-"""The row op: the vertical ``u`` stream of one whole row (DESIGN.md section 2).
+"""The row op: the vertical ``u`` stream of one whole row (docs/design.md section 2).
 
 When row ``i`` starts (``i`` read from the device row counter ``row``):
 

@@ -1,4 +1,4 @@
-"""One composable auxiliary-variable model (DESIGN.md section 1; Kolesnikov & Lampert 2017).
+"""One composable auxiliary-variable model (docs/design.md section 1; Kolesnikov & Lampert 2017).
 
 ``p(X) = p(X_hat) p(X | X_hat)`` with ``X_hat = f(X)`` deterministic, so
 

@@ -1,6 +1,6 @@
 """Sampling benchmark: naive vs cached (each backend) on the same model, batch and seed.
 
-Figures (DESIGN.md section 3), all from one run:
+Figures (docs/design.md section 3), all from one run:
 
 * ``s/img``: seconds per image of the sampler (batch time / batch size);
 * ``speedup = t_naive / t_cached``;
@@ -22,8 +22,8 @@ Run: ``python benchmarks/bench_sampling.py`` or ``pixelaux bench`` (``--help``).
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import importlib.util
 import datetime as _dt
 import json
 import os
@@ -143,11 +143,34 @@ def machine_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+def check_arguments(preset="bench-32", batches=(1,), providers=(), naive_pixels=8, repeat=1, threads=None,
+                    plot_path=None):
+    """``TypeError`` / ``ValueError`` naming the argument, before any measurement runs."""
+    from .checks import check_choice, check_int
+    if preset is not None:
+        check_choice(preset, "preset", sorted(PRESETS))
+    if isinstance(batches, int) or not batches:
+        raise ValueError(f"batches must be a non-empty sequence of ints >= 1, got {batches!r}")
+    for b in batches:
+        check_int(b, "batch size", min_value=1)
+    for q in providers:
+        check_choice(q, "provider", PROVIDERS)
+    check_int(naive_pixels, "naive_pixels", min_value=1)
+    check_int(repeat, "repeat", min_value=1)
+    if threads is not None:
+        check_int(threads, "threads", min_value=1)
+    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("plotting needs matplotlib: pip install matplotlib")
+
+
 def run_benchmark(preset="bench-32", batches=(1, 16), providers=("naive", "cached-torch", "cached-cpp"),
                   device="cpu", seed=0, naive_pixels=8, repeat=1, csv_path=None, plot_path=None,
                   threads=None, config=None, log=print):
     """Run the table; returns the rows (dicts). Appends them to ``csv_path`` and plots
-    to ``plot_path`` when given."""
+    to ``plot_path`` when given (checked before anything runs: matplotlib must be
+    importable for a plot)."""
+    check_arguments(preset if config is None else None, batches, providers, naive_pixels, repeat, threads,
+                    plot_path)
     config = dict(config or PRESETS[preset])
     rows = []
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -237,34 +260,16 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def add_arguments(p: argparse.ArgumentParser):
-    p.add_argument("--preset", default="bench-32", choices=sorted(PRESETS), help="model configuration")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes")
-    p.add_argument("--providers", nargs="+", default=["naive", "cached-torch", "cached-cpp"],
-                   choices=[q for q in PROVIDERS if q != "forward"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--naive-pixels", type=int, default=8, help="naive engine: pixels timed, then extrapolated")
-    p.add_argument("--repeat", type=int, default=1, help="timed repetitions (the minimum is kept)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--csv", default=None, help="append rows to this CSV")
-    p.add_argument("--plot", default=None, help="write a PNG bar chart here (needs matplotlib)")
-
-
-def run_from_args(args) -> int:
-    run_benchmark(args.preset, args.batch, args.providers, args.device, args.seed, args.naive_pixels,
-                  args.repeat, args.csv, args.plot, args.threads)
-    return 0
-
-
 def main(argv=None) -> int:
+    """``python -m pixelaux.bench --worker SPEC`` runs one measurement (the subprocess of
+    :func:`run_benchmark`); any other arguments are those of ``pixelaux bench``, which
+    :mod:`pixelaux.cli` parses."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         print(json.dumps(measure(json.loads(argv[1]))))
         return 0
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
+    from .cli import main as cli_main
+    return cli_main(["bench", *argv])
 
 
 if __name__ == "__main__":

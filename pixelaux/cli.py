@@ -10,14 +10,21 @@
     pixelaux models                                the embedded models
     pixelaux import-pixelcnnpp CKPT --out M.safetensors   convert a PixelCNN++ checkpoint
 
-Every error is one line on stderr and a non-zero exit status.
+Every error is one line on stderr and a non-zero exit status: 2 for a usage error
+(an option the parser refuses), 1 for anything else. Output paths and optional
+dependencies are checked before any work starts. Sizes are written HxW (height
+first), as ``--size H W`` takes them.
+
+Argument parsing lives here only; the library modules take plain Python values.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
+import warnings
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -42,6 +49,13 @@ def _positive_int(text):
     return v
 
 
+def _nonneg_int(text):
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
 def _int(text):
     try:
         return int(text)
@@ -54,6 +68,49 @@ def _seed(text):
     if not -2 ** 63 <= v < 2 ** 64:
         raise argparse.ArgumentTypeError(f"expected a seed in [-2**63, 2**64), got {v}")
     return v
+
+
+def _seed_nonneg(text):
+    v = _int(text)
+    if not 0 <= v < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**63), got {v}")
+    return v
+
+
+def _data_spec(text):
+    from .data import check_spec
+    try:
+        check_spec(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected patches, folder:PATH or cifar10:PATH, "
+                                         f"got {text!r}") from None
+    return text
+
+
+class _SizeAction(argparse.Action):
+    """``--size N`` or ``--size H W`` -> ``(H, W)``; anything else is a usage error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (1, 2):
+            parser.error(f"argument {option_string}: expected N or H W, got {len(values)} values "
+                         f"({' '.join(str(v) for v in values)})")
+        setattr(namespace, self.dest, (values[0], values[-1]))
+
+
+def _add_size_option(p, help_text):
+    p.add_argument("--size", type=_positive_int, nargs="+", action=_SizeAction, default=None,
+                   metavar="N", help=f"{help_text}: N (square) or H W")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version and the backends this install has (computed only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
 
 
 def _positive_float(text):
@@ -78,24 +135,91 @@ def _add_sampling_options(p, n_default=16, n_name="--n", model_default="default"
                    help="backend of the cached engine (default: auto)")
     p.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature (default: 1)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--out", default=None, help="PNG grid to write")
+    p.add_argument("--out", default=None,
+                   help="grid image to write, in the format its extension names: .png, .webp (both lossless), "
+                        ".jpg/.jpeg (lossy)")
     p.add_argument("--out-dir", default=None, help="also write each image as a PNG in this folder")
-    p.add_argument("--scale", type=_positive_int, default=4, help="enlarge the grid PNG by this factor (default: 4)")
+    p.add_argument("--scale", type=_positive_int, default=4, help="enlarge the grid image by this factor (default: 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+SIZE_RULE = ("an image is used at its own size when the model can take it (gated and grayscale models: "
+             "any size; pyramid and PixelCNN++ models: sides divisible by their factor); another size is "
+             "refused unless --resize, which resizes it to the model's size and says so")
+
+#: ``pixelaux train --model-kind`` -> model class name
+TRAIN_MODEL_KINDS = {"gated": "GatedPixelCNN", "grayscale": "GrayscalePixelCNN", "pyramid": "PyramidPixelCNN"}
+
+#: ``pixelaux train``'s defaults. An option left out takes this value on a new run and
+#: the saved one with --resume (see :func:`_resume_settings`).
+TRAIN_DEFAULTS = dict(model_kind="gated", data="patches", size=None, hidden=64, blocks=4, steps=10000,
+                      batch_size=32, lr=1e-3, seed=0, eval_every=1000, ckpt_every=1000, device="auto",
+                      threads=None)
+
+
+def _add_train_options(p):
+    d = TRAIN_DEFAULTS
+    p.add_argument("--model-kind", choices=sorted(TRAIN_MODEL_KINDS), default=None,
+                   help="gated: one GatedPixelCNN; grayscale: 4-bit gray then colour given gray; "
+                        f"pyramid: multi-scale (default: {d['model_kind']})")
+    p.add_argument("--data", type=_data_spec, default=None,
+                   help="patches (built-in natural-image patches, needs scikit-image), "
+                        "folder:PATH (PNG/JPEG files, no test set) or cifar10:PATH "
+                        f"(cifar-10-python.tar.gz or its extracted folder) (default: {d['data']})")
+    _add_size_option(p, "image size (default: 32; folder: the images' own size, otherwise they are resized)")
+    p.add_argument("--hidden", type=_positive_int, default=None, help=f"channels per layer (default: {d['hidden']})")
+    p.add_argument("--blocks", type=_nonneg_int, default=None,
+                   help=f"gated residual blocks (default: {d['blocks']})")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help=f"optimizer steps in total (default: {d['steps']}; with --resume: the saved total)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"images per step and process (default: {d['batch_size']})")
+    p.add_argument("--lr", type=_positive_float, default=None, help=f"Adam learning rate (default: {d['lr']})")
+    p.add_argument("--out", required=True, help="run directory: the checkpoints and the training state")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its saved model, data and settings; an option that "
+                        "contradicts them is refused (--steps, --eval-every, --ckpt-every, --device and "
+                        "--threads may change)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--seed", type=_seed_nonneg, default=None,
+                   help=f"seed of the initial weights and the data order (default: {d['seed']})")
+    p.add_argument("--eval-every", type=_positive_int, default=None,
+                   help=f"test every N steps (default: {d['eval_every']})")
+    p.add_argument("--ckpt-every", type=_positive_int, default=None,
+                   help=f"checkpoint every N steps (default: {d['ckpt_every']})")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU intra-op threads (default: one for small models, where a second thread gains "
+                        "little and costs much on a busy machine; torch's default otherwise)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_bench_options(p):
+    from .bench import PRESETS, PROVIDERS
+    p.add_argument("--preset", default="bench-32", choices=sorted(PRESETS), help="model configuration")
+    p.add_argument("--batch", type=_positive_int, nargs="+", default=[1, 16], help="batch sizes (default: 1 16)")
+    p.add_argument("--providers", nargs="+", default=["naive", "cached-torch", "cached-cpp"],
+                   choices=[q for q in PROVIDERS if q != "forward"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=_seed_nonneg, default=0)
+    p.add_argument("--naive-pixels", type=_positive_int, default=8,
+                   help="naive engine: pixels timed, then extrapolated (default: 8)")
+    p.add_argument("--repeat", type=_positive_int, default=1, help="timed repetitions, the minimum is kept (default: 1)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--csv", default=None, help="append rows to this CSV")
+    p.add_argument("--plot", default=None, help="write a PNG bar chart here (needs matplotlib)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench
     p = _Parser(prog="pixelaux", description="PixelCNN models with auxiliary variables and fast exact sampling.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="Run `pixelaux COMMAND --help` for a command's options.")
+                epilog="Run `pixelaux COMMAND --help` for a command's options. Sizes: " + SIZE_RULE + ".")
+    p.add_argument("--version", action=_VersionAction, help="the version and the backends this install has")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    s = sub.add_parser("sample", help="sample images into a PNG grid")
+    s = sub.add_parser("sample", help="sample images into a grid image")
     _add_sampling_options(s)
-    s.add_argument("--size", type=_positive_int, nargs="+", default=None, metavar="N",
-                   help="image size: N or H W (default: the model's)")
+    _add_size_option(s, "image size (default: the model's)")
 
     c = sub.add_parser("colorize", help="colourings of a gray photo, side by side with it")
     c.add_argument("image", help="gray (or colour, taken as gray) image file")
@@ -122,15 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="bits/dim of images (gray/colour or per-level split)")
     sc.add_argument("images", nargs="+", help="image files")
     sc.add_argument("--model", default="default", help="embedded model name or checkpoint path")
-    sc.add_argument("--resize", action="store_true", help="resize each image to the model's image size first")
+    sc.add_argument("--resize", action="store_true",
+                    help="resize each image to the model's image size first (said when done); without it an "
+                         "image is scored at its own size if the model can take it")
     sc.add_argument("--device", default="cpu")
+    sc.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     t = sub.add_parser("train", help="train a model (see --help)")
-    from .training import add_train_arguments
-    add_train_arguments(t)
+    _add_train_options(t)
 
     b = sub.add_parser("bench", help="naive vs cached sampling benchmark")
-    bench.add_arguments(b)
+    _add_bench_options(b)
 
     sub.add_parser("models", help="list the embedded models")
 
@@ -162,10 +288,70 @@ def _sample_kwargs(args):
                 generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress)
 
 
+def _hw(size) -> str:
+    """``(H, W)`` -> ``"HxW"``, the one way sizes are written on the command line."""
+    return f"{size[0]}x{size[1]}"
+
+
 def _say_engine(args, model):
+    """Print the engine and backend that will run, with the reason when ``auto`` fell back
+    to the torch backend (instead of a RuntimeWarning later)."""
+    import torch
+
+    from .engines import cpp_status, triton_status
     from .sampling import resolve_engine
-    engine, backend = resolve_engine(model, args.engine, args.backend)
-    print(f"engine: {engine}" + (f", backend: {backend}" if backend else ""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # said on the engine line instead
+        engine, backend = resolve_engine(model, args.engine, args.backend)
+    note = ""
+    if engine == "cached" and args.backend == "auto" and backend == "torch":
+        device = torch.device(args.device)
+        ok, why = cpp_status() if device.type == "cpu" else triton_status(device)
+        if not ok:
+            note = f" (the {'C++' if device.type == 'cpu' else 'Triton'} backend is unavailable: {why})"
+    print(f"engine: {engine}" + (f", backend: {backend}" if backend else "") + note)
+
+
+def _check_file_output(path, flag):
+    """``CliError`` unless ``path`` can be written as a file: not a folder, and its nearest
+    existing parent is a writable folder."""
+    if os.path.isdir(path):
+        raise CliError(f"{flag} {path}: is a folder, expected a file name")
+    _check_parent(os.path.dirname(os.path.abspath(path)), flag, path)
+
+
+def _check_dir_output(path, flag):
+    """``CliError`` unless ``path`` is a folder or can be created as one."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise CliError(f"{flag} {path}: exists and is not a folder")
+        if not os.access(path, os.W_OK):
+            raise CliError(f"{flag} {path}: the folder is not writable")
+        return
+    _check_parent(os.path.dirname(os.path.abspath(path)), flag, path)
+
+
+def _check_parent(parent, flag, path):
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CliError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise CliError(f"{flag} {path}: cannot create it, {parent} is not writable")
+
+
+def _check_sampling_outputs(args, default_out):
+    """Before any work: the grid's format and every output path (``--out``, ``--out-dir``)."""
+    from .images import image_format
+    out = args.out or (None if args.out_dir else default_out)
+    if out:
+        _check_file_output(out, "--out")
+        try:
+            image_format(out)
+        except ValueError as e:
+            raise CliError(f"--out: {e}") from None
+    if args.out_dir:
+        _check_dir_output(args.out_dir, "--out-dir")
 
 
 def _write_outputs(args, images, bits, default_out, nrow=None):
@@ -179,35 +365,59 @@ def _write_outputs(args, images, bits, default_out, nrow=None):
         print(f"wrote {len(paths)} images to {args.out_dir}")
 
 
-def _fit(img, size, resize, what):
+def _fit(img, size, resize, what, why=None):
     """Resize ``img`` to ``size`` when asked (and say so); otherwise refuse a mismatch."""
     from .images import resize as do_resize
     if tuple(img.shape[1:]) == tuple(size):
         return img
     if not resize:
-        raise CliError(f"{what} is {img.shape[2]}x{img.shape[1]} (WxH) but the model needs {size[1]}x{size[0]}; "
+        reason = f" ({why})" if why else ""
+        raise CliError(f"{what} is {_hw(img.shape[1:])} but the model takes {_hw(size)}{reason}; "
                        "pass --resize to resize it")
-    print(f"resized {what} from {img.shape[2]}x{img.shape[1]} to {size[1]}x{size[0]} (WxH)")
+    print(f"resized {what} from {_hw(img.shape[1:])} to {_hw(size)}")
     return do_resize(img, size)
+
+
+def _size_problem(model, size) -> str | None:
+    """Why ``model`` cannot take images of ``size`` ``(H, W)``, or ``None`` if it can."""
+    check = getattr(model, "check_size", None)
+    if callable(check):
+        try:
+            check(tuple(size), "size")
+        except ValueError as e:
+            return str(e)
+        return None
+    if getattr(model, "kind", None) == "PyramidPixelCNN":      # until every model has check_size
+        f = 2 ** (model.num_levels - 1)
+        if size[0] % f or size[1] % f:
+            return f"a {model.num_levels}-level pyramid takes sides divisible by {f}"
+    return None
+
+
+def _fit_model(img, model, resize, what):
+    """The one size rule (:data:`SIZE_RULE`): ``img`` at its own size if ``model`` takes it,
+    else resized to the model's size with ``--resize``, else refused."""
+    problem = _size_problem(model, img.shape[1:])
+    if problem is None and not resize:
+        return img
+    return _fit(img, model.image_size, resize, what, why=problem)
 
 
 # ----------------------------------------------------------------------------- commands
 
 def cmd_sample(args):
-    from .checks import check_size
     from .sampling import sample
+    _check_sampling_outputs(args, "samples.png")
     model = _load(args)
-    size = None
-    if args.size:
-        if len(args.size) > 2:
-            raise CliError("--size: give N or H W")
-        size = check_size(tuple(args.size) if len(args.size) == 2 else args.size[0])
+    if args.size is not None:
+        problem = _size_problem(model, args.size)
+        if problem:
+            raise CliError(f"--size {args.size[0]} {args.size[1]}: {problem}")
     _say_engine(args, model)
     t0 = time.perf_counter()
-    x = sample(model, args.n, size=size, **_sample_kwargs(args))
+    x = sample(model, args.n, size=args.size, **_sample_kwargs(args))
     dt = time.perf_counter() - t0
-    h, w = x.shape[2:]
-    print(f"sampled {args.n} images {w}x{h} from {args.model!r} in {dt:.2f} s")
+    print(f"sampled {args.n} images {_hw(x.shape[2:])} from {args.model!r} in {dt:.2f} s")
     _write_outputs(args, x, model.bits, "samples.png")
 
 
@@ -217,6 +427,7 @@ def cmd_colorize(args):
     from .applications import colorize
     from .images import read_image
     from .images import resize as do_resize
+    _check_sampling_outputs(args, "colorized.png")
     model = _load(args)
     if getattr(model, "kind", None) != "GrayscalePixelCNN":
         raise CliError(f"colorize needs a grayscale-auxiliary model, {args.model!r} is a {model.kind}")
@@ -225,8 +436,11 @@ def cmd_colorize(args):
     if max(h, w) > args.max_side:
         f = args.max_side / max(h, w)
         new = (max(1, round(h * f)), max(1, round(w * f)))
-        print(f"resized {args.image} from {w}x{h} to {new[1]}x{new[0]} (WxH) to fit --max-side {args.max_side}")
+        print(f"resized {args.image} from {_hw((h, w))} to {_hw(new)} to fit --max-side {args.max_side}")
         img = do_resize(img, new)
+    problem = _size_problem(model, img.shape[1:])
+    if problem:
+        raise CliError(f"{args.image} is {_hw(img.shape[1:])}: {problem}")
     _say_engine(args, model)
     t0 = time.perf_counter()
     out = colorize(model, img.unsqueeze(0).long(), samples=args.n, **_sample_kwargs(args))[0]
@@ -241,6 +455,7 @@ def cmd_upscale(args):
     from .applications import upscale
     from .images import read_image
     from .images import resize as do_resize
+    _check_sampling_outputs(args, "upscaled.png")
     model = _load(args)
     if getattr(model, "kind", None) != "PyramidPixelCNN":
         raise CliError(f"upscale needs a pyramid model, {args.model!r} is a {model.kind}")
@@ -248,13 +463,13 @@ def cmd_upscale(args):
     sizes = [tuple(s) for s in model.level_sizes]
     if tuple(img.shape[1:]) not in sizes[:-1]:
         if not args.resize:
-            raise CliError(f"{args.image} is {img.shape[2]}x{img.shape[1]} but upscale takes one of the "
-                           f"pyramid's lower levels {[f'{w}x{h}' for h, w in sizes[:-1]]}; pass --resize")
+            raise CliError(f"{args.image} is {_hw(img.shape[1:])} but upscale takes one of the pyramid's lower "
+                           f"levels ({', '.join(_hw(s) for s in sizes[:-1])}); pass --resize")
         img = _fit(img, sizes[-2], True, args.image)
     _say_engine(args, model)
     t0 = time.perf_counter()
     out = upscale(model, img.unsqueeze(0).long(), samples=args.n, **_sample_kwargs(args))[0]
-    print(f"upscaled {args.image} from {img.shape[2]}x{img.shape[1]} to {out.shape[3]}x{out.shape[2]} "
+    print(f"upscaled {args.image} from {_hw(img.shape[1:])} to {_hw(out.shape[2:])} "
           f"({args.n} samples) in {time.perf_counter() - t0:.2f} s")
     big = do_resize(img, tuple(out.shape[2:]), nearest=True).long()
     _write_outputs(args, torch.cat([big.unsqueeze(0), out]), model.bits, "upscaled.png", nrow=len(out) + 1)
@@ -265,8 +480,9 @@ def cmd_complete(args):
 
     from .applications import complete
     from .images import read_image
+    _check_sampling_outputs(args, "completed.png")
     model = _load(args)
-    img = _fit(read_image(args.image, channels=model.channels), model.image_size, args.resize, args.image)
+    img = _fit_model(read_image(args.image, channels=model.channels), model, args.resize, args.image)
     h, w = img.shape[1:]
     if args.mask:
         m = _fit(read_image(args.mask, channels=1), (h, w), args.resize, f"mask {args.mask}")
@@ -288,16 +504,57 @@ def cmd_complete(args):
 
 
 def cmd_score(args):
+    from tqdm.auto import tqdm
+
     from .images import read_image
     from .sampling import bits_per_dim
+    missing = [p for p in args.images if not os.path.isfile(p)]
+    if missing:
+        raise CliError(f"image file not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
+                                                                 if len(missing) > 1 else ""))
     model = _load(args)
-    for path in args.images:
-        img = read_image(path, channels=model.channels)
-        if getattr(model, "kind", None) == "PyramidPixelCNN" or args.resize:
-            img = _fit(img, model.image_size, args.resize, path)
-        parts = bits_per_dim(model, img.unsqueeze(0).long().to(args.device), parts=True)
-        extra = "  ".join(f"{k}={v[0]:.3f}" for k, v in parts.items() if k != "total")
-        print(f"{path}: {parts['total'][0]:.3f} bits/dim" + (f"  ({extra})" if extra else ""))
+    images = [_fit_model(read_image(p, channels=model.channels), model, args.resize, p) for p in args.images]
+    pixels = model.image_size[0] * model.image_size[1]
+    with tqdm(list(zip(args.images, images)), desc="score", unit="img", disable=args.no_progress,
+              leave=False) as bar:
+        for path, img in bar:
+            factor = img.shape[1] * img.shape[2] / pixels
+            if factor >= 4:                     # one forward pass: no finer progress to show
+                bar.write(f"scoring {path} at its own size {_hw(img.shape[1:])}, {factor:.0f}x the pixels of "
+                          f"the model's {_hw(model.image_size)} (--resize scores it at that size)",
+                          file=sys.stderr)
+            parts = bits_per_dim(model, img.unsqueeze(0).long().to(args.device), parts=True)
+            extra = "  ".join(f"{k}={v[0]:.3f}" for k, v in parts.items() if k != "total")
+            bar.write(f"{path}: {parts['total'][0]:.3f} bits/dim" + (f"  ({extra})" if extra else ""),
+                      file=sys.stdout)
+
+
+def _bpd(value) -> str:
+    """Bits/dim as printed: 3 decimals (a dict of parts: each, with their names)."""
+    if isinstance(value, dict):
+        return " + ".join(f"{k} {_bpd(v)}" for k, v in value.items() if k != "total")
+    return f"{value:.3f}" if isinstance(value, (int, float)) else str(value)
+
+
+def backends_text() -> str:
+    """One line: the sampling backends this install has, and why a missing one is missing."""
+    import torch
+
+    from . import native
+    from .engines import triton_status
+    cpp = f"cpp yes ({native.info()})" if native.available() else f"cpp NO ({native.reason()})"
+    ok, why = triton_status(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return f"backends: naive yes; torch yes; {cpp}; triton {'yes' if ok else 'no'} ({why})"
+
+
+def version_text() -> str:
+    import platform
+
+    import torch
+
+    from . import __version__
+    return (f"pixelaux {__version__} (torch {torch.__version__}, python {platform.python_version()})\n"
+            + backends_text())
 
 
 def cmd_models(args):
@@ -305,20 +562,125 @@ def cmd_models(args):
     for m in list_models():
         status = "" if m["present"] else "  [missing from this install]"
         print(f"{m['name']:<10} {m['description']}{status}")
-        for k in ("test_bpd", "test_bpd_parts", "step"):
-            if k in m:
-                print(f"{'':<10} {k}: {m[k]}")
+        if "test_bpd" in m:
+            parts = f" = {_bpd(m['test_bpd_parts'])}" if isinstance(m.get("test_bpd_parts"), dict) else ""
+            print(f"{'':<10} test bits/dim: {_bpd(m['test_bpd'])}{parts}")
+        if "step" in m:
+            print(f"{'':<10} trained steps: {m['step']}")
+    print(backends_text())
+
+
+# ----------------------------------------------------------------------------- train
+
+#: options that --resume lets change; the others must agree with the saved run
+RESUME_MAY_CHANGE = ("steps", "eval_every", "ckpt_every", "device", "threads")
+
+
+def _saved_options(saved) -> dict:
+    """The values of ``pixelaux train``'s options that the run ``saved`` was trained with
+    (``None`` where the run does not record one)."""
+    names = {v: k for k, v in TRAIN_MODEL_KINDS.items()}
+    cfg, run, config = saved.settings, saved.run, saved.config
+    size = config.get("image_size")
+    return dict(model_kind=names.get(saved.kind), data=saved.meta.get("data"),
+                size=tuple(size) if size is not None else None,
+                hidden=config.get("hidden"), blocks=config.get("blocks"),
+                steps=cfg.steps if cfg else None,
+                batch_size=cfg.batch_size if cfg else run.get("batch_size"),
+                lr=cfg.lr if cfg else None, seed=cfg.seed if cfg else run.get("seed"),
+                eval_every=cfg.eval_every if cfg else None, ckpt_every=cfg.ckpt_every if cfg else None,
+                device=None, threads=None)
+
+
+def _resume_settings(args, saved) -> dict:
+    """The options of a resumed run: the saved ones, with the options given that may
+    change; ``CliError`` listing every given option that contradicts the saved run."""
+    have = _saved_options(saved)
+    conflicts, out = [], {}
+    for name, default in TRAIN_DEFAULTS.items():
+        given, kept = getattr(args, name), have.get(name)
+        if given is not None and kept is not None and given != kept and name not in RESUME_MAY_CHANGE:
+            shown = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+            conflicts.append(f"--{name.replace('_', '-')} (saved {shown(kept)}, given {shown(given)})")
+        out[name] = given if given is not None else kept if kept is not None else default
+    if conflicts:
+        raise CliError(f"--resume: {', '.join(conflicts)} contradict the run in {args.out}; resume takes the "
+                       "saved settings: leave these options out, or train into a new --out")
+    return out
+
+
+def _train_data(spec, size):
+    """``--data`` -> (train, test); optional dependencies and paths checked first."""
+    from .data import check_spec, from_spec
+    kind, path = check_spec(spec)
+    if kind == "patches" and importlib.util.find_spec("skimage") is None:
+        raise CliError("--data patches needs scikit-image (its photographs): pip install scikit-image")
+    if kind == "folder" and not os.path.isdir(path):
+        raise CliError(f"--data {spec}: {path} is not a folder")
+    if kind == "cifar10":
+        if not os.path.exists(path):
+            raise CliError(f"--data {spec}: {path} does not exist")
+        if size is not None and tuple(size) != (32, 32):
+            raise CliError(f"--size {size[0]} {size[1]}: CIFAR-10 images are 32x32")
+    return from_spec(spec, size)
+
+
+def _train_command(args):
+    """``pixelaux train``: check the run directory, settle the settings (new run or
+    --resume), build data and model, then :func:`pixelaux.training.train`."""
+    import torch
+
+    from .checkpoint import model_class
+    from .training import MODEL_FILE, STATE_FILE, read_run, train
+    _check_dir_output(args.out, "--out")
+    holds_run = any(os.path.exists(os.path.join(args.out, f)) for f in (STATE_FILE, MODEL_FILE))
+    if args.resume:
+        if not os.path.isfile(os.path.join(args.out, STATE_FILE)):
+            raise CliError(f"--resume: {args.out} holds no run to resume (no {STATE_FILE}); "
+                           "leave out --resume to start one")
+        saved = read_run(args.out)
+        opts = _resume_settings(args, saved)
+    else:
+        if holds_run:
+            raise CliError(f"--out {args.out} already holds a run; add --resume to continue it, or choose "
+                           "another --out")
+        saved = None
+        opts = {k: (getattr(args, k) if getattr(args, k) is not None else d) for k, d in TRAIN_DEFAULTS.items()}
+    device = opts["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    train_data, test_data = _train_data(opts["data"], opts["size"])
+    torch.manual_seed(opts["seed"])
+    if saved is not None:
+        model = model_class(saved.kind)(**saved.config)   # the weights come from the state
+    else:
+        first = train_data[0]                              # (C, H, W): the size the data has
+        first = first[0] if isinstance(first, (tuple, list)) else first
+        model = model_class(TRAIN_MODEL_KINDS[opts["model_kind"]])(
+            channels=3, bits=8, hidden=opts["hidden"], blocks=opts["blocks"], image_size=tuple(first.shape[1:]))
+    return train(model, train_data, test_data=test_data, steps=opts["steps"], batch_size=opts["batch_size"],
+                 lr=opts["lr"], out_dir=args.out, resume=args.resume, eval_every=opts["eval_every"],
+                 ckpt_every=opts["ckpt_every"], seed=opts["seed"], device=device, threads=opts["threads"],
+                 meta={"data": opts["data"]}, progress=not args.no_progress)
 
 
 def cmd_train(args):
-    from .training import run_train_command
-    run_train_command(args)
+    _train_command(args)
     return 0
 
 
 def cmd_bench(args):
-    from .bench import run_from_args
-    return run_from_args(args)
+    from .bench import check_arguments, run_benchmark
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise CliError("--plot needs matplotlib: pip install matplotlib (or leave --plot out)")
+    for flag, path in (("--csv", args.csv), ("--plot", args.plot)):
+        if path:
+            _check_file_output(path, flag)
+    check_arguments(args.preset, args.batch, args.providers, args.naive_pixels, args.repeat, args.threads,
+                    args.plot)
+    run_benchmark(args.preset, args.batch, args.providers, args.device, args.seed, args.naive_pixels,
+                  args.repeat, args.csv, args.plot, args.threads)
+    return 0
 
 
 def cmd_import_pixelcnnpp(args):
@@ -344,6 +706,8 @@ def main(argv=None) -> int:
     except CliError as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
+    except SystemExit as e:                     # --help, --version
+        return int(e.code or 0)
     try:
         rc = COMMANDS[args.command](args)
         return int(rc or 0)

@@ -9,6 +9,10 @@ pixelaux model's ``log_prob`` takes once batched to ``(B, C, H, W)``.
   never downloads, never runs pickled code.
 * :func:`natural_patches`: a small built-in set of natural-image patches cut from
   the colour photographs that scikit-image ships inside its package (offline).
+* :func:`from_spec`: one of these from a short text (``"patches"``,
+  ``"folder:PATH"``, ``"cifar10:PATH"``), as ``pixelaux train --data`` takes it.
+
+Sizes are ``(H, W)`` and are written ``HxW`` (height first) in messages.
 """
 from __future__ import annotations
 
@@ -95,7 +99,8 @@ class ImageFolder(torch.utils.data.Dataset):
             (s0, p0), (s1, p1) = list(sizes.items())[:2]
             raise ValueError(
                 f"ImageFolder: images under {str(self.root)!r} differ in size ({str(p0)!r} is "
-                f"{s0[1]}x{s0[0]}, {str(p1)!r} is {s1[1]}x{s1[0]}); pass size=(H, W) to resize them")
+                f"{s0[1]}x{s0[0]}, {str(p1)!r} is {s1[1]}x{s1[0]}, H x W); give a size to resize them "
+                "all (size=(H, W); on the command line --size H W)")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -328,3 +333,38 @@ def natural_patches(split: str = "train", size=32, *, stride=None, scales=(1, 2,
     if flip:
         x = torch.cat([x, x.flip(-1)])
     return x
+
+
+# --------------------------------------------------------------------------- specs
+
+SPEC_FORMS = ("patches", "folder:PATH", "cifar10:PATH")
+
+
+def check_spec(spec) -> tuple[str, str]:
+    """``"patches"`` / ``"folder:PATH"`` / ``"cifar10:PATH"`` -> ``(kind, path)``;
+    ``ValueError`` naming the forms for anything else."""
+    if not isinstance(spec, str):
+        raise TypeError(f"data spec must be a str, one of {SPEC_FORMS}, got {type(spec).__name__}")
+    kind, _, path = spec.partition(":")
+    if (kind == "patches" and not path) or (kind in ("folder", "cifar10") and path):
+        return kind, path
+    raise ValueError(f"data spec must be one of {', '.join(SPEC_FORMS)}, got {spec!r}")
+
+
+def from_spec(spec: str, size=None):
+    """A data spec -> ``(train, test)``; ``test`` is ``None`` for a folder.
+
+    ``patches``: :func:`natural_patches` (train split with flips, test split) at ``size``
+    (default 32). ``folder:PATH``: :class:`ImageFolder` (``size=None``: the images' own
+    size). ``cifar10:PATH``: :class:`CIFAR10` train and test; ``size`` must be ``None``
+    or 32.
+    """
+    kind, path = check_spec(spec)
+    if kind == "patches":
+        s = 32 if size is None else size
+        return natural_patches("train", s, flip=True), natural_patches("test", s)
+    if kind == "cifar10":
+        if size is not None and check_size(size, "size") != (32, 32):
+            raise ValueError(f"CIFAR-10 images are 32x32; size {size!r} is not supported")
+        return CIFAR10(path, train=True), CIFAR10(path, train=False)
+    return ImageFolder(path, size=size), None

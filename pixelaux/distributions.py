@@ -1,4 +1,4 @@
-"""Output distributions of a PixelCNN (DESIGN.md section 1).
+"""Output distributions of a PixelCNN (docs/design.md section 1).
 
 Each distribution maps the network output ``params`` at a pixel to a distribution
 over that pixel's ``C`` integer channel values in ``[0, 2**bits)``.

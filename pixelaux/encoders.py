@@ -1,4 +1,4 @@
-"""Non-causal conditioning networks (DESIGN.md section 1, "Auxiliary variables").
+"""Non-causal conditioning networks (docs/design.md section 1.3, "Auxiliary variables").
 
 They turn an auxiliary integer image (the gray view, or the pyramid level below) into
 a float map ``cond`` that a conditional ``GatedPixelCNN`` adds inside every gated block.

@@ -1,4 +1,4 @@
-"""The causal stack: a resolution-preserving Gated PixelCNN (DESIGN.md section 1).
+"""The causal stack: a resolution-preserving Gated PixelCNN (docs/design.md section 1).
 
 Two streams, with ``kh = (kernel_size + 1) // 2`` rows of context per conv:
 

@@ -1,4 +1,4 @@
-"""Grayscale auxiliary variable (DESIGN.md section 1; Kolesnikov & Lampert 2017, sec. 3.1).
+"""Grayscale auxiliary variable (docs/design.md section 1; Kolesnikov & Lampert 2017, sec. 3.1).
 
 ``X_hat = to_gray(X)`` is a deterministic low-bit gray view of the colour image ``X``,
 so the model factorises as

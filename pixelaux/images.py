@@ -1,6 +1,9 @@
 """Reading and writing images (Pillow) as integer tensors ``(C, H, W)``.
 
-Sizes are never changed silently: ``fit`` resizes only when asked and reports it.
+Files are written in the format their extension names (:data:`FORMATS`: PNG, JPEG,
+WebP); any other extension is refused with ``ValueError`` before anything is written.
+PNG and WebP (written lossless) keep every pixel value; JPEG is lossy (quality 95).
+Nothing here changes an image's size unless asked to (:func:`resize`).
 """
 from __future__ import annotations
 
@@ -70,10 +73,35 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> to
     return grid
 
 
+#: file extension -> Pillow format written for it
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+_SAVE_OPTIONS = {"PNG": {}, "JPEG": {"quality": 95}, "WEBP": {"lossless": True}}
+
+
+def image_format(path) -> str:
+    """The format :func:`write_image` writes ``path`` in, from its extension (case
+    ignored): ``"PNG"``, ``"JPEG"`` or ``"WEBP"``. ``ValueError`` naming the path and the
+    extensions that work for any other extension, or for WebP when this Pillow lacks it."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in FORMATS:
+        shown = f"extension {ext!r}" if ext else "no extension"
+        raise ValueError(f"cannot write {os.fspath(path)!r}: {shown}; the image formats are "
+                         f"{', '.join(FORMATS)}")
+    fmt = FORMATS[ext]
+    if fmt == "WEBP":
+        from PIL import features
+        if not features.check("webp"):
+            raise ValueError(f"cannot write {os.fspath(path)!r}: this Pillow was built without WebP; "
+                             "use .png or .jpg")
+    return fmt
+
+
 def write_image(img: torch.Tensor, path, scale: int = 1):
-    """Write ``(C, H, W)`` uint8 as PNG (``scale`` enlarges with nearest neighbour)."""
+    """Write ``(C, H, W)`` uint8 in the format of ``path``'s extension (:func:`image_format`),
+    atomically (a temporary file, then a rename); ``scale`` enlarges with nearest neighbour."""
     Image = _pil()
     path = os.fspath(path)
+    fmt = image_format(path)
     arr = img.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
     if scale != 1:
@@ -82,7 +110,7 @@ def write_image(img: torch.Tensor, path, scale: int = 1):
     os.makedirs(d, exist_ok=True)
     tmp = path + ".tmp"
     try:
-        im.save(tmp, format="PNG")
+        im.save(tmp, format=fmt, **_SAVE_OPTIONS[fmt])
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -90,7 +118,8 @@ def write_image(img: torch.Tensor, path, scale: int = 1):
 
 
 def save_grid(images: torch.Tensor, path, bits: int = 8, nrow: int | None = None, scale: int = 1):
-    """Save integer images ``(N, C, H, W)`` with ``bits`` bits as one PNG grid."""
+    """Save integer images ``(N, C, H, W)`` with ``bits`` bits as one grid image (the
+    format of ``path``'s extension)."""
     write_image(make_grid(to_uint8(images, bits), nrow), path, scale)
 
 

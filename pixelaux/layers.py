@@ -1,4 +1,4 @@
-"""Causal building blocks of the Gated PixelCNN stack (DESIGN.md section 1).
+"""Causal building blocks of the Gated PixelCNN stack (docs/design.md section 1).
 
 Two kinds of shifted convolution keep the network causal in raster order:
 

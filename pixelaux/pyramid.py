@@ -1,4 +1,4 @@
-"""Pyramid auxiliary variables (DESIGN.md section 1; Kolesnikov & Lampert 2017, sec. 3.2).
+"""Pyramid auxiliary variables (docs/design.md section 1; Kolesnikov & Lampert 2017, sec. 3.2).
 
 ``X_k`` is the image average-pooled by ``2**k`` and rounded back to the integer grid,
 ``X_0 = X``. Each ``X_k`` (``k >= 1``) is a function of ``X``, so the model factorises

@@ -68,11 +68,12 @@ def _check_known(known, n: int, channels: int, bits: int, size) -> tuple[torch.T
         got = known.dtype if isinstance(known, torch.Tensor) else type(known).__name__
         raise TypeError(f"known must be an integer torch.Tensor with -1 for unknown pixels, got {got}")
     check_tensor_device(known, "known")
+    given = tuple(known.shape)
     if known.dim() == 3:
         known = known.unsqueeze(0).expand(n, -1, -1, -1)
     expected = (n, channels, *size)
     if tuple(known.shape) != expected:
-        raise ValueError(f"known must have shape {expected} (or {expected[1:]}), got {tuple(known.shape)}")
+        raise ValueError(f"known must have shape {expected} (or {expected[1:]}), got {given}")
     known = known.long()
     mask = known >= 0
     if not (mask.all(dim=1) | (~mask).all(dim=1)).all():

@@ -29,13 +29,25 @@ the test set (summed with ``all_reduce``) and only rank 0 writes files and logs.
 ``batch_size`` is per process.
 
 ``amp`` and ``compile`` act on CUDA only; on CPU they are ignored, with a log line.
+
+CPU threads: a small model (fewer than :data:`SMALL_LAYER_VALUES` activations per layer
+and batch) trains with one intra-op thread unless ``threads`` says otherwise. Its
+operations are too small to gain from a second thread, and on a machine whose cores
+are busy with other work every OpenMP barrier waits for a descheduled thread: an 8x8
+model with 8 channels took 0.62 s per step with two threads next to one busy process,
+against 0.06 s with one (``benchmarks/bench_train_threads.py``, results in
+``benchmarks/results/training.md``).
+
+The settings of a run are one :class:`TrainConfig`; it is saved in the training state,
+so :func:`read_run` (and ``pixelaux train --resume``) can continue a run without
+repeating them.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -53,6 +65,60 @@ from .checks import check_float, check_int
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 LN2 = math.log(2.0)
+#: below this many activations per layer (batch x hidden x H x W), CPU training uses one thread
+SMALL_LAYER_VALUES = 2 ** 18
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The settings of a training run (see :func:`train` for their meaning).
+
+    Checked when built: ``TypeError`` / ``ValueError`` naming the field. Saved in the
+    training state as a dict (:meth:`to_dict`), read back by :func:`read_run`.
+    """
+    steps: int
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_decay: float = 0.999995
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0
+    amp: bool | str = False
+    compile: bool = False
+    eval_every: int | None = None
+    ckpt_every: int | None = 1000
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self):
+        fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        fix("steps", check_int(self.steps, "steps", min_value=1))
+        fix("batch_size", check_int(self.batch_size, "batch_size", min_value=1))
+        fix("lr", check_float(self.lr, "lr", min_value=0.0, min_exclusive=True))
+        fix("lr_decay", check_float(self.lr_decay, "lr_decay", min_value=0.0, max_value=1.0, min_exclusive=True))
+        fix("ema_decay", check_float(self.ema_decay, "ema_decay", min_value=0.0, max_value=1.0))
+        if self.grad_clip is not None:
+            fix("grad_clip", check_float(self.grad_clip, "grad_clip", min_value=0.0, min_exclusive=True))
+        if self.amp not in (False, True, "bf16", "fp16"):
+            raise ValueError(f"amp must be False, True, 'bf16' or 'fp16', got {self.amp!r}")
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be a bool, got {type(self.compile).__name__} {self.compile!r}")
+        for name in ("eval_every", "ckpt_every", "threads"):
+            if getattr(self, name) is not None:
+                fix(name, check_int(getattr(self, name), name, min_value=1))
+        fix("seed", check_int(self.seed, "seed", min_value=0))
+        if not isinstance(self.device, (str, torch.device)):
+            raise TypeError(f"device must be a str or torch.device, got {type(self.device).__name__}")
+        fix("device", str(self.device))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The inverse of :meth:`to_dict`; unknown keys are ignored (older or newer runs)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -241,7 +307,8 @@ def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_siz
           lr: float = 1e-3, lr_decay: float = 0.999995, ema_decay: float = 0.999,
           grad_clip: float | None = 1.0, amp=False, compile: bool = False, out_dir,
           resume: bool = False, eval_every: int | None = None, ckpt_every: int | None = 1000,
-          seed: int = 0, device="cpu", progress: bool = True, log=print) -> TrainResult:
+          seed: int = 0, device="cpu", threads: int | None = None, meta: dict | None = None,
+          progress: bool = True, log=print) -> TrainResult:
     """Train ``model`` in place for ``steps`` optimizer steps in total.
 
     ``train_data`` / ``test_data``: Datasets of integer images ``(C, H, W)`` (or tuples
@@ -257,12 +324,17 @@ def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_siz
     ``"bf16"`` or ``"fp16"``; ``compile``: ``torch.compile`` the likelihood; both CUDA
     only (ignored on CPU). ``seed`` fixes the data order and seeds torch's global RNG
     (dropout) at the start of a fresh run; the model's initial weights are the
-    caller's. ``log``: a callable taking one string (rank 0 only); ``progress``: a tqdm
-    bar with the loss in bits/dim.
+    caller's. ``threads``: torch intra-op threads on CPU during the run (restored
+    afterwards); ``None`` picks one thread for small models (see the module notes) and
+    leaves torch's setting otherwise. ``meta``: JSON-serialisable entries saved with
+    the run (the command line keeps its ``--data`` there). ``log``: a callable taking one
+    string (rank 0 only); ``progress``: a tqdm bar with the loss in bits/dim.
 
-    ``resume=False`` refuses an ``out_dir`` that already holds a run; ``resume=True``
-    requires one, checks that its kind and config equal ``model``'s and continues at
-    its step with weights, EMA, Adam state and RNG as saved.
+    The settings are checked as one :class:`TrainConfig` and saved in the training
+    state. ``resume=False`` refuses an ``out_dir`` that already holds a run;
+    ``resume=True`` requires one, checks that its kind and config equal ``model``'s and
+    continues at its step with weights, EMA, Adam state and RNG as saved (settings
+    that differ from the saved ones are used, and logged as a warning).
 
     The ``model`` passed in ends with the raw (non-averaged) weights, in train mode;
     the EMA weights are ``result.ema_model`` and ``out_dir/model.safetensors``.
@@ -271,18 +343,14 @@ def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_siz
     norm, before anything is written for that step. ``KeyboardInterrupt`` propagates;
     the files in ``out_dir`` are then those of the last checkpoint.
     """
-    steps = check_int(steps, "steps", min_value=1)
-    batch_size = check_int(batch_size, "batch_size", min_value=1)
-    lr = check_float(lr, "lr", min_value=0.0, min_exclusive=True)
-    lr_decay = check_float(lr_decay, "lr_decay", min_value=0.0, max_value=1.0, min_exclusive=True)
-    ema_decay = check_float(ema_decay, "ema_decay", min_value=0.0, max_value=1.0)
-    if grad_clip is not None:
-        grad_clip = check_float(grad_clip, "grad_clip", min_value=0.0, min_exclusive=True)
-    if eval_every is not None:
-        eval_every = check_int(eval_every, "eval_every", min_value=1)
-    if ckpt_every is not None:
-        ckpt_every = check_int(ckpt_every, "ckpt_every", min_value=1)
-    seed = check_int(seed, "seed", min_value=0)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, ema_decay=ema_decay,
+                      grad_clip=grad_clip, amp=amp, compile=compile, eval_every=eval_every,
+                      ckpt_every=ckpt_every, seed=seed, device=str(device), threads=threads)
+    if meta is not None:
+        try:
+            meta = json.loads(json.dumps(meta, allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"meta must be JSON-serialisable, got {meta!r}: {e}") from None
     if not callable(log):
         raise TypeError(f"log must be callable, got {type(log).__name__}")
     model = unwrap(model)
@@ -291,21 +359,51 @@ def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_siz
     if getattr(model, "cond_channels", 0):
         raise ValueError(f"train() handles models that take just x; this {kind} needs cond "
                          f"(cond_channels={model.cond_channels})")
-    world, rank, dev, created = _setup_distributed(device)
+    world, rank, dev, created = _setup_distributed(cfg.device)
+    place = _Placement(world, rank, dev)
+    before = torch.get_num_threads()
     try:
-        return _train(model, train_data, test_data, steps=steps, batch_size=batch_size, lr=lr,
-                      lr_decay=lr_decay, ema_decay=ema_decay, grad_clip=grad_clip, amp=amp,
-                      compile=compile, out_dir=Path(out_dir), resume=resume, eval_every=eval_every,
-                      ckpt_every=ckpt_every, seed=seed, dev=dev, world=world, rank=rank,
-                      progress=progress, log=log)
+        n_threads = _cpu_threads(model, cfg, dev)
+        if n_threads is not None and n_threads != before:
+            torch.set_num_threads(n_threads)
+            if rank == 0:
+                why = "as asked" if cfg.threads is not None else (
+                    f"a small model: {_layer_values(model, cfg.batch_size)} activations per layer")
+                log(f"cpu: {n_threads} intra-op thread{'s' if n_threads > 1 else ''} ({why})")
+        return _train(model, train_data, test_data, cfg, out_dir=Path(out_dir), resume=resume,
+                      meta=meta, place=place, progress=progress, log=log)
     finally:
+        torch.set_num_threads(before)
         if created:
             _dist().destroy_process_group()
 
 
-def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema_decay, grad_clip,
-           amp, compile, out_dir, resume, eval_every, ckpt_every, seed, dev, world, rank,
-           progress, log):
+@dataclass(frozen=True)
+class _Placement:
+    """Where this process trains: ``world`` processes, this one ``rank``, on ``dev``."""
+    world: int
+    rank: int
+    dev: torch.device
+
+
+def _layer_values(model, batch_size: int) -> int:
+    """Activations of one hidden layer for one batch: ``batch x hidden x H x W``."""
+    hidden = int(getattr(model, "config", {}).get("hidden", 64))
+    h, w = getattr(model, "image_size", (32, 32))
+    return batch_size * hidden * h * w
+
+
+def _cpu_threads(model, cfg: TrainConfig, dev: torch.device) -> int | None:
+    """The intra-op threads to train with on CPU, or ``None`` to leave torch's setting."""
+    if dev.type != "cpu":
+        return None
+    if cfg.threads is not None:
+        return cfg.threads
+    return 1 if _layer_values(model, cfg.batch_size) < SMALL_LAYER_VALUES else None
+
+
+def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, resume: bool, meta,
+           place: _Placement, progress, log):
     from tqdm.auto import tqdm
 
     train_images = _Images(train_data, "train_data")
@@ -317,12 +415,13 @@ def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema
             if got != want:
                 raise ValueError(f"{imgs.name} images are {got} (C, H, W); the {model.kind} "
                                  f"is built for {want}")
+    world, rank, dev = place.world, place.rank, place.dev
     say = log if rank == 0 else (lambda s: None)
 
     model.to(dev).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    amp_dtype = _amp_dtype(amp, dev, say)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    amp_dtype = _amp_dtype(cfg.amp, dev, say)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     autocast = ((lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype is not None
                 else contextlib.nullcontext)
@@ -330,26 +429,26 @@ def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema
     if world > 1:
         loss_fn = nn.parallel.DistributedDataParallel(
             loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if compile:
+    if cfg.compile:
         if dev.type == "cuda":
             loss_fn = torch.compile(loss_fn)
         else:
             say(f"compile=True ignored: torch.compile is used on CUDA only (device {dev})")
 
     state_path, model_path = out_dir / STATE_FILE, out_dir / MODEL_FILE
-    run = dict(seed=seed, batch_size=batch_size, world_size=world, n_train=len(train_images))
+    run = dict(seed=cfg.seed, batch_size=cfg.batch_size, world_size=world, n_train=len(train_images))
     start = 0
     if resume:
         if not state_path.is_file():
             raise ValueError(f"resume=True but there is no {STATE_FILE} in {str(out_dir)!r}")
         start = _restore(load_training_state(state_path), state_path, model, ema, opt, scaler,
-                         run, world, rank, dev, say)
+                         run, cfg, place, say)
         say(f"resumed {str(state_path)!r} at step {start}")
     else:
         if state_path.exists() or model_path.exists():
             raise ValueError(f"{str(out_dir)!r} already holds a run ({STATE_FILE} / {MODEL_FILE}); "
                              "pass resume=True to continue it, or choose another out_dir")
-        torch.manual_seed(seed + rank)
+        torch.manual_seed(cfg.seed + rank)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in remove_stale_temp_files(out_dir):
@@ -359,7 +458,8 @@ def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema
         rng = _gather_rng(world, dev)                  # collective: every rank
         if rank == 0:
             save_training_state(state_path, dict(
-                step=step, kind=model.kind, config=model.config, run=run,
+                step=step, kind=model.kind, config=model.config, run=run, train=cfg.to_dict(),
+                meta=meta,
                 model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
                 scaler=scaler.state_dict() if scaler is not None else None, rng=rng))
             extra = {"step": step, "train_bpd": train_bpd}
@@ -369,20 +469,20 @@ def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema
         if world > 1:
             _dist().barrier()
 
-    order = _Order(len(train_images), batch_size, world, rank, seed)
-    bar = tqdm(total=steps, disable=not (progress and rank == 0), unit="step", dynamic_ncols=True)
+    order = _Order(len(train_images), cfg.batch_size, world, rank, cfg.seed)
+    bar = tqdm(total=cfg.steps, disable=not (progress and rank == 0), unit="step", dynamic_ncols=True)
     if log is print and not bar.disable:
         say = bar.write                                # keeps the bar intact
     window: collections.deque = collections.deque(maxlen=100)
     mean = lambda: sum(window) / len(window) if window else None
-    test_bpd, step = None, start
+    steps, test_bpd, step = cfg.steps, None, start
     last_ckpt = f"step {start}" if resume else "none"
-    bar.update(start)
+    bar.update(min(start, steps))
     try:
         for step in range(start + 1, steps + 1):       # `step` = steps done after this one
             x = train_images.batch(order(step - 1)).to(dev, non_blocking=True)
             for group in opt.param_groups:
-                group["lr"] = lr * lr_decay ** (step - 1)
+                group["lr"] = cfg.lr * cfg.lr_decay ** (step - 1)
             with autocast():
                 nll = loss_fn(x)
             loss = nll.float().mean() / (x[0].numel() * LN2)
@@ -400,7 +500,7 @@ def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema
             if scaler is not None:
                 scaler.unscale_(opt)
             norm = nn.utils.clip_grad_norm_(model.parameters(),
-                                            grad_clip if grad_clip is not None else math.inf)
+                                            cfg.grad_clip if cfg.grad_clip is not None else math.inf)
             if scaler is not None:                      # skips steps with inf gradients
                 scaler.step(opt)
                 scaler.update()
@@ -410,21 +510,22 @@ def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema
                         f"non-finite gradient norm at step {step}; stopped without writing a "
                         f"checkpoint for it (last checkpoint: {last_ckpt})")
                 opt.step()
-            _ema_update(ema, model, min(ema_decay, (1.0 + step) / (10.0 + step)))
+            _ema_update(ema, model, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
             window.append(value)
             bar.update(1)
             bar.set_postfix(bpd=f"{value:.4f}")
             test_now = None
-            if test_images is not None and eval_every and step % eval_every == 0 and step != steps:
-                test_now = test_bpd = _eval_bpd(ema, test_images, batch_size, dev, autocast, world, rank)
+            if test_images is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
+                test_now = test_bpd = _eval_bpd(ema, test_images, cfg.batch_size, dev, autocast, world, rank)
                 say(f"step {step}: train {mean():.4f} bits/dim, test (EMA) {test_bpd:.4f} bits/dim")
-            if ckpt_every and step % ckpt_every == 0 and step != steps:
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != steps:
                 checkpoint(step, mean(), test_now)
                 last_ckpt = f"step {step}"
         if start >= steps:
-            say(f"{str(state_path)!r} is already at step {start} >= steps={steps}; nothing to train")
+            say(f"the run in {str(out_dir)!r} is already at step {start}, not below the {steps} steps asked for; "
+                "nothing to train")
         if test_images is not None:
-            test_bpd = _eval_bpd(ema, test_images, batch_size, dev, autocast, world, rank)
+            test_bpd = _eval_bpd(ema, test_images, cfg.batch_size, dev, autocast, world, rank)
         if start < steps:
             checkpoint(steps, mean(), test_bpd)
             last_ckpt = f"step {steps}"
@@ -441,7 +542,7 @@ def _train(model, train_data, test_data, *, steps, batch_size, lr, lr_decay, ema
                        checkpoint=model_path, training_state=state_path, ema_model=ema)
 
 
-def _restore(st, path, model, ema, opt, scaler, run, world, rank, dev, say) -> int:
+def _restore(st, path, model, ema, opt, scaler, run, cfg: TrainConfig, place: _Placement, say) -> int:
     """Load a training state into model / ema / opt / scaler / RNG; -> the step."""
     what = f"training state {str(path)!r}"
     if st.get("kind") != model.kind or st.get("config") != _json_normal(model.config):
@@ -458,6 +559,14 @@ def _restore(st, path, model, ema, opt, scaler, run, world, rank, dev, say) -> i
     if changed:
         say(f"warning: resuming with changed settings {changed} (saved, now): the data order "
             "differs from an uninterrupted run")
+    saved_cfg = st.get("train") or {}
+    ignore = {"steps", "eval_every", "ckpt_every", "device", "threads"} | set(run)
+    differ = {k: (saved_cfg[k], v) for k, v in cfg.to_dict().items()
+              if k in saved_cfg and k not in ignore and saved_cfg[k] != v}
+    if differ:
+        say(f"warning: resuming with changed settings {differ} (saved, now): the result differs "
+            "from an uninterrupted run")
+    world, rank, dev = place.world, place.rank, place.dev
     rng = st.get("rng", {})
     if len(rng.get("torch", [])) == world:
         torch.set_rng_state(rng["torch"][rank].cpu())
@@ -468,74 +577,40 @@ def _restore(st, path, model, ema, opt, scaler, run, world, rank, dev, say) -> i
     return int(st["step"])
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- saved runs
 
-MODEL_KINDS = {"gated": "GatedPixelCNN", "grayscale": "GrayscalePixelCNN", "pyramid": "PyramidPixelCNN"}
+@dataclass(frozen=True)
+class SavedRun:
+    """What :func:`read_run` finds in a run directory.
 
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``pixelaux train`` to ``parser``; returns it."""
-    p = parser
-    p.add_argument("--model-kind", choices=sorted(MODEL_KINDS), default="gated",
-                   help="gated: one GatedPixelCNN; grayscale: 4-bit gray then colour given gray; "
-                        "pyramid: multi-scale (default: gated)")
-    p.add_argument("--data", default="patches",
-                   help="patches (built-in natural-image patches, needs scikit-image), "
-                        "folder:PATH (PNG/JPEG files, no test set) or cifar10:PATH "
-                        "(cifar-10-python.tar.gz or its extracted folder) (default: patches)")
-    p.add_argument("--size", type=int, default=None,
-                   help="image size in pixels (default: 32; folder: the images' own size, "
-                        "otherwise they are resized)")
-    p.add_argument("--hidden", type=int, default=64, help="channels per layer (default: 64)")
-    p.add_argument("--blocks", type=int, default=4, help="gated residual blocks (default: 4)")
-    p.add_argument("--steps", type=int, default=10000, help="optimizer steps in total (default: 10000)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step and process (default: 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--out", required=True, help="output directory for the checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initial weights and data order")
-    p.add_argument("--eval-every", type=int, default=1000, help="test every N steps (default: 1000)")
-    p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every N steps (default: 1000)")
-    return p
+    ``kind`` and ``config``: the model (``pixelaux.checkpoint.model_class(kind)(**config)``
+    rebuilds it); ``step``: optimizer steps done; ``settings``: the run's
+    :class:`TrainConfig`, or ``None`` for a run saved before it was recorded (then
+    ``run`` still holds its seed and batch size); ``meta``: the ``meta`` given to
+    :func:`train` (``{}`` if none).
+    """
+    path: Path
+    kind: str
+    config: dict
+    step: int
+    settings: TrainConfig | None
+    run: dict
+    meta: dict
 
 
-def load_data(spec: str, size: int | None = None):
-    """``--data`` value -> ``(train, test)`` (``test`` may be ``None``); see :func:`add_train_arguments`."""
-    from . import data
-    kind, _, path = spec.partition(":")
-    if kind == "patches" and not path:
-        s = 32 if size is None else size
-        return data.natural_patches("train", s, flip=True), data.natural_patches("test", s)
-    if kind == "cifar10" and path:
-        if size not in (None, 32):
-            raise ValueError(f"CIFAR-10 images are 32x32; --size {size} is not supported")
-        return data.CIFAR10(path, train=True), data.CIFAR10(path, train=False)
-    if kind == "folder" and path:
-        return data.ImageFolder(path, size=size), None
-    raise ValueError(f"--data must be patches, folder:PATH or cifar10:PATH, got {spec!r}")
+def read_run(out_dir) -> SavedRun:
+    """The saved settings of the training run in ``out_dir`` (from its training state).
 
-
-def build_model(kind: str, *, image_size, hidden: int, blocks: int, channels: int = 3,
-                bits: int = 8) -> nn.Module:
-    """A fresh model of CLI kind ``gated`` / ``grayscale`` / ``pyramid``."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
-    cls = model_class(MODEL_KINDS[kind])
-    return cls(channels=channels, bits=bits, hidden=hidden, blocks=blocks, image_size=image_size)
-
-
-def run_train_command(args: argparse.Namespace) -> TrainResult:
-    """Run ``pixelaux train`` with the options of :func:`add_train_arguments`."""
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    train_data, test_data = load_data(args.data, args.size)
-    probe = _Images(train_data, "train data").batch(torch.zeros(1, dtype=torch.long))
-    torch.manual_seed(args.seed)
-    model = build_model(args.model_kind, image_size=tuple(probe.shape[2:]), hidden=args.hidden,
-                        blocks=args.blocks)
-    return train(model, train_data, test_data=test_data, steps=args.steps,
-                 batch_size=args.batch_size, lr=args.lr, out_dir=args.out, resume=args.resume,
-                 eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                 device=device)
+    ``ValueError`` naming the path when there is no run there or its state is damaged.
+    """
+    path = Path(out_dir) / STATE_FILE
+    if not path.is_file():
+        raise ValueError(f"{str(Path(out_dir))!r} holds no training run (no {STATE_FILE})")
+    st = load_training_state(path)
+    saved = st.get("train")
+    try:
+        cfg = TrainConfig.from_dict(saved) if isinstance(saved, dict) else None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"training state {str(path)!r} holds invalid settings: {e}") from None
+    return SavedRun(path=path, kind=st.get("kind"), config=st.get("config") or {}, step=int(st.get("step", 0)),
+                    settings=cfg, run=st.get("run") or {}, meta=st.get("meta") or {})

@@ -1,4 +1,4 @@
-"""Deterministic transforms ``f`` of an auxiliary-variable model (DESIGN.md section 1).
+"""Deterministic transforms ``f`` of an auxiliary-variable model (docs/design.md section 1).
 
 An auxiliary-variable model scores and samples ``X`` through ``X_hat = f(X)``; ``f``
 must be deterministic, so that ``log p(X) >= log p(X_hat) + log p(X | X_hat)`` holds

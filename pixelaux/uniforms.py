@@ -1,4 +1,4 @@
-"""The uniforms every sampling engine consumes (DESIGN.md section 2).
+"""The uniforms every sampling engine consumes (docs/design.md section 2.1).
 
 Image ``k`` of a batch of ``n`` gets its own ``torch.Generator``, seeded with the
 ``k``-th 64-bit draw of the caller's generator; each stage of a sampler (the gray

@@ -1,4 +1,4 @@
-"""The C++ cached engine (``backend="cpp"``): exactness contract of DESIGN.md section 2.
+"""The C++ cached engine (``backend="cpp"``): exactness contract of docs/design.md section 2.
 
 1. Teacher forcing: with every pixel known, the parameters the engine computes at each
    position match the full forward pass (max abs error <= 1e-4 of the parameter scale).
@@ -12,7 +12,7 @@ Tiny models with random weights (not near-zero), awkward sizes, every model opti
 import pytest
 import torch
 
-from helpers import single_thread
+from helpers import assert_same_images, single_thread
 from pixelaux import GatedPixelCNN
 from pixelaux import native
 
@@ -79,31 +79,6 @@ def test_teacher_forcing_matches_forward(name):
     assert err <= 1e-4, f"{name}: max abs error {err:.2e} of the parameter scale"
 
 
-def first_diff_explained(model, cond, u, temperature, a, b, params_b, name):
-    """For each image where ``a`` (naive) and ``b`` (cpp) differ, check the first
-    differing pixel is a float tie; return a report line per image."""
-    lines = []
-    diff = (a != b).any(1)
-    for k in range(a.shape[0]):
-        pos = diff[k].flatten().nonzero()
-        if len(pos) == 0:
-            continue
-        i, j = divmod(pos[0].item(), a.shape[3])
-        with torch.no_grad(), single_thread():
-            pa = model(a[k:k + 1], None if cond is None else cond[k:k + 1])[:, :, i, j]
-        pb = params_b[k:k + 1, :, i, j]
-        err = ((pa - pb).abs().max() / pa.abs().max().clamp(min=1e-30)).item()
-        own_a = model.dist.sample_flat(pa, u[k:k + 1, i, j], temperature)
-        own_b = model.dist.sample_flat(pb, u[k:k + 1, i, j], temperature)
-        assert err <= 1e-4, f"{name}: image {k} differs at ({i}, {j}) with params off by {err:.2e}"
-        assert torch.equal(own_a[0], a[k, :, i, j]) and torch.equal(own_b[0], b[k, :, i, j]), \
-            f"{name}: image {k} at ({i}, {j}): a pixel is not what its own parameters give"
-        lines.append(f"{name}: image {k} first differs at ({i}, {j}): naive {a[k, :, i, j].tolist()} "
-                     f"cpp {b[k, :, i, j].tolist()} (params within {err:.1e}: a float tie), "
-                     f"{int(diff[k].sum())} pixels differ after it")
-    return lines
-
-
 SAMPLING = [
     ("k1-b0-cat4", 1.0), ("k3-b1-rgb8", 1.0), ("k5-b3-gray8-cond", 0.5), ("k3-b3-cat4-cond", 2.0),
     ("k1-b1-rgb8-cond", 2.0), ("k5-b0-rgb8", 0.5), ("k3-b1-cat2-rgb", 1.0), ("k3-b1-gray16", 1.0),
@@ -131,7 +106,7 @@ def test_same_uniforms_same_images_as_naive(name, temperature, completion):
     if equal < 1.0:
         # A float tie may flip a pixel, and then the rest of that image may follow:
         # every image that differs must first differ at an explained tie.
-        report = first_diff_explained(model, cond, u, temperature, a, c, params, name)
+        report = assert_same_images(model, cond, u, temperature, a, c, params, name)
         print(f"\n{name}: {equal:.2%} of pixels equal to naive\n" + "\n".join(report))
         assert report, f"{name}: {equal:.4%} of pixels equal"
 
@@ -260,3 +235,126 @@ def test_bad_inputs_raise_clear_errors():
         torch.ops.pixelaux.pack_gated_pixelcnn(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
     with pytest.raises(TypeError, match="must be float32"):
         torch.ops.pixelaux.pack_gated_pixelcnn([r.double() for r in raw], cfg)
+
+
+# ---- progress and Ctrl-C inside the op -------------------------------------------------
+
+class RecordingBar:
+    """Stands in for tqdm: records the bar's position after each update; on_update(bar)
+    runs after each (it may raise, as a tqdm callback interrupted by Ctrl-C would)."""
+    on_update = None
+    last = None
+
+    def __init__(self, total=None, **kwargs):
+        self.total, self.n, self.seen = total, 0, []
+        RecordingBar.last = self
+
+    def update(self, k=1):
+        self.n += k
+        self.seen.append(self.n)
+        if RecordingBar.on_update:
+            RecordingBar.on_update(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture
+def recording_bar(monkeypatch):
+    import tqdm.auto
+
+    from pixelaux.engines import progress
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    monkeypatch.setattr(progress, "POLL_SECONDS", 0.002)
+    monkeypatch.setattr(RecordingBar, "on_update", None)
+    return RecordingBar
+
+
+def slow_model(h=24, w=24, b=1):
+    """Rows of about a millisecond or more each (the bar is polled every 2 ms)."""
+    torch.manual_seed(8)
+    model = GatedPixelCNN(channels=3, bits=8, hidden=48, blocks=6, nr_mix=3, image_size=(h, w)).eval()
+    return model, torch.zeros(b, 3, h, w, dtype=torch.long), torch.rand(b, h, w, 4)
+
+
+def stopped_rows(exc):
+    """(rows done, rows done when the stop was asked, rows in all) from the note run_native adds."""
+    import re
+    note = " ".join(getattr(exc, "__notes__", []))
+    m = re.search(r"stopped after (\d+) of (\d+) image rows \(stop asked after (\d+)\)", note)
+    assert m, f"no stop note in {note!r}"
+    return int(m.group(1)), int(m.group(3)), int(m.group(2))
+
+
+@pytest.mark.parametrize("mode", [1, 2, 3])
+def test_progress_bar_moves_row_by_row(recording_bar, mode):
+    model, x, u = slow_model(b=2)
+    h, w = x.shape[2:]
+    with single_thread():
+        ref = cached_cpp.run(model, x, None, None, u, 1.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = cached_cpp.run(model, x, None, None, u, 1.0, progress=True, mode=mode)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out, ref)
+    bar = recording_bar.last
+    assert bar.total == h * w and bar.n == h * w
+    assert len(bar.seen) >= 2, f"the bar only moved at the end: {bar.seen}"
+    # counted in rows of the images: B rows make one row of the bar (W pixels)
+    assert all(n % (w // 2) == 0 for n in bar.seen), bar.seen
+
+
+@pytest.mark.parametrize("mode", [1, 2, 3])
+def test_interrupt_from_the_bar_stops_within_a_row(recording_bar, mode):
+    model, x, u = slow_model(b=2)
+
+    def interrupt(bar):
+        raise KeyboardInterrupt
+
+    recording_bar.on_update = interrupt
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            cached_cpp.run(model, x, None, None, u, 1.0, progress=True, mode=mode)
+    finally:
+        torch.set_num_threads(threads)
+    done, asked, total = stopped_rows(e.value)
+    assert total == 2 * x.shape[2] and done < total
+    assert done <= asked + 2, f"{done} rows done, stop asked after {asked}: more than a row per image"
+
+
+def test_ctrl_c_signal_stops_the_op_within_a_row(recording_bar):
+    import os
+    import signal
+    model, x, u = slow_model()
+    recording_bar.on_update = lambda bar: os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+    with single_thread(), pytest.raises(KeyboardInterrupt) as e:
+        cached_cpp.run(model, x, None, None, u, 1.0, progress=True)
+    done, asked, total = stopped_rows(e.value)
+    assert done < total and done <= asked + 1
+    # and the op still samples afterwards (nothing left behind)
+    with single_thread():
+        recording_bar.on_update = None
+        assert cached_cpp.run(model, x, None, None, u, 1.0).shape == x.shape
+
+
+def test_progress_tensor_is_checked():
+    model, x, cond, u = make("k3-b1-rgb8", seed=9)
+    packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
+    op = torch.ops.pixelaux.cached_sample
+    with pytest.raises(TypeError, match="progress must be an int64"):
+        op(x, None, cond, u, packed, cfg, 1.0, False, 0, torch.zeros(2))
+    with pytest.raises(ValueError, match=r"progress must be a contiguous tensor of shape \(2,\)"):
+        op(x, None, cond, u, packed, cfg, 1.0, False, 0, torch.zeros(3, dtype=torch.long))
+    counter = torch.tensor([0, 1])  # stop asked before the first row: nothing sampled
+    out, _ = op(x, None, cond, u, packed, cfg, 1.0, False, 0, counter)
+    assert torch.equal(out, x) and counter[0] == 0
+    counter = torch.zeros(2, dtype=torch.long)
+    op(x, None, cond, u, packed, cfg, 1.0, False, 0, counter)
+    assert counter[0] == x.shape[0] * x.shape[2]

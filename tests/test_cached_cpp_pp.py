@@ -1,5 +1,5 @@
 """The C++ cached engine of a ``PixelCNNpp`` (``backend="cpp"``): exactness contract of
-DESIGN.md section 2.
+docs/design.md section 2.
 
 1. Teacher forcing: with every pixel known, the parameters the engine computes at each
    position match the full forward pass (max abs error <= 1e-4 of the parameter scale).
@@ -16,7 +16,7 @@ pixels, conditioning, non-square sizes.
 import pytest
 import torch
 
-from helpers import randomize, single_thread
+from helpers import assert_same_images, randomize, single_thread
 from pixelaux import native
 from pixelaux.pixelcnnpp import PixelCNNpp
 
@@ -76,31 +76,6 @@ def test_teacher_forcing_matches_forward(name):
     assert err <= 1e-4, f"{name}: max abs error {err:.2e} of the parameter scale"
 
 
-def first_diff_explained(model, cond, u, temperature, a, b, params_b, name):
-    """For each image where ``a`` (naive) and ``b`` (cpp) differ, check the first
-    differing pixel is a float tie; return a report line per image."""
-    lines = []
-    diff = (a != b).any(1)
-    for k in range(a.shape[0]):
-        pos = diff[k].flatten().nonzero()
-        if len(pos) == 0:
-            continue
-        i, j = divmod(pos[0].item(), a.shape[3])
-        with torch.no_grad():
-            pa = model(a[k:k + 1], None if cond is None else cond[k:k + 1])[:, :, i, j]
-        pb = params_b[k:k + 1, :, i, j]
-        err = ((pa - pb).abs().max() / pa.abs().max().clamp(min=1e-30)).item()
-        own_a = model.dist.sample_flat(pa, u[k:k + 1, i, j], temperature)
-        own_b = model.dist.sample_flat(pb, u[k:k + 1, i, j], temperature)
-        assert err <= 1e-4, f"{name}: image {k} differs at ({i}, {j}) with params off by {err:.2e}"
-        assert torch.equal(own_a[0], a[k, :, i, j]) and torch.equal(own_b[0], b[k, :, i, j]), \
-            f"{name}: image {k} at ({i}, {j}): a pixel is not what its own parameters give"
-        lines.append(f"{name}: image {k} first differs at ({i}, {j}): naive {a[k, :, i, j].tolist()} "
-                     f"cpp {b[k, :, i, j].tolist()} (params within {err:.1e}: a float tie), "
-                     f"{int(diff[k].sum())} pixels differ after it")
-    return lines
-
-
 SAMPLING = [("s1-b0-cat4", 1.0), ("s2-b1-rgb8", 1.0), ("s3-b2-gray8-cond", 0.5), ("s3-b1-cat3-rgb", 2.0),
             ("s4-b1-gray8", 1.0), ("s2-b2-rgb8-cond", 1.0), ("s3-b0-rgb5", 0.7)]
 
@@ -122,7 +97,7 @@ def test_same_uniforms_same_images_as_naive(name, temperature, completion):
     if equal < 1.0:
         # A float tie may flip a pixel, and then the rest of that image may follow:
         # every image that differs must first differ at an explained tie.
-        report = first_diff_explained(model, cond, u, temperature, a, c, params, name)
+        report = assert_same_images(model, cond, u, temperature, a, c, params, name)
         print(f"\n{name}: {equal:.2%} of pixels equal to naive\n" + "\n".join(report))
         assert report, f"{name}: {equal:.4%} of pixels equal"
 
@@ -230,3 +205,46 @@ def test_bad_inputs_raise_clear_errors():
         torch.ops.pixelaux.pack_pixelcnnpp(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
     with pytest.raises(TypeError, match="must be float32"):
         torch.ops.pixelaux.pack_pixelcnnpp([r.double() for r in raw], cfg)
+
+
+def test_progress_and_interrupt_inside_the_op(monkeypatch):
+    """The bar moves row by row during the op; an interrupt raised by the bar stops the
+    op at the next row start (see test_cached_cpp.py for the signal and thread splits)."""
+    import re
+
+    import tqdm.auto
+
+    from pixelaux.engines import progress
+    seen = []
+
+    class Bar:
+        def __init__(self, total=None, **kwargs):
+            self.n = 0
+
+        def update(self, k=1):
+            self.n += k
+            seen.append(self.n)
+            if stop:
+                raise KeyboardInterrupt
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setattr(progress, "POLL_SECONDS", 0.002)
+    model = randomize(PixelCNNpp(channels=3, bits=8, hidden=32, blocks=2, scales=2, nr_mix=3,
+                                 dropout=0.0, image_size=(24, 24)), std=0.05, seed=3)
+    x = torch.zeros(1, 3, 24, 24, dtype=torch.long)
+    u = torch.rand(1, 24, 24, 4)
+    stop = False
+    cached_cpp_pp.run(model, x, None, None, u, 1.0, progress=True)
+    assert seen[-1] == 24 * 24 and len(seen) >= 2 and all(n % 24 == 0 for n in seen), seen
+    stop = True
+    with pytest.raises(KeyboardInterrupt) as e:
+        cached_cpp_pp.run(model, x, None, None, u, 1.0, progress=True)
+    m = re.search(r"stopped after (\d+) of 24 image rows \(stop asked after (\d+)\)",
+                  " ".join(e.value.__notes__))
+    assert m and int(m.group(1)) < 24 and int(m.group(1)) <= int(m.group(2)) + 1

@@ -1,4 +1,4 @@
-"""The Triton backend of the cached engine (DESIGN.md sections 2 and 5).
+"""The Triton backend of the cached engine (docs/design.md sections 2 and 5).
 
 Runs the kernels under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
 ``conftest.py`` before the kernels are imported) on tiny shapes: it is slow, so

@@ -1,4 +1,4 @@
-"""The Triton engine compiled on a GPU (``pytest -m gpu``; DESIGN.md section 5).
+"""The Triton engine compiled on a GPU (``pytest -m gpu``; docs/design.md section 5).
 
 Runs only with CUDA and ``TRITON_INTERPRET=0`` (``conftest.py`` turns the
 interpreter on unless the variable is set): the exactness contract at the shapes

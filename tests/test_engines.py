@@ -1,4 +1,4 @@
-"""Exactness of the cached torch engine against the naive reference (DESIGN.md §2)."""
+"""Exactness of the cached torch engine against the naive reference (docs/design.md section 2)."""
 import pytest
 import torch
 

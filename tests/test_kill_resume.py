@@ -42,6 +42,8 @@ from helpers import one_thread  # noqa: F401 (fixture)
 from pixelaux import checkpoint as ck
 from pixelaux.training import MODEL_FILE, STATE_FILE
 
+pytestmark = pytest.mark.slow         # about 30 s: 15 processes killed and resumed
+
 KILLS = 15
 STEPS = 200
 SEED = 20240611

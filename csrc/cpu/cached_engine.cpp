@@ -209,7 +209,7 @@ namespace {
 struct Workspace {
   int64_t b0 = 0, Bt = 0;
   Arena arena;
-  float *xin, *condrow, *condce, *u, *c1u, *c2u, *uact, *ul_row0, *ul, *eh, *hp, *tmp;
+  float *xin, *condrow, *condce, *u, *c1u, *c2u, *uact, *ul_row0, *ul, *eh, *hp, *xcur, *tmp;
   std::vector<float*> u_win1, u_win2, ul_win1, ul_win2;  // rings: [blk * kh + slot]
   std::vector<float*> ul_c1_row, ul_c2_row;             // [blk]
 };
@@ -238,8 +238,9 @@ void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int6
   want(&ws->uact, M * 2 * F);
   want(&ws->ul_row0, M * F);
   want(&ws->ul, Bt * F);
-  want(&ws->eh, Bt * F);
-  want(&ws->hp, Bt * P);
+  want(&ws->eh, 2 * Bt * F);  // by pixel parity: the head of one pixel may still read it
+  want(&ws->hp, (int64_t)team * Bt * P);     // per thread: every thread runs the head
+  want(&ws->xcur, (int64_t)team * Bt * cin);  // per thread: the pixel just sampled
   want(&ws->tmp, (int64_t)team * sample_scratch(dist_spec(c)));
   for (int64_t i = 0; i < nb * kh; ++i) {
     want(&ws->u_win1[i], Bt * (W + 2 * pw) * 2 * F);
@@ -252,6 +253,7 @@ void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int6
     want(&ws->ul_c2_row[i], M * 2 * F);
   }
   ar.allocate();
+  for (int64_t r = 0; r < (int64_t)team * Bt; ++r) ws->xcur[r * cin + c.channels] = 1.f;
   // The input buffer: kh rows of top padding, pw columns each side; the ones channel
   // marks the image (the model's extra input channel), zeros are padding.
   for (int64_t b = 0; b < Bt; ++b)
@@ -284,7 +286,13 @@ struct Engine : TeamMember {
         C(c.channels), xrow((args.W + 2 * c.pw) * c.cin), xstride((args.H + c.kh) * xrow),
         urow((args.W + 2 * c.pw) * 2 * c.hidden), arow((args.W + c.kh - 1) * 2 * c.hidden) {
     tmp = ws.tmp + (int64_t)rank * sample_scratch(dist);
+    hp = ws.hp + (int64_t)rank * Bt * P;
+    xcur = ws.xcur + (int64_t)rank * Bt * cin;
+    progress = args.progress;
   }
+  float* hp;        // this thread's head output (Bt, P)
+  float* xcur;      // this thread's copy of the pixel just sampled, (Bt, cin) as in xin
+  int64_t npix = 0; // pixels run (the parity of the head's input buffer)
 
   PackedMat mat(const MatSlot& m) const { return packed_mat(a.packed, m); }
   const float* vec(const VecSlot& v) const { return a.packed + v.off; }
@@ -443,14 +451,19 @@ struct Engine : TeamMember {
   }
 
   // Horizontal stream at pixel (i, j), the head, the sampling.
+  //
+  // Team synchronisation: two barriers per block (act(ul) and act(c1) complete before
+  // the GEMMs that read every channel), one before the head. Every thread then runs
+  // the whole head and samples every image itself (the same arithmetic, so the same
+  // pixels), keeping the pixel in its own xcur for the next pixel's first GEMM, and
+  // writes its share of the images to xin / x / params (read after the row barrier).
   void pixel(int64_t i, int64_t j) {
-    const int fp0 = ps.fp0, fp1 = ps.fp1, c0 = ps.c0, nown = ps.nown, hp0 = ps.hp0, hp1 = ps.hp1;
-    const int64_t sb0 = ps.sb0, sb1 = ps.sb1;
+    const int fp0 = ps.fp0, fp1 = ps.fp1, c0 = ps.c0, nown = ps.nown;
     float* ul = ws.ul;
     for (int64_t b = 0; b < Bt; ++b)
       std::memcpy(ul + b * F + c0, ws.ul_row0 + (b * W + j) * F + c0, sizeof(float) * nown);
     if (j > 0)  // right-shifted (kh, 1) conv, current row: the pixel at column j-1
-      gemm_acc((int)Bt, xin(0, kh + i, pw + j - 1), xstride, mat(L.ulh[kh - 1]), fp0, fp1, ul, F);
+      gemm_acc((int)Bt, xcur, cin, mat(L.ulh[kh - 1]), fp0, fp1, ul, F);
     const int s_i = slot(i);
     for (int64_t blk = 0; blk < nb; ++blk) {
       const BlockLayout& HB = L.ulb[blk];
@@ -474,39 +487,40 @@ struct Engine : TeamMember {
       for (int64_t b = 0; b < Bt; ++b)
         gate_add(ul + b * F + c0, c2 + b * W * F2 + c0, c2 + b * W * F2 + F + c0, nown);
     }
-    for (int64_t b = 0; b < Bt; ++b) elu(ul + b * F + c0, nown, ws.eh + b * F + c0);
-    pixel_sync();
+    float* eh = ws.eh + (npix++ & 1) * Bt * F;
+    for (int64_t b = 0; b < Bt; ++b) elu(ul + b * F + c0, nown, eh + b * F + c0);
+    if (pixel_team) team_point();  // eh complete (and the team may shrink to rank 0 here)
+    if (quit) return;
     {
       const float* hb = vec(L.headb);
-      const int64_t q0 = (int64_t)hp0 * kPanel, q1 = std::min<int64_t>(P, (int64_t)hp1 * kPanel);
-      if (q1 > q0)
-        for (int64_t b = 0; b < Bt; ++b)
-          std::memcpy(ws.hp + b * P + q0, hb + q0, sizeof(float) * (q1 - q0));
-      gemm_acc((int)Bt, ws.eh, F, mat(L.head), hp0, hp1, ws.hp, P);
+      for (int64_t b = 0; b < Bt; ++b) std::memcpy(hp + b * P, hb, sizeof(float) * P);
+      gemm_acc((int)Bt, eh, F, mat(L.head), 0, L.head.NP, hp, P);
     }
-    pixel_sync();
     const float t = (float)a.temperature;
     const int64_t HW = H * W;
-    for (int64_t b = sb0; b < sb1; ++b) {
+    const float unit = (float)(2.0 / (double)(c.levels - 1));
+    for (int64_t b = 0; b < Bt; ++b) {
       const int64_t g = ws.b0 + b;
-      const float* prm = ws.hp + b * P;
+      const float* prm = hp + b * P;
       int64_t pix[kMaxChannels];
       int64_t* xg = a.x + g * C * HW + i * W + j;
+      const bool mine = b >= ps.sb0 && b < ps.sb1;
       if (a.known && a.known[g * HW + i * W + j]) {
         for (int64_t ch = 0; ch < C; ++ch) pix[ch] = xg[ch * HW];
       } else {
         sample_pixel(dist, prm, a.uniforms + (g * HW + i * W + j) * c.num_uniforms, t, pix, tmp);
-        for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
+        if (mine)
+          for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
       }
-      const float unit = (float)(2.0 / (double)(c.levels - 1));
-      float* xd = xin(b, kh + i, pw + j);
-      for (int64_t ch = 0; ch < C; ++ch) xd[ch] = (float)pix[ch] * unit - 1.0f;
+      float* xc = xcur + b * cin;
+      for (int64_t ch = 0; ch < C; ++ch) xc[ch] = (float)pix[ch] * unit - 1.0f;
+      if (!mine) continue;
+      std::memcpy(xin(b, kh + i, pw + j), xc, sizeof(float) * C);
       if (a.params) {
         float* pd = a.params + g * P * HW + i * W + j;
         for (int64_t p = 0; p < P; ++p) pd[p * HW] = prm[p];
       }
     }
-    if (pixel_team) team_point();  // pixel (i, j) written
   }
 
   void run() {
@@ -516,12 +530,14 @@ struct Engine : TeamMember {
     for (int64_t i = 0; i < H && !quit; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       if (!pixel_team && i > 0) team_point();  // row i-1 sampled by rank 0
-      if (quit) break;
+      if (pixel_team && i > 0) sync();  // row i-1 complete in xin
+      if (quit || stop_point()) break;  // stop_point: the caller asked to stop
       start_row(i);
       if (!pixel_team) sync();  // every share of the row terms is ready
       const auto t1 = std::chrono::steady_clock::now();
       if (pixel_team || rank == 0)
         for (int64_t j = 0; j < W && !quit; ++j) pixel(i, j);
+      if (!quit) row_done();
       const auto t2 = std::chrono::steady_clock::now();
       t_row += std::chrono::duration<double>(t1 - t0).count();
       t_pix += std::chrono::duration<double>(t2 - t1).count();

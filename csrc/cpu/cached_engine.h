@@ -1,4 +1,4 @@
-// The CPU cached sampling engine of a GatedPixelCNN (DESIGN.md section 2).
+// The CPU cached sampling engine of a GatedPixelCNN (docs/design.md section 2).
 //
 // Same algorithm as pixelaux/engines/cached_torch.py, with the whole per-image loop
 // in C++: at the start of row i the vertical stream of the row, and every term of
@@ -97,6 +97,10 @@ struct SampleArgs {
   // thread runs the pixels.
   int mode = 0;
   int threads = 0;                  // 0: at::get_num_threads()
+  // [image-rows done, stop flag] or null: the engine adds each finished row of each image
+  // to progress[0] and, when progress[1] != 0 at the start of a row, stops there (the
+  // caller polls it from another thread).
+  int64_t* progress = nullptr;
 };
 
 void cached_sample(const SampleArgs& args);

@@ -281,7 +281,7 @@ struct Workspace {
   int64_t b0 = 0, Bt = 0;
   Arena arena;
   float *xin = nullptr, *ul_row0 = nullptr, *c1 = nullptr, *c2 = nullptr, *uact = nullptr,
-        *eh = nullptr, *hp = nullptr, *tmp = nullptr;
+        *eh = nullptr, *hp = nullptr, *xcur = nullptr, *tmp = nullptr;
   std::vector<ScaleBuffers> sc;
 };
 
@@ -297,8 +297,9 @@ void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt
   ar.want(&ws->c1, M0 * F);
   ar.want(&ws->c2, M0 * 2 * F);
   ar.want(&ws->uact, M0 * 2 * F);
-  ar.want(&ws->eh, Bt * F);
-  ar.want(&ws->hp, Bt * c.d.num_params);
+  ar.want(&ws->eh, 2 * Bt * F);  // by pixel parity: the head of one pixel may still read it
+  ar.want(&ws->hp, (int64_t)team * Bt * c.d.num_params);  // per thread: every thread runs the head
+  ar.want(&ws->xcur, (int64_t)team * Bt * cin);           // per thread: the pixel just sampled
   ar.want(&ws->tmp, (int64_t)team * sample_scratch(c.d));
   ws->sc.resize(S);
   auto wins = [&](std::vector<RowWindow>& v, int64_t n, int64_t width, int64_t ch) {
@@ -363,6 +364,7 @@ void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt
     for (int64_t i = 0; i < H; ++i)
       for (int64_t j = 0; j < W; ++j)
         ws->xin[((b * (H + 2) + 2 + i) * (W + 2) + 1 + j) * cin + c.channels] = 1.f;
+  for (int64_t r = 0; r < (int64_t)team * Bt; ++r) ws->xcur[r * cin + c.channels] = 1.f;
 }
 
 // ------------------------------------------------------------------------------------
@@ -385,7 +387,13 @@ struct Engine : TeamMember {
         F(c.hidden), F2(2 * c.hidden), S(c.scales), nb(c.blocks), P(c.d.num_params),
         C(c.channels), cin(c.cin), xrow((args.W + 2) * c.cin), xstride((args.H + 2) * xrow) {
     tmp = ws.tmp + (int64_t)rank * sample_scratch(c.d);
+    hp = ws.hp + (int64_t)rank * Bt * P;
+    xcur = ws.xcur + (int64_t)rank * Bt * cin;
+    progress = args.progress;
   }
+  float* hp;        // this thread's head output (Bt, P)
+  float* xcur;      // this thread's copy of the pixel just sampled, (Bt, cin) as in xin
+  int64_t npix = 0; // pixels run (the parity of the head's input buffer)
 
   PackedMat mat(const MatSlot& m) const { return packed_mat(a.packed, m); }
   const float* vec(const VecSlot& v) const { return a.packed + v.off; }
@@ -650,7 +658,7 @@ struct Engine : TeamMember {
         for (int64_t b = 0; b < Bt; ++b)
           std::memcpy(sb.ul + b * F + sh.c0, ws.ul_row0 + (b * W + j) * F + sh.c0, sizeof(float) * sh.nown);
         if (j > 0)  // right-shifted (2, 1) conv, current row: the pixel at column j-1
-          gemm_acc((int)Bt, xin(0, i + 2, j), xstride, mat(L.ulh[1]), sh.fp0, sh.fp1, sb.ul, F);
+          gemm_acc((int)Bt, xcur, cin, mat(L.ulh[1]), sh.fp0, sh.fp1, sb.ul, F);
       } else {  // stride-2 conv over the 2x2 window (2p-1 .. 2p, 2q-1 .. 2q) of scale s-1
         const RowWindow& lw = ws.sc[s - 1].last_ul_win;
         init_rows(sh, sb.ul, Bt, F, vec(L.down_ul_bias[s]));
@@ -700,39 +708,45 @@ struct Engine : TeamMember {
           }
       }
     }
+    // One barrier before the head; then every thread runs the whole head and samples
+    // every image itself (the same arithmetic, so the same pixels), keeping the pixel in
+    // its own xcur for the next pixel's first GEMM, and writes its share of the images
+    // to xin / x / params (read after the row barrier).
     float* ul = ws.sc[0].ul;
-    for (int64_t b = 0; b < Bt; ++b) elu(ul + b * F + sh.c0, sh.nown, ws.eh + b * F + sh.c0);
-    pixel_sync();
+    float* eh = ws.eh + (npix++ & 1) * Bt * F;
+    for (int64_t b = 0; b < Bt; ++b) elu(ul + b * F + sh.c0, sh.nown, eh + b * F + sh.c0);
+    if (pixel_team) team_point();  // eh complete (and the team may shrink to rank 0 here)
+    if (quit) return;
     {
       const float* hb = vec(L.headb);
-      const int64_t q0 = (int64_t)sh.hp0 * kPanel, q1 = std::min<int64_t>(P, (int64_t)sh.hp1 * kPanel);
-      if (q1 > q0)
-        for (int64_t b = 0; b < Bt; ++b) std::memcpy(ws.hp + b * P + q0, hb + q0, sizeof(float) * (q1 - q0));
-      gemm_acc((int)Bt, ws.eh, F, mat(L.head), sh.hp0, sh.hp1, ws.hp, P);
+      for (int64_t b = 0; b < Bt; ++b) std::memcpy(hp + b * P, hb, sizeof(float) * P);
+      gemm_acc((int)Bt, eh, F, mat(L.head), 0, L.head.NP, hp, P);
     }
-    pixel_sync();
     const float t = (float)a.temperature;
     const int64_t HW = H * W;
     const float unit = (float)(2.0 / (double)(c.d.levels - 1));
-    for (int64_t b = sh.sb0; b < sh.sb1; ++b) {
+    for (int64_t b = 0; b < Bt; ++b) {
       const int64_t g = ws.b0 + b;
-      const float* prm = ws.hp + b * P;
+      const float* prm = hp + b * P;
       int64_t pix[kMaxChannels];
       int64_t* xg = a.x + g * C * HW + i * W + j;
+      const bool mine = b >= ps.sb0 && b < ps.sb1;
       if (a.known && a.known[g * HW + i * W + j]) {
         for (int64_t ch = 0; ch < C; ++ch) pix[ch] = xg[ch * HW];
       } else {
         sample_pixel(c.d, prm, a.uniforms + (g * HW + i * W + j) * c.d.num_uniforms, t, pix, tmp);
-        for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
+        if (mine)
+          for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
       }
-      float* xd = xin(b, i + 2, 1 + j);
-      for (int64_t ch = 0; ch < C; ++ch) xd[ch] = (float)pix[ch] * unit - 1.0f;
+      float* xc = xcur + b * cin;
+      for (int64_t ch = 0; ch < C; ++ch) xc[ch] = (float)pix[ch] * unit - 1.0f;
+      if (!mine) continue;
+      std::memcpy(xin(b, i + 2, 1 + j), xc, sizeof(float) * C);
       if (a.params) {
         float* pd = a.params + g * P * HW + i * W + j;
         for (int64_t q = 0; q < P; ++q) pd[q * HW] = prm[q];
       }
     }
-    if (pixel_team) team_point();  // pixel (i, j) written
   }
 
   void run() {
@@ -741,12 +755,14 @@ struct Engine : TeamMember {
     for (int64_t i = 0; i < H && !quit; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       if (!pixel_team && i > 0) team_point();  // row i-1 sampled by rank 0
-      if (quit) break;
+      if (pixel_team && i > 0) sync();  // row i-1 complete in xin
+      if (quit || stop_point()) break;  // stop_point: the caller asked to stop
       start_row(i);
       if (!pixel_team) sync();  // every share of the row terms is ready
       const auto t1 = std::chrono::steady_clock::now();
       if (pixel_team || rank == 0)
         for (int64_t j = 0; j < W && !quit; ++j) pixel(i, j);
+      if (!quit) row_done();
       const auto t2 = std::chrono::steady_clock::now();
       t_row += std::chrono::duration<double>(t1 - t0).count();
       t_pix += std::chrono::duration<double>(t2 - t1).count();

@@ -1,4 +1,4 @@
-// The CPU cached sampling engine of a PixelCNNpp (DESIGN.md section 2).
+// The CPU cached sampling engine of a PixelCNNpp (docs/design.md section 2).
 //
 // Same algorithm and buffer names as pixelaux/engines/cached_torch_pp.py, with the
 // whole loop in C++. Scale s (resolution H/2**s x W/2**s) position (p, q) belongs to
@@ -103,6 +103,10 @@ struct SampleArgs {
   double temperature = 1.0;
   int mode = 0;                     // as cpu::SampleArgs::mode
   int threads = 0;                  // 0: at::get_num_threads()
+  // [image-rows done, stop flag] or null: the engine adds each finished row of each image
+  // to progress[0] and, when progress[1] != 0 at the start of a row, stops there (the
+  // caller polls it from another thread).
+  int64_t* progress = nullptr;
 };
 
 void cached_sample(const SampleArgs& args);

@@ -1,9 +1,17 @@
 // Small dense kernels of the CPU cached engine: a packed-panel GEMM and the
 // element-wise activations of the Gated PixelCNN. Torch-free (raw pointers only).
 //
-// Every kernel has a portable version and, on x86-64, an AVX2+FMA version chosen
-// once at run time (cpuid), so the library is built for the generic target
-// (no -march) and still runs the wide kernels where the CPU has them.
+// Every kernel has a portable version and, on x86-64, an AVX2+FMA and an AVX-512F
+// version, one family chosen once at run time (cpuid), so the library is built for the
+// generic target (no -march) and still runs the wide kernels where the CPU has them.
+// PIXELAUX_CPU_KERNELS=generic|avx2|avx512 caps the family (tests, comparisons).
+//
+// Accumulation order (the same in every tile shape of a family, so that any split of
+// rows or output panels over threads gives bitwise the same results): each element
+//   C[m, n] += lo + hi,  lo = sum_{k < K/2} A[m, k] W[k, n],  hi = sum_{k >= K/2} ...
+// each sum a chain of FMAs (plain multiply-adds in the portable family) from 0 in
+// ascending k. The two half-sums are independent chains, so a one-row (batch 1) tile
+// runs two of them side by side and hides the FMA latency.
 #pragma once
 
 #include <cstdint>
@@ -36,7 +44,7 @@ void elu(const float* x, int n, float* y);
 // x[c] += a[c] * sigmoid(b[c]).
 void gate_add(float* x, const float* a, const float* b, int n);
 
-// Name of the kernel flavour in use ("avx2+fma" or "generic").
+// Name of the kernel family in use ("avx512f", "avx2+fma" or "generic").
 const char* kernel_isa();
 
 }  // namespace cpu

@@ -82,6 +82,22 @@ void TeamMember::team_point() {
   gave_up = true;
 }
 
+bool TeamMember::stop_point() {
+  if (!progress) return false;
+  bool stop;
+  if (size <= 1) {
+    stop = stop_requested(progress);
+  } else {
+    // At least one barrier separates rank 0's store for a row from the others' load for
+    // the previous one (every row has one), so they always read the current answer.
+    if (rank == 0) team.stop.store(stop_requested(progress) ? 1 : 0, std::memory_order_relaxed);
+    sync();
+    stop = team.stop.load(std::memory_order_relaxed) != 0;
+  }
+  if (stop) stopped = quit = true;
+  return stop;
+}
+
 bool profile_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("PIXELAUX_PROFILE");

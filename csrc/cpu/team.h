@@ -50,6 +50,7 @@ struct alignas(64) Barrier {
   alignas(64) std::atomic<int> count{0};
   alignas(64) std::atomic<int> gen{0};
   alignas(64) std::atomic<int> give_up{0};  // set by rank 0: the team goes on with rank 0 alone
+  std::atomic<int> stop{0};                  // set by rank 0: the caller asked to stop
 
   double wait();
 };
@@ -78,6 +79,8 @@ struct TeamMember {
   bool quit = false;         // rank > 0: the team gave up, it is done
   Share rs, ps;              // this thread's share of the row starts / of the pixels
   int64_t share_F, share_P, share_Bt, share_W;
+  int64_t* progress = nullptr;  // [image-rows done, stop flag] shared with the caller, or null
+  bool stopped = false;         // the caller asked to stop: the run ends at a row start
 
   TeamMember(Barrier& b, int rank_, int size_, bool pixel_team_, int64_t F, int64_t P,
              int64_t Bt, int64_t W);
@@ -97,7 +100,22 @@ struct TeamMember {
   // the team gives up and rank 0 goes on alone. The buffers are shared; only the split
   // of the work changes.
   void team_point();
+
+  // The start of a row: whether the caller asked to stop (progress[1] != 0), the same
+  // answer for every thread of the team (rank 0 reads the flag, the barrier tells the
+  // others). Sets stopped (and quit) when so.
+  bool stop_point();
+  // The end of a row of Bt images (rank 0): progress[0] += Bt.
+  void row_done() {
+    if (progress && rank == 0) __atomic_fetch_add(&progress[0], share_Bt, __ATOMIC_RELAXED);
+  }
 };
+
+// Progress and stop of a run, shared with the caller (another thread polls it): a
+// tensor of two int64, [rows done summed over the images, stop flag].
+inline bool stop_requested(const int64_t* progress) {
+  return progress && __atomic_load_n(&progress[1], __ATOMIC_RELAXED) != 0;
+}
 
 // PIXELAUX_PROFILE=1: engines print their row / pixel times on stderr.
 bool profile_enabled();

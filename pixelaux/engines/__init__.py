@@ -1,4 +1,4 @@
-"""Sampling engines for one ``GatedPixelCNN`` stage (DESIGN.md section 2).
+"""Sampling engines for one ``GatedPixelCNN`` stage (docs/design.md section 2).
 
 Every engine has the same contract, ``run(model, x, known, cond, uniforms,
 temperature, progress)`` -> completed ``x``, and consumes the same uniforms in the
@@ -24,7 +24,7 @@ BACKENDS = ("auto", "torch", "cpp", "triton")
 STAGE_KINDS = {
     "torch": ("GatedPixelCNN", "PixelCNNpp"),
     "cpp": ("GatedPixelCNN", "PixelCNNpp"),
-    "triton": ("GatedPixelCNN",),
+    "triton": ("GatedPixelCNN", "PixelCNNpp"),
 }
 _warned = set()
 

@@ -1,4 +1,4 @@
-"""The cached engine on CPU, the whole loop in C++ (DESIGN.md section 2).
+"""The cached engine on CPU, the whole loop in C++ (docs/design.md section 2).
 
 Same algorithm and contract as ``cached_torch.run``; the Python side only packs the
 model's weights (once per weight version, cached) and calls one op,
@@ -23,7 +23,7 @@ import weakref
 import torch
 
 from .. import native
-from .progress import pixel_progress
+from .progress import run_native
 
 _PACKED = weakref.WeakKeyDictionary()
 
@@ -89,9 +89,9 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
         known = known.to(torch.bool)
     if cond is not None:
         cond = cond.to(torch.float32)
-    with pixel_progress(h * w, progress, "cached[cpp]") as bar:
-        out, params = torch.ops.pixelaux.cached_sample(
-            x.long(), known, cond, uniforms.to(torch.float32), packed, config_of(model),
+    args = (x.long(), known, cond, uniforms.to(torch.float32), packed, config_of(model),
             float(temperature), bool(return_params), int(mode))
-        bar.update(h * w)
+    out, params = run_native(lambda counter: torch.ops.pixelaux.cached_sample(*args, counter),
+                             batch=x.shape[0], height=h, width=w, progress=progress,
+                             desc="cached[cpp]")
     return (out, params) if return_params else out

@@ -1,4 +1,4 @@
-"""The cached engine of a ``PixelCNNpp`` on CPU, the whole loop in C++ (DESIGN.md section 2).
+"""The cached engine of a ``PixelCNNpp`` on CPU, the whole loop in C++ (docs/design.md section 2).
 
 Same algorithm, contract and buffer names as ``cached_torch_pp`` (the readable
 reference); the Python side only packs the model's weights (once per weight version,
@@ -21,7 +21,7 @@ import weakref
 import torch
 
 from .. import native
-from .progress import pixel_progress
+from .progress import run_native
 
 _PACKED = weakref.WeakKeyDictionary()
 
@@ -139,9 +139,9 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     if known is not None:
         known = known.to(torch.bool)
     terms = cond_terms(model, cond)
-    with pixel_progress(h * w, progress, "cached[cpp]") as bar:
-        out, params = torch.ops.pixelaux.cached_sample_pp(
-            x.long(), known, terms, uniforms.to(torch.float32), packed, config_of(model),
+    args = (x.long(), known, terms, uniforms.to(torch.float32), packed, config_of(model),
             float(temperature), bool(return_params), int(mode))
-        bar.update(h * w)
+    out, params = run_native(lambda counter: torch.ops.pixelaux.cached_sample_pp(*args, counter),
+                             batch=x.shape[0], height=h, width=w, progress=progress,
+                             desc="cached[cpp]")
     return (out, params) if return_params else out

@@ -1,4 +1,4 @@
-"""The cached engine, written plainly in PyTorch (DESIGN.md section 2).
+"""The cached engine, written plainly in PyTorch (docs/design.md section 2).
 
 The readable reference of the algorithm; runs on any device. For a
 ``GatedPixelCNN`` with ``kh`` rows of context per conv and image width ``W``:

@@ -1,4 +1,4 @@
-"""Triton backend of the cached engine (DESIGN.md section 2): ``backend="triton"``.
+"""Triton backend of the cached engine (docs/design.md section 2): ``backend="triton"``.
 
 The algorithm of ``cached_torch`` (its readable reference), with the per-row and
 per-pixel work fused into Triton kernels (``pixelaux.kernels``, shipped from the

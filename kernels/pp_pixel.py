@@ -1,0 +1,471 @@
+"""The pixel ops of the PixelCNN++ Triton engine: the ``ul`` stream at one position.
+
+Buffers and weight layouts as in ``kernels/pp_row.py`` (values ``(B, NS, W_s, K)``,
+row ``r`` in slot ``r % NS``, ``concat_elu`` applied on load). Every pixel kernel has
+grid ``(cdiv(B, G),)``: a program owns ``G`` images (``G`` a power of two >= 16), the
+``M = G`` rows of every dot (``tl.dot``, fp32, ``input_precision="ieee"``: no TF32),
+so each weight is read once per group; a batch that is not a multiple of ``G``
+masks the rows of its last group. The position is ``(p, q) = (row >> s, q)``: the row
+from the device counter, the column an argument (not specialised on).
+
+* ``pixel_init_kernel``: scale 0, the first ``ul`` layer at ``(i, j)``: ``ul_row0[j]``
+  (from the row op) plus the right-shifted ``(2, 1)`` conv of image rows ``i-1, i`` at
+  column ``j-1`` (zero at ``j = 0``);
+* ``pixel_down_kernel``: the stride-2 ``(2, 2)`` conv ``downsize_ul`` at ``(p, q)`` of
+  scale ``s`` over the 2x2 window of the last up-pass ``ul`` of scale ``s-1``;
+* ``pixel_block_kernel``: one whole gated ``ul`` block at ``(p, q)``: ``c1 = conv1(act(x))
+  + b1 + rowterm[q]`` (+ the 1x1 projection of ``act`` of the up-pass skip value at
+  ``(p, q)`` in the down pass), stored into its window for the later positions;
+  ``c2 = conv2(act(c1)) + b2`` (+ cond) with the current tap ``act(c1)`` kept in
+  registers (no store -> barrier -> reload), the gate and the residual;
+* ``pixel_deconv_kernel``: the stride-2 transposed ``(2, 2)`` conv of ``(p, q)`` of
+  scale ``s`` into the 2x2 block ``(2p.., 2q..)`` of scale ``s-1``;
+* ``pixel_head_kernel``: the head (1x1 conv of ``elu(ul)``), the sampling from the
+  shared uniforms with the arithmetic of ``pixelaux.distributions.sample_flat``
+  (categorical: inverse CDF of ``softmax(logits / T)``; logistic mixture: the
+  component by the same inverse CDF, the coupled means, the logistic inverse CDF,
+  rounding half to even onto the bin grid, clamping, NaN -> 0), known pixels and
+  the write-back into the integer image.
+
+Float policy (as ``kernels/pixel_step.py``): launches pass ``enable_fp_fusion=False``;
+the sampling divides with ``tl.math.div_rn``; ``max(log_s, -7)`` propagates NaN.
+
+Every launcher has a PyTorch reference with the same signature (``*_reference``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._jitmath import log1p, round_half_even, tanh
+from .pp_row import _act_dot, _image, _p2, concat_elu_halves, conv_acc, image_taps
+
+LOG_SCALE_MIN = tl.constexpr(-7.0)     # pixelaux.distributions.LOG_SCALE_MIN
+U_EPS = tl.constexpr(1e-5)             # pixelaux.distributions.U_EPS
+NEG_INF = tl.constexpr(float("-inf"))
+GROUP = 16                             # images per program (the M of every pixel dot)
+
+
+# The head and the sampling: copied from kernels/pixel_step.py (``head_sample``; that
+# file is being rewritten, so this engine keeps its own copy of the device math).
+@triton.jit
+def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
+                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr,
+                C: tl.constexpr, C_P: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
+                G: tl.constexpr, P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr,
+                DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
+                NSEG: tl.constexpr, NSEG_P: tl.constexpr, TOP: tl.constexpr,
+                HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
+    """The head, the sampling and the write-back for the images ``bidx`` at ``(i, j)``."""
+    ch = tl.arange(0, HID_P)
+    cm = ch < HID
+    HW = H * W
+    pix_off = (bidx * H + i) * W + jj                     # [G]: (b, i, j) in a (B, H, W) map
+    # -- head: all P parameters into the scratch rows (and params) -------------------
+    e = tl.where(ul > 0, ul, tl.exp(tl.minimum(ul, 0.0)) - 1.0)
+    pb = tl.arange(0, PB)
+    for p0 in range(0, P, PB):
+        pn = p0 + pb
+        pm = pn < P
+        wt = tl.load(wh_ptr + ch[:, None] * P + pn[None, :], mask=cm[:, None] & pm[None, :], other=0.0)
+        y = tl.dot(e, wt, input_precision="ieee") + tl.load(bh_ptr + pn, mask=pm, other=0.0)[None, :]
+        sm = bm[:, None] & pm[None, :]
+        tl.store(pscr_ptr + bidx[:, None] * P + pn[None, :], y, mask=sm)
+        if RETURN_PARAMS:
+            tl.store(params_ptr + bidx[:, None] * (P * HW) + pn[None, :] * HW + i * W + jj, y, mask=sm)
+    tl.debug_barrier()         # the scratch rows, visible to every thread of this program
+    scr = pscr_ptr + bidx * P                             # [G]
+    uni = uni_ptr + pix_off * U                           # [G]
+    cidx = tl.arange(0, C_P)
+    cmask = cidx < C
+    if DIST == 0:
+        # categorical: C independent softmaxes over L levels, in chunks of L_B levels;
+        # z[g, c, l] = logit of level l0 + l of channel c of image g, divided by T
+        lb = tl.arange(0, L_B)
+        pidx = scr[:, None, None] + cidx[None, :, None] * L + lb[None, None, :]      # + l0
+        u = tl.load(uni[:, None] + cidx[None, :], mask=bm[:, None] & cmask[None, :], other=0.0)
+        mx = tl.full([G, C_P], NEG_INF, tl.float32)
+        for l0 in range(0, L, L_B):                       # pass 1: max of logits / T
+            ym = bm[:, None, None] & cmask[None, :, None] & ((l0 + lb) < L)[None, None, :]
+            z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
+            mx = tl.maximum(mx, tl.max(tl.where(ym, z, NEG_INF), axis=2))
+        mx = tl.where(bm[:, None] & cmask[None, :], mx, 0.0)
+        tot = tl.zeros([G, C_P], dtype=tl.float32)
+        for l0 in range(0, L, L_B):                       # pass 2: the softmax normaliser
+            ym = bm[:, None, None] & cmask[None, :, None] & ((l0 + lb) < L)[None, None, :]
+            z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
+            tot += tl.sum(tl.where(ym, tl.exp(z - mx[:, :, None]), 0.0), axis=2)
+        tot = tl.where(bm[:, None] & cmask[None, :], tot, 1.0)
+        carry = tl.zeros([G, C_P], dtype=tl.float32)
+        cnt = tl.zeros([G, C_P], dtype=tl.int32)
+        for l0 in range(0, L, L_B):                       # pass 3: count cdf <= u
+            ym = bm[:, None, None] & cmask[None, :, None] & ((l0 + lb) < L)[None, None, :]
+            z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
+            pr = tl.where(ym, tl.math.div_rn(tl.exp(z - mx[:, :, None]), tot[:, :, None]), 0.0)
+            cdf = tl.cumsum(pr, axis=2) + carry[:, :, None]
+            cnt += tl.sum(tl.where(ym & (cdf <= u[:, :, None]), 1, 0), axis=2)
+            carry += tl.sum(pr, axis=2)
+        pix = tl.minimum(cnt, L - 1).to(tl.int64)
+    else:
+        # discretized logistic mixture: y[g, seg, m] = parameter seg*L + m, segments
+        # [logits, means (C), log-scales (C), coeffs (C(C-1)/2)], L = nr_mix
+        mi = tl.arange(0, L_B)
+        sg = tl.arange(0, NSEG_P)
+        lm = mi < L
+        ym = bm[:, None, None] & (sg < NSEG)[None, :, None] & lm[None, None, :]
+        y = tl.load(scr[:, None, None] + sg[None, :, None] * L + mi[None, None, :], mask=ym, other=0.0)
+        logits = tl.load(scr[:, None] + mi[None, :], mask=bm[:, None] & lm[None, :], other=0.0)
+        z = tl.where(lm[None, :], tl.math.div_rn(logits, temp), NEG_INF)
+        pr = tl.exp(z - tl.max(z, axis=1)[:, None])
+        pr = tl.where(lm[None, :], pr, 0.0)
+        pr = tl.math.div_rn(pr, tl.sum(pr, axis=1)[:, None])
+        cdf = tl.cumsum(pr, axis=1)
+        u0 = tl.load(uni, mask=bm, other=0.0)
+        comp = tl.minimum(tl.sum(tl.where(lm[None, :] & (cdf <= u0[:, None]), 1, 0), axis=1), L - 1)
+        # every segment at the chosen component
+        picked = tl.sum(tl.where(mi[None, None, :] == comp[:, None, None], y, 0.0), axis=2)   # [G, NSEG_P]
+        xs = tl.zeros([G, C_P], dtype=tl.float32)         # the rounded channels in [-1, 1]
+        pix = tl.zeros([G, C_P], dtype=tl.int64)
+        for c in tl.static_range(C):
+            mean = tl.sum(tl.where(sg[None, :] == 1 + c, picked, 0.0), axis=1)
+            log_s = tl.maximum(tl.sum(tl.where(sg[None, :] == 1 + C + c, picked, 0.0), axis=1),
+                               LOG_SCALE_MIN, propagate_nan=tl.PropagateNan.ALL)
+            for cp in tl.static_range(c):
+                pair = c * (c - 1) // 2 + cp
+                co = tl.sum(tl.where(sg[None, :] == 1 + 2 * C + pair, picked, 0.0), axis=1)
+                mean = mean + tanh(co) * tl.sum(tl.where(cidx[None, :] == cp, xs, 0.0), axis=1)
+            uc = tl.load(uni + 1 + c, mask=bm, other=0.5)
+            uc = tl.minimum(tl.maximum(uc, U_EPS), 1.0 - U_EPS)
+            val = mean + tl.exp(log_s) * temp * (tl.log(uc) - log1p(-uc))
+            pf = round_half_even((val + 1.0) * half_top)
+            pf = tl.minimum(tl.maximum(pf, 0.0), TOP * 1.0)
+            pf = tl.where(val != val, 0.0, pf)             # nan_to_num
+            xs = tl.where(cidx[None, :] == c, pf[:, None] * to_unit - 1.0, xs)
+            pix = tl.where(cidx[None, :] == c, pf.to(tl.int64)[:, None], pix)
+    # -- known pixels override; write the pixel --------------------------------------
+    wm = bm[:, None] & cmask[None, :]
+    xo = x_ptr + (bidx[:, None] * C + cidx[None, :]) * HW + i * W + jj
+    if HAS_KNOWN:
+        kn = tl.load(known_ptr + pix_off, mask=bm, other=0) != 0
+        pix = tl.where(kn[:, None], tl.load(xo, mask=wm, other=0), pix)
+    tl.store(xo, pix, mask=wm)
+
+
+@triton.jit
+def _load_val(ptr, bidx, bm, slot, NS, WS, col, K: tl.constexpr, K_P: tl.constexpr):
+    """Value ``(B, NS, WS, K)`` at row slot ``slot``, column ``col`` -> ``[G, K_P]`` (pad 0)."""
+    ch = tl.arange(0, K_P)
+    return tl.load(ptr + ((bidx[:, None] * NS + slot) * WS + col) * K + ch[None, :],
+                   mask=bm[:, None] & (ch < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_val(ptr, v, bidx, bm, slot, NS, WS, col, K: tl.constexpr, K_P: tl.constexpr):
+    ch = tl.arange(0, K_P)
+    tl.store(ptr + ((bidx[:, None] * NS + slot) * WS + col) * K + ch[None, :], v,
+             mask=bm[:, None] & (ch < K)[None, :])
+
+
+@triton.jit(do_not_specialize=["j"])
+def pixel_init_kernel(x_ptr, row_ptr, j, B, H, W, scale, row0_ptr, out_ptr, wh_ptr, bh_ptr,
+                      C: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr, G: tl.constexpr,
+                      T_P: tl.constexpr):
+    bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
+    bm = bidx < B
+    i = tl.load(row_ptr).to(tl.int64)
+    jj = tl.full([G], 0, tl.int64) + j
+    ch = tl.arange(0, N_P)
+    cm = ch < N
+    tt = tl.arange(0, T_P)
+    a = image_taps(x_ptr, bidx, jj, bm, i - 1, H, W, scale, C, 2, 1, 1, T_P)
+    wt = tl.load(wh_ptr + tt[:, None] * N + ch[None, :], mask=(tt < 2 * (C + 1))[:, None] & cm[None, :], other=0.0)
+    h = tl.dot(a, wt, input_precision="ieee") + tl.load(bh_ptr + ch, mask=cm, other=0.0)[None, :]
+    ul = _load_val(row0_ptr, bidx, bm, 0, 1, W, j, N, N_P)
+    ul += tl.where(j > 0, h, 0.0)                 # right_shift: column 0 is zero
+    _store_val(out_ptr, ul, bidx, bm, i % 2, 2, W, j, N, N_P)
+
+
+@triton.jit(do_not_specialize=["q"])
+def pixel_down_kernel(row_ptr, q, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_ptr, NS_OUT, W_OUT,
+                      SH: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr,
+                      G: tl.constexpr, BK: tl.constexpr):
+    bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
+    bm = bidx < B
+    p = tl.load(row_ptr).to(tl.int64) >> SH
+    cols = tl.full([G], 0, tl.int64) + q
+    ch = tl.arange(0, N_P)
+    acc = tl.zeros([G, N_P], dtype=tl.float32) + tl.load(b_ptr + ch, mask=ch < N, other=0.0)[None, :]
+    acc, _unused = conv_acc(acc, acc, in_ptr, w_ptr, bidx, cols, bm, p, NS_IN, W_IN, 0, N, N, 0,
+                        K, 2, 2, 2, 1, False, False, False, BK, N_P)
+    _store_val(out_ptr, acc, bidx, bm, p % NS_OUT, NS_OUT, W_OUT, q, N, N_P)
+
+
+@triton.jit(do_not_specialize=["q"])
+def pixel_block_kernel(row_ptr, q, B, x_ptr, NS_X, WS, c1_ptr, out_ptr, NS_OUT, rt_ptr,
+                       skip_ptr, NS_SKIP, ws_ptr, h2_ptr, H_S, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                       SH: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr, G: tl.constexpr,
+                       BK: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_COND: tl.constexpr,
+                       CUR_IN_REGS: tl.constexpr):
+    bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
+    bm = bidx < B
+    p = tl.load(row_ptr).to(tl.int64) >> SH
+    cols = tl.full([G], 0, tl.int64) + q
+    ch = tl.arange(0, N_P)
+    cm = ch < N
+    # c1 = conv1(act(x)) over rows p-1, p, columns q-1, q, + biases + the row's terms
+    c1 = tl.zeros([G, N_P], dtype=tl.float32) + tl.load(b1_ptr + ch, mask=cm, other=0.0)[None, :]
+    c1, _unused = conv_acc(c1, c1, x_ptr, w1_ptr, bidx, cols, bm, p, NS_X, WS, 0, N, N, 0,
+                      N, 2, 2, 1, 1, True, False, False, BK, N_P)
+    c1 += _load_val(rt_ptr, bidx, bm, 0, 1, WS, q, N, N_P)
+    if HAS_SKIP:
+        c1, _unused = conv_acc(c1, c1, skip_ptr, ws_ptr, bidx, cols, bm, p, NS_SKIP, WS, 0, N, N, 0,
+                          N, 1, 1, 1, 0, True, False, False, BK, N_P)
+    c1 = tl.where(cm[None, :], c1, 0.0)
+    _store_val(c1_ptr, c1, bidx, bm, p % 2, 2, WS, q, N, N_P)     # for the later positions
+    # c2 = conv2(act(c1)) in both gate halves: the three cached taps from the window, the
+    # current one (act(c1) at (p, q)) from registers
+    ca = tl.zeros([G, N_P], dtype=tl.float32) + tl.load(b2_ptr + ch, mask=cm, other=0.0)[None, :]
+    cb = tl.zeros([G, N_P], dtype=tl.float32) + tl.load(b2_ptr + N + ch, mask=cm, other=0.0)[None, :]
+    ca, cb = conv_acc(ca, cb, c1_ptr, w2_ptr, bidx, cols, bm, p, 2, WS, 0, N, 2 * N, N,
+                      N, 2, 2, 1, 1, True, True, True, BK, N_P)
+    if CUR_IN_REGS:
+        ep, en = concat_elu_halves(c1)
+        wl = w2_ptr + 3 * 2 * N * (2 * N) + ch[:, None] * (2 * N) + ch[None, :]   # tap (1, 1)
+        wm = cm[:, None] & cm[None, :]
+        ca += tl.dot(ep, tl.load(wl, mask=wm, other=0.0), input_precision="ieee")
+        ca += tl.dot(en, tl.load(wl + N * 2 * N, mask=wm, other=0.0), input_precision="ieee")
+        cb += tl.dot(ep, tl.load(wl + N, mask=wm, other=0.0), input_precision="ieee")
+        cb += tl.dot(en, tl.load(wl + N * 2 * N + N, mask=wm, other=0.0), input_precision="ieee")
+    else:
+        # wide layers: an [N_P, N_P] weight tile does not fit in registers; read the
+        # current tap back from the window (this program's own stores) in chunks
+        tl.debug_barrier()
+        ca, cb = conv_acc(ca, cb, c1_ptr + (p % 2) * WS * N, w2_ptr + 3 * 2 * N * (2 * N), bidx, cols, bm,
+                          0, 2, WS, 0, N, 2 * N, N, N, 1, 1, 1, 0, True, False, True, BK, N_P)
+    if HAS_COND:
+        hp = h2_ptr + ((bidx[:, None] * H_S + p) * WS + q) * (2 * N) + ch[None, :]
+        hm = bm[:, None] & cm[None, :]
+        ca += tl.load(hp, mask=hm, other=0.0)
+        cb += tl.load(hp + N, mask=hm, other=0.0)
+    x = _load_val(x_ptr, bidx, bm, p % NS_X, NS_X, WS, q, N, N_P)
+    out = x + ca * tl.sigmoid(cb)
+    _store_val(out_ptr, out, bidx, bm, p % NS_OUT, NS_OUT, WS, q, N, N_P)
+
+
+@triton.jit(do_not_specialize=["q"])
+def pixel_deconv_kernel(row_ptr, q, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_ptr, NS_OUT, W_OUT,
+                        SH: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr,
+                        G: tl.constexpr, BK: tl.constexpr):
+    """``out[2p + a, 2q + c] = b + W[a, c]^T in[p, q]`` (``DownRightShiftedConvTranspose2d``);
+    weight ``(2, 2, K, N)``."""
+    bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
+    bm = bidx < B
+    p = tl.load(row_ptr).to(tl.int64) >> SH
+    ch = tl.arange(0, N_P)
+    cm = ch < N
+    kb = tl.arange(0, BK)
+    bias = tl.load(b_ptr + ch, mask=cm, other=0.0)[None, :]
+    base = in_ptr + ((bidx * NS_IN + p % NS_IN) * W_IN + q) * K
+    for t in tl.static_range(4):
+        acc = tl.zeros([G, N_P], dtype=tl.float32) + bias
+        for k0 in range(0, K, BK):
+            km = (k0 + kb) < K
+            a = tl.load(base[:, None] + k0 + kb[None, :], mask=bm[:, None] & km[None, :], other=0.0)
+            wt = tl.load(w_ptr + (t * K + k0 + kb[:, None]) * N + ch[None, :], mask=km[:, None] & cm[None, :],
+                         other=0.0)
+            acc += tl.dot(a, wt, input_precision="ieee")
+        r = 2 * p + t // 2
+        _store_val(out_ptr, acc, bidx, bm, r % NS_OUT, NS_OUT, W_OUT, 2 * q + t % 2, N, N_P)
+
+
+@triton.jit(do_not_specialize=["j"])
+def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
+                      B, H, W, half_top, to_unit, in_ptr, NS_IN, wh_ptr, bh_ptr,
+                      C: tl.constexpr, C_P: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
+                      G: tl.constexpr, P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr,
+                      DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
+                      NSEG: tl.constexpr, NSEG_P: tl.constexpr, TOP: tl.constexpr,
+                      HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
+    bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
+    bm = bidx < B
+    i = tl.load(row_ptr).to(tl.int64)
+    temp = tl.load(temp_ptr)
+    jj = tl.full([], 0, tl.int64) + j
+    ul = _load_val(in_ptr, bidx, bm, i % NS_IN, NS_IN, W, jj, HID, HID_P)
+    head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
+                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr,
+                C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, NSEG, NSEG_P, TOP, HAS_KNOWN, RETURN_PARAMS)
+
+
+# -- launchers ------------------------------------------------------------------------
+
+CUR_IN_REGS_MAX = 32                   # widest layer whose current conv2 tap stays in registers
+
+
+def _pixel_bk(k: int, n_p: int) -> int:
+    """Input chunk of a pixel conv: its weight tile ``[BK, N_P]`` at most 2048 floats."""
+    return max(16, min(_p2(k), 32, 2048 // n_p))
+
+
+def _warps(n_p: int) -> int:
+    return 4 if n_p <= 64 else 8
+
+
+def _groups(b: int) -> tuple:
+    return (triton.cdiv(b, GROUP),)
+
+
+def launch_pixel_init(x, row, j, row0, out, wh, bh, scale, fp_fusion=False):
+    """Scale 0: ``out`` ``(B, 2, W, N)`` at ``(i, j)`` = ``row0[j]`` + the right-shifted
+    ``(2, 1)`` conv at column ``j-1``; ``wh`` ``(2*CIN, N)``."""
+    b, c, h, w = x.shape
+    n = out.shape[-1]
+    pixel_init_kernel[_groups(b)](x, row, j, b, h, w, scale, row0, out, wh, bh, C=c, N=n,
+                                  N_P=max(16, _p2(n)), G=GROUP, T_P=max(16, _p2(2 * (c + 1))),
+                                  enable_fp_fusion=fp_fusion)
+
+
+def launch_pixel_down(row, q, inp, w, b, out, shift, fp_fusion=False):
+    """``downsize_ul`` at ``(p, q)`` of scale ``shift`` from ``inp`` (scale ``shift - 1``);
+    ``w`` ``(2, 2, 1, K, N)``."""
+    bsz, ns_in, w_in, k = inp.shape
+    _, ns_out, w_out, n = out.shape
+    pixel_down_kernel[_groups(bsz)](row, q, bsz, inp, ns_in, w_in, w, b, out, ns_out, w_out,
+                                    SH=shift, K=k, N=n, N_P=max(16, _p2(n)), G=GROUP,
+                                    BK=_pixel_bk(k, max(16, _p2(n))), enable_fp_fusion=fp_fusion)
+
+
+def launch_pixel_block(row, q, x, c1, out, rowterm, w1, b1, w2, b2, shift, skip=None, ws=None,
+                       h2=None, fp_fusion=False):
+    """One gated ``ul`` block at ``(p, q)``: ``x`` ``(B, NS, W_s, N)`` in, ``c1`` ``(B, 2, W_s, N)``
+    its conv2 window, ``out`` the block's output value; ``rowterm`` ``(B, 1, W_s, N)``;
+    ``w1`` ``(2, 2, 2, N, N)``, ``w2`` ``(2, 2, 2, N, 2N)``; ``skip``/``ws`` the down pass's
+    1x1 projection of the up-pass ``ul``; ``h2`` ``(B, H_s, W_s, 2N)``."""
+    bsz, ns_x, ws_, n = x.shape
+    n_p = max(16, _p2(n))
+    d = out
+    pixel_block_kernel[_groups(bsz)](
+        row, q, bsz, x, ns_x, ws_, c1, out, out.shape[1], rowterm,
+        skip if skip is not None else d, skip.shape[1] if skip is not None else 1, ws if ws is not None else d,
+        h2 if h2 is not None else d, h2.shape[1] if h2 is not None else 1, w1, b1, w2, b2,
+        SH=shift, N=n, N_P=n_p, G=GROUP, BK=_pixel_bk(n, n_p), HAS_SKIP=skip is not None,
+        HAS_COND=h2 is not None, CUR_IN_REGS=n_p <= CUR_IN_REGS_MAX, num_warps=_warps(n_p),
+        enable_fp_fusion=fp_fusion)
+
+
+def launch_pixel_deconv(row, q, inp, w, b, out, shift, fp_fusion=False):
+    """Transposed ``(2, 2)`` conv of ``(p, q)`` of scale ``shift`` into ``out`` (scale ``shift - 1``)."""
+    bsz, ns_in, w_in, k = inp.shape
+    _, ns_out, w_out, n = out.shape
+    pixel_deconv_kernel[_groups(bsz)](row, q, bsz, inp, ns_in, w_in, w, b, out, ns_out, w_out,
+                                      SH=shift, K=k, N=n, N_P=max(16, _p2(n)), G=GROUP,
+                                      BK=_pixel_bk(k, max(16, _p2(n))), enable_fp_fusion=fp_fusion)
+
+
+def head_meta(dist, channels: int, hidden: int) -> dict:
+    """The sampling constants of ``dist`` for ``pixel_head_kernel``."""
+    c_p = _p2(channels)
+    hid_p = max(16, _p2(hidden))
+    P = dist.num_params
+    if type(dist).__name__ == "Categorical":
+        L, nseg, d = dist.levels, dist.channels, 0
+        l_b, nseg_p = min(_p2(L), max(16, 256 // c_p)), 1
+    else:
+        L, d = dist.nr_mix, 1
+        nseg = 1 + 2 * channels + channels * (channels - 1) // 2
+        l_b, nseg_p = _p2(L), _p2(nseg)
+    return dict(C=channels, C_P=c_p, HID=hidden, HID_P=hid_p, G=GROUP, P=P,
+                PB=max(16, min(_p2(P), 4096 // hid_p)), U=dist.num_uniforms, DIST=d, L=L, L_B=l_b,
+                NSEG=nseg, NSEG_P=nseg_p, TOP=2 ** dist.bits - 1)
+
+
+def launch_pixel_head(x, known, uniforms, params, pscr, row, temp, j, inp, wh, bh, dist, fp_fusion=False):
+    """Head, sampling and write-back at ``(i, j)``: ``inp`` ``(B, NS, W, HID)`` the final
+    ``ul``; ``wh`` ``(HID, P)``; ``known`` ``(B, H, W)`` int8 or None; ``params``
+    ``(B, P, H, W)`` or None; ``pscr`` ``(B, P)`` scratch; ``temp`` ``(1,)``."""
+    b, c, h, w = x.shape
+    meta = head_meta(dist, c, inp.shape[-1])
+    top = meta["TOP"]
+    d = pscr
+    pixel_head_kernel[_groups(b)](
+        x, known if known is not None else d, uniforms, params if params is not None else d, pscr,
+        row, temp, j, b, h, w, top / 2.0, 2.0 / top, inp, inp.shape[1], wh, bh,
+        HAS_KNOWN=known is not None, RETURN_PARAMS=params is not None, **meta,
+        enable_fp_fusion=fp_fusion)
+
+
+# -- PyTorch references (same signatures, same buffer updates) ------------------------
+
+def _at(t, r, c):
+    """Value ``t`` ``(B, NS, WS, K)`` at row ``r``, column ``c`` ``(B, K)``, zero outside."""
+    if r < 0 or c < 0 or c >= t.shape[2]:
+        return torch.zeros_like(t[:, 0, 0])
+    return t[:, r % t.shape[1], c]
+
+
+@torch.no_grad()
+def pixel_init_reference(x, row, j, row0, out, wh, bh, scale, fp_fusion=False):
+    i = int(row[0])
+    ul = row0[:, 0, j].clone()
+    if j > 0:
+        hcol = F.pad(_image(x, scale), (0, 0, 1, 0))[:, :, i:i + 2, j - 1]      # rows i-1, i
+        ul = ul + hcol.transpose(1, 2).reshape(x.shape[0], -1) @ wh + bh
+    out[:, i % 2, j] = ul
+
+
+@torch.no_grad()
+def pixel_down_reference(row, q, inp, w, b, out, shift, fp_fusion=False):
+    p = int(row[0]) >> shift
+    acc = b.expand(inp.shape[0], -1).clone()
+    for tr in range(2):
+        for tc in range(2):
+            acc = acc + _act_dot(_at(inp, 2 * p - 1 + tr, 2 * q - 1 + tc), w[tr, tc], False)
+    out[:, p % out.shape[1], q] = acc
+
+
+@torch.no_grad()
+def pixel_block_reference(row, q, x, c1, out, rowterm, w1, b1, w2, b2, shift, skip=None, ws=None,
+                          h2=None, fp_fusion=False):
+    p = int(row[0]) >> shift
+    n = x.shape[-1]
+
+    def conv(t, w):
+        acc = 0.0
+        for tr in range(2):
+            for tc in range(2):
+                acc = acc + _act_dot(_at(t, p - 1 + tr, q - 1 + tc), w[tr, tc], True)
+        return acc
+
+    a = conv(x, w1) + b1 + rowterm[:, 0, q]
+    if skip is not None:
+        a = a + _act_dot(_at(skip, p, q), ws[0, 0], True)
+    c1[:, p % 2, q] = a
+    c2 = conv(c1, w2) + b2
+    if h2 is not None:
+        c2 = c2 + h2[:, p, q]
+    out[:, p % out.shape[1], q] = _at(x, p, q) + c2[:, :n] * torch.sigmoid(c2[:, n:])
+
+
+@torch.no_grad()
+def pixel_deconv_reference(row, q, inp, w, b, out, shift, fp_fusion=False):
+    p = int(row[0]) >> shift
+    v = _at(inp, p, q)
+    for a in range(2):
+        for c in range(2):
+            out[:, (2 * p + a) % out.shape[1], 2 * q + c] = v @ w[a, c] + b
+
+
+@torch.no_grad()
+def pixel_head_reference(x, known, uniforms, params, pscr, row, temp, j, inp, wh, bh, dist, fp_fusion=False):
+    i = int(row[0])
+    y = F.elu(inp[:, i % inp.shape[1], j]) @ wh + bh
+    pscr.copy_(y)
+    if params is not None:
+        params[:, :, i, j] = y
+    pix = dist.sample_flat(y, uniforms[:, i, j], float(temp[0]))
+    if known is not None:
+        pix = torch.where(known[:, i, j, None] != 0, x[:, :, i, j], pix)
+    x[:, :, i, j] = pix
+    return y

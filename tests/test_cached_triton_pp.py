@@ -1,0 +1,352 @@
+"""The Triton backend of the cached engine for ``PixelCNNpp`` (docs/design.md sections 2 and 5).
+
+Runs the kernels under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
+``conftest.py``) on tiny shapes (hidden 4-8, 0-1 blocks, 4x4 / 8x4 images):
+
+* kernel level: every launcher of ``kernels/pp_row.py`` / ``kernels/pp_pixel.py``
+  against the PyTorch reference beside it, on random buffer states (hidden sizes
+  that are not powers of two, several image groups and column / channel tiles, every
+  row slot parity, the first row and column);
+* the launch plan with the kernels' references (fast, no interpreter): teacher
+  forcing and the naive engine's images on larger random configs;
+* engine level: teacher forcing equals the full forward pass (<= 1e-4 of the
+  parameter scale) and the same uniforms give the same images as the naive engine,
+  over 1 / 3 channels, both distributions, scales 1-3, 0 / 1 blocks, conditioning,
+  known pixels, temperature, and a batch that is not a multiple of the group size;
+* the per-level CUDA-graph sequencing (with a stand-in for the capture), routing and errors.
+"""
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
+
+from helpers import one_thread, param_error, randomize  # noqa: E402,F401
+import pixelaux  # noqa: E402
+from pixelaux import engines  # noqa: E402
+from pixelaux.engines import cached_triton, cached_triton_pp, naive  # noqa: E402
+
+R, P = cached_triton_pp._kernels()
+K = cached_triton.load_kernels()
+
+if not K.interpreted() and not torch.cuda.is_available():  # pragma: no cover
+    pytest.skip("the Triton kernels were imported without TRITON_INTERPRET=1 and there is no GPU",
+                allow_module_level=True)
+
+DEVICE = "cpu" if K.interpreted() else "cuda"
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")    # tiny ops: threads only add spin-waits
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _model(seed=0, size=(4, 4), **cfg):
+    torch.manual_seed(seed)
+    m = pixelaux.PixelCNNpp(dropout=0.0, image_size=size, **cfg)
+    return randomize(m, std=0.2, seed=seed).to(DEVICE)
+
+
+def _inputs(model, b, size, seed):
+    g = _gen(seed)
+    x = torch.randint(0, 2 ** model.bits, (b, model.channels, *size), generator=g)
+    cond = torch.randn(b, model.cond_channels, *size, generator=g) if model.cond_channels else None
+    u = torch.rand(b, *size, model.dist.num_uniforms, generator=g)
+    return x.to(DEVICE), (None if cond is None else cond.to(DEVICE)), u
+
+
+# -- kernel level -----------------------------------------------------------------------
+
+def _rand(*shape, g):
+    return torch.randn(*shape, generator=g).to(DEVICE)
+
+
+def _check(launch, reference, outs, **kw):
+    """Run ``launch`` and ``reference`` on clones of the buffers named in ``outs``."""
+    a = {k: v.clone() if k in outs else v for k, v in kw.items()}
+    b = {k: v.clone() if k in outs else v for k, v in kw.items()}
+    launch(**a)
+    reference(**b)
+    for k in outs:
+        if a[k].dtype.is_floating_point:
+            # float32 sums in another order: within 1e-5 of the buffer's scale
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5 * max(1.0, b[k].abs().max().item()),
+                                       msg=k)
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+# (batch, width of the output scale, hidden), nothing a power of two: one program; three
+# image groups, two output-channel tiles and three input chunks; two column tiles
+KSHAPES = [(3, 4, 5), (17, 4, 70), (2, 40, 5)]
+
+
+@pytest.mark.parametrize("b,w,f", KSHAPES)
+@pytest.mark.parametrize("i", [0, 3])
+def test_row_init_kernel(b, w, f, i):
+    g = _gen(1)
+    c = 3
+    x = torch.randint(0, 256, (b, c, 5, w), generator=g).to(DEVICE)
+    _check(R.launch_row_init, R.row_init_reference, ("u_out", "row0"),
+           x=x, row=torch.tensor([i], dtype=torch.int32, device=DEVICE), u_out=_rand(b, 2, w, f, g=g),
+           row0=_rand(b, 1, w, f, g=g), wu=_rand(6 * (c + 1), f, g=g), bu=_rand(f, g=g),
+           wv=_rand(3 * (c + 1), f, g=g), bv=_rand(f, g=g), scale=2.0 / 255)
+
+
+ROW_CONVS = {   # name: (kernel h, kernel w, stride, padl, act, skip, cond, gate, ns in, ns out)
+    "conv1-cond": (2, 3, 1, 1, True, False, True, False, 2, 2),
+    "conv1-skip-ns4": (2, 3, 1, 1, True, True, False, False, 4, 2),
+    "conv2-gate-cond": (2, 3, 1, 1, True, False, True, True, 2, 2),
+    "rowterm-1x1": (1, 1, 1, 0, True, False, True, False, 2, 1),
+    "downsize-stride2": (2, 3, 2, 1, False, False, False, False, 2, 2),
+}
+
+
+@pytest.mark.parametrize("b,w,f", KSHAPES)
+@pytest.mark.parametrize("name", list(ROW_CONVS))
+@pytest.mark.parametrize("i", [0, 5])
+def test_row_conv_kernel(b, w, f, name, i):
+    kh, kw, stride, padl, act, skip, cond, gate, ns_in, ns_out = ROW_CONVS[name]
+    g = _gen(2)
+    shift = 1 if stride == 2 else 0
+    w_in = w * stride
+    wn = 2 * f if gate else f
+    kw_ = dict(row=torch.tensor([i], dtype=torch.int32, device=DEVICE), inp=_rand(b, ns_in, w_in, f, g=g),
+               w=_rand(kh, kw, 2 if act else 1, f, wn, g=g), b=_rand(wn, g=g), out=_rand(b, ns_out, w, f, g=g),
+               shift=shift, stride=stride, padl=padl, act=act)
+    if skip:
+        kw_.update(skip=_rand(b, 2, w, f, g=g), ws=_rand(1, 1, 2, f, f, g=g))
+    if cond:
+        kw_.update(cond=_rand(b, 6, w, wn, g=g))
+    if gate:
+        kw_.update(res=_rand(b, 2, w, f, g=g))
+    _check(R.launch_row_conv, R.row_conv_reference, ("out",), **kw_)
+
+
+@pytest.mark.parametrize("b,w,f", KSHAPES)
+@pytest.mark.parametrize("i", [0, 2, 6])
+def test_row_deconv_kernel(b, w, f, i):
+    g = _gen(3)
+    _check(R.launch_row_deconv, R.row_deconv_reference, ("out",),
+           row=torch.tensor([i], dtype=torch.int32, device=DEVICE), inp=_rand(b, 2, w, f, g=g),
+           w=_rand(2, 3, f, f, g=g), b=_rand(f, g=g), out=_rand(b, 4, 2 * w, f, g=g), shift=1)
+
+
+def test_advance_row_kernel():
+    row = torch.tensor([4], dtype=torch.int32, device=DEVICE)
+    R.launch_advance_row(row)
+    assert int(row[0]) == 5
+
+
+@pytest.mark.parametrize("b,f", [(3, 5), (17, 70)])
+@pytest.mark.parametrize("i,j", [(0, 0), (3, 2)])
+def test_pixel_init_kernel(b, f, i, j):
+    g = _gen(4)
+    c, w = 3, 4
+    x = torch.randint(0, 256, (b, c, 5, w), generator=g).to(DEVICE)
+    _check(P.launch_pixel_init, P.pixel_init_reference, ("out",),
+           x=x, row=torch.tensor([i], dtype=torch.int32, device=DEVICE), j=j, row0=_rand(b, 1, w, f, g=g),
+           out=_rand(b, 2, w, f, g=g), wh=_rand(2 * (c + 1), f, g=g), bh=_rand(f, g=g), scale=2.0 / 255)
+
+
+@pytest.mark.parametrize("b,f", [(3, 5), (17, 70)])
+@pytest.mark.parametrize("i,q", [(0, 0), (6, 1)])
+def test_pixel_down_and_deconv_kernels(b, f, i, q):
+    g = _gen(5)
+    row = torch.tensor([i], dtype=torch.int32, device=DEVICE)
+    _check(P.launch_pixel_down, P.pixel_down_reference, ("out",), row=row, q=q,
+           inp=_rand(b, 2, 4, f, g=g), w=_rand(2, 2, 1, f, f, g=g), b=_rand(f, g=g),
+           out=_rand(b, 2, 2, f, g=g), shift=1)
+    _check(P.launch_pixel_deconv, P.pixel_deconv_reference, ("out",), row=row, q=q,
+           inp=_rand(b, 2, 2, f, g=g), w=_rand(2, 2, f, f, g=g), b=_rand(f, g=g),
+           out=_rand(b, 4, 4, f, g=g), shift=1)
+
+
+@pytest.mark.parametrize("b,f", [(3, 5), (17, 70)])
+@pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
+@pytest.mark.parametrize("i,q", [(0, 0), (3, 2)])
+def test_pixel_block_kernel(b, f, down, i, q):
+    g = _gen(6)
+    ws = 4
+    kw = dict(row=torch.tensor([i], dtype=torch.int32, device=DEVICE), q=q, x=_rand(b, 4 if down else 2, ws, f, g=g),
+              c1=_rand(b, 2, ws, f, g=g), out=_rand(b, 2, ws, f, g=g), rowterm=_rand(b, 1, ws, f, g=g),
+              w1=_rand(2, 2, 2, f, f, g=g) * 0.2, b1=_rand(f, g=g), w2=_rand(2, 2, 2, f, 2 * f, g=g) * 0.2,
+              b2=_rand(2 * f, g=g), shift=0, h2=_rand(b, 4, ws, 2 * f, g=g))
+    if down:
+        kw.update(skip=_rand(b, 2, ws, f, g=g), ws=_rand(1, 1, 2, f, f, g=g), h2=None)
+    _check(P.launch_pixel_block, P.pixel_block_reference, ("c1", "out"), **kw)
+
+
+@pytest.mark.parametrize("cfg", [dict(channels=3, bits=8, dist="logistic", nr_mix=3),
+                                 dict(channels=1, bits=4, dist="categorical")], ids=["logistic", "categorical"])
+@pytest.mark.parametrize("b", [3, 17])
+def test_pixel_head_kernel(cfg, b):
+    g = _gen(7)
+    dist = pixelaux.distributions.make_distribution(cfg["dist"], cfg["channels"], cfg["bits"], cfg.get("nr_mix", 1))
+    h, w, f = 3, 4, 5
+    x = torch.randint(0, 2 ** cfg["bits"], (b, cfg["channels"], h, w), generator=g).to(DEVICE)
+    known = (torch.rand(b, h, w, generator=g) < 0.5).to(torch.int8).to(DEVICE)
+    _check(P.launch_pixel_head, P.pixel_head_reference, ("x", "params", "pscr"),
+           x=x, known=known, uniforms=torch.rand(b, h, w, dist.num_uniforms, generator=g).to(DEVICE),
+           params=torch.zeros(b, dist.num_params, h, w, device=DEVICE), pscr=torch.zeros(b, dist.num_params, device=DEVICE),
+           row=torch.tensor([2], dtype=torch.int32, device=DEVICE), temp=torch.tensor([0.8], device=DEVICE), j=1,
+           inp=_rand(b, 4, w, f, g=g), wh=_rand(f, dist.num_params, g=g), bh=_rand(dist.num_params, g=g), dist=dist)
+
+
+# -- the launch plan, with the kernels' PyTorch references (fast) ------------------------
+
+PLAN_CASES = [
+    (dict(channels=3, bits=8, hidden=6, blocks=2, scales=3, nr_mix=3, cond_channels=2), (8, 8), 3),
+    (dict(channels=1, bits=4, hidden=5, blocks=1, scales=2, dist="categorical"), (6, 4), 2),
+    (dict(channels=3, bits=5, hidden=4, blocks=0, scales=3, nr_mix=2), (4, 8), 5),
+    (dict(channels=1, bits=8, hidden=7, blocks=2, scales=1, nr_mix=2, cond_channels=1), (3, 5), 1),
+]
+
+
+@pytest.mark.parametrize("cfg,size,batch", PLAN_CASES, ids=["s3-b2-cond", "cat-s2", "s3-b0", "s1-b2-cond"])
+def test_plan_with_references_matches_forward_and_naive(cfg, size, batch):
+    model = _model(1, size=size, **cfg)
+    x, cond, u = _inputs(model, batch, size, seed=2)
+    known = torch.ones(batch, *size, dtype=torch.bool, device=DEVICE)
+    out, params = cached_triton_pp.run(model, x, known, cond, u, 1.0, return_params=True, reference=True)
+    assert torch.equal(out, x)
+    assert param_error(params, model(x, cond)) <= 1e-4
+    x0 = torch.zeros_like(x)
+    assert torch.equal(cached_triton_pp.run(model, x0, None, cond, u, 1.0, reference=True),
+                       naive.run(model, x0, None, cond, u, 1.0))
+
+
+# -- engine level (the kernels) ----------------------------------------------------------
+
+ENGINE_CASES = [
+    # (config, size, batch)
+    (dict(channels=1, bits=4, hidden=5, blocks=1, scales=2, dist="categorical"), (4, 4), 2),
+    (dict(channels=3, bits=8, hidden=6, blocks=1, scales=3, nr_mix=2, cond_channels=2), (4, 4), 1),
+    (dict(channels=3, bits=8, hidden=4, blocks=0, scales=3, nr_mix=2), (4, 4), 3),
+    (dict(channels=1, bits=8, hidden=8, blocks=1, scales=1, nr_mix=2, dist="logistic"), (4, 4), 1),
+]
+IDS = ["cat1-s2-b1-hid5", "log3-s3-b1-cond", "log3-s3-b0", "log1-s1-b1"]
+
+
+@pytest.mark.parametrize("cfg,size,batch", ENGINE_CASES, ids=IDS)
+def test_teacher_forcing_and_same_images_as_naive(cfg, size, batch):
+    model = _model(3, size=size, **cfg)
+    x, cond, u = _inputs(model, batch, size, seed=4)
+    known = torch.ones(batch, *size, dtype=torch.bool, device=DEVICE)
+    x_before = x.clone()
+    out, params = cached_triton_pp.run(model, x, known, cond, u, 1.0, return_params=True)
+    assert torch.equal(x, x_before)                 # the input is not modified
+    assert out.dtype == torch.long and torch.equal(out, x)
+    assert params.shape == (batch, model.dist.num_params, *size)
+    assert param_error(params, model(x, cond)) <= 1e-4
+    x0 = torch.zeros_like(x)
+    ref = naive.run(model, x0, None, cond, u, 1.0)
+    got = cached_triton_pp.run(model, x0, None, cond, u, 1.0)
+    mismatch = (ref != got).float().mean().item()
+    assert mismatch <= 1e-3, f"{mismatch:.2%} of pixels differ"
+    assert ref.float().std() > 0                    # samples are not constant
+
+
+def test_known_pixels_and_temperature_match_naive():
+    model = _model(6, channels=3, bits=8, hidden=4, blocks=0, scales=2, nr_mix=3)
+    x, _, u = _inputs(model, 2, (4, 4), seed=9)
+    known = (torch.rand(2, 4, 4, generator=_gen(3)) < 0.5).to(DEVICE)
+    got = cached_triton_pp.run(model, x, known, None, u, 0.7)
+    assert torch.equal(got, naive.run(model, x, known, None, u, 0.7))
+    assert torch.equal(got.permute(0, 2, 3, 1)[known], x.permute(0, 2, 3, 1)[known])
+
+
+def test_batch_of_two_groups_matches_naive():
+    """17 images: two groups of 16, the last with one image (masked rows)."""
+    model = _model(8, channels=1, bits=3, hidden=4, blocks=0, scales=2, dist="categorical")
+    assert P.GROUP == 16
+    _, _, u = _inputs(model, 17, (4, 4), seed=5)
+    x0 = torch.zeros(17, 1, 4, 4, dtype=torch.long, device=DEVICE)
+    assert torch.equal(cached_triton_pp.run(model, x0, None, None, u, 1.0), naive.run(model, x0, None, None, u, 1.0))
+
+
+def test_per_level_graph_sequencing():
+    """The CUDA path's structure with a stand-in for graph capture: row 0 eagerly, one
+    capture per trigger level (row 1: level 0, row 2: level 1, row 4: level 2), then
+    replays; the same images as the eager loop."""
+    model = _model(3, size=(8, 4), channels=1, bits=3, hidden=4, blocks=0, scales=3, dist="categorical")
+    _, _, u = _inputs(model, 1, (8, 4), seed=6)
+    x0 = torch.zeros(1, 1, 8, 4, dtype=torch.long, device=DEVICE)
+    captured = []
+
+    def fake_capture(fn):
+        captured.append(fn)
+        return fn
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    buf = cached_triton_pp.PPBuffers(model, x0, None, None, u, 1.0)
+    graphs = cached_triton_pp.sample_rows(buf, cached_triton_pp._kernels(), bar, capture=fake_capture)
+    assert sorted(graphs) == [0, 1, 2] and len(captured) == 3
+    assert bar.n == 8 * 4 and int(buf.row[0]) == 8
+    assert torch.equal(buf.x, naive.run(model, x0, None, None, u, 1.0))
+
+
+def test_trigger_levels():
+    lv = cached_triton_pp.level
+    assert [lv(i, 3) for i in range(9)] == [2, 0, 1, 0, 2, 0, 1, 0, 2]
+    assert [lv(i, 1) for i in range(4)] == [0, 0, 0, 0]
+
+
+def test_runner_routes_pixelcnnpp_to_this_engine():
+    assert engines.runner("cached", "triton", "PixelCNNpp") is cached_triton_pp.run
+    if "PixelCNNpp" in engines.STAGE_KINDS["triton"]:
+        assert engines.resolve("cached", "triton", DEVICE, kinds=("PixelCNNpp",)) == ("cached", "triton")
+
+
+# -- errors -----------------------------------------------------------------------------
+
+def test_unavailable_backend_is_a_clear_error(monkeypatch):
+    model = _model(0, channels=1, bits=2, hidden=2, blocks=0, scales=1, dist="categorical")
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.long, device=DEVICE)
+    monkeypatch.setattr(cached_triton_pp, "status", lambda device: (False, "no GPU here"))
+    with pytest.raises(RuntimeError, match="backend='triton' is not available: no GPU here"):
+        cached_triton_pp.run(model, x, None, None, torch.rand(1, 4, 4, 1), 1.0)
+
+
+def test_bad_inputs_are_rejected():
+    model = _model(0, size=(4, 4), channels=1, bits=2, hidden=2, blocks=0, scales=2, dist="categorical")
+    u = torch.rand(1, 4, 4, 1)
+    with pytest.raises(ValueError, match="temperature"):
+        cached_triton_pp.run(model, torch.zeros(1, 1, 4, 4, dtype=torch.long, device=DEVICE), None, None, u, 0.0)
+    with pytest.raises(ValueError, match="divisible"):
+        cached_triton_pp.run(model, torch.zeros(1, 1, 3, 4, dtype=torch.long, device=DEVICE), None, None,
+                             torch.rand(1, 3, 4, 1), 1.0)
+
+
+@pytest.mark.slow      # ~10 s with a warm Triton cache, ~3 min cold on 2 busy cores
+def test_kernels_compile_for_a_gpu_without_one():
+    """The interpreter does not compile: compile every variant one row launches for sm_90
+    (Triton's frontend, LLVM, ptxas; no GPU), in a process without TRITON_INTERPRET,
+    and check that no variant spills registers (hidden 80 = the bench-pp32 width)."""
+    import os
+    import subprocess
+    import sys
+    import triton.backends
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    code = ("from pixelaux.engines.cached_triton_pp import compile_for_gpu\n"
+            "r = compile_for_gpu([dict(channels=3, bits=8, hidden=80, blocks=1, scales=3, nr_mix=10,\n"
+            "                          cond_channels=2),\n"
+            "                     dict(channels=1, bits=4, hidden=5, blocks=0, scales=2, dist='categorical')])\n"
+            "bad = [(n, m) for n, m in r if m.get('stack') or m.get('local')]\n"
+            "print(len(r), 'variants', 'spills:', bad)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "variants" in out.stdout, out.stdout
+    assert "spills: []" in out.stdout, out.stdout

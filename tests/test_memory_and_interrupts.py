@@ -1,0 +1,144 @@
+"""Memory and interruptions: an oversized batch is refused up front with the estimate;
+sampling shows progress; Ctrl-C in the CLI exits 130 with one line and leaves no
+partial file.
+"""
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import pixelaux
+from pixelaux import resources
+from reliability_helpers import (  # noqa: F401 (fixtures)
+    CPP, KINDS, cli, files, gen, models, one_thread_and_report)
+
+pytestmark = pytest.mark.usefixtures("one_thread_and_report")
+
+
+# --------------------------------------------------------------------------- memory
+
+def test_oversized_batch_is_refused_up_front_with_the_estimate(models, monkeypatch):
+    m = models["gated"]
+    monkeypatch.setattr(resources, "available_bytes", lambda device: 10 ** 6)      # pretend 1 MB is free
+    need = resources.estimate_sampling_bytes(m, 4096, (32, 32), "cached", "cpp" if CPP else "torch")
+    assert need > 10 ** 6
+    g = gen(1)
+    before = g.get_state()
+    with pytest.raises(resources.InsufficientMemoryError) as e:
+        pixelaux.sample(m, 4096, size=32, generator=g, progress=False)
+    assert isinstance(e.value, MemoryError)
+    msg = str(e.value)
+    assert resources.format_bytes(need) in msg and "976.6 KiB" in msg and "would fit" in msg
+    assert "smaller n" in msg and "chunks" in msg and "n=4096" in msg
+    assert e.value.needed == need and e.value.available == 10 ** 6
+    assert torch.equal(g.get_state(), before), "the generator was used before the refusal"
+    for kind in ("grayscale", "pyramid"):           # composite models are checked too
+        with pytest.raises(resources.InsufficientMemoryError):
+            pixelaux.sample(models[kind], 4096, size=32, progress=False, engine="naive")
+    monkeypatch.setenv("PIXELAUX_MEMORY_CHECK", "0")                              # the escape hatch
+    resources.check_memory(need, "cpu", "x")
+
+
+def test_absurd_batch_is_refused_at_once_with_the_real_memory(models):
+    t0 = time.perf_counter()
+    with pytest.raises(resources.InsufficientMemoryError, match="available"):
+        pixelaux.sample(models["grayscale"], 10 ** 9, progress=False)
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_small_calls_pass_the_memory_check(models):
+    avail = resources.available_bytes("cpu")
+    assert isinstance(avail, int) and avail > 0
+    assert resources.available_bytes("meta") is None          # unknown: not checked
+    resources.check_memory(10 ** 30, "meta", "x")
+    for kind in KINDS:
+        x = pixelaux.sample(models[kind], 2, progress=False)
+        assert x.shape[0] == 2
+
+
+def test_estimate_is_linear_in_n_and_covers_every_stage(models):
+    for kind in KINDS:
+        m = models[kind]
+        for engine, backend in (("naive", None), ("cached", "torch"), ("cached", "cpp")):
+            one = resources.estimate_sampling_bytes(m, 1, (32, 32), engine, backend)
+            assert one > 0 and resources.estimate_sampling_bytes(m, 7, (32, 32), engine, backend) == 7 * one
+    g = models["grayscale"]
+    for stage in (g.prior, g.colour):
+        assert resources.estimate_sampling_bytes(g, 3, (8, 8), "cached") > \
+            resources.estimate_sampling_bytes(stage, 3, (8, 8), "cached")
+    big = pixelaux.GatedPixelCNN(hidden=64, blocks=4, image_size=32)
+    assert resources.estimate_sampling_bytes(big, 8, None, "naive") > \
+        resources.estimate_sampling_bytes(big, 8, None, "cached") > 0
+    with pytest.raises(ValueError, match="engine"):
+        resources.estimate_sampling_bytes(big, 1, None, "fast")
+
+
+def test_available_memory_from_meminfo_cgroup_and_sysconf(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  9999 kB\nMemAvailable:    2048 kB\n")
+    monkeypatch.setattr(resources, "_MEMINFO", str(meminfo))
+    monkeypatch.setattr(resources, "_CGROUPS", ())
+    assert resources.available_bytes("cpu") == 2048 * 1024
+    cg = tmp_path / "cgroup"
+    cg.mkdir()
+    (cg / "memory.max").write_text("1500000\n")
+    (cg / "memory.current").write_text("1000000\n")
+    (cg / "memory.stat").write_text("anon 5\ninactive_file 100000\n")
+    monkeypatch.setattr(resources, "_CGROUPS", ((str(cg), "memory.max", "memory.current", "inactive_file"),))
+    assert resources.available_bytes("cpu") == 600000            # the container limit is lower
+    (cg / "memory.max").write_text("max\n")                      # no limit: the host figure
+    assert resources.available_bytes("cpu") == 2048 * 1024
+    monkeypatch.setattr(resources, "_MEMINFO", str(tmp_path / "missing"))
+    assert resources.available_bytes("cpu") > 0                  # os.sysconf fallback
+
+
+# --------------------------------------------------------------------------- Ctrl-C and progress
+
+def test_sampling_shows_progress(models, capsys):
+    pixelaux.sample(models["gated"], 1, backend="torch", generator=gen(), progress=True)
+    err = capsys.readouterr().err
+    assert "cached[torch]" in err and "px" in err
+
+
+def test_ctrl_c_while_sampling_exits_130_and_writes_nothing(files, tmp_path, monkeypatch):
+    import pixelaux.engines as engines_mod
+
+    real = engines_mod.runner
+
+    def interrupted(*names):                # (engine, backend, stage kind)
+        run = real(*names)
+
+        def wrapper(*args, **kwargs):
+            run(*args, **kwargs)            # some real work first
+            raise KeyboardInterrupt
+        return wrapper
+
+    monkeypatch.setattr(engines_mod, "runner", interrupted)
+    out = tmp_path / "grid.png"
+    rc, stdout, stderr = cli(["sample", "--model", files["grayscale"], "--n", 2, "--no-progress",
+                               "--out", out, "--out-dir", tmp_path / "each"])
+    assert rc == 130
+    assert stderr.strip().splitlines() == ["pixelaux sample: interrupted"]
+    assert not out.exists() and list(tmp_path.rglob("*")) == []
+
+
+def test_ctrl_c_while_writing_a_png_leaves_no_partial_file(files, tmp_path, monkeypatch):
+    real_save = Image.Image.save
+    calls = {"n": 0}
+
+    def save(self, fp, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:                              # the second file: half written, then Ctrl-C
+            Path(fp).write_bytes(b"\x89PNG partial")
+            raise KeyboardInterrupt
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    out_dir = tmp_path / "each"
+    rc, _, stderr = cli(["sample", "--model", files["gated"], "--n", 3, "--no-progress", "--out-dir", out_dir])
+    assert rc == 130 and len(stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in out_dir.iterdir()) == ["sample_0000.png"]   # complete, the rest absent
+    with Image.open(out_dir / "sample_0000.png") as im:
+        im.load()
