@@ -315,6 +315,7 @@ def test_groups_and_tiles_match_cached_torch(batch, plan):
     assert torch.equal(got[keep], x[keep])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plan", ["", SPLIT], ids=["fused", "split"])
 def test_rows_wider_than_a_column_tile(plan):
     """W = 70: two column tiles of the row op's blocks (64 wide) and five of its first
@@ -518,6 +519,7 @@ def test_bad_temperature_is_rejected():
         cached_triton.run(model, x, None, None, u, 0.0)
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_a_gpu_without_one():
     """The interpreter does not compile the kernels: compile every variant the
     launchers use for sm_90 (Triton's frontend, LLVM and the ptxas shipped with
