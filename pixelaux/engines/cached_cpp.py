@@ -54,18 +54,22 @@ def raw_weights(model) -> list[torch.Tensor]:
     return w
 
 
-def packed_weights(model) -> torch.Tensor:
-    """The packed weights of ``model``, recomputed only when a parameter changed."""
-    raw = raw_weights(model)
+def pack_cached(model, raw, pack, config) -> torch.Tensor:
+    """``pack(raw float32 CPU weights, config)``, cached per model and recomputed only
+    when a parameter in ``raw`` changed (storage, in-place version, shape or dtype)."""
     key = tuple((p.data_ptr(), p._version, tuple(p.shape), p.dtype) for p in raw)
     hit = _PACKED.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
     with torch.no_grad():
-        packed = torch.ops.pixelaux.pack_gated_pixelcnn(
-            [p.detach().to(device="cpu", dtype=torch.float32) for p in raw], config_of(model))
+        packed = pack([p.detach().to(device="cpu", dtype=torch.float32) for p in raw], config)
     _PACKED[model] = (key, packed)
     return packed
+
+
+def packed_weights(model) -> torch.Tensor:
+    """The packed weights of ``model``, recomputed only when a parameter changed."""
+    return pack_cached(model, raw_weights(model), torch.ops.pixelaux.pack_gated_pixelcnn, config_of(model))
 
 
 @torch.no_grad()

@@ -16,14 +16,11 @@ op, ``torch.ops.pixelaux.cached_sample_pp``, that samples the whole batch:
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 from .. import native
+from .cached_cpp import pack_cached
 from .progress import run_native
-
-_PACKED = weakref.WeakKeyDictionary()
 
 
 def config_of(model) -> list[int]:
@@ -75,16 +72,7 @@ def raw_weights(model) -> list[torch.Tensor]:
 
 def packed_weights(model) -> torch.Tensor:
     """The packed weights of ``model``, recomputed only when a parameter changed."""
-    raw = raw_weights(model)
-    key = tuple((p.data_ptr(), p._version, tuple(p.shape), p.dtype) for p in raw)
-    hit = _PACKED.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    with torch.no_grad():
-        packed = torch.ops.pixelaux.pack_pixelcnnpp(
-            [p.detach().to(device="cpu", dtype=torch.float32) for p in raw], config_of(model))
-    _PACKED[model] = (key, packed)
-    return packed
+    return pack_cached(model, raw_weights(model), torch.ops.pixelaux.pack_pixelcnnpp, config_of(model))
 
 
 def cond_terms(model, cond) -> list[torch.Tensor]:
