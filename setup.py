@@ -8,13 +8,13 @@ Install (the build imports the installed torch, hence --no-build-isolation)::
 Always builds the C++ extension ``pixelaux._C`` (the CPU cached sampling engine,
 ops ``torch.ops.pixelaux.*``) for the generic target of the machine (no
 ``-march=native``: the AVX2 kernels are chosen at run time, so a wheel may move).
-CUDA sources from ``csrc/cuda`` are added only where ``torch.version.cuda`` and
-``CUDA_HOME`` both exist (or ``PIXELAUX_FORCE_CUDA=1``). If torch is missing at build
-time or the compilation fails, pixelaux is installed as pure Python (the ``torch``
+There is no CUDA extension: the GPU engine is the Triton backend, compiled
+at run time (docs/design.md section 4). If torch is missing at build time or the
+compilation fails, pixelaux is installed as pure Python (the ``torch``
 backend still works) and a notice says why.
 
 Environment: ``MAX_JOBS`` (parallel compile jobs, capped at 2),
-``PIXELAUX_NO_EXT=1`` (skip the extension), ``PIXELAUX_FORCE_CUDA=1``.
+``PIXELAUX_NO_EXT=1`` (skip the extension).
 """
 from __future__ import annotations
 
@@ -73,22 +73,8 @@ def _extensions():
     if sys.platform == "darwin":  # Apple clang has no -fopenmp without libomp
         cxx_flags.remove("-fopenmp")
     link_flags = ["-fopenmp"] if "-fopenmp" in cxx_flags else []
-    cuda_sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
-    cuda_home = getattr(cpp_extension, "CUDA_HOME", None)
-    force_cuda = os.environ.get("PIXELAUX_FORCE_CUDA", "0") not in ("", "0")
-    with_cuda = bool(cuda_sources) and ((torch.version.cuda is not None and cuda_home is not None) or force_cuda)
-    if with_cuda:
-        ext_cls = cpp_extension.CUDAExtension
-        sources += [os.path.relpath(p, ROOT) for p in cuda_sources]
-        extra = {"cxx": cxx_flags + ["-DPIXELAUX_WITH_CUDA"], "nvcc": ["-O3", "-DPIXELAUX_WITH_CUDA"]}
-        cuda_line = f"yes (torch CUDA {torch.version.cuda}, CUDA_HOME={cuda_home}, {len(cuda_sources)} .cu files)"
-    else:
-        ext_cls = cpp_extension.CppExtension
-        extra = {"cxx": cxx_flags}
-        why = ("no csrc/cuda/*.cu sources yet" if not cuda_sources else
-               f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={cuda_home}")
-        cuda_line = f"no ({why})"
-    ext = ext_cls("pixelaux._C", sources, extra_compile_args=extra, extra_link_args=link_flags)
+    ext = cpp_extension.CppExtension("pixelaux._C", sources, extra_compile_args={"cxx": cxx_flags},
+                                     extra_link_args=link_flags)
 
     _notice([
         "build configuration",
@@ -96,7 +82,6 @@ def _extensions():
         f"  extension pixelaux._C: {', '.join(sources)}",
         f"  C++ flags: {' '.join(cxx_flags)} (generic target; AVX2 kernels picked at run time)",
         f"  link flags: {' '.join(link_flags) or '-'}",
-        f"  CUDA sources: {cuda_line}",
         f"  ninja: {cpp_extension.is_ninja_available()}, MAX_JOBS={jobs}",
     ])
 

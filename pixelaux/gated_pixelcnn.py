@@ -10,8 +10,10 @@ Two streams, with ``kh = (kernel_size + 1) // 2`` rows of context per conv:
   gated residual block with down-right-shifted ``(kh, kh)`` convs over ``ul`` and a
   1x1 projection of the same block's ``u``.
 
-The input is the image scaled to ``[-1, 1]`` plus a channel of ones (so the padding
-of the shifted convs is distinguishable from black). The head is a 1x1 conv of
+The input (``inputs.PixelInput``) is the image scaled to ``[-1, 1]``, or with
+``embed_dim=E`` each value's row of a learned table (token inputs: codes of a VQ-VAE
+have no order), plus a channel of ones (so the padding of the shifted convs is
+distinguishable from black). The head is a 1x1 conv of
 ``elu(ul)`` to the parameters of the output distribution.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 from .checks import check_choice, check_cond, check_float, check_images, check_int, check_size
 from .distributions import make_distribution
+from .inputs import PixelInput
 from .layers import (DownRightShiftedConv2d, DownShiftedConv2d, GatedResidualBlock,
                      down_shift, right_shift)
 
@@ -43,7 +46,8 @@ class GatedPixelCNN(nn.Module):
 
     def __init__(self, channels: int = 3, bits: int = 8, hidden: int = 64, blocks: int = 8,
                  kernel_size: int = 3, dropout: float = 0.0, cond_channels: int = 0,
-                 dist: str = "logistic", nr_mix: int = 10, image_size=(32, 32)):
+                 dist: str = "logistic", nr_mix: int = 10, image_size=(32, 32),
+                 embed_dim: int = 0):
         super().__init__()
         channels = check_int(channels, "channels", min_value=1)
         bits = check_int(bits, "bits", min_value=1, max_value=16)
@@ -61,11 +65,14 @@ class GatedPixelCNN(nn.Module):
         self.config = dict(channels=channels, bits=bits, hidden=hidden, blocks=blocks,
                            kernel_size=kernel_size, dropout=dropout, cond_channels=cond_channels,
                            dist=dist, nr_mix=nr_mix, image_size=list(self.image_size))
+        self.input = PixelInput(channels, bits, embed_dim)
+        if embed_dim:   # only then: configs of scaled models stay as they were
+            self.config["embed_dim"] = self.input.embed_dim
         self.channels, self.bits, self.hidden = channels, bits, hidden
         self.cond_channels = cond_channels
         k, kh = kernel_size, (kernel_size + 1) // 2
         self.kh, self.kw = kh, k
-        cin = channels + 1
+        cin = self.input.width
         self.u_init = DownShiftedConv2d(cin, hidden, (kh, k))
         self.ul_init_v = DownShiftedConv2d(cin, hidden, (1, k))
         self.ul_init_h = DownRightShiftedConv2d(cin, hidden, (kh, 1))
@@ -76,11 +83,6 @@ class GatedPixelCNN(nn.Module):
             GatedResidualBlock(hidden, DownRightShiftedConv2d, (kh, kh), hidden, cond_channels, dropout)
             for _ in range(blocks))
         self.head = nn.Conv2d(hidden, self.dist.num_params, 1)
-
-    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer pixels -> ``[-1, 1]`` plus a channel of ones, ``(B, C+1, H, W)``."""
-        xf = x.float() * (2.0 / (2 ** self.bits - 1)) - 1.0
-        return torch.cat([xf, torch.ones_like(xf[:, :1])], dim=1)
 
     def check_inputs(self, x, cond=None, name="x"):
         device = self.head.weight.device
@@ -96,7 +98,7 @@ class GatedPixelCNN(nn.Module):
     def forward_unchecked(self, x, cond=None):
         if cond is not None and cond.dim() == 2:        # global: (B, K) -> (B, K, 1, 1), broadcast
             cond = cond[:, :, None, None]
-        h = self.scale_input(x)
+        h = self.input(x)
         u = down_shift(self.u_init(h))
         ul = down_shift(self.ul_init_v(h)) + right_shift(self.ul_init_h(h))
         for ub, ulb in zip(self.u_blocks, self.ul_blocks):

@@ -5,7 +5,8 @@ The topology is that of the public PixelCNN++ code, so its checkpoints map onto 
 module one to one (``pixelaux.import_pixel_cnn_pp``). With ``F = hidden`` and
 ``n = blocks``, at scale ``s`` (resolution ``H / 2**s``):
 
-* inputs: the image scaled to ``[-1, 1]`` plus a channel of ones (as ``GatedPixelCNN``);
+* inputs: ``PixelInput``: the image scaled to ``[-1, 1]`` (or, with ``embed_dim``, a learned
+  table row per value) plus a channel of ones (as ``GatedPixelCNN``);
   ``u = down_shift(conv_(2,3)(x))``, ``ul = down_shift(conv_(1,3)(x)) + right_shift(conv_(2,1)(x))``.
 * up pass, scale ``s = 0 .. S-1``: ``n`` gated residual blocks per stream (``u``:
   down-shifted ``(2, 3)`` convs over ``u``; ``ul``: down-right-shifted ``(2, 2)`` convs over
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 from .checks import check_choice, check_cond, check_float, check_images, check_int, check_size
 from .distributions import make_distribution
+from .inputs import PixelInput
 from .layers import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                      DownShiftedConvTranspose2d, GatedResidualBlock, down_shift, right_shift)
 
@@ -69,7 +71,8 @@ class PixelCNNpp(nn.Module):
 
     def __init__(self, channels: int = 3, bits: int = 8, hidden: int = 160, blocks: int = 5,
                  scales: int = 3, dropout: float = 0.5, cond_channels: int = 0,
-                 dist: str = "logistic", nr_mix: int = 10, image_size=(32, 32)):
+                 dist: str = "logistic", nr_mix: int = 10, image_size=(32, 32),
+                 embed_dim: int = 0):
         super().__init__()
         channels = check_int(channels, "channels", min_value=1)
         bits = check_int(bits, "bits", min_value=1, max_value=16)
@@ -87,9 +90,12 @@ class PixelCNNpp(nn.Module):
         self.config = dict(channels=channels, bits=bits, hidden=hidden, blocks=blocks, scales=scales,
                            dropout=dropout, cond_channels=cond_channels, dist=dist, nr_mix=nr_mix,
                            image_size=list(self.image_size))
+        self.input = PixelInput(channels, bits, embed_dim)
+        if embed_dim:   # only then: configs of scaled models stay as they were
+            self.config["embed_dim"] = self.input.embed_dim
         self.channels, self.bits, self.hidden, self.blocks = channels, bits, hidden, blocks
         self.cond_channels = cond_channels
-        f, cin, cc = hidden, channels + 1, cond_channels
+        f, cin, cc = hidden, self.input.width, cond_channels
         self.u_init = DownShiftedConv2d(cin, f, (2, 3))
         self.ul_init_v = DownShiftedConv2d(cin, f, (1, 3))
         self.ul_init_h = DownRightShiftedConv2d(cin, f, (2, 1))
@@ -109,11 +115,6 @@ class PixelCNNpp(nn.Module):
             raise ValueError(f"{name}: a PixelCNNpp with scales={self.scales} needs H and W divisible by "
                              f"2**(scales-1) = {f}, got {size[0]} x {size[1]} (H x W)")
         return tuple(size)
-
-    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer pixels -> ``[-1, 1]`` plus a channel of ones, ``(B, C+1, H, W)``."""
-        xf = x.float() * (2.0 / (2 ** self.bits - 1)) - 1.0
-        return torch.cat([xf, torch.ones_like(xf[:, :1])], dim=1)
 
     def check_inputs(self, x, cond=None, name="x"):
         device = self.head.weight.device
@@ -137,7 +138,7 @@ class PixelCNNpp(nn.Module):
         return self.forward_unchecked(x, cond)
 
     def forward_unchecked(self, x, cond=None):
-        h = self.scale_input(x)
+        h = self.input(x)
         conds = self.scale_conds(cond)
         u = down_shift(self.u_init(h))
         ul = down_shift(self.ul_init_v(h)) + right_shift(self.ul_init_h(h))

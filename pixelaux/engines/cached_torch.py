@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..inputs import encode_pixels
 from ..layers import concat_elu
 from .cached_torch_pp import PixelCNNppState
 from .progress import pixel_progress
@@ -55,9 +56,10 @@ class CachedState:
         hid = model.hidden
         # Input buffer: kh rows of top padding, pw columns each side; the ones channel
         # marks the image (the model's extra input channel), zeros are padding.
-        self.xin = torch.zeros(b, c + 1, self.kh + h, w + 2 * self.pw, device=dev)
-        self.xin[:, c, self.kh:, self.pw:self.pw + w] = 1.0
-        self.scale = 2.0 / (2 ** model.bits - 1)
+        cin = model.input.width
+        self.xin = torch.zeros(b, cin, self.kh + h, w + 2 * self.pw, device=dev)
+        self.xin[:, cin - 1, self.kh:, self.pw:self.pw + w] = 1.0
+        self.table = model.input.table(dev)       # (C, K, E): what a sampled value writes
         # Row windows (a shift register of the last kh rows of each conv input).
         n = len(model.u_blocks)
         self.u_win = [[torch.zeros(b, 2 * hid, self.kh, w + 2 * self.pw, device=dev) for _ in range(2)]
@@ -130,8 +132,7 @@ class CachedState:
 
     def write(self, i: int, j: int, pixel: torch.Tensor):
         """Write integer pixels ``(B, C)`` at ``(i, j)`` into the input buffer."""
-        c = pixel.shape[1]
-        self.xin[:, :c, self.kh + i, self.pw + j] = pixel.float() * self.scale - 1.0
+        self.xin[:, :-1, self.kh + i, self.pw + j] = encode_pixels(self.table, pixel)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..inputs import encode_pixels
 from ..layers import concat_elu
 
 
@@ -85,9 +86,10 @@ class PixelCNNppState:
         self.S, self.f = S, f
         self.widths = [w >> s for s in range(S)]
         # Input buffer: 2 rows of top padding, 1 column each side; the ones channel marks the image.
-        self.xin = torch.zeros(b, c + 1, 2 + h, w + 2, device=dev)
-        self.xin[:, c, 2:, 1:1 + w] = 1.0
-        self.scale = 2.0 / (2 ** m.bits - 1)
+        cin = m.input.width
+        self.xin = torch.zeros(b, cin, 2 + h, w + 2, device=dev)
+        self.xin[:, cin - 1, 2:, 1:1 + w] = 1.0
+        self.table = m.input.table(dev)           # (C, K, E): what a sampled value writes
         win = lambda s, right: RowWindow(b, 2 * f, self.widths[s], right, dev)  # noqa: E731
         # Per scale: for every block of each pass, the windows of its two conv inputs.
         self.up_u_win = [[(win(s, 1), win(s, 1)) for _ in st.u_stream] for s, st in enumerate(m.up_layers)]
@@ -251,5 +253,4 @@ class PixelCNNppState:
 
     def write(self, i: int, j: int, pixel: torch.Tensor):
         """Write integer pixels ``(B, C)`` at ``(i, j)`` into the input buffer."""
-        c = pixel.shape[1]
-        self.xin[:, :c, 2 + i, 1 + j] = pixel.float() * self.scale - 1.0
+        self.xin[:, :-1, 2 + i, 1 + j] = encode_pixels(self.table, pixel)
