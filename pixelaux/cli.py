@@ -20,6 +20,7 @@ Argument parsing lives here only; the library modules take plain Python values.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
@@ -126,7 +127,8 @@ def _positive_float(text):
 def _add_sampling_options(p, n_default=16, n_name="--n", model_default="default"):
     p.add_argument("--model", default=model_default,
                    help=f"embedded model name (see `pixelaux models`) or checkpoint path (default: {model_default})")
-    p.add_argument(n_name, dest="n", type=_positive_int, default=n_default,
+    names = [n_name, "-n"] if n_name == "--n" else [n_name]     # -n: torchrun's parser takes --n as its own
+    p.add_argument(*names, dest="n", type=_positive_int, default=n_default,
                    help=f"number of samples (default: {n_default})")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--engine", choices=["cached", "naive"], default="cached",
@@ -148,7 +150,29 @@ SIZE_RULE = ("an image is used at its own size when the model can take it (gated
              "refused unless --resize, which resizes it to the model's size and says so")
 
 #: ``pixelaux train --model-kind`` -> model class name
-TRAIN_MODEL_KINDS = {"gated": "GatedPixelCNN", "grayscale": "GrayscalePixelCNN", "pyramid": "PyramidPixelCNN"}
+TRAIN_MODEL_KINDS = {"gated": "GatedPixelCNN", "grayscale": "GrayscalePixelCNN", "pyramid": "PyramidPixelCNN",
+                     "gray-pyramid": "GrayscalePixelCNN"}
+
+
+def _new_train_model(model_kind: str, hidden: int, blocks: int, image_size):
+    """The model ``pixelaux train --model-kind`` starts from: RGB 8-bit; ``gray-pyramid``
+    is the grayscale model whose 4-bit gray view is itself a pyramid (docs/design.md
+    section 1.3: the two auxiliary variables combined)."""
+    from . import GrayscalePixelCNN, PyramidPixelCNN
+    from .checkpoint import model_class
+    if model_kind == "gray-pyramid":
+        prior = PyramidPixelCNN(channels=1, bits=4, dist="categorical", hidden=hidden, blocks=blocks,
+                                image_size=image_size)
+        return GrayscalePixelCNN(hidden=hidden, blocks=blocks, image_size=image_size, prior=prior)
+    return model_class(TRAIN_MODEL_KINDS[model_kind])(channels=3, bits=8, hidden=hidden, blocks=blocks,
+                                                      image_size=image_size)
+
+
+def _train_model_kind(saved) -> str | None:
+    """The ``--model-kind`` a saved run was started with."""
+    if saved.kind == "GrayscalePixelCNN" and (saved.config.get("prior") or {}).get("kind") == "PyramidPixelCNN":
+        return "gray-pyramid"
+    return {"GatedPixelCNN": "gated", "GrayscalePixelCNN": "grayscale", "PyramidPixelCNN": "pyramid"}.get(saved.kind)
 
 #: ``pixelaux train``'s defaults. An option left out takes this value on a new run and
 #: the saved one with --resume (see :func:`_resume_settings`).
@@ -161,7 +185,8 @@ def _add_train_options(p):
     d = TRAIN_DEFAULTS
     p.add_argument("--model-kind", choices=sorted(TRAIN_MODEL_KINDS), default=None,
                    help="gated: one GatedPixelCNN; grayscale: 4-bit gray then colour given gray; "
-                        f"pyramid: multi-scale (default: {d['model_kind']})")
+                        "pyramid: multi-scale; gray-pyramid: the gray view as a pyramid, then colour "
+                        f"(default: {d['model_kind']})")
     p.add_argument("--data", type=_data_spec, default=None,
                    help="patches (built-in natural-image patches, needs scikit-image), "
                         "folder:PATH (PNG/JPEG files, no test set) or cifar10:PATH "
@@ -405,20 +430,112 @@ def _fit_model(img, model, resize, what):
 
 # ----------------------------------------------------------------------------- commands
 
+def _torchrun_world() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``), 1 outside torchrun."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise CliError(f"WORLD_SIZE must be a whole number, got {os.environ['WORLD_SIZE']!r}") from None
+
+
+@contextlib.contextmanager
+def _process_group(args):
+    """Under torchrun (``WORLD_SIZE`` > 1): a ``torch.distributed`` process group for the
+    command, gloo on CPU and nccl on CUDA (``--device cuda`` becomes ``cuda:LOCAL_RANK``),
+    destroyed at the end; yields ``(world, rank)``. Outside torchrun: ``(1, 0)``."""
+    if _torchrun_world() <= 1:
+        yield 1, 0
+        return
+    import torch
+    import torch.distributed as dist
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise CliError(f"--device: not a torch device: {args.device!r}") from None
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        args.device = str(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield dist.get_world_size(), dist.get_rank()
+    finally:
+        dist.destroy_process_group()
+
+
+def _share(n: int, world: int, rank: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share of images ``0 .. n-1``: ``(first index, count)``;
+    the first ``n % world`` ranks take one image more."""
+    base, extra = divmod(n, world)
+    return rank * base + min(rank, extra), base + (rank < extra)
+
+
+def _gather_images(x, n: int, world: int, rank: int):
+    """On rank 0: the images of every rank in rank order, ``(n, C, H, W)``; else ``None``."""
+    import torch
+    import torch.distributed as dist
+    most = _share(n, world, 0)[1]                      # rank 0 has the largest share
+    buf = torch.zeros((most, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    buf[:len(x)] = x
+    parts = [torch.empty_like(buf) for _ in range(world)] if rank == 0 else None
+    dist.gather(buf, parts, dst=0)
+    if rank != 0:
+        return None
+    return torch.cat([p[:_share(n, world, r)[1]] for r, p in enumerate(parts)])
+
+
 def cmd_sample(args):
+    """``pixelaux sample``. Under ``torchrun --nproc_per_node N -m pixelaux sample``
+    rank ``r`` samples its contiguous share of images ``0 .. n-1`` (:func:`_share`,
+    ``sample(..., offset=first)``) and writes its ``--out-dir`` files named by global
+    index, so the folder holds the files of one process; a grid (``--out``) is gathered
+    to rank 0, which writes it. Only rank 0 prints and shows progress."""
+    import torch
+
     from .sampling import sample
     _check_sampling_outputs(args, "samples.png")
-    model = _load(args)
-    if args.size is not None:
-        problem = _size_problem(model, args.size)
-        if problem:
-            raise CliError(f"--size {args.size[0]} {args.size[1]}: {problem}")
-    _say_engine(args, model)
-    t0 = time.perf_counter()
-    x = sample(model, args.n, size=args.size, **_sample_kwargs(args))
-    dt = time.perf_counter() - t0
-    print(f"sampled {args.n} images {_hw(x.shape[2:])} from {args.model!r} in {dt:.2f} s")
-    _write_outputs(args, x, model.bits, "samples.png")
+    with _process_group(args) as (world, rank):
+        model = _load(args)
+        size = args.size or model.image_size
+        if args.size is not None:
+            problem = _size_problem(model, args.size)
+            if problem:
+                raise CliError(f"--size {args.size[0]} {args.size[1]}: {problem}")
+        if rank == 0:
+            _say_engine(args, model)
+        first, count = _share(args.n, world, rank)
+        kw = _sample_kwargs(args)
+        kw["progress"] = kw["progress"] and rank == 0
+        if world > 1:
+            torch.distributed.barrier()                # time the sampling, not the start-up skew
+        t0 = time.perf_counter()
+        if count:
+            x = sample(model, count, size=args.size, offset=first, **kw)
+        else:                                          # more processes than images
+            x = torch.zeros((0, model.channels, *size), dtype=torch.long, device=args.device)
+        if world > 1:
+            torch.distributed.barrier()
+        dt = time.perf_counter() - t0
+        if world == 1:
+            print(f"sampled {args.n} images {_hw(x.shape[2:])} from {args.model!r} in {dt:.2f} s")
+            _write_outputs(args, x, model.bits, "samples.png")
+            return
+        out = args.out or (None if args.out_dir else "samples.png")
+        grid = _gather_images(x, args.n, world, rank) if out else None
+        if args.out_dir:
+            from .images import save_images
+            save_images(x, args.out_dir, model.bits, start=first)
+        torch.distributed.barrier()                    # every rank's files are written
+        if rank == 0:
+            print(f"sampled {args.n} images {_hw(x.shape[2:])} from {args.model!r} in {dt:.2f} s "
+                  f"on {world} processes")
+            if out:
+                from .images import save_grid
+                save_grid(grid, out, bits=model.bits, scale=args.scale)
+                print(f"wrote {out}")
+            if args.out_dir:
+                print(f"wrote {args.n} images to {args.out_dir}")
 
 
 def cmd_colorize(args):
@@ -579,10 +696,9 @@ RESUME_MAY_CHANGE = ("steps", "eval_every", "ckpt_every", "device", "threads")
 def _saved_options(saved) -> dict:
     """The values of ``pixelaux train``'s options that the run ``saved`` was trained with
     (``None`` where the run does not record one)."""
-    names = {v: k for k, v in TRAIN_MODEL_KINDS.items()}
     cfg, run, config = saved.settings, saved.run, saved.config
     size = config.get("image_size")
-    return dict(model_kind=names.get(saved.kind), data=saved.meta.get("data"),
+    return dict(model_kind=_train_model_kind(saved), data=saved.meta.get("data"),
                 size=tuple(size) if size is not None else None,
                 hidden=config.get("hidden"), blocks=config.get("blocks"),
                 steps=cfg.steps if cfg else None,
@@ -656,8 +772,7 @@ def _train_command(args):
     else:
         first = train_data[0]                              # (C, H, W): the size the data has
         first = first[0] if isinstance(first, (tuple, list)) else first
-        model = model_class(TRAIN_MODEL_KINDS[opts["model_kind"]])(
-            channels=3, bits=8, hidden=opts["hidden"], blocks=opts["blocks"], image_size=tuple(first.shape[1:]))
+        model = _new_train_model(opts["model_kind"], opts["hidden"], opts["blocks"], tuple(first.shape[1:]))
     return train(model, train_data, test_data=test_data, steps=opts["steps"], batch_size=opts["batch_size"],
                  lr=opts["lr"], out_dir=args.out, resume=args.resume, eval_every=opts["eval_every"],
                  ckpt_every=opts["ckpt_every"], seed=opts["seed"], device=device, threads=opts["threads"],

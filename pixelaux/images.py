@@ -123,10 +123,12 @@ def save_grid(images: torch.Tensor, path, bits: int = 8, nrow: int | None = None
     write_image(make_grid(to_uint8(images, bits), nrow), path, scale)
 
 
-def save_images(images: torch.Tensor, out_dir, bits: int = 8, prefix: str = "sample") -> list[str]:
-    """Save each image of ``(N, C, H, W)`` as ``out_dir/{prefix}_{k:04d}.png``."""
+def save_images(images: torch.Tensor, out_dir, bits: int = 8, prefix: str = "sample",
+                start: int = 0) -> list[str]:
+    """Save each image of ``(N, C, H, W)`` as ``out_dir/{prefix}_{k:04d}.png``, ``k``
+    counting from ``start`` (a process's share of a larger set keeps its global indices)."""
     paths = []
-    for k, img in enumerate(to_uint8(images, bits)):
+    for k, img in enumerate(to_uint8(images, bits), start=start):
         p = os.path.join(os.fspath(out_dir), f"{prefix}_{k:04d}.png")
         write_image(img, p)
         paths.append(p)

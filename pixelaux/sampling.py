@@ -108,8 +108,9 @@ def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature
 @torch.no_grad()
 def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "auto",
            generator: torch.Generator | None = None, cond=None, known=None,
-           temperature: float = 1.0, progress: bool = True) -> torch.Tensor:
-    """Draw ``n`` images from a pixelaux model.
+           temperature: float = 1.0, progress: bool = True, offset: int = 0) -> torch.Tensor:
+    """Draw ``n`` images from a pixelaux model: images ``offset .. offset+n-1`` of the
+    generator's sequence.
 
     Args:
         model: ``GatedPixelCNN``, ``PixelCNNpp``, ``GrayscalePixelCNN``, ``PyramidPixelCNN``
@@ -138,6 +139,14 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
             sample; the others are kept (completion).
         temperature: > 0; scales the logits and logistic scales.
         progress: show a tqdm bar over pixels.
+        offset: int >= 0, the index of the first image in the generator's sequence.
+            ``sample(model, n, generator=g, offset=k)`` equals
+            ``sample(model, k + n, generator=g)[k:]`` for a generator in the same state
+            (image ``k`` depends only on the generator state and ``k``), without
+            sampling the first ``k``; the generator ends ``offset + n`` draws further on,
+            as after the big call. ``cond`` and ``known`` hold the ``n`` images returned
+            (slice per-image ones ``[k:k + n]``). This is how processes split one seed's
+            images (``pixelaux sample`` under ``torchrun``).
 
     Returns:
         ``(n, C, H, W)`` int64 pixels in ``[0, 2**bits)`` on the model's device.
@@ -148,13 +157,14 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     """
     _model_kind(model)
     n = check_int(n, "n", min_value=1)
+    offset = check_int(offset, "offset", min_value=0)
     size = model.image_size if size is None else check_size(size)
     temperature = check_float(temperature, "temperature", min_value=0.0, min_exclusive=True)
     engine, backend = resolve_engine(model, engine, backend)
     logger.info("pixelaux.sample: engine=%s backend=%s", engine, backend)
     resources.check_memory(resources.estimate_sampling_bytes(model, n, size, engine, backend),
                            _model_device(model), f"pixelaux.sample(n={n}, size={size}, engine={engine!r})", n=n)
-    uniforms = ImageUniforms(n, generator)
+    uniforms = ImageUniforms(n, generator, offset=offset)
     kw = dict(temperature=temperature, engine=engine, backend=backend, progress=progress)
     was_training = model.training
     model.eval()

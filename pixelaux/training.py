@@ -26,7 +26,10 @@ Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) th
 process group is initialised here (NCCL on CUDA, Gloo on CPU) unless it already is,
 the model is wrapped in ``DistributedDataParallel``, every rank evaluates a shard of
 the test set (summed with ``all_reduce``) and only rank 0 writes files and logs.
-``batch_size`` is per process.
+``batch_size`` is per process: with the data order above, ``N`` processes of batch ``b``
+see step ``t``'s global batch of one process of batch ``N*b``, and DDP averages their
+gradients, so (with dropout 0, whose masks differ per rank) they end with its weights up
+to the order of float sums (``tests/test_distributed.py``).
 
 ``amp`` and ``compile`` act on CUDA only; on CPU they are ignored, with a log line.
 

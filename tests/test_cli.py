@@ -190,6 +190,26 @@ def test_train_resume_takes_the_saved_model_data_and_settings(folder, tmp_path, 
     assert read_run(out).step == 5
 
 
+def test_train_gray_pyramid_model_kind_trains_resumes_and_samples(folder, tmp_path, capsys):
+    """--model-kind gray-pyramid: the grayscale model whose gray view is a pyramid; its
+    checkpoint samples through every stage, and --resume knows the kind it was."""
+    from pixelaux.training import read_run
+    out = tmp_path / "run"
+    rc, _, err = run(_train_argv(folder, out, "--steps", 1, "--model-kind", "gray-pyramid", "--size", 16), capsys)
+    assert rc == 0, err
+    model = pixelaux.load(out / "model.safetensors")
+    assert model.kind == "GrayscalePixelCNN" and model.prior.kind == "PyramidPixelCNN"
+    assert sorted(model.bits_per_dim(torch.zeros(1, 3, 16, 16, dtype=torch.long))) == [
+        "colour", "gray/level0_8x8", "gray/level1_16x16", "total"]
+    rc, stdout, err = run(["train", "--out", out, "--resume", "--steps", 2, "--no-progress"], capsys)
+    assert rc == 0 and "resumed" in stdout, err
+    assert read_run(out).step == 2
+    rc, _, err = run(["train", "--out", out, "--resume", "--steps", 3, "--model-kind", "grayscale"], capsys)
+    assert rc == 1 and "--model-kind (saved gray-pyramid, given grayscale)" in err
+    x = pixelaux.sample(model, 2, progress=False, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 16, 16)
+
+
 def test_train_run_directory_messages_use_the_flags(folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(_train_argv(folder, out, "--steps", 1), capsys)[0] == 0
