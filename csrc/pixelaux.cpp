@@ -3,24 +3,30 @@
 //
 //   pixelaux::pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor
 //   pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms,
-//       Tensor packed, int[] config, float temperature, bool return_params=False,
-//       int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)
+//       Tensor packed, Tensor table, int[] config, float temperature,
+//       bool return_params=False, int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)
 //   pixelaux::pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor
 //   pixelaux::cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
-//       Tensor packed, int[] config, float temperature, bool return_params=False,
-//       int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)
+//       Tensor packed, Tensor table, int[] config, float temperature,
+//       bool return_params=False, int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)
 //   pixelaux::build_info() -> str
 //
 // config = [channels, bits, hidden, blocks, kernel_size, cond_channels,
-//           dist (0: categorical, 1: logistic), nr_mix]; for the PixelCNNpp ops
-// kernel_size is replaced by scales. cond_terms: the conditioning terms of every block
-// (see cpu/cached_engine_pp.h), computed once per image by the caller; [] without cond.
+//           dist (0: categorical, 1: logistic), nr_mix, embed_dim]; for the PixelCNNpp
+// ops kernel_size is replaced by scales. The first convs read channels * max(embed_dim, 1)
+// + 1 input channels. table: the model's input encoding (PixelInput.table), float32
+// (channels, 2**bits, max(embed_dim, 1)): a pixel, sampled or known, writes its rows into
+// the input buffer (the scaled encoding is the table of v * 2/(K-1) - 1).
+// cond_terms: the conditioning terms of every block (see cpu/cached_engine_pp.h),
+// computed once per image by the caller; [] without cond.
 // mode (thread split, for benchmarks): 0 auto, 1 images over threads, 2 a team over
 // the output channels, 3 a team over the row starts with the pixels on one thread.
 // progress: None or a contiguous int64 CPU tensor of 2 elements, [rows done, stop]: the
 // op adds every finished row of every image to progress[0] while it runs, and stops at
 // the next row start once progress[1] != 0 (set from another thread; the op releases
 // the GIL), returning the images as far as they got. The caller polls it.
+// Categorical sampling follows torch's CPU softmax kernel for its capability
+// (ATEN_CPU_CAPABILITY included; build_info names it).
 // Environment: PIXELAUX_CPU_KERNELS=generic (no AVX2 kernels), PIXELAUX_PROFILE=1
 // (row/pixel times on stderr), PIXELAUX_TEAM_GIVE_UP=0 (teams never shrink).
 #include <Python.h>
@@ -175,6 +181,23 @@ at::Tensor check_packed(const char* op, const char* pack_op, const at::Tensor& p
   return packed.contiguous();
 }
 
+// The input table (C, K, per_channel) float32 of a model (PixelInput.table).
+cpu::PixelTable check_table(const char* op, const at::Tensor& table, int64_t C, int64_t K,
+                            int per_channel, std::vector<at::Tensor>* keep) {
+  check_cpu(table, "table");
+  TORCH_CHECK_TYPE(table.scalar_type() == at::kFloat, op, "table must be float32, got ",
+                   table.scalar_type());
+  TORCH_CHECK_VALUE(table.sizes() == at::IntArrayRef({C, K, per_channel}), op,
+                    "table must have shape ", shape_str({C, K, per_channel}),
+                    " (channels, 2**bits, max(embed_dim, 1)), got ", shape_str(table.sizes()));
+  keep->push_back(table.contiguous());
+  cpu::PixelTable t;
+  t.data = keep->back().data_ptr<float>();
+  t.levels = K;
+  t.per_channel = per_channel;
+  return t;
+}
+
 // The progress tensor of a sampling op (see the top of the file), or null.
 int64_t* progress_ptr(const char* op, const std::optional<at::Tensor>& progress) {
   if (!progress.has_value() || !progress->defined()) return nullptr;
@@ -197,9 +220,9 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& known,
                                                  const std::optional<at::Tensor>& cond,
                                                  const at::Tensor& uniforms,
-                                                 const at::Tensor& packed, at::IntArrayRef config,
-                                                 double temperature, bool return_params,
-                                                 int64_t mode,
+                                                 const at::Tensor& packed, const at::Tensor& table,
+                                                 at::IntArrayRef config, double temperature,
+                                                 bool return_params, int64_t mode,
                                                  const std::optional<at::Tensor>& progress) {
   const char* op = "pixelaux.cached_sample: ";
   const ModelConfig c = get_config(config);
@@ -224,8 +247,10 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   }
   const cpu::Layout lay = cpu::make_layout(c);
   const at::Tensor pk = check_packed(op, "pack_gated_pixelcnn", packed, lay.total);
+  std::vector<at::Tensor> keep;
   at::Tensor params = params_tensor(return_params, B, c.num_params, H, W);
   cpu::SampleArgs a;
+  a.table = check_table(op, table, c.channels, c.levels, c.per_channel, &keep);
   a.cfg = &c;
   a.lay = &lay;
   a.packed = pk.data_ptr<float>();
@@ -268,6 +293,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
                                                     at::TensorList cond_terms,
                                                     const at::Tensor& uniforms,
                                                     const at::Tensor& packed,
+                                                    const at::Tensor& table,
                                                     at::IntArrayRef config, double temperature,
                                                     bool return_params, int64_t mode,
                                                     const std::optional<at::Tensor>& progress) {
@@ -305,6 +331,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
     }
   }
   const at::Tensor pk = check_packed(op, "pack_pixelcnnpp", packed, lay.total);
+  a.table = check_table(op, table, c.channels, c.d.levels, c.per_channel, &keep);
   at::Tensor params = params_tensor(return_params, B, c.d.num_params, H, W);
   a.cfg = &c;
   a.lay = &lay;
@@ -323,9 +350,38 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
   return {in.x, params};
 }
 
+// Scratch floats of cached_sample / cached_sample_pp for B images of H x W (thread split
+// `mode`, the current thread count): the arenas' requests, counted without allocating.
+int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode) {
+  const ModelConfig c = get_config(config);
+  const cpu::Layout lay = cpu::make_layout(c);
+  cpu::SampleArgs a;
+  a.cfg = &c;
+  a.lay = &lay;
+  a.B = B;
+  a.H = H;
+  a.W = W;
+  a.mode = (int)mode;
+  return cpu::workspace_floats(a);
+}
+
+int64_t cached_workspace_floats_pp(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode) {
+  const cpu::pp::Config c = get_pp_config(config);
+  const cpu::pp::Layout lay = cpu::pp::make_layout(c);
+  cpu::pp::SampleArgs a;
+  a.cfg = &c;
+  a.lay = &lay;
+  a.B = B;
+  a.H = H;
+  a.W = W;
+  a.mode = (int)mode;
+  return cpu::pp::workspace_floats(a);
+}
+
 std::string build_info() {
   std::ostringstream o;
-  o << "kernels=" << cpu::kernel_isa() << " threads=" << at::get_num_threads()
+  o << "kernels=" << cpu::kernel_isa() << " softmax=" << cpu::softmax_flavour()
+    << " threads=" << at::get_num_threads()
     << " openmp=" << AT_PARALLEL_OPENMP;
   return o.str();
 }
@@ -337,13 +393,17 @@ TORCH_LIBRARY(pixelaux, m) {
   m.def("pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor");
   m.def(
       "cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed, "
-      "int[] config, float temperature, bool return_params=False, int mode=0, "
+      "Tensor table, int[] config, float temperature, bool return_params=False, int mode=0, "
       "Tensor(a!)? progress=None) -> (Tensor, Tensor)");
   m.def("pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor");
   m.def(
       "cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms, "
-      "Tensor packed, int[] config, float temperature, bool return_params=False, int mode=0, "
-      "Tensor(a!)? progress=None) -> (Tensor, Tensor)");
+      "Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False, "
+      "int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)");
+  m.def("cached_workspace_floats(int[] config, int B, int H, int W, int mode=0) -> int",
+        &pixelaux::cached_workspace_floats);
+  m.def("cached_workspace_floats_pp(int[] config, int B, int H, int W, int mode=0) -> int",
+        &pixelaux::cached_workspace_floats_pp);
   m.def("build_info() -> str", &pixelaux::build_info);
 }
 

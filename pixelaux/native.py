@@ -5,24 +5,28 @@ section 4). This module never raises when the extension is missing:
 ``available()`` says whether it loaded and ``reason()`` why not.
 
 Ops (schemas; ``config`` = ``[channels, bits, hidden, blocks, kernel_size,
-cond_channels, dist (0 categorical, 1 logistic), nr_mix]``):
+cond_channels, dist (0 categorical, 1 logistic), nr_mix, embed_dim]``; ``table`` = the
+model's input encoding ``model.input.table()``, float32 ``(channels, 2**bits,
+max(embed_dim, 1))``, what a pixel writes into the engine's input buffer):
 
 * ``pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor``: the model's
   weights (see ``pixelaux.engines.cached_cpp.raw_weights``) packed for the engine.
 * ``cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed,
-  int[] config, float temperature, bool return_params=False, int mode=0,
+  Tensor table, int[] config, float temperature, bool return_params=False, int mode=0,
   Tensor(a!)? progress=None) -> (Tensor, Tensor)``: the cached engine over a whole batch
   (see ``cached_cpp.run``). ``progress``: an int64 tensor ``[rows done, stop]`` the op
   updates row by row and reads at every row start (it stops once ``stop != 0``); the
   op releases the GIL, so another thread polls it (``engines.progress.run_native``).
 * ``pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor`` and
   ``cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
-  Tensor packed, int[] config, float temperature, bool return_params=False, int mode=0,
+  Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False, int mode=0,
   Tensor(a!)? progress=None) -> (Tensor, Tensor)``: the same for a ``PixelCNNpp``
   (``config`` with ``scales`` in place of ``kernel_size``; see
   ``pixelaux.engines.cached_cpp_pp``).
 * ``build_info() -> str``: the kernel family in use (``avx512f``, ``avx2+fma`` or
-  ``generic``; ``PIXELAUX_CPU_KERNELS=generic|avx2`` caps it) and the threads.
+  ``generic``; ``PIXELAUX_CPU_KERNELS=generic|avx2`` caps it), the torch softmax kernel
+  the categorical sampling reproduces (``avx2/sleef``, ``avx512/sleef`` or
+  ``default/libm``) and the threads.
 """
 from __future__ import annotations
 
@@ -67,7 +71,7 @@ def info() -> str:
 
 
 def num_params(config) -> int:
-    channels, bits, _, _, _, _, dist, nr_mix = (int(v) for v in config)
+    channels, bits, _, _, _, _, dist, nr_mix, _ = (int(v) for v in config)
     if dist == 0:
         return channels * 2 ** bits
     return nr_mix * (1 + 2 * channels + channels * (channels - 1) // 2)
@@ -81,14 +85,14 @@ def _register_fakes():
         register = torch.library.impl_abstract
 
     @register("pixelaux::cached_sample")
-    def _cached_sample_fake(x, known, cond, uniforms, packed, config, temperature,
+    def _cached_sample_fake(x, known, cond, uniforms, packed, table, config, temperature,
                             return_params=False, mode=0, progress=None):
         b, _, h, w = x.shape
         shape = (b, num_params(config), h, w) if return_params else (0,)
         return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
 
     @register("pixelaux::cached_sample_pp")
-    def _cached_sample_pp_fake(x, known, cond_terms, uniforms, packed, config, temperature,
+    def _cached_sample_pp_fake(x, known, cond_terms, uniforms, packed, table, config, temperature,
                                return_params=False, mode=0, progress=None):
         b, _, h, w = x.shape
         shape = (b, num_params(config), h, w) if return_params else (0,)

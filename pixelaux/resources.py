@@ -6,18 +6,22 @@ would exhaust the machine fails at once with :class:`InsufficientMemoryError` (a
 ``MemoryError``) giving the estimate, the memory available and what to do about it,
 instead of swapping for minutes or being killed by the OOM killer.
 
-The estimate counts the dominant allocations, in float32 (4 bytes) unless noted:
+What is counted:
 
+* ``cached`` engine: each backend measures its own buffers (``engines.workspace_bytes``:
+  the engine builds its per-run state, the very code that ``run`` allocates with, for
+  a trial batch of 1 and of 2 images on the model's device, and counts the bytes of
+  every distinct tensor storage it holds; the weights are not counted). The ``cpp``
+  backend asks the C++ engine, which adds up the scratch requests of its arenas
+  without allocating them. Linear in the batch: the estimate is the fixed part plus
+  ``n`` times the per-image part of the two trials. Temporaries of one row or pixel
+  (a few hidden-wide rows) come on top and are not counted.
 * ``naive`` engine: the activations of one full forward pass over the batch (the
-  engine runs one per pixel and frees it before the next), counted as the working
-  set that is alive at the widest point of the network: both streams, one gated
-  block's temporaries, the conditioning maps, the input, the output parameters and
-  the uniforms.
-* ``cached`` engine (every backend): the row caches of every block, the conditioning
-  terms of every block (computed once per image, full resolution), the padded input
-  buffer, the images being written and the uniforms. This is the layout of the
-  ``torch`` backend; the ``cpp`` backend computes the conditioning terms row by row
-  and needs less, so the estimate is an upper bound for it.
+  engine runs one per pixel and frees it before the next; PyTorch allocates them, so
+  this one is a formula): both streams, one gated block's temporaries, the
+  conditioning maps, the input, the output parameters and the uniforms.
+* Both: the images being written and the uniforms (``ImageUniforms.draw`` stacks
+  per-image blocks: twice their size while it runs).
 * Composite models (any nesting of auxiliary-variable models): the maximum over the
   stages of their chain, each with what is alive while it runs (the conditioning
   network's activations and output, the image of the stage below).
@@ -26,6 +30,7 @@ Set ``PIXELAUX_MEMORY_CHECK=0`` to skip the check (e.g. with plenty of swap).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -70,36 +75,14 @@ def _stage_floats_naive(stage, h: int, w: int) -> int:
     c, hid, k = stage.channels, stage.hidden, stage.cond_channels
     blocks = len(stage.u_blocks)
     per_pos = (
-        3 * (c + 1)                 # scaled input, its concat with ones, a padded copy
+        3 * stage.input.width       # the encoded input, its concat with ones, a padded copy
         + 2 * hid                   # the u and ul streams, alive throughout
         + (14 * hid if blocks else 2 * hid)   # one gated block: concat-ELU (cat + elu),
                                     # padded conv input, conv outputs, gate, skip input
         + (3 * hid + 5 * k if k else 0)       # cond map, its concat-ELU, the block's terms
         + stage.dist.num_params     # head output
-        + stage.dist.num_uniforms   # the uniforms of the stage
     )
     return per_pos * h * w
-
-
-def _stage_floats_cached(stage, h: int, w: int, cond_per_row: bool) -> int:
-    """Floats of the cached engine's buffers for one stage, per image. ``cond_per_row``:
-    the backend computes the blocks' conditioning terms row by row (``cpp``) instead of
-    for the whole image up front (``torch``, ``triton``)."""
-    c, hid, k = stage.channels, stage.hidden, stage.cond_channels
-    blocks = len(stage.u_blocks)
-    kh, kw = stage.kh, stage.kw
-    pw = (kw - 1) // 2
-    xin = (c + 1) * (kh + h) * (w + 2 * pw)                   # padded input buffer
-    caches = blocks * 2 * 2 * hid * kh * ((w + 2 * pw) + (w + kh - 1))   # u and ul row windows
-    rows = (4 + 2 * blocks) * hid * w                         # per-row stream values and biases
-    if not k:
-        cond = 0
-    elif cond_per_row:
-        cond = k * h * w + blocks * 2 * 3 * hid * w           # the map + one row of terms
-    else:                                                     # the map, its concat-ELU while
-        cond = (5 * k + blocks * 2 * 3 * hid) * h * w         # the terms are computed, (h1, h2)
-    per_pixel = stage.dist.num_params + stage.dist.num_uniforms   # per block and stream
-    return xin + caches + cond + rows + per_pixel * h * w
 
 
 def _encoder_floats(encoder, h: int, w: int) -> int:
@@ -124,37 +107,69 @@ def _pp_floats_naive(stage, h: int, w: int) -> int:
     c, f, k, n = stage.channels, stage.hidden, stage.cond_channels, stage.blocks
     area = sum((h >> s) * (w >> s) for s in range(stage.scales))
     kept = 2 * (n + 1) * f * area
-    per_pos = 3 * (c + 1) + 14 * f + (3 * f + 5 * k if k else 0) + stage.dist.num_params \
-        + stage.dist.num_uniforms
+    per_pos = 3 * stage.input.width + 14 * f + (3 * f + 5 * k if k else 0) + stage.dist.num_params
     return kept + per_pos * h * w
 
 
-def _pp_floats_cached(stage, h: int, w: int) -> int:
-    """Floats of the cached engine's buffers for a ``PixelCNNpp``, per image: the 2-row
-    windows of every conv input at its scale, the transposed convs' outputs, one row of
-    stream values, and the conditioning terms of every block (whole maps)."""
-    c, f, k, n = stage.channels, stage.hidden, stage.cond_channels, stage.blocks
-    floats = (c + 1) * (2 + h) * (w + 2)
-    for s in range(stage.scales):
-        ws, area = w >> s, (h >> s) * (w >> s)
-        blocks = n + (n if s == stage.scales - 1 else n + 1)      # up + down, per stream
-        floats += 2 * blocks * 2 * (2 * f) * 2 * (ws + 2)        # two windows per block and stream
-        floats += 2 * f * 2 * (ws + 2) + 2 * f * 2 * ws          # stride-2 inputs, transposed outputs
-        floats += 4 * (n + 1) * f * ws                           # per-row values and terms
-        if k:
-            floats += 2 * blocks * 3 * f * area + k * area
-    return floats + (stage.dist.num_params + stage.dist.num_uniforms) * h * w
+def held_bytes(obj, skip: torch.nn.Module | None = None) -> int:
+    """Bytes of the distinct tensor storages that ``obj`` holds: through its attributes,
+    lists, tuples and dicts, not through modules, and not those of ``skip``'s weights
+    (a state's views of the model's parameters)."""
+    weights = set() if skip is None else {t.untyped_storage().data_ptr()
+                                           for t in itertools.chain(skip.parameters(), skip.buffers())}
+    seen, total, todo, visited = set(), 0, [obj], set()
+    while todo:
+        o = todo.pop()
+        if isinstance(o, torch.Tensor):
+            st = o.untyped_storage()
+            key = st.data_ptr()
+            if key not in weights and key not in seen:
+                seen.add(key)
+                total += st.nbytes()
+        elif isinstance(o, torch.nn.Module) or id(o) in visited:
+            continue
+        elif isinstance(o, (list, tuple, set)):
+            visited.add(id(o))
+            todo.extend(o)
+        elif isinstance(o, dict):
+            visited.add(id(o))
+            todo.extend(o.values())
+        elif hasattr(o, "__dict__") and type(o).__module__.startswith(("pixelaux", "kernels")):
+            visited.add(id(o))
+            todo.extend(vars(o).values())
+    return total
 
 
-def _stage_bytes(stage, h: int, w: int, engine: str, backend) -> int:
-    if stage.kind == "PixelCNNpp":
-        floats = _pp_floats_naive(stage, h, w) if engine == "naive" else _pp_floats_cached(stage, h, w)
-        return _F32 * floats + _images_bytes(stage.channels, h, w)
+def _trial_cond(stage, b: int, h: int, w: int, device):
+    """The largest ``cond`` a stage can be given (a map), for a trial of ``b`` images."""
+    return torch.zeros(b, stage.cond_channels, h, w, device=device) if stage.cond_channels else None
+
+
+def _cached_stage_bytes(stage, h: int, w: int, backend) -> tuple[int, int]:
+    """``(fixed, per image)`` bytes of a cached backend's buffers for one stage, from its
+    own state built for trials of 1 and 2 images."""
+    from . import engines
+    device = next(stage.parameters()).device
+    trial, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)        # tiny trials: on a busy machine more threads only spin
+    try:
+        for b in (1, 2):
+            x = torch.zeros(b, stage.channels, h, w, dtype=torch.long, device=device)
+            trial.append(engines.workspace_bytes(backend or "torch", stage, x, _trial_cond(stage, b, h, w, device)))
+    finally:
+        torch.set_num_threads(threads)
+    per_image = max(0, trial[1] - trial[0])
+    return max(0, trial[0] - per_image), per_image
+
+
+def _stage_bytes(stage, h: int, w: int, engine: str, backend) -> tuple[int, int]:
+    """``(fixed, per image)`` bytes of sampling one stage."""
+    common = _images_bytes(stage.channels, h, w) + 2 * _F32 * stage.dist.num_uniforms * h * w
     if engine == "naive":
-        floats = _stage_floats_naive(stage, h, w)
-    else:
-        floats = _stage_floats_cached(stage, h, w, cond_per_row=backend == "cpp")
-    return _F32 * floats + _images_bytes(stage.channels, h, w)
+        naive = _pp_floats_naive if stage.kind == "PixelCNNpp" else _stage_floats_naive
+        return 0, _F32 * naive(stage, h, w) + common
+    fixed, per_image = _cached_stage_bytes(stage, h, w, backend)
+    return fixed, per_image + common
 
 
 def _size(model, size) -> tuple[int, int]:
@@ -166,16 +181,15 @@ def _size(model, size) -> tuple[int, int]:
 
 
 def estimate_sampling_bytes(model, n: int, size=None, engine: str = "cached", backend: str | None = None) -> int:
-    """Estimated peak memory in bytes of ``pixelaux.sample(model, n, size=size, engine=engine)``.
+    """Estimated peak memory in bytes of ``pixelaux.sample(model, n, size=size, engine=engine,
+    backend=backend)`` (see the module docstring for what is counted and how).
 
     ``model``: ``GatedPixelCNN``, ``PixelCNNpp`` or an auxiliary-variable model
     (``GrayscalePixelCNN``, ``PyramidPixelCNN``, any ``AuxiliaryPixelCNN``);
     ``size``: ``(H, W)``, an int, or ``None`` for ``model.image_size``; ``engine``:
-    ``"naive"`` or ``"cached"``; ``backend`` (cached only): ``"cpp"`` needs less (see
-    the module docstring), anything else is estimated with the ``torch`` layout.
-    Linear in ``n``. The weights are not counted (they exist already). Measured against
-    the peak resident memory of real runs on CPU, the estimate is within about
-    0.75x - 1.8x.
+    ``"naive"`` or ``"cached"``; ``backend`` (cached only, resolved: ``"torch"``,
+    ``"cpp"`` or ``"triton"``; ``None`` means ``"torch"``). A fixed part plus ``n`` times
+    the bytes per image. The weights are not counted (they exist already).
     """
     if engine not in ("naive", "cached"):
         raise ValueError(f"engine must be 'naive' or 'cached', got {engine!r}")
@@ -184,24 +198,25 @@ def estimate_sampling_bytes(model, n: int, size=None, engine: str = "cached", ba
     kind = getattr(model, "kind", None)
     from .auxiliary import chain, is_composite
     if kind in ("GatedPixelCNN", "PixelCNNpp") and not is_composite(model):
-        per_image = _stage_bytes(model, h, w, engine, backend)
+        fixed, per_image = _stage_bytes(model, h, w, engine, backend)
     elif is_composite(model):
         # Every stage of the unrolled chain (any nesting), with what is alive while it runs:
         # the auxiliary image below it and its encoder's activations and output map.
+        fixed = per_image = 0
         links = chain(model, (h, w), strict=False)
-        per_image = 0
         for i, link in enumerate(links):
             hk, wk = link.size
-            b = _stage_bytes(link.stage, hk, wk, engine, backend)
+            f, b = _stage_bytes(link.stage, hk, wk, engine, backend)
             if link.owner is not None:
                 below = links[i + 1]
                 b += _images_bytes(below.channels, *below.size)
                 b += _F32 * _encoder_floats(link.owner.encoder, hk, wk)
-            per_image = max(per_image, b)
+            if f + n * b > fixed + n * per_image:
+                fixed, per_image = f, b
     else:
         raise TypeError(f"model must be a pixelaux GatedPixelCNN, PixelCNNpp, GrayscalePixelCNN, "
                         f"PyramidPixelCNN or AuxiliaryPixelCNN, got {type(model).__name__}")
-    return n * per_image
+    return fixed + n * per_image if n else 0
 
 
 # --------------------------------------------------------------------------- available memory

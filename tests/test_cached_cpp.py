@@ -9,18 +9,22 @@
 Tiny models with random weights (not near-zero), awkward sizes, every model option.
 """
 
+import contextlib
+
 import pytest
 import torch
 
-from helpers import assert_same_images, single_thread
+import pixelaux
+from helpers import assert_same_images, random_gated, single_thread
 from pixelaux import GatedPixelCNN
 from pixelaux import native
+from pixelaux.uniforms import ImageUniforms
 
 pytestmark = pytest.mark.skipif(not native.available(),
                                 reason=f"pixelaux._C is not built: {native.reason()}")
 
 if native.available():
-    from pixelaux.engines import cached_cpp, naive
+    from pixelaux.engines import cached_cpp, cached_cpp_pp, naive
 
 # name: (model kwargs, init std, (H, W), batch, cond?)
 CONFIGS = {
@@ -115,15 +119,20 @@ def test_sampling_arithmetic_matches_distribution():
     """Constant parameters (head bias only): the C++ sampler and ``sample_flat`` map
     the same uniforms to the same pixels, for both distributions."""
     torch.manual_seed(3)
+    # 2**12 and 2**16 values, and 13 mixture components (a partial vector): torch's
+    # softmax sums in its lanes' order, which the C++ sampler must follow
     for kwargs in (dict(channels=3, bits=8, dist="logistic", nr_mix=5),
                    dict(channels=1, bits=5, dist="categorical"),
-                   dict(channels=2, bits=16, dist="logistic", nr_mix=3)):
+                   dict(channels=2, bits=16, dist="logistic", nr_mix=3),
+                   dict(channels=3, bits=8, dist="logistic", nr_mix=13),
+                   dict(channels=2, bits=12, dist="categorical"),
+                   dict(channels=1, bits=16, dist="categorical")):
         model = GatedPixelCNN(hidden=4, blocks=0, kernel_size=1, **kwargs).eval()
         with torch.no_grad():
             for p in model.parameters():
                 p.zero_()
             model.head.bias.normal_(0.0, 2.0)
-        b, h, w = 4, 16, 16
+        b, h, w = (2, 8, 8) if kwargs["bits"] >= 12 else (4, 16, 16)
         x = torch.zeros(b, model.channels, h, w, dtype=torch.long)
         u = torch.rand(b, h, w, model.dist.num_uniforms)
         for t in (1.0, 0.7):
@@ -188,7 +197,8 @@ def test_packed_weights_follow_parameter_updates():
 def test_op_schema_and_fake_tensor():
     model, x, cond, u = make("k3-b3-cat4-cond", seed=6)
     known = torch.rand(x.shape[0], *x.shape[2:]) < 0.5
-    args = (x, known, cond, u, cached_cpp.packed_weights(model), cached_cpp.config_of(model), 1.0, True, 0)
+    args = (x, known, cond, u, cached_cpp.packed_weights(model), cached_cpp.input_table(model),
+            cached_cpp.config_of(model), 1.0, True, 0)
     torch.library.opcheck(torch.ops.pixelaux.cached_sample.default, args,
                           test_utils=("test_schema", "test_faketensor"))
     schema = str(torch.ops.pixelaux.cached_sample.default._schema)
@@ -198,36 +208,37 @@ def test_op_schema_and_fake_tensor():
 def test_bad_inputs_raise_clear_errors():
     model, x, cond, u = make("k3-b3-cat4-cond", seed=7)
     packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
+    table = cached_cpp.input_table(model)
     op = torch.ops.pixelaux.cached_sample
     b, _, h, w = x.shape
     with pytest.raises(TypeError, match="x must be int64"):
-        op(x.float(), None, cond, u, packed, cfg, 1.0)
+        op(x.float(), None, cond, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match=r"x must have shape \(B, 1, H, W\)"):
-        op(x[:, None], None, cond, u, packed, cfg, 1.0)
+        op(x[:, None], None, cond, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="uniforms must have shape"):
-        op(x, None, cond, u[..., :0], packed, cfg, 1.0)
+        op(x, None, cond, u[..., :0], packed, table, cfg, 1.0)
     with pytest.raises(TypeError, match="uniforms must be float32"):
-        op(x, None, cond, u.double(), packed, cfg, 1.0)
+        op(x, None, cond, u.double(), packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="cond is required"):
-        op(x, None, None, u, packed, cfg, 1.0)
+        op(x, None, None, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="cond must have shape"):
-        op(x, None, cond[:, :1], u, packed, cfg, 1.0)
+        op(x, None, cond[:, :1], u, packed, table, cfg, 1.0)
     with pytest.raises(TypeError, match="known must be a bool"):
-        op(x, torch.ones(b, h, w, dtype=torch.uint8), cond, u, packed, cfg, 1.0)
+        op(x, torch.ones(b, h, w, dtype=torch.uint8), cond, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="known must have shape"):
-        op(x, torch.ones(b, h, w + 1, dtype=torch.bool), cond, u, packed, cfg, 1.0)
+        op(x, torch.ones(b, h, w + 1, dtype=torch.bool), cond, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="known pixels of x must be in"):
-        op(x + 100, torch.ones(b, h, w, dtype=torch.bool), cond, u, packed, cfg, 1.0)
+        op(x + 100, torch.ones(b, h, w, dtype=torch.bool), cond, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="packed must be"):
-        op(x, None, cond, u, packed[:-1], cfg, 1.0)
+        op(x, None, cond, u, packed[:-1], table, cfg, 1.0)
     with pytest.raises(ValueError, match="temperature must be"):
-        op(x, None, cond, u, packed, cfg, 0.0)
+        op(x, None, cond, u, packed, table, cfg, 0.0)
     with pytest.raises(ValueError, match="config"):
-        op(x, None, cond, u, packed, cfg[:-1], 1.0)
+        op(x, None, cond, u, packed, table, cfg[:-1], 1.0)
     with pytest.raises(ValueError, match="kernel_size must be odd"):
-        op(x, None, cond, u, packed, cfg[:4] + [4] + cfg[5:], 1.0)
+        op(x, None, cond, u, packed, table, cfg[:4] + [4] + cfg[5:], 1.0)
     with pytest.raises(ValueError, match="mode must be"):
-        op(x, None, cond, u, packed, cfg, 1.0, False, 7)
+        op(x, None, cond, u, packed, table, cfg, 1.0, False, 7)
     raw = cached_cpp.raw_weights(model)
     with pytest.raises(ValueError, match="expected .* weight tensors"):
         torch.ops.pixelaux.pack_gated_pixelcnn(raw[:-1], cfg)
@@ -235,6 +246,140 @@ def test_bad_inputs_raise_clear_errors():
         torch.ops.pixelaux.pack_gated_pixelcnn(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
     with pytest.raises(TypeError, match="must be float32"):
         torch.ops.pixelaux.pack_gated_pixelcnn([r.double() for r in raw], cfg)
+
+
+# ---- token inputs (embed_dim > 0) --------------------------------------------------------
+
+@contextlib.contextmanager
+def num_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def same_images_as_naive(model, n, size, seed=0, cond=None, known=None, temperature=1.0, threads=1,
+                         name=""):
+    """``pixelaux.sample`` with the naive engine and with ``backend="cpp"`` from the same
+    seed: the same images, or else every image that differs first differs at an
+    explained float tie (``assert_same_images``, from the cpp engine's parameters on the
+    same uniforms). ``known``: ``(n, C, H, W)``, -1 where sampled. Returns the images."""
+    kw = dict(size=size, cond=cond, known=known, temperature=temperature, progress=False)
+    with single_thread():
+        ref = pixelaux.sample(model, n, engine="naive", generator=torch.Generator().manual_seed(seed), **kw)
+    with num_threads(threads):
+        got = pixelaux.sample(model, n, backend="cpp", generator=torch.Generator().manual_seed(seed), **kw)
+    if known is not None:
+        keep = known >= 0
+        assert torch.equal(got[keep], known[keep]), f"{name}: known pixels must be kept"
+    if not torch.equal(ref, got):
+        u = ImageUniforms(n, torch.Generator().manual_seed(seed)).draw(*size, model.dist.num_uniforms)
+        x = torch.zeros_like(ref) if known is None else known.clamp(min=0)
+        mask = None if known is None else (known >= 0)[:, 0]
+        run = cached_cpp_pp.run if model.kind == "PixelCNNpp" else cached_cpp.run
+        with num_threads(threads):
+            again, params = run(model, x, mask, cond, u, temperature, return_params=True)
+        assert torch.equal(again, got)
+        report = assert_same_images(model, cond, u, temperature, ref, got, params, name)
+        print(f"\n{name}: {(ref == got).all(1).float().mean():.2%} of pixels equal to naive\n"
+              + "\n".join(report))
+    return got
+
+
+def random_known(model, n, size, seed=0, fraction=0.4):
+    """``(n, C, H, W)`` random pixels, -1 (to sample) at about 1 - fraction of the positions."""
+    g = torch.Generator().manual_seed(seed + 50)
+    x = torch.randint(0, 2 ** model.bits, (n, model.channels, *size), generator=g)
+    unknown = (torch.rand(n, 1, *size, generator=g) >= fraction).expand_as(x)
+    return x.masked_fill(unknown, -1)
+
+
+# name: (model kwargs, (H, W)); random N(0, 0.2^2) weights, embedding tables included
+TOKEN_CONFIGS = {
+    "gray9-cat": (dict(channels=1, bits=9, hidden=8, blocks=2, kernel_size=3, dist="categorical",
+                       embed_dim=4), (5, 6)),
+    "rgb9-cat-cond": (dict(channels=3, bits=9, hidden=10, blocks=1, kernel_size=3, dist="categorical",
+                           embed_dim=3, cond_channels=2), (5, 6)),
+    "rgb8-logistic": (dict(channels=3, bits=8, hidden=8, blocks=1, kernel_size=5, dist="logistic",
+                           nr_mix=2, embed_dim=2), (5, 6)),
+    "gray16-cat": (dict(channels=1, bits=16, hidden=4, blocks=1, kernel_size=3, dist="categorical",
+                        embed_dim=2), (4, 5)),
+}
+
+
+def make_tokens(name, seed=0):
+    kwargs, size = TOKEN_CONFIGS[name]
+    return random_gated(seed=seed, image_size=size, **kwargs), size
+
+
+@pytest.mark.parametrize("name", list(TOKEN_CONFIGS))
+def test_tokens_teacher_forcing_matches_forward(name):
+    model, (h, w) = make_tokens(name)
+    b = 2
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 2 ** model.bits, (b, model.channels, h, w), generator=g)
+    cond = torch.randn(b, model.cond_channels, h, w, generator=g) if model.cond_channels else None
+    u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
+    with torch.no_grad():
+        ref = model(x, cond)
+    with single_thread():
+        out, params = cached_cpp.run(model, x, torch.ones(b, h, w, dtype=torch.bool), cond, u, 1.0,
+                                     return_params=True)
+    assert torch.equal(out, x)
+    err = rel_err(params, ref)
+    assert err <= 1e-4, f"{name}: max abs error {err:.2e} of the parameter scale"
+
+
+# (config, batch, threads, known pixels?): batch 1 with 2 threads is a team over the output
+# channels, an odd batch with 2 threads splits the images
+TOKEN_SAMPLING = [
+    ("gray9-cat", 1, 1, False), ("gray9-cat", 1, 2, True), ("rgb9-cat-cond", 3, 2, False),
+    ("rgb9-cat-cond", 1, 1, True), ("rgb8-logistic", 3, 1, True), ("rgb8-logistic", 1, 2, False),
+    ("gray16-cat", 1, 1, False),
+]
+
+
+@pytest.mark.parametrize("name,batch,threads,known", TOKEN_SAMPLING)
+def test_tokens_same_images_as_naive(name, batch, threads, known):
+    model, size = make_tokens(name, seed=1)
+    g = torch.Generator().manual_seed(4)
+    cond = torch.randn(batch, model.cond_channels, *size, generator=g) if model.cond_channels else None
+    given = random_known(model, batch, size) if known else None
+    got = same_images_as_naive(model, batch, size, seed=7, cond=cond, known=given, threads=threads,
+                               name=f"{name}-b{batch}-t{threads}")
+    assert got.shape == (batch, model.channels, *size)
+
+
+def test_tokens_follow_embedding_updates():
+    """The table is read at every call: an updated embedding is what the next call writes."""
+    model, (h, w) = make_tokens("rgb9-cat-cond", seed=2)
+    x = torch.randint(0, 2 ** model.bits, (1, 3, h, w))
+    cond = torch.randn(1, 2, h, w)
+    known = torch.ones(1, h, w, dtype=torch.bool)
+    u = torch.rand(1, h, w, 3)
+    with torch.no_grad():
+        model.input.embed.weight.mul_(-2.0)
+        ref = model(x, cond)
+    _, params = cached_cpp.run(model, x, known, cond, u, 1.0, return_params=True)
+    assert rel_err(params, ref) <= 1e-4
+
+
+def test_table_argument_is_checked():
+    model, (h, w) = make_tokens("gray9-cat")
+    x = torch.randint(0, 512, (1, 1, h, w))
+    u = torch.rand(1, h, w, 1)
+    packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
+    table = cached_cpp.input_table(model)
+    assert table.shape == (1, 512, 4) and cfg[-1] == 4
+    op = torch.ops.pixelaux.cached_sample
+    with pytest.raises(ValueError, match=r"table must have shape \(1, 512, 4\)"):
+        op(x, None, None, u, packed, table[:, :, :3], cfg, 1.0)
+    with pytest.raises(TypeError, match="table must be float32"):
+        op(x, None, None, u, packed, table.double(), cfg, 1.0)
+    with pytest.raises(ValueError, match="u_init.weight must have shape"):  # embed_dim 4 is 5 inputs
+        torch.ops.pixelaux.pack_gated_pixelcnn(cached_cpp.raw_weights(model), cfg[:-1] + [2])
 
 
 # ---- progress and Ctrl-C inside the op -------------------------------------------------
@@ -347,14 +492,15 @@ def test_ctrl_c_signal_stops_the_op_within_a_row(recording_bar):
 def test_progress_tensor_is_checked():
     model, x, cond, u = make("k3-b1-rgb8", seed=9)
     packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
+    table = cached_cpp.input_table(model)
     op = torch.ops.pixelaux.cached_sample
     with pytest.raises(TypeError, match="progress must be an int64"):
-        op(x, None, cond, u, packed, cfg, 1.0, False, 0, torch.zeros(2))
+        op(x, None, cond, u, packed, table, cfg, 1.0, False, 0, torch.zeros(2))
     with pytest.raises(ValueError, match=r"progress must be a contiguous tensor of shape \(2,\)"):
-        op(x, None, cond, u, packed, cfg, 1.0, False, 0, torch.zeros(3, dtype=torch.long))
+        op(x, None, cond, u, packed, table, cfg, 1.0, False, 0, torch.zeros(3, dtype=torch.long))
     counter = torch.tensor([0, 1])  # stop asked before the first row: nothing sampled
-    out, _ = op(x, None, cond, u, packed, cfg, 1.0, False, 0, counter)
+    out, _ = op(x, None, cond, u, packed, table, cfg, 1.0, False, 0, counter)
     assert torch.equal(out, x) and counter[0] == 0
     counter = torch.zeros(2, dtype=torch.long)
-    op(x, None, cond, u, packed, cfg, 1.0, False, 0, counter)
+    op(x, None, cond, u, packed, table, cfg, 1.0, False, 0, counter)
     assert counter[0] == x.shape[0] * x.shape[2]

@@ -16,7 +16,8 @@ pixels, conditioning, non-square sizes.
 import pytest
 import torch
 
-from helpers import assert_same_images, randomize, single_thread
+from helpers import assert_same_images, random_pp, randomize, single_thread
+from test_cached_cpp import random_known, same_images_as_naive  # the shared token-test helpers
 from pixelaux import native
 from pixelaux.pixelcnnpp import PixelCNNpp
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.skipif(not native.available(),
                                 reason=f"pixelaux._C is not built: {native.reason()}")
 
 if native.available():
-    from pixelaux.engines import cached_cpp_pp, naive
+    from pixelaux.engines import cached_cpp, cached_cpp_pp, naive
 
 # name: (model kwargs, (H, W), batch)
 CONFIGS = {
@@ -161,7 +162,7 @@ def test_op_schema_and_fake_tensor():
     model, x, cond, u = make("s3-b2-gray8-cond", seed=6)
     known = torch.rand(x.shape[0], *x.shape[2:]) < 0.5
     args = (x, known, cached_cpp_pp.cond_terms(model, cond), u, cached_cpp_pp.packed_weights(model),
-            cached_cpp_pp.config_of(model), 1.0, True, 0)
+            cached_cpp.input_table(model), cached_cpp_pp.config_of(model), 1.0, True, 0)
     torch.library.opcheck(torch.ops.pixelaux.cached_sample_pp.default, args,
                           test_utils=("test_schema", "test_faketensor"))
     schema = str(torch.ops.pixelaux.cached_sample_pp.default._schema)
@@ -171,31 +172,34 @@ def test_op_schema_and_fake_tensor():
 def test_bad_inputs_raise_clear_errors():
     model, x, cond, u = make("s3-b2-gray8-cond", seed=7)
     packed, cfg = cached_cpp_pp.packed_weights(model), cached_cpp_pp.config_of(model)
+    table = cached_cpp.input_table(model)
     terms = cached_cpp_pp.cond_terms(model, cond)
     op = torch.ops.pixelaux.cached_sample_pp
     b, _, h, w = x.shape
     with pytest.raises(TypeError, match="x must be int64"):
-        op(x.float(), None, terms, u, packed, cfg, 1.0)
+        op(x.float(), None, terms, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="divisible by 2"):
-        op(x[:, :, :6], None, terms, u[:, :6], packed, cfg, 1.0)
+        op(x[:, :, :6], None, terms, u[:, :6], packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="conditioning-term tensors"):
-        op(x, None, terms[:-1], u, packed, cfg, 1.0)
+        op(x, None, terms[:-1], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match=r"cond_terms\[0\] must have shape"):
-        op(x, None, [terms[0][:, :, :4]] + terms[1:], u, packed, cfg, 1.0)
+        op(x, None, [terms[0][:, :, :4]] + terms[1:], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="uniforms must have shape"):
-        op(x, None, terms, u[..., :0], packed, cfg, 1.0)
+        op(x, None, terms, u[..., :0], packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="known must have shape"):
-        op(x, torch.ones(b, h, w + 1, dtype=torch.bool), terms, u, packed, cfg, 1.0)
+        op(x, torch.ones(b, h, w + 1, dtype=torch.bool), terms, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="known pixels of x must be in"):
-        op(x + 300, torch.ones(b, h, w, dtype=torch.bool), terms, u, packed, cfg, 1.0)
+        op(x + 300, torch.ones(b, h, w, dtype=torch.bool), terms, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="packed must be"):
-        op(x, None, terms, u, packed[:-1], cfg, 1.0)
+        op(x, None, terms, u, packed[:-1], table, cfg, 1.0)
+    with pytest.raises(ValueError, match=r"table must have shape \(1, 256, 1\)"):
+        op(x, None, terms, u, packed, table[:, :128], cfg, 1.0)
     with pytest.raises(ValueError, match="temperature must be"):
-        op(x, None, terms, u, packed, cfg, 0.0)
+        op(x, None, terms, u, packed, table, cfg, 0.0)
     with pytest.raises(ValueError, match="config"):
-        op(x, None, terms, u, packed, cfg[:-1], 1.0)
+        op(x, None, terms, u, packed, table, cfg[:-1], 1.0)
     with pytest.raises(ValueError, match="mode must be"):
-        op(x, None, terms, u, packed, cfg, 1.0, False, 7)
+        op(x, None, terms, u, packed, table, cfg, 1.0, False, 7)
     with pytest.raises(ValueError, match="cond is required"):
         cached_cpp_pp.run(model, x, None, None, u, 1.0)
     raw = cached_cpp_pp.raw_weights(model)
@@ -205,6 +209,55 @@ def test_bad_inputs_raise_clear_errors():
         torch.ops.pixelaux.pack_pixelcnnpp(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
     with pytest.raises(TypeError, match="must be float32"):
         torch.ops.pixelaux.pack_pixelcnnpp([r.double() for r in raw], cfg)
+
+
+# ---- token inputs (embed_dim > 0) --------------------------------------------------------
+
+# name: (model kwargs, (H, W)); random N(0, 0.2^2) weights, embedding tables included
+TOKEN_CONFIGS = {
+    "s2-rgb9-cat": (dict(channels=3, bits=9, hidden=6, blocks=1, scales=2, dist="categorical",
+                         embed_dim=3), (4, 6)),
+    "s3-gray8-cond": (dict(channels=1, bits=8, hidden=6, blocks=1, scales=3, nr_mix=2, embed_dim=4,
+                           cond_channels=2), (4, 8)),
+}
+
+
+def make_tokens(name, seed=0):
+    kwargs, size = TOKEN_CONFIGS[name]
+    return random_pp(seed=seed, image_size=size, **kwargs), size
+
+
+@pytest.mark.parametrize("name", list(TOKEN_CONFIGS))
+def test_tokens_teacher_forcing_matches_forward(name):
+    model, (h, w) = make_tokens(name)
+    b = 3
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 2 ** model.bits, (b, model.channels, h, w), generator=g)
+    cond = torch.randn(b, model.cond_channels, h, w, generator=g) if model.cond_channels else None
+    u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
+    with torch.no_grad():
+        ref = model(x, cond)
+    out, params = cached_cpp_pp.run(model, x, torch.ones(b, h, w, dtype=torch.bool), cond, u, 1.0,
+                                    return_params=True)
+    assert torch.equal(out, x)
+    err = rel_err(params, ref)
+    assert err <= 1e-4, f"{name}: max abs error {err:.2e} of the parameter scale"
+
+
+# (config, batch, threads, known pixels?): as in test_cached_cpp.py
+TOKEN_SAMPLING = [("s2-rgb9-cat", 1, 1, False), ("s2-rgb9-cat", 3, 2, True),
+                  ("s3-gray8-cond", 3, 1, True), ("s3-gray8-cond", 1, 2, False)]
+
+
+@pytest.mark.parametrize("name,batch,threads,known", TOKEN_SAMPLING)
+def test_tokens_same_images_as_naive(name, batch, threads, known):
+    model, size = make_tokens(name, seed=1)
+    g = torch.Generator().manual_seed(4)
+    cond = torch.randn(batch, model.cond_channels, *size, generator=g) if model.cond_channels else None
+    given = random_known(model, batch, size) if known else None
+    got = same_images_as_naive(model, batch, size, seed=7, cond=cond, known=given, threads=threads,
+                               name=f"{name}-b{batch}-t{threads}")
+    assert got.shape == (batch, model.channels, *size)
 
 
 def test_progress_and_interrupt_inside_the_op(monkeypatch):

@@ -2,6 +2,8 @@
 sampling shows progress; Ctrl-C in the CLI exits 130 with one line and leaves no
 partial file.
 """
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,12 +60,12 @@ def test_small_calls_pass_the_memory_check(models):
         assert x.shape[0] == 2
 
 
-def test_estimate_is_linear_in_n_and_covers_every_stage(models):
+def test_estimate_is_affine_in_n_and_covers_every_stage(models):
     for kind in KINDS:
         m = models[kind]
         for engine, backend in (("naive", None), ("cached", "torch"), ("cached", "cpp")):
-            one = resources.estimate_sampling_bytes(m, 1, (32, 32), engine, backend)
-            assert one > 0 and resources.estimate_sampling_bytes(m, 7, (32, 32), engine, backend) == 7 * one
+            est = [resources.estimate_sampling_bytes(m, k, (32, 32), engine, backend) for k in (1, 2, 7)]
+            assert 0 < est[0] < est[1] and est[2] - est[1] == 5 * (est[1] - est[0])
     g = models["grayscale"]
     for stage in (g.prior, g.colour):
         assert resources.estimate_sampling_bytes(g, 3, (8, 8), "cached") > \
@@ -73,6 +75,59 @@ def test_estimate_is_linear_in_n_and_covers_every_stage(models):
         resources.estimate_sampling_bytes(big, 8, None, "cached") > 0
     with pytest.raises(ValueError, match="engine"):
         resources.estimate_sampling_bytes(big, 1, None, "fast")
+
+
+def test_cached_estimate_is_the_engines_own_buffers():
+    """The cached figure comes from the state the engine builds: it grows with what that
+    state holds (a wider input for tokens, the conditioning terms of every block)."""
+    base = dict(channels=1, bits=9, hidden=8, blocks=2, dist="categorical", image_size=16)
+    plain = pixelaux.GatedPixelCNN(**base)
+    tokens = pixelaux.GatedPixelCNN(**base, embed_dim=16)
+    cond = pixelaux.GatedPixelCNN(**base, cond_channels=4)
+    est = {name: resources.estimate_sampling_bytes(m, 10, None, "cached", "torch")
+           for name, m in (("plain", plain), ("tokens", tokens), ("cond", cond))}
+    # tokens: the padded input buffer (kh + 16 rows, 16 + 2 columns) has 15 more channels,
+    # and there is no scaled lookup table (512 floats; the token table is the weights)
+    assert est["tokens"] - est["plain"] == 10 * 15 * 4 * (2 + 16) * (16 + 2) - 4 * 512
+    # cond: (h1, h2) of every block and stream, 8 + 16 floats per position (c1 has hidden
+    # channels, the gate c2 twice that)
+    assert est["cond"] - est["plain"] == 10 * 2 * 2 * (8 + 16) * 4 * 16 * 16
+    if CPP:   # the C++ engine counts its own arenas: it computes the cond terms row by row
+        cpp = {name: resources.estimate_sampling_bytes(m, 10, None, "cached", "cpp")
+               for name, m in (("plain", plain), ("cond", cond))}
+        assert 0 < cpp["cond"] - cpp["plain"] < (est["cond"] - est["plain"]) / 4
+        pp = pixelaux.PixelCNNpp(hidden=8, blocks=1, scales=2, image_size=16)
+        assert 0 < resources.estimate_sampling_bytes(pp, 3, None, "cached", "cpp") \
+            < resources.estimate_sampling_bytes(pp, 4, None, "cached", "cpp")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak RSS")
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_cached_estimate_tracks_the_real_peak_memory(tmp_path, backend):
+    if backend == "cpp" and not CPP:
+        pytest.skip("the C++ extension is not built")
+    """In a fresh process, the growth of the peak resident memory while sampling 128
+    images is within 0.8x - 2x of the estimate (it adds one row's temporaries and the
+    allocator's slack)."""
+    script = tmp_path / "peak.py"
+    script.write_text(
+        "import torch, pixelaux\n"
+        "from pixelaux import resources\n"
+        "def status(key):\n"
+        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key + ':'))\n"
+        "torch.set_num_threads(1)\n"
+        "m = pixelaux.GatedPixelCNN(hidden=48, blocks=4, image_size=16).eval()\n"
+        f"pixelaux.sample(m, 1, progress=False, backend='{backend}')\n"
+        f"est = resources.estimate_sampling_bytes(m, 128, None, 'cached', '{backend}')\n"
+        "open('/proc/self/clear_refs', 'w').write('5')      # reset the peak (VmHWM) to now\n"
+        "rss0 = status('VmRSS')\n"
+        f"pixelaux.sample(m, 128, progress=False, backend='{backend}')\n"
+        "print((status('VmHWM') - rss0) / est)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ratio = float(out.stdout.strip().splitlines()[-1])
+    assert 0.8 <= ratio <= 2.0, f"peak memory grew {ratio:.2f}x the estimate"
 
 
 def test_available_memory_from_meminfo_cgroup_and_sysconf(tmp_path, monkeypatch):

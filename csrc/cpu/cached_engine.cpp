@@ -18,12 +18,13 @@ namespace cpu {
 std::string parse_config(const int64_t* v, int64_t n, ModelConfig* c) {
   if (n != kConfigLen)
     return "config must have " + std::to_string(kConfigLen) +
-           " ints [channels, bits, hidden, blocks, kernel_size, cond_channels, dist, nr_mix], got " +
-           std::to_string(n);
+           " ints [channels, bits, hidden, blocks, kernel_size, cond_channels, dist, nr_mix, "
+           "embed_dim], got " + std::to_string(n);
   const char* names[kConfigLen] = {"channels", "bits", "hidden", "blocks",
-                                   "kernel_size", "cond_channels", "dist", "nr_mix"};
-  const int64_t lo[kConfigLen] = {1, 1, 1, 0, 1, 0, 0, 1};
-  const int64_t hi[kConfigLen] = {kMaxChannels, 16, 16384, 4096, kMaxKernelSize, 16384, 1, 4096};
+                                   "kernel_size", "cond_channels", "dist", "nr_mix", "embed_dim"};
+  const int64_t lo[kConfigLen] = {1, 1, 1, 0, 1, 0, 0, 1, 0};
+  const int64_t hi[kConfigLen] = {kMaxChannels, 16, 16384, 4096, kMaxKernelSize, 16384, 1, 4096,
+                                   kMaxEmbedDim};
   for (int i = 0; i < kConfigLen; ++i)
     if (v[i] < lo[i] || v[i] > hi[i])
       return std::string("config ") + names[i] + " must be in [" + std::to_string(lo[i]) + ", " +
@@ -36,11 +37,13 @@ std::string parse_config(const int64_t* v, int64_t n, ModelConfig* c) {
   c->cond_channels = (int)v[5];
   c->dist = (int)v[6];
   c->nr_mix = (int)v[7];
+  c->embed_dim = (int)v[8];
+  c->per_channel = std::max(c->embed_dim, 1);
   if (c->kernel_size % 2 != 1) return "config kernel_size must be odd, got " + std::to_string(v[4]);
   c->kw = c->kernel_size;
   c->kh = (c->kernel_size + 1) / 2;
   c->pw = (c->kernel_size - 1) / 2;
-  c->cin = c->channels + 1;
+  c->cin = c->channels * c->per_channel + 1;
   DistSpec d;
   const std::string err = make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &d);
   c->levels = d.levels;
@@ -214,8 +217,9 @@ struct Workspace {
   std::vector<float*> ul_c1_row, ul_c2_row;             // [blk]
 };
 
+// With allocate=false only the arena's requests are made (workspace_floats counts them).
 void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int64_t Bt, int team,
-                    Workspace* ws) {
+                    Workspace* ws, bool allocate = true) {
   const int64_t F = c.hidden, kh = c.kh, pw = c.pw, cin = c.cin, cc = c.cond_channels,
                 nb = c.blocks, P = c.num_params;
   const int64_t M = Bt * W;
@@ -252,14 +256,16 @@ void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int6
     want(&ws->ul_c1_row[i], M * F);
     want(&ws->ul_c2_row[i], M * 2 * F);
   }
+  if (!allocate) return;
   ar.allocate();
-  for (int64_t r = 0; r < (int64_t)team * Bt; ++r) ws->xcur[r * cin + c.channels] = 1.f;
-  // The input buffer: kh rows of top padding, pw columns each side; the ones channel
-  // marks the image (the model's extra input channel), zeros are padding.
+  // The ones channel (the last input channel) marks the image, zeros are padding.
+  for (int64_t r = 0; r < (int64_t)team * Bt; ++r) ws->xcur[r * cin + cin - 1] = 1.f;
+  // The input buffer: kh rows of top padding, pw columns each side; per position the
+  // encoded pixel (C * per_channel floats), then the ones channel.
   for (int64_t b = 0; b < Bt; ++b)
     for (int64_t i = 0; i < H; ++i)
       for (int64_t j = 0; j < W; ++j)
-        ws->xin[((b * (H + kh) + kh + i) * (W + 2 * pw) + pw + j) * cin + c.channels] = 1.f;
+        ws->xin[((b * (H + kh) + kh + i) * (W + 2 * pw) + pw + j) * cin + cin - 1] = 1.f;
 }
 
 // ------------------------------------------------------------------------------------
@@ -498,7 +504,6 @@ struct Engine : TeamMember {
     }
     const float t = (float)a.temperature;
     const int64_t HW = H * W;
-    const float unit = (float)(2.0 / (double)(c.levels - 1));
     for (int64_t b = 0; b < Bt; ++b) {
       const int64_t g = ws.b0 + b;
       const float* prm = hp + b * P;
@@ -512,10 +517,12 @@ struct Engine : TeamMember {
         if (mine)
           for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
       }
+      // Known or sampled, the pixel's input channels come from the model's table, so
+      // they are the very floats its forward pass reads.
       float* xc = xcur + b * cin;
-      for (int64_t ch = 0; ch < C; ++ch) xc[ch] = (float)pix[ch] * unit - 1.0f;
+      a.table.write((int)C, pix, xc);
       if (!mine) continue;
-      std::memcpy(xin(b, kh + i, pw + j), xc, sizeof(float) * C);
+      std::memcpy(xin(b, kh + i, pw + j), xc, sizeof(float) * (cin - 1));
       if (a.params) {
         float* pd = a.params + g * P * HW + i * W + j;
         for (int64_t p = 0; p < P; ++p) pd[p * HW] = prm[p];
@@ -563,6 +570,18 @@ void cached_sample(const SampleArgs& a) {
   run_teams(plan, [&](int g, int rank, int size, bool pixel_team, Barrier& bar) {
     Engine(a, ws[g], bar, rank, size, pixel_team).run();
   });
+}
+
+int64_t workspace_floats(const SampleArgs& a) {
+  const TeamPlan plan = plan_teams(a.B, a.mode, a.cfg->hidden, a.threads);
+  int64_t total = 0;
+  for (int g = 0; g < plan.G; ++g) {
+    const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
+    Workspace ws;
+    make_workspace(*a.cfg, a.H, a.W, b0, b1 - b0, plan.S, &ws, /*allocate=*/false);
+    total += ws.arena.requested();
+  }
+  return total;
 }
 
 }  // namespace cpu

@@ -33,14 +33,17 @@ struct ModelConfig {
   int cond_channels = 0;  // cc (0: unconditional)
   int dist = 0;           // 0: categorical, 1: discretized logistic mixture
   int nr_mix = 0;         // mixture components (logistic)
+  int embed_dim = 0;      // E: 0 pixels scaled to [-1, 1], else E table floats per channel
   // derived
-  int kh = 0, kw = 0, pw = 0, cin = 0;
+  int kh = 0, kw = 0, pw = 0;
+  int per_channel = 1;    // input channels per image channel, max(E, 1)
+  int cin = 0;            // input channels: channels * per_channel + the ones channel
   int64_t levels = 0;     // 2**bits
   int64_t num_params = 0; // P
   int num_uniforms = 0;   // U
 };
 
-constexpr int kConfigLen = 8;
+constexpr int kConfigLen = 9;
 constexpr int kMaxKernelSize = 63;
 
 // Parses and checks the config; returns an error message, empty when valid.
@@ -90,6 +93,7 @@ struct SampleArgs {
   const bool* known = nullptr;      // (B, H, W) or null (nothing known)
   const float* cond = nullptr;      // (B, cc, H, W) or null
   const float* uniforms = nullptr;  // (B, H, W, U)
+  PixelTable table;                 // (C, K, per_channel): what a pixel writes into xin
   float* params = nullptr;          // (B, P, H, W) or null
   double temperature = 1.0;
   // Thread split: 0 auto; 1 images over threads; 2 one team over the output channels
@@ -104,6 +108,9 @@ struct SampleArgs {
 };
 
 void cached_sample(const SampleArgs& args);
+// Floats of scratch cached_sample would allocate for these args (its arenas' requests;
+// only cfg, B, H, W, mode and threads are read).
+int64_t workspace_floats(const SampleArgs& args);
 
 }  // namespace cpu
 }  // namespace pixelaux

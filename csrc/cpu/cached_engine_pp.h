@@ -32,15 +32,16 @@ namespace pixelaux {
 namespace cpu {
 namespace pp {
 
-constexpr int kConfigLen = 8;
+constexpr int kConfigLen = 9;
 constexpr int kMaxScales = 8;
 
 // Integer configuration of a PixelCNNpp as passed to the ops (in this order).
 struct Config {
   int channels = 0, bits = 0, hidden = 0, blocks = 0, scales = 0, cond_channels = 0, dist = 0,
-      nr_mix = 0;
-  DistSpec d;   // derived
-  int cin = 0;  // channels + 1 (the ones channel)
+      nr_mix = 0, embed_dim = 0;
+  DistSpec d;           // derived
+  int per_channel = 1;  // input channels per image channel, max(embed_dim, 1)
+  int cin = 0;          // channels * per_channel + 1 (the ones channel)
   // Blocks of the down pass at scale s (blocks at the smallest scale, blocks+1 elsewhere).
   int down_blocks(int s) const { return s == scales - 1 ? blocks : blocks + 1; }
 };
@@ -99,6 +100,7 @@ struct SampleArgs {
   // then ul blocks. Empty when unconditional.
   std::vector<const float*> cond_terms;
   const float* uniforms = nullptr;  // (B, H, W, U)
+  PixelTable table;                 // (C, K, per_channel): what a pixel writes into xin
   float* params = nullptr;          // (B, P, H, W) or null
   double temperature = 1.0;
   int mode = 0;                     // as cpu::SampleArgs::mode
@@ -110,6 +112,9 @@ struct SampleArgs {
 };
 
 void cached_sample(const SampleArgs& args);
+// Floats of scratch cached_sample would allocate for these args (its arenas' requests;
+// only cfg, B, H, W, mode and threads are read).
+int64_t workspace_floats(const SampleArgs& args);
 
 }  // namespace pp
 }  // namespace cpu

@@ -179,6 +179,12 @@ struct Arena {
   std::unique_ptr<float, FreeDeleter> mem;
   void want(float** p, int64_t n) { req.push_back({p, round_up16(std::max<int64_t>(n, 1))}); }
   void allocate();
+  // Floats that allocate() would take (what resources.py's memory estimate asks for).
+  int64_t requested() const {
+    int64_t n = 0;
+    for (auto& r : req) n += r.second;
+    return n;
+  }
   static int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
 };
 

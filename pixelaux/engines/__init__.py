@@ -115,3 +115,16 @@ def runner(engine: str, backend: str | None, kind: str = "GatedPixelCNN"):
     else:  # pragma: no cover - resolve() rejects these
         raise ValueError(f"unknown backend {backend!r}")
     return run
+
+
+def workspace_bytes(backend: str, model, x, cond) -> int:
+    """Bytes a cached backend allocates to sample ``x`` ``(B, C, H, W)`` of one stage with
+    ``cond``, beyond the weights, as its own allocating code counts them (each backend's
+    ``workspace_bytes``; ``resources.estimate_sampling_bytes`` extrapolates from trials)."""
+    if backend == "cpp" and model.kind == "PixelCNNpp":
+        from .cached_cpp_pp import workspace_bytes as count
+    elif backend == "cpp":
+        from .cached_cpp import workspace_bytes as count
+    else:           # triton: its buffers follow the torch reference's (docs/design.md 2.6)
+        from .cached_torch import workspace_bytes as count
+    return count(model, x, cond)

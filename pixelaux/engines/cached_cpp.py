@@ -15,6 +15,10 @@ model's weights (once per weight version, cached) and calls one op,
 
 The conditioning terms ``blk.cond_terms(cond)`` are computed in C++, row by row, from
 ``cond`` and the blocks' 1x1 weights (each position once, as in the forward pass).
+
+A pixel, sampled or known, is written into the input buffer as its rows of the model's
+input table (``model.input.table()``, see ``inputs.py``): ``channels * max(embed_dim, 1)``
+floats, the scaled ``[-1, 1]`` values or the learned token embeddings alike.
 """
 from __future__ import annotations
 
@@ -30,11 +34,11 @@ _PACKED = weakref.WeakKeyDictionary()
 
 def config_of(model) -> list[int]:
     """The integer config the ops take: ``[channels, bits, hidden, blocks, kernel_size,
-    cond_channels, dist (0 categorical, 1 logistic), nr_mix]``."""
+    cond_channels, dist (0 categorical, 1 logistic), nr_mix, embed_dim]``."""
     cfg = model.config
     return [int(cfg["channels"]), int(cfg["bits"]), int(cfg["hidden"]), int(cfg["blocks"]),
             int(cfg["kernel_size"]), int(cfg["cond_channels"]),
-            0 if cfg["dist"] == "categorical" else 1, int(cfg["nr_mix"])]
+            0 if cfg["dist"] == "categorical" else 1, int(cfg["nr_mix"]), int(model.input.embed_dim)]
 
 
 def raw_weights(model) -> list[torch.Tensor]:
@@ -72,6 +76,21 @@ def packed_weights(model) -> torch.Tensor:
     return pack_cached(model, raw_weights(model), torch.ops.pixelaux.pack_gated_pixelcnn, config_of(model))
 
 
+def input_table(model) -> torch.Tensor:
+    """The model's input encoding ``(channels, 2**bits, max(embed_dim, 1))`` as the ops
+    take it (float32, contiguous, CPU): a view of the embedding, or the scaled values."""
+    return model.input.table("cpu").to(torch.float32).contiguous()
+
+
+def workspace_bytes(model, x, cond) -> int:
+    """Bytes ``run`` allocates beyond the weights for ``x`` ``(B, C, H, W)``: the C++
+    engine's scratch as its arenas request it (``cached_workspace_floats``, counted by the
+    allocating code without allocating) and the scaled input table built per call."""
+    b, _, h, w = x.shape
+    floats = torch.ops.pixelaux.cached_workspace_floats(config_of(model), b, h, w, 0)
+    return 4 * floats + (0 if model.input.embed_dim else input_table(model).nbytes)
+
+
 @torch.no_grad()
 def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, mode=0):
     """Sample the unknown pixels of ``x`` in raster order (contract of ``cached_torch.run``).
@@ -93,8 +112,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
         known = known.to(torch.bool)
     if cond is not None:
         cond = cond.to(torch.float32)
-    args = (x.long(), known, cond, uniforms.to(torch.float32), packed, config_of(model),
-            float(temperature), bool(return_params), int(mode))
+    args = (x.long(), known, cond, uniforms.to(torch.float32), packed, input_table(model),
+            config_of(model), float(temperature), bool(return_params), int(mode))
     out, params = run_native(lambda counter: torch.ops.pixelaux.cached_sample(*args, counter),
                              batch=x.shape[0], height=h, width=w, progress=progress,
                              desc="cached[cpp]")

@@ -13,23 +13,26 @@ op, ``torch.ops.pixelaux.cached_sample_pp``, that samples the whole batch:
   sampling with the arithmetic of ``distributions.py`` (same uniforms, same pixels);
 * threads: images split over threads when the batch is large enough, else one team
   over the output channels of every layer.
+
+Pixels are written into the input buffer from the model's input table, as in
+``cached_cpp`` (token inputs with ``embed_dim > 0`` included).
 """
 from __future__ import annotations
 
 import torch
 
 from .. import native
-from .cached_cpp import pack_cached
+from .cached_cpp import input_table, pack_cached
 from .progress import run_native
 
 
 def config_of(model) -> list[int]:
     """The integer config the ops take: ``[channels, bits, hidden, blocks, scales,
-    cond_channels, dist (0 categorical, 1 logistic), nr_mix]``."""
+    cond_channels, dist (0 categorical, 1 logistic), nr_mix, embed_dim]``."""
     cfg = model.config
     return [int(cfg["channels"]), int(cfg["bits"]), int(cfg["hidden"]), int(cfg["blocks"]),
             int(cfg["scales"]), int(cfg["cond_channels"]),
-            0 if cfg["dist"] == "categorical" else 1, int(cfg["nr_mix"])]
+            0 if cfg["dist"] == "categorical" else 1, int(cfg["nr_mix"]), int(model.input.embed_dim)]
 
 
 def weight_names(model) -> list[str]:
@@ -102,6 +105,17 @@ def cond_terms(model, cond) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
+def workspace_bytes(model, x, cond) -> int:
+    """As ``cached_cpp.workspace_bytes``, plus the conditioning terms computed here in
+    Python for every block (``cond_terms``)."""
+    from ..resources import held_bytes
+    b, _, h, w = x.shape
+    floats = torch.ops.pixelaux.cached_workspace_floats_pp(config_of(model), b, h, w, 0)
+    table = 0 if model.input.embed_dim else input_table(model).nbytes
+    return 4 * floats + table + held_bytes(cond_terms(model, cond), skip=model)
+
+
+@torch.no_grad()
 def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, mode=0):
     """Sample the unknown pixels of ``x`` in raster order (contract of ``cached_cpp.run``).
 
@@ -127,8 +141,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     if known is not None:
         known = known.to(torch.bool)
     terms = cond_terms(model, cond)
-    args = (x.long(), known, terms, uniforms.to(torch.float32), packed, config_of(model),
-            float(temperature), bool(return_params), int(mode))
+    args = (x.long(), known, terms, uniforms.to(torch.float32), packed, input_table(model),
+            config_of(model), float(temperature), bool(return_params), int(mode))
     out, params = run_native(lambda counter: torch.ops.pixelaux.cached_sample_pp(*args, counter),
                              batch=x.shape[0], height=h, width=w, progress=progress,
                              desc="cached[cpp]")
