@@ -84,6 +84,21 @@ class GatedPixelCNN(nn.Module):
             for _ in range(blocks))
         self.head = nn.Conv2d(hidden, self.dist.num_params, 1)
 
+    def check_size(self, size, name: str = "size") -> tuple[int, int]:
+        """Any size: the stack preserves resolution (``PixelCNNpp`` has a rule)."""
+        return tuple(size)
+
+    def forward_floats(self, h: int, w: int) -> int:
+        """Floats alive at the widest point of one forward pass, per image (the memory
+        estimate of the naive engine, ``resources``)."""
+        hid, k = self.hidden, self.cond_channels
+        per_pos = (3 * self.input.width                          # encoded input, with ones, padded copy
+                   + 2 * hid                                     # u and ul, alive throughout
+                   + (14 * hid if len(self.u_blocks) else 2 * hid)   # one gated block's temporaries
+                   + (3 * hid + 5 * k if k else 0)               # cond map, concat-ELU, block terms
+                   + self.dist.num_params)                       # head output
+        return per_pos * h * w
+
     def check_inputs(self, x, cond=None, name="x"):
         device = self.head.weight.device
         x = check_images(x, name, channels=self.channels, bits=self.bits, device=device)

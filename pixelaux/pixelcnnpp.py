@@ -116,6 +116,15 @@ class PixelCNNpp(nn.Module):
                              f"2**(scales-1) = {f}, got {size[0]} x {size[1]} (H x W)")
         return tuple(size)
 
+    def forward_floats(self, h: int, w: int) -> int:
+        """Floats alive at the widest point of one forward pass, per image (the memory
+        estimate of the naive engine, ``resources``): the up-pass values kept for the
+        down pass, the input, one block's temporaries, the cond terms, the head."""
+        f, k = self.hidden, self.cond_channels
+        area = sum((h >> s) * (w >> s) for s in range(self.scales))
+        per_pos = 3 * self.input.width + 14 * f + (3 * f + 5 * k if k else 0) + self.dist.num_params
+        return 2 * (self.blocks + 1) * f * area + per_pos * h * w
+
     def check_inputs(self, x, cond=None, name="x"):
         device = self.head.weight.device
         x = check_images(x, name, channels=self.channels, bits=self.bits, device=device)

@@ -18,8 +18,7 @@ What is counted:
   (a few hidden-wide rows) come on top and are not counted.
 * ``naive`` engine: the activations of one full forward pass over the batch (the
   engine runs one per pixel and frees it before the next; PyTorch allocates them, so
-  this one is a formula): both streams, one gated block's temporaries, the
-  conditioning maps, the input, the output parameters and the uniforms.
+  this one is a formula, kept by each model: ``forward_floats``).
 * Both: the images being written and the uniforms (``ImageUniforms.draw`` stacks
   per-image blocks: twice their size while it runs).
 * Composite models (any nesting of auxiliary-variable models): the maximum over the
@@ -69,22 +68,6 @@ def format_bytes(n: float) -> str:
 
 # --------------------------------------------------------------------------- estimates
 
-def _stage_floats_naive(stage, h: int, w: int) -> int:
-    """Floats alive at the widest point of one forward pass of a ``GatedPixelCNN``
-    stage, per image."""
-    c, hid, k = stage.channels, stage.hidden, stage.cond_channels
-    blocks = len(stage.u_blocks)
-    per_pos = (
-        3 * stage.input.width       # the encoded input, its concat with ones, a padded copy
-        + 2 * hid                   # the u and ul streams, alive throughout
-        + (14 * hid if blocks else 2 * hid)   # one gated block: concat-ELU (cat + elu),
-                                    # padded conv input, conv outputs, gate, skip input
-        + (3 * hid + 5 * k if k else 0)       # cond map, its concat-ELU, the block's terms
-        + stage.dist.num_params     # head output
-    )
-    return per_pos * h * w
-
-
 def _encoder_floats(encoder, h: int, w: int) -> int:
     """Activations alive in a conditioning network whose output is ``(h, w)``, per image
     (its output map included). Other encoders than the built-in ones: counted by their
@@ -99,16 +82,6 @@ def _encoder_floats(encoder, h: int, w: int) -> int:
 
 def _images_bytes(channels: int, h: int, w: int) -> int:
     return 2 * _I64 * channels * h * w          # the stage's image and the engine's copy
-
-
-def _pp_floats_naive(stage, h: int, w: int) -> int:
-    """Floats alive at the widest point of one forward pass of a ``PixelCNNpp``, per image:
-    the up-pass values kept for the down pass, one block's temporaries, the cond terms."""
-    c, f, k, n = stage.channels, stage.hidden, stage.cond_channels, stage.blocks
-    area = sum((h >> s) * (w >> s) for s in range(stage.scales))
-    kept = 2 * (n + 1) * f * area
-    per_pos = 3 * stage.input.width + 14 * f + (3 * f + 5 * k if k else 0) + stage.dist.num_params
-    return kept + per_pos * h * w
 
 
 def held_bytes(obj, skip: torch.nn.Module | None = None) -> int:
@@ -166,8 +139,7 @@ def _stage_bytes(stage, h: int, w: int, engine: str, backend) -> tuple[int, int]
     """``(fixed, per image)`` bytes of sampling one stage."""
     common = _images_bytes(stage.channels, h, w) + 2 * _F32 * stage.dist.num_uniforms * h * w
     if engine == "naive":
-        naive = _pp_floats_naive if stage.kind == "PixelCNNpp" else _stage_floats_naive
-        return 0, _F32 * naive(stage, h, w) + common
+        return 0, _F32 * stage.forward_floats(h, w) + common
     fixed, per_image = _cached_stage_bytes(stage, h, w, backend)
     return fixed, per_image + common
 

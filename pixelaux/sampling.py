@@ -93,8 +93,7 @@ def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature
     mask = None
     if known is not None:
         x, mask = known[0].to(device), known[1].to(device)
-    if stage.kind == "PixelCNNpp":
-        stage.check_size(size, "size")
+    stage.check_size(size, "size")
     if cond is not None and cond.dim() == 2 and engine == "cached" and backend not in ("torch",):
         # A global cond (one vector per image): the torch engine computes its per-block terms
         # once per image from the vector; the cpp and triton backends take a map, so it is
