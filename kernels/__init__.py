@@ -17,8 +17,9 @@ that performs the same buffer updates (the tests compare the two):
                     preset model compiles (Triton's launch-time specialisation
                     included) for ``sm_90`` (or another arch) and reports registers,
                     spills and shared memory per kernel.
-* ``_jitmath``   -- ``@triton.jit`` helpers (tanh, log1p, round-half-even) written
-                    with plain ``tl`` primitives (libdevice does not run under the
+* ``_jitmath``   -- ``@triton.jit`` helpers (tanh, log1p, round-half-even; the
+                    model's input gathered through its input table) written with
+                    plain ``tl`` primitives (libdevice does not run under the
                     interpreter).
 
 Importing this package imports triton. ``TRITON_INTERPRET`` is read when the

@@ -122,7 +122,7 @@ class _Warmup:
             key = (self.name, kernel.hash)
             if key not in self.results:
                 consts = {k: v for k, v in kwargs.items() if k in (
-                    "STAGE", "FIRST", "HAS_COND", "HID_P", "OT", "G", "DIST", "C", "KH", "BLOCK_W",
+                    "STAGE", "FIRST", "HAS_COND", "HID_P", "OT", "G", "DIST", "C", "E", "KH", "BLOCK_W",
                     "HAS_KNOWN", "RETURN_PARAMS")}
                 info = dict(kernel=self.name, label=self.label[0], grid=tuple(grid),
                             num_warps=kwargs.get("num_warps", 4), consts=consts)

@@ -1,15 +1,17 @@
 """Device buffers and weight layouts of the Triton cached engine (torch only).
 
 For a ``GatedPixelCNN`` with ``NB`` blocks, ``HID`` hidden channels, ``C`` image
-channels (``CIN = C + 1`` with the ones channel), ``KH = (k + 1) // 2`` rows of
+channels, ``E = max(embed_dim, 1)`` input channels per image channel (``CIN = C*E + 1``
+with the ones channel, ``model.input.width``), ``KH = (k + 1) // 2`` rows of
 context and ``KW = k`` columns for the vertical convs, sampling ``B`` images of
 ``H x W``. Float buffers are float32, contiguous, channels last.
 
 State (written by the kernels):
 
 * ``x``          ``(B, C, H, W)`` int64: the image being sampled; the kernels read
-  the model's input straight from it (scaled on the fly, the ones channel is 1
-  inside the image and 0 outside), so there is no separate padded input buffer.
+  the model's input straight from it through ``table`` (input channel ``c*E + e`` of
+  value ``v`` is ``table[c, v, e]``; the ones channel is 1 inside the image and 0
+  outside), so there is no separate padded input buffer.
 * ``row``        ``(1,)`` int32: the row being sampled, read by every kernel and
   advanced on the device (so the launches of a row can be replayed as a graph).
 * ``u_cur``      ``(B, W, HID)``: the vertical stream of the current row, updated in
@@ -38,7 +40,9 @@ The buffers are allocated once per (model, batch, size, options) and refilled in
 per call (``fill``), so a CUDA graph of their launches stays valid across calls.
 ``Plan`` / ``choose_plan``: how images and channels map onto programs.
 
-Inputs: ``uniforms`` ``(B, H, W, U)``, ``known`` ``(B, H, W)`` int8 (or None),
+Inputs: ``table`` ``(C, 2**bits, E)`` (``model.input.table``: the learned embedding,
+or for a scaled model the floats ``v * 2/(2**bits - 1) - 1`` its forward computes, so
+both encodings take the same gather), ``uniforms`` ``(B, H, W, U)``, ``known`` ``(B, H, W)`` int8 (or None),
 the conditioning terms computed once per image (or None): ``u_h1``/``ul_h1``
 ``(NB, B, H, W, HID)`` and ``u_h2``/``ul_h2`` ``(NB, B, H, W, HID, 2)`` (gate halves
 interleaved: ``[.., c, 0]`` goes to ``c2a``, ``[.., c, 1]`` to ``c2b``).
@@ -181,7 +185,8 @@ class CachedBuffers:
         dist = model.dist
         self.model, self.dist, self.device = model, dist, dev
         self.B, self.C, self.H, self.W = b, c, h, w
-        self.CIN = c + 1
+        self.CIN = model.input.width                      # C*E + 1
+        self.E, self.L_IN = model.input.per_channel, model.input.levels
         self.KH, self.KW, self.HID = model.kh, model.kw, model.hidden
         self.NB = len(model.u_blocks)
         self.P, self.U = dist.num_params, dist.num_uniforms
@@ -189,7 +194,6 @@ class CachedBuffers:
         self.top = 2 ** model.bits - 1
         self.plan = plan if plan is not None else choose_plan(b, model.hidden, w)
         self.fp_fusion = bool(fp_fusion)
-        self.scale = 2.0 / self.top
         if type(dist).__name__ == "Categorical":
             self.DIST, self.L, self.NSEG = 0, dist.levels, dist.channels
         else:
@@ -219,6 +223,7 @@ class CachedBuffers:
             self.b_nin = _stack([_bias(k.nin_skip) for k in ulb], dev)
             self.w_head = _plain_taps(model.head)[0, 0].contiguous()       # (HID, P)
             self.b_head = _bias(model.head)
+            self.table = model.input.table(dev)                           # (C, L_IN, E)
 
             # -- state (the rings need no clearing: reads mask rows < 0 and columns
             # outside the image, the convs' zero padding) ------------------------

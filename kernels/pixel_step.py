@@ -25,8 +25,9 @@ Two launch plans (``layout.Plan``), same arithmetic:
 Per pixel ``(i, j)`` (``i`` from the device row counter, ``j`` an argument):
 
 1. the first horizontal layer: ``ul_row0[j]`` (from the row op) plus the
-   right-shifted ``(KH, 1)`` conv of the input at column ``j-1``, an im2col tile
-   ``[G, KH*CIN]`` read straight from the integer image ``x``;
+   right-shifted ``(KH, 1)`` conv of the input at column ``j-1``, im2col tiles
+   ``[G, T0_B]`` of the ``KH*CIN`` taps gathered from the integer image ``x`` through
+   the input table (``_jitmath.model_input``);
 2. per block: ``c1 = conv1(act(ul)) + bias + rowbias``, ``c2 = conv2(act(c1)) +
    bias + cond_c2``, the gate and the residual (``ul_cur`` between launches in the
    split plan);
@@ -37,7 +38,11 @@ Per pixel ``(i, j)`` (``i`` from the device row counter, ``j`` an argument):
    ``pixelaux.distributions`` ``sample_flat``, all ``G`` images at once:
    * categorical: ``softmax(logits / T)``, ``cumsum``, count of ``cdf <= u``,
      clamped to ``levels - 1``, all channels at once, levels in chunks of ``L_B``
-     (max, sum, running cdf), so any ``bits`` works;
+     (three passes: max, sum, running cdf), so any ``bits`` works (up to 16: 65536
+     levels). The normaliser and the running cdf are summed in float64 (the cdf
+     rounded to float32 before the comparison, as torch's CPU ``cumsum`` does): in
+     float32, the rounding of a sum over 65536 levels moves the cdf by ~1e-6, a
+     tenth of a level's probability;
    * logistic mixture: the component by the same inverse CDF of ``logits / T``,
      then per channel the coupled mean, ``u`` clamped to ``[1e-5, 1 - 1e-5]``,
      ``mean + exp(max(log_s, -7)) * T * (log(u) - log1p(-u))``, rounded half to
@@ -68,7 +73,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._jitmath import log1p, round_half_even, tanh
+from ._jitmath import log1p, model_input, round_half_even, tanh
 from .layout import act_interleaved, deinterleave
 
 LOG_SCALE_MIN = tl.constexpr(-7.0)     # pixelaux.distributions.LOG_SCALE_MIN
@@ -85,28 +90,29 @@ def act2d(t, G: tl.constexpr, N: tl.constexpr):
 
 
 @triton.jit
-def first_layer(x_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, scale,
-                C: tl.constexpr, KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
-                G: tl.constexpr, T0_P: tl.constexpr):
+def first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, L_IN,
+                C: tl.constexpr, E: tl.constexpr, KH: tl.constexpr, HID: tl.constexpr,
+                HID_P: tl.constexpr, G: tl.constexpr, T0_B: tl.constexpr):
     """``ul`` of the first horizontal layer at ``(i, j)`` for images ``bidx`` ``[G]``:
     ``ul_row0[j]`` + the right-shifted ``(KH, 1)`` conv at column ``j-1`` (zero at
-    ``j = 0``), im2col over ``t = r * CIN + ci``. Returns ``[G, HID_P]`` (pad = 0)."""
-    CIN: tl.constexpr = C + 1
+    ``j = 0``), im2col over ``t = r * CIN + ci`` in chunks of ``T0_B`` (token inputs
+    make ``CIN = C*E + 1`` wide). Returns ``[G, HID_P]`` (pad = 0)."""
+    CIN: tl.constexpr = C * E + 1
+    T: tl.constexpr = KH * CIN
     ch = tl.arange(0, HID_P)
     cm = ch < HID
-    tt = tl.arange(0, T0_P)
-    tr = tt // CIN
-    tc = tt % CIN
-    trow = i - KH + 1 + tr
-    tok = tl.where(jj > 0, (tt < KH * CIN) & (trow >= 0), False)   # (scalar & vector: not in the interpreter)
-    m = bm[:, None] & tok[None, :]
-    xi = tl.load(x_ptr + ((bidx[:, None] * C + tc[None, :]) * H + trow[None, :]) * W + jj - 1,
-                 mask=m & (tc < C)[None, :], other=0)
-    xv = tl.where((tc < C)[None, :], xi.to(tl.float32) * scale - 1.0, 1.0)    # the ones channel
-    xv = tl.where(m, xv, 0.0)
-    wt = tl.load(w_h_ptr + tt[:, None] * HID + ch[None, :],
-                 mask=(tt < KH * CIN)[:, None] & cm[None, :], other=0.0)
-    ulh = tl.dot(xv, wt, input_precision="ieee") + tl.load(b_h_ptr + ch, mask=cm, other=0.0)[None, :]
+    tb = tl.arange(0, T0_B)
+    ulh = tl.zeros([G, HID_P], dtype=tl.float32)
+    for t0 in range(0, T, T0_B):
+        tt = t0 + tb
+        trow = i - KH + 1 + tt // CIN
+        tok = tl.where(jj > 0, (tt < T) & (trow >= 0), False)   # (scalar & vector: not in the interpreter)
+        m = bm[:, None] & tok[None, :]
+        xv = model_input(x_ptr, tab_ptr, (bidx[:, None] * C * H + trow[None, :]) * W + jj - 1,
+                         (tt % CIN)[None, :], m, H * W, L_IN, C, E)
+        wt = tl.load(w_h_ptr + tt[:, None] * HID + ch[None, :], mask=(tt < T)[:, None] & cm[None, :], other=0.0)
+        ulh += tl.dot(xv, wt, input_precision="ieee")
+    ulh += tl.load(b_h_ptr + ch, mask=cm, other=0.0)[None, :]
     ul = tl.load(row0_ptr + (bidx[:, None] * W + jj) * HID + ch[None, :],
                  mask=bm[:, None] & cm[None, :], other=0.0)
     ul += tl.where(jj > 0, ulh, 0.0)                  # right_shift: column 0 is zero
@@ -160,7 +166,7 @@ def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
     """The head, the sampling and the write-back for the images ``bidx`` at ``(i, j)``."""
     ch = tl.arange(0, HID_P)
     cm = ch < HID
-    HW = H * W
+    HW = tl.full([], 0, tl.int64) + H * W   # (P * HW overflows int32 at 2**16 levels)
     pix_off = (bidx * H + i) * W + jj                     # [G]: (b, i, j) in a (B, H, W) map
     # -- head: all P parameters into the scratch rows (and params) -------------------
     e = tl.where(ul > 0, ul, tl.exp(tl.minimum(ul, 0.0)) - 1.0)
@@ -180,33 +186,33 @@ def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
     cidx = tl.arange(0, C_P)
     cmask = cidx < C
     if DIST == 0:
-        # categorical: C independent softmaxes over L levels, in chunks of L_B levels;
-        # z[g, c, l] = logit of level l0 + l of channel c of image g, divided by T
+        # categorical: C independent softmaxes over L levels, in chunks of L_B levels (both
+        # powers of two: no chunk is partial); z[g, c, l] = logit of level l0 + l of
+        # channel c of image g, divided by T. The max and the normaliser accumulate per
+        # lane over the chunks and are reduced once; only the cdf's carry is per chunk.
+        tl.static_assert(L % L_B == 0)
         lb = tl.arange(0, L_B)
+        ym = (bm[:, None] & cmask[None, :])[:, :, None]
         pidx = scr[:, None, None] + cidx[None, :, None] * L + lb[None, None, :]      # + l0
         u = tl.load(uni[:, None] + cidx[None, :], mask=bm[:, None] & cmask[None, :], other=0.0)
-        mx = tl.full([G, C_P], NEG_INF, tl.float32)
+        mx = tl.full([G, C_P, L_B], NEG_INF, tl.float32)
         for l0 in range(0, L, L_B):                       # pass 1: max of logits / T
-            ym = bm[:, None, None] & cmask[None, :, None] & ((l0 + lb) < L)[None, None, :]
-            z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
-            mx = tl.maximum(mx, tl.max(tl.where(ym, z, NEG_INF), axis=2))
-        mx = tl.where(bm[:, None] & cmask[None, :], mx, 0.0)
-        tot = tl.zeros([G, C_P], dtype=tl.float32)
+            mx = tl.maximum(mx, tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp))
+        mx = tl.max(mx, axis=2)[:, :, None]
+        tot = tl.zeros([G, C_P, L_B], dtype=tl.float64)
         for l0 in range(0, L, L_B):                       # pass 2: the softmax normaliser
-            ym = bm[:, None, None] & cmask[None, :, None] & ((l0 + lb) < L)[None, None, :]
             z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
-            tot += tl.sum(tl.where(ym, tl.exp(z - mx[:, :, None]), 0.0), axis=2)
-        tot = tl.where(bm[:, None] & cmask[None, :], tot, 1.0)
-        carry = tl.zeros([G, C_P], dtype=tl.float32)
-        cnt = tl.zeros([G, C_P], dtype=tl.int32)
+            tot += tl.exp(z - mx).to(tl.float64)
+        tot = tl.sum(tot, axis=2).to(tl.float32)[:, :, None]      # summed in float64, rounded once
+        carry = tl.zeros([G, C_P], dtype=tl.float64)
+        below = tl.zeros([G, C_P, L_B], dtype=tl.int32)
         for l0 in range(0, L, L_B):                       # pass 3: count cdf <= u
-            ym = bm[:, None, None] & cmask[None, :, None] & ((l0 + lb) < L)[None, None, :]
             z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
-            pr = tl.where(ym, tl.math.div_rn(tl.exp(z - mx[:, :, None]), tot[:, :, None]), 0.0)
-            cdf = tl.cumsum(pr, axis=2) + carry[:, :, None]
-            cnt += tl.sum(tl.where(ym & (cdf <= u[:, :, None]), 1, 0), axis=2)
+            pr = tl.math.div_rn(tl.exp(z - mx), tot).to(tl.float64)
+            cdf = tl.cumsum(pr, axis=2) + carry[:, :, None]       # float64, as torch's CPU cumsum
+            below += (cdf.to(tl.float32) <= u[:, :, None]).to(tl.int32)
             carry += tl.sum(pr, axis=2)
-        pix = tl.minimum(cnt, L - 1).to(tl.int64)
+        pix = tl.minimum(tl.sum(below, axis=2), L - 1).to(tl.int64)
     else:
         # discretized logistic mixture: y[g, seg, m] = parameter seg*L + m, segments
         # [logits, means (C), log-scales (C), coeffs (C(C-1)/2)], L = nr_mix
@@ -253,12 +259,12 @@ def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
 
 
 @triton.jit(do_not_specialize=["j"])
-def pixel_fused_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
-                       NB, B, H, W, scale, half_top, to_unit,
+def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
+                       NB, B, H, W, L_IN, half_top, to_unit,
                        ulwin_ptr, row0_ptr, rowbias_ptr, h2_ptr,
                        w_h_ptr, b_h_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wh_ptr, bh_ptr,
-                       C: tl.constexpr, C_P: tl.constexpr, KH: tl.constexpr,
-                       HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr, T0_P: tl.constexpr,
+                       C: tl.constexpr, C_P: tl.constexpr, E: tl.constexpr, KH: tl.constexpr,
+                       HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr, T0_B: tl.constexpr,
                        BK1: tl.constexpr, BK2: tl.constexpr, P: tl.constexpr, PB: tl.constexpr,
                        U: tl.constexpr, DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
                        NSEG: tl.constexpr, NSEG_P: tl.constexpr, TOP: tl.constexpr,
@@ -274,8 +280,8 @@ def pixel_fused_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr,
     cm = ch < HID
     n2 = tl.arange(0, 2 * HID_P)
     am = bm[:, None] & (n2 < K2)[None, :]
-    ul = first_layer(x_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, scale,
-                     C, KH, HID, HID_P, G, T0_P)
+    ul = first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, L_IN,
+                     C, E, KH, HID, HID_P, G, T0_B)
     plane = KH * W * K2
     here = bidx[:, None] * plane + ((i % KH) * W + jj) * K2 + n2[None, :]    # ring slot of (i, j)
     pix_off = (bidx * H + i) * W + jj
@@ -307,12 +313,12 @@ def pixel_fused_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr,
 
 
 @triton.jit(do_not_specialize=["j", "blk"])
-def pixel_conv_kernel(x_ptr, row_ptr, j, blk, B, H, W, scale,
+def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
                       ulwin_ptr, row0_ptr, rowbias_ptr, h2_ptr, ulcur_ptr,
                       w_h_ptr, b_h_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-                      STAGE: tl.constexpr, FIRST: tl.constexpr, C: tl.constexpr, KH: tl.constexpr,
-                      HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr, OT: tl.constexpr,
-                      T0_P: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr, HAS_COND: tl.constexpr):
+                      STAGE: tl.constexpr, FIRST: tl.constexpr, C: tl.constexpr, E: tl.constexpr,
+                      KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr,
+                      OT: tl.constexpr, T0_B: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr, HAS_COND: tl.constexpr):
     """One conv of block ``blk`` at one pixel, output channels ``OT * program_id(1) ..``
     (the split plan). ``STAGE=1``: ``c1`` (block 0 also computes the first layer);
     ``STAGE=2``: ``c2``, the gate and the residual into ``ul_cur``."""
@@ -335,8 +341,8 @@ def pixel_conv_kernel(x_ptr, row_ptr, j, blk, B, H, W, scale,
     win2 = ulwin_ptr + (kk * 2 + 1) * B * plane
     if STAGE == 1:
         if FIRST:
-            ul = first_layer(x_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, scale,
-                             C, KH, HID, HID_P, G, T0_P)
+            ul = first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, L_IN,
+                             C, E, KH, HID, HID_P, G, T0_B)
             own = bm[:, None] & (ch >= o0)[None, :] & (ch < o0 + OT)[None, :] & (ch < HID)[None, :]
             tl.store(ulcur_ptr + bidx[:, None] * HID + ch[None, :], ul, mask=own)
         else:
@@ -371,10 +377,11 @@ def pixel_conv_kernel(x_ptr, row_ptr, j, blk, B, H, W, scale,
 
 
 @triton.jit(do_not_specialize=["j"])
-def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
-                      B, H, W, scale, half_top, to_unit, row0_ptr, ulcur_ptr, w_h_ptr, b_h_ptr, wh_ptr, bh_ptr,
-                      FIRST: tl.constexpr, C: tl.constexpr, C_P: tl.constexpr, KH: tl.constexpr,
-                      HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr, T0_P: tl.constexpr,
+def pixel_head_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
+                      B, H, W, L_IN, half_top, to_unit, row0_ptr, ulcur_ptr, w_h_ptr, b_h_ptr, wh_ptr, bh_ptr,
+                      FIRST: tl.constexpr, C: tl.constexpr, C_P: tl.constexpr, E: tl.constexpr,
+                      KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr,
+                      T0_B: tl.constexpr,
                       P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr, DIST: tl.constexpr,
                       L: tl.constexpr, L_B: tl.constexpr, NSEG: tl.constexpr, NSEG_P: tl.constexpr,
                       TOP: tl.constexpr, HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
@@ -387,8 +394,8 @@ def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, 
     jj = tl.full([], 0, tl.int64) + j
     ch = tl.arange(0, HID_P)
     if FIRST:
-        ul = first_layer(x_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, scale,
-                         C, KH, HID, HID_P, G, T0_P)
+        ul = first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, L_IN,
+                         C, E, KH, HID, HID_P, G, T0_B)
     else:
         ul = tl.load(ulcur_ptr + bidx[:, None] * HID + ch[None, :],
                      mask=bm[:, None] & (ch < HID)[None, :], other=0.0)
@@ -399,6 +406,30 @@ def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, 
 
 # -- launcher -------------------------------------------------------------------------
 
+def interpreted() -> bool:
+    """Whether these kernels run under Triton's CPU interpreter."""
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(pixel_fused_kernel, InterpretedFunction)
+
+
+def chunk(total: int, gpu_chunk: int) -> int:
+    """A loop's chunk over ``total`` items (powers of two): ``gpu_chunk``, sized for the
+    registers of a GPU, but under the interpreter at most 16 chunks: there every op
+    costs its Python overhead whatever its size (65536 levels in chunks of 256 take
+    minutes a pixel). Same code, only the constexpr differs."""
+    return max(gpu_chunk, total // 16) if interpreted() else gpu_chunk
+
+
+def sampling_chunks(dist_kind: int, L: int, c_p: int, p: int, hid_p: int) -> tuple:
+    """``(L_B, PB)`` of ``head_sample``: the levels per chunk of the categorical sampler
+    (``L`` levels; tiles ``[G, C_P, L_B]``, at most 4096 values a group of 16; the
+    mixture reads its ``L = nr_mix`` components at once) and the parameters per chunk
+    of the head (weight tile ``[HID_P, PB]`` at most 4096 floats)."""
+    p2 = triton.next_power_of_2
+    l_b = chunk(p2(L), min(p2(L), max(16, 256 // c_p))) if dist_kind == 0 else p2(L)
+    return l_b, chunk(p2(p), max(16, min(p2(p), 4096 // hid_p)))
+
+
 def _meta(buf) -> dict:
     """Block sizes: powers of two, every dot dimension >= 16; the weight tile of a
     chunk ``[BK, OUT_T]`` at most 4096 floats."""
@@ -406,16 +437,12 @@ def _meta(buf) -> dict:
     pl = buf.plan
     hid_p = pl.hid_p
     c_p = p2(buf.C)
-    if buf.DIST == 0:
-        l_b = min(p2(buf.L), max(16, 256 // c_p))
-        nseg_p = 1
-    else:
-        l_b, nseg_p = p2(buf.L), p2(buf.NSEG)
+    l_b, pb = sampling_chunks(buf.DIST, buf.L, c_p, buf.P, hid_p)
+    nseg_p = 1 if buf.DIST == 0 else p2(buf.NSEG)
     ot = pl.pixel_tile
     bk = lambda out_t: max(16, min(2 * hid_p, 4096 // out_t))
-    return dict(C_P=c_p, HID_P=hid_p, G=pl.group, T0_P=max(16, p2(buf.KH * buf.CIN)),
-                BK1=bk(ot), BK2=bk(2 * ot), PB=max(16, min(p2(buf.P), 4096 // hid_p)),
-                L_B=l_b, NSEG_P=nseg_p, OT=ot)
+    return dict(C_P=c_p, HID_P=hid_p, G=pl.group, T0_B=max(16, min(p2(buf.KH * buf.CIN), 4096 // hid_p)),
+                BK1=bk(ot), BK2=bk(2 * ot), PB=pb, L_B=l_b, NSEG_P=nseg_p, OT=ot)
 
 
 def launch_pixel_step(buf, j: int):
@@ -425,7 +452,7 @@ def launch_pixel_step(buf, j: int):
     z = _meta(buf)
     pl = buf.plan
     groups = triton.cdiv(buf.B, pl.group)
-    common = dict(C=buf.C, KH=buf.KH, HID=buf.HID, HID_P=z["HID_P"], G=z["G"], T0_P=z["T0_P"])
+    common = dict(C=buf.C, E=buf.E, KH=buf.KH, HID=buf.HID, HID_P=z["HID_P"], G=z["G"], T0_B=z["T0_B"])
     samp = dict(C_P=z["C_P"], P=buf.P, PB=z["PB"], U=buf.U, DIST=buf.DIST, L=buf.L, L_B=z["L_B"],
                 NSEG=buf.NSEG, NSEG_P=z["NSEG_P"], TOP=buf.top, HAS_KNOWN=buf.known is not None,
                 RETURN_PARAMS=buf.params is not None)
@@ -435,8 +462,8 @@ def launch_pixel_step(buf, j: int):
     opts = dict(num_warps=pl.pixel_warps, enable_fp_fusion=buf.fp_fusion)
     if pl.fused:
         pixel_fused_kernel[(groups,)](
-            buf.x, known, buf.uniforms, params, buf.pscr, buf.row, buf.temp, j,
-            buf.NB, buf.B, buf.H, buf.W, buf.scale, buf.top / 2.0, 2.0 / buf.top,
+            buf.x, buf.table, known, buf.uniforms, params, buf.pscr, buf.row, buf.temp, j,
+            buf.NB, buf.B, buf.H, buf.W, buf.L_IN, buf.top / 2.0, 2.0 / buf.top,
             buf.ul_win, buf.ul_row0, buf.ul_rowbias, h2,
             buf.w_h0, buf.b_h0, buf.w_ul1, buf.b_ul1, buf.w_ul2, buf.b_ul2, buf.w_head, buf.b_head,
             BK1=z["BK1"], BK2=z["BK2"], HAS_COND=buf.has_cond, **common, **samp, **opts)
@@ -445,14 +472,14 @@ def launch_pixel_step(buf, j: int):
     for k in range(buf.NB):
         for stage in (1, 2):
             pixel_conv_kernel[(groups, tiles)](
-                buf.x, buf.row, j, k, buf.B, buf.H, buf.W, buf.scale,
+                buf.x, buf.table, buf.row, j, k, buf.B, buf.H, buf.W, buf.L_IN,
                 buf.ul_win, buf.ul_row0, buf.ul_rowbias, h2, buf.ul_cur,
                 buf.w_h0, buf.b_h0, buf.w_ul1, buf.b_ul1, buf.w_ul2, buf.b_ul2,
                 STAGE=stage, FIRST=(k == 0 and stage == 1), OT=z["OT"], BK1=z["BK1"], BK2=z["BK2"],
                 HAS_COND=buf.has_cond, **common, **opts)
     pixel_head_kernel[(groups,)](
-        buf.x, known, buf.uniforms, params, buf.pscr, buf.row, buf.temp, j,
-        buf.B, buf.H, buf.W, buf.scale, buf.top / 2.0, 2.0 / buf.top, buf.ul_row0, buf.ul_cur,
+        buf.x, buf.table, known, buf.uniforms, params, buf.pscr, buf.row, buf.temp, j,
+        buf.B, buf.H, buf.W, buf.L_IN, buf.top / 2.0, 2.0 / buf.top, buf.ul_row0, buf.ul_cur,
         buf.w_h0, buf.b_h0, buf.w_head, buf.b_head, FIRST=buf.NB == 0, **common, **samp, **opts)
 
 
@@ -464,8 +491,7 @@ def pixel_step_reference(buf, j: int):
     ``model.dist.sample_flat``; returns the parameters ``(B, P)``."""
     m, i, kh, hid = buf.model, int(buf.row[0]), buf.KH, buf.HID
     slot = i % kh
-    xs = buf.x.float() * buf.scale - 1.0
-    h = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)      # the model's input
+    h = m.input(buf.x)                                          # the model's input
     ul = buf.ul_row0[:, j].clone()
     if j > 0:   # right-shifted (kh, 1) conv at column j-1
         hp = F.pad(h, (0, 0, kh - 1, 0))[:, :, i:i + kh, j - 1:j]

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .pixel_step import head_sample
-from .pp_row import _act_dot, _image, _p2, concat_elu_halves, conv_acc, image_taps
+from .pixel_step import head_sample, sampling_chunks
+from .pp_row import _act_dot, _image, _p2, concat_elu_halves, conv_acc, image_conv
 
 GROUP = 16                             # images per program (the M of every pixel dot)
 
@@ -61,19 +61,17 @@ def _store_val(ptr, v, bidx, bm, slot, NS, WS, col, K: tl.constexpr, K_P: tl.con
 
 
 @triton.jit(do_not_specialize=["j"])
-def pixel_init_kernel(x_ptr, row_ptr, j, B, H, W, scale, row0_ptr, out_ptr, wh_ptr, bh_ptr,
-                      C: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr, G: tl.constexpr,
-                      T_P: tl.constexpr):
+def pixel_init_kernel(x_ptr, tab_ptr, row_ptr, j, B, H, W, L_IN, row0_ptr, out_ptr, wh_ptr, bh_ptr,
+                      C: tl.constexpr, E: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr,
+                      G: tl.constexpr, TB: tl.constexpr):
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
     bm = bidx < B
     i = tl.load(row_ptr).to(tl.int64)
     jj = tl.full([G], 0, tl.int64) + j
     ch = tl.arange(0, N_P)
     cm = ch < N
-    tt = tl.arange(0, T_P)
-    a = image_taps(x_ptr, bidx, jj, bm, i - 1, H, W, scale, C, 2, 1, 1, T_P)
-    wt = tl.load(wh_ptr + tt[:, None] * N + ch[None, :], mask=(tt < 2 * (C + 1))[:, None] & cm[None, :], other=0.0)
-    h = tl.dot(a, wt, input_precision="ieee") + tl.load(bh_ptr + ch, mask=cm, other=0.0)[None, :]
+    h = image_conv(x_ptr, tab_ptr, wh_ptr, bidx, jj, bm, i - 1, H, W, L_IN, ch, cm,
+                   N, C, E, 2, 1, 1, G, N_P, TB) + tl.load(bh_ptr + ch, mask=cm, other=0.0)[None, :]
     ul = _load_val(row0_ptr, bidx, bm, 0, 1, W, j, N, N_P)
     ul += tl.where(j > 0, h, 0.0)                 # right_shift: column 0 is zero
     _store_val(out_ptr, ul, bidx, bm, i % 2, 2, W, j, N, N_P)
@@ -209,14 +207,16 @@ def _groups(b: int) -> tuple:
     return (triton.cdiv(b, GROUP),)
 
 
-def launch_pixel_init(x, row, j, row0, out, wh, bh, scale, fp_fusion=False):
+def launch_pixel_init(x, row, j, row0, out, wh, bh, table, fp_fusion=False):
     """Scale 0: ``out`` ``(B, 2, W, N)`` at ``(i, j)`` = ``row0[j]`` + the right-shifted
-    ``(2, 1)`` conv at column ``j-1``; ``wh`` ``(2*CIN, N)``."""
+    ``(2, 1)`` conv at column ``j-1``; ``wh`` ``(2*CIN, N)``; ``table`` ``(C, 2**bits, E)``
+    the input encoding (``CIN = C*E + 1``)."""
     b, c, h, w = x.shape
     n = out.shape[-1]
-    pixel_init_kernel[_groups(b)](x, row, j, b, h, w, scale, row0, out, wh, bh, C=c, N=n,
-                                  N_P=max(16, _p2(n)), G=GROUP, T_P=max(16, _p2(2 * (c + 1))),
-                                  enable_fp_fusion=fp_fusion)
+    n_p = max(16, _p2(n))
+    pixel_init_kernel[_groups(b)](x, table, row, j, b, h, w, table.shape[1], row0, out, wh, bh,
+                                  C=c, E=table.shape[2], N=n, N_P=n_p, G=GROUP,
+                                  TB=_pixel_bk(2 * (c * table.shape[2] + 1), n_p), enable_fp_fusion=fp_fusion)
 
 
 def launch_pixel_down(row, q, inp, w, b, out, shift, fp_fusion=False):
@@ -262,15 +262,14 @@ def head_meta(dist, channels: int, hidden: int) -> dict:
     hid_p = max(16, _p2(hidden))
     P = dist.num_params
     if type(dist).__name__ == "Categorical":
-        L, nseg, d = dist.levels, dist.channels, 0
-        l_b, nseg_p = min(_p2(L), max(16, 256 // c_p)), 1
+        L, nseg, d, nseg_p = dist.levels, dist.channels, 0, 1
     else:
         L, d = dist.nr_mix, 1
         nseg = 1 + 2 * channels + channels * (channels - 1) // 2
-        l_b, nseg_p = _p2(L), _p2(nseg)
-    return dict(C=channels, C_P=c_p, HID=hidden, HID_P=hid_p, G=GROUP, P=P,
-                PB=max(16, min(_p2(P), 4096 // hid_p)), U=dist.num_uniforms, DIST=d, L=L, L_B=l_b,
-                NSEG=nseg, NSEG_P=nseg_p, TOP=2 ** dist.bits - 1)
+        nseg_p = _p2(nseg)
+    l_b, pb = sampling_chunks(d, L, c_p, P, hid_p)
+    return dict(C=channels, C_P=c_p, HID=hidden, HID_P=hid_p, G=GROUP, P=P, PB=pb, U=dist.num_uniforms,
+                DIST=d, L=L, L_B=l_b, NSEG=nseg, NSEG_P=nseg_p, TOP=2 ** dist.bits - 1)
 
 
 def launch_pixel_head(x, known, uniforms, params, pscr, row, temp, j, inp, wh, bh, dist, fp_fusion=False):
@@ -298,11 +297,11 @@ def _at(t, r, c):
 
 
 @torch.no_grad()
-def pixel_init_reference(x, row, j, row0, out, wh, bh, scale, fp_fusion=False):
+def pixel_init_reference(x, row, j, row0, out, wh, bh, table, fp_fusion=False):
     i = int(row[0])
     ul = row0[:, 0, j].clone()
     if j > 0:
-        hcol = F.pad(_image(x, scale), (0, 0, 1, 0))[:, :, i:i + 2, j - 1]      # rows i-1, i
+        hcol = F.pad(_image(x, table), (0, 0, 1, 0))[:, :, i:i + 2, j - 1]      # rows i-1, i
         ul = ul + hcol.transpose(1, 2).reshape(x.shape[0], -1) @ wh + bh
     out[:, i % 2, j] = ul
 

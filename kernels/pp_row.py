@@ -10,12 +10,14 @@ stride-2 input. Reads of rows ``< 0`` and of columns outside ``[0, W_s)`` are ma
 
 Weights: ``(KH, KW, NH, K, N)`` contiguous, ``NH = 2`` (pos, neg) for a conv over
 ``concat_elu``, 1 for a conv over raw values; the image convs of the first layer as
-im2col matrices ``(T, N)`` with ``t = (tr * KW + tc) * CIN + ci``.
+im2col matrices ``(T, N)`` with ``t = (tr * KW + tc) * CIN + ci``, ``CIN = C*E + 1``:
+their input is gathered from the integer image through the input table ``(C, 2**bits,
+E)`` (``PixelInput.table``, ``_jitmath.model_input``), in chunks of taps.
 
 Kernels (grid ``(image groups, output-channel tiles, column tiles)``; a program owns
 ``GR`` images times ``BW`` columns of the row, the ``M = GR * BW`` rows of its dots):
 
-* ``row_init_kernel``: scale 0, the first layer from the integer image: ``u`` of row
+* ``row_init_kernel``: scale 0, the first layer from the model's input: ``u`` of row
   ``i`` (the down-shifted ``(2, 3)`` conv of image rows ``i-2, i-1``) and ``ul_row0``
   (the down-shifted ``(1, 3)`` conv of row ``i-1``), both zero at row 0;
 * ``row_conv_kernel``: one conv of a row at scale ``s`` (row ``p = i >> s``): a
@@ -37,6 +39,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from ._jitmath import model_input
 
 ROW_M = 32          # rows of a row op's dots: GR images x BW columns
 
@@ -101,30 +105,34 @@ def conv_acc(acc, accb, in_ptr, w_ptr, bidx, cols, pm, p, NS, WI, n0, n_hi, WN, 
 
 
 @triton.jit
-def image_taps(x_ptr, bidx, cols, pm, r0, H, W, scale, C: tl.constexpr, NR: tl.constexpr,
-               NC: tl.constexpr, PADL: tl.constexpr, T_P: tl.constexpr):
-    """im2col tile ``[M, T_P]`` of the model's input (pixels scaled to ``[-1, 1]`` plus the
-    ones channel, zero outside the image) at rows ``r0 .. r0+NR-1``, columns
-    ``cols - PADL .. cols - PADL + NC - 1``; ``t = (tr * NC + tc) * (C + 1) + ci``."""
-    CIN: tl.constexpr = C + 1
-    tt = tl.arange(0, T_P)
-    tr = tt // (NC * CIN)
-    tc = (tt // CIN) % NC
-    ci = tt % CIN
-    rr = r0 + tr
-    cc = cols[:, None] - PADL + tc[None, :]
-    ok = pm[:, None] & (tt < NR * NC * CIN)[None, :] & (rr >= 0)[None, :] & (rr < H)[None, :] \
-        & (cc >= 0) & (cc < W)
-    xi = tl.load(x_ptr + ((bidx[:, None] * C + ci[None, :]) * H + rr[None, :]) * W + cc,
-                 mask=ok & (ci < C)[None, :], other=0)
-    xv = tl.where((ci < C)[None, :], xi.to(tl.float32) * scale - 1.0, 1.0)
-    return tl.where(ok, xv, 0.0)
+def image_conv(x_ptr, tab_ptr, w_ptr, bidx, cols, pm, r0, H, W, L_IN, nn, nm,
+               N: tl.constexpr, C: tl.constexpr, E: tl.constexpr, NR: tl.constexpr, NC: tl.constexpr,
+               PADL: tl.constexpr, M: tl.constexpr, BN: tl.constexpr, TB: tl.constexpr):
+    """The ``(NR, NC)`` conv of the model's input (zero outside the image) over rows ``r0 ..
+    r0+NR-1``, columns ``cols - PADL .. cols - PADL + NC - 1`` of images ``bidx`` (``[M]``,
+    masked by ``pm``), output channels ``nn`` (``[BN]``, masked by ``nm``), no bias: im2col
+    over ``t = (tr * NC + tc) * CIN + ci`` (weight ``(T, N)``) in chunks of ``TB`` taps
+    (token inputs make ``CIN = C*E + 1`` wide). Returns ``[M, BN]``."""
+    CIN: tl.constexpr = C * E + 1
+    T: tl.constexpr = NR * NC * CIN
+    tb = tl.arange(0, TB)
+    acc = tl.zeros([M, BN], dtype=tl.float32)
+    for t0 in range(0, T, TB):
+        tt = t0 + tb
+        rr = r0 + tt // (NC * CIN)
+        cc = cols[:, None] - PADL + ((tt // CIN) % NC)[None, :]
+        ok = pm[:, None] & ((tt < T) & (rr >= 0) & (rr < H))[None, :] & (cc >= 0) & (cc < W)
+        a = model_input(x_ptr, tab_ptr, (bidx[:, None] * C * H + rr[None, :]) * W + cc, (tt % CIN)[None, :],
+                        ok, H * W, L_IN, C, E)
+        wt = tl.load(w_ptr + tt[:, None] * N + nn[None, :], mask=(tt < T)[:, None] & nm[None, :], other=0.0)
+        acc += tl.dot(a, wt, input_precision="ieee")
+    return acc
 
 
 @triton.jit
-def row_init_kernel(x_ptr, row_ptr, B, H, W, scale, u_ptr, row0_ptr, wu_ptr, bu_ptr, wv_ptr, bv_ptr,
-                    C: tl.constexpr, N: tl.constexpr, GR: tl.constexpr, BW: tl.constexpr,
-                    BN: tl.constexpr, TU_P: tl.constexpr, TV_P: tl.constexpr):
+def row_init_kernel(x_ptr, tab_ptr, row_ptr, B, H, W, L_IN, u_ptr, row0_ptr, wu_ptr, bu_ptr, wv_ptr, bv_ptr,
+                    C: tl.constexpr, E: tl.constexpr, N: tl.constexpr, GR: tl.constexpr, BW: tl.constexpr,
+                    BN: tl.constexpr, TU: tl.constexpr, TV: tl.constexpr):
     m = tl.arange(0, GR * BW)
     bidx = tl.program_id(0).to(tl.int64) * GR + m // BW
     cols = tl.program_id(2) * BW + m % BW
@@ -132,15 +140,10 @@ def row_init_kernel(x_ptr, row_ptr, B, H, W, scale, u_ptr, row0_ptr, wu_ptr, bu_
     nn = tl.program_id(1) * BN + tl.arange(0, BN)
     nm = nn < N
     i = tl.load(row_ptr).to(tl.int64)
-    CIN: tl.constexpr = C + 1
-    tu = tl.arange(0, TU_P)
-    tv = tl.arange(0, TV_P)
-    au = image_taps(x_ptr, bidx, cols, pm, i - 2, H, W, scale, C, 2, 3, 1, TU_P)
-    wu = tl.load(wu_ptr + tu[:, None] * N + nn[None, :], mask=(tu < 6 * CIN)[:, None] & nm[None, :], other=0.0)
-    u = tl.dot(au, wu, input_precision="ieee") + tl.load(bu_ptr + nn, mask=nm, other=0.0)[None, :]
-    av = image_taps(x_ptr, bidx, cols, pm, i - 1, H, W, scale, C, 1, 3, 1, TV_P)
-    wv = tl.load(wv_ptr + tv[:, None] * N + nn[None, :], mask=(tv < 3 * CIN)[:, None] & nm[None, :], other=0.0)
-    v = tl.dot(av, wv, input_precision="ieee") + tl.load(bv_ptr + nn, mask=nm, other=0.0)[None, :]
+    u = image_conv(x_ptr, tab_ptr, wu_ptr, bidx, cols, pm, i - 2, H, W, L_IN, nn, nm,
+                   N, C, E, 2, 3, 1, GR * BW, BN, TU) + tl.load(bu_ptr + nn, mask=nm, other=0.0)[None, :]
+    v = image_conv(x_ptr, tab_ptr, wv_ptr, bidx, cols, pm, i - 1, H, W, L_IN, nn, nm,
+                   N, C, E, 1, 3, 1, GR * BW, BN, TV) + tl.load(bv_ptr + nn, mask=nm, other=0.0)[None, :]
     u = tl.where(i > 0, u, 0.0)           # down_shift: row 0 is zero (bias included)
     v = tl.where(i > 0, v, 0.0)
     sm = pm[:, None] & nm[None, :]
@@ -253,15 +256,23 @@ def _bk(k: int) -> int:
     return max(16, min(_p2(k), 32))
 
 
-def launch_row_init(x, row, u_out, row0, wu, bu, wv, bv, scale, fp_fusion=False):
+def image_chunk(taps: int, bn: int) -> int:
+    """Taps per chunk of an image conv: at most 32, and a weight tile ``[TB, BN]`` of at
+    most 1024 floats (with 32 at ``BN = 64`` the row op's first layer spills on sm_90)."""
+    return max(16, min(_p2(taps), 32, 1024 // bn))
+
+
+def launch_row_init(x, row, u_out, row0, wu, bu, wv, bv, table, fp_fusion=False):
     """Scale 0, first layer of row ``row``: ``u_out`` ``(B, 2, W, N)`` slot ``i % 2`` and
-    ``row0`` ``(B, 1, W, N)``; ``wu`` ``(6*CIN, N)``, ``wv`` ``(3*CIN, N)``."""
+    ``row0`` ``(B, 1, W, N)``; ``wu`` ``(6*CIN, N)``, ``wv`` ``(3*CIN, N)``; ``table``
+    ``(C, 2**bits, E)`` the input encoding (``CIN = C*E + 1``)."""
     b, c, h, w = x.shape
     n = u_out.shape[-1]
+    cin = c * table.shape[2] + 1
     gr, bw, bn, grid = _tiles(b, w, n)
-    row_init_kernel[grid](x, row, b, h, w, scale, u_out, row0, wu, bu, wv, bv,
-                          C=c, N=n, GR=gr, BW=bw, BN=bn, TU_P=max(16, _p2(6 * (c + 1))),
-                          TV_P=max(16, _p2(3 * (c + 1))), enable_fp_fusion=fp_fusion)
+    row_init_kernel[grid](x, table, row, b, h, w, table.shape[1], u_out, row0, wu, bu, wv, bv,
+                          C=c, E=table.shape[2], N=n, GR=gr, BW=bw, BN=bn, TU=image_chunk(6 * cin, bn),
+                          TV=image_chunk(3 * cin, bn), enable_fp_fusion=fp_fusion)
 
 
 def launch_row_conv(row, inp, w, b, out, shift, stride=1, padl=1, act=True, skip=None, ws=None,
@@ -318,15 +329,19 @@ def _row_taps(t, r, cols):
     return out * ok[None, :, None].to(out.dtype)
 
 
-def _image(x, scale):
-    xs = x.float() * scale - 1.0
-    return torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)      # (B, CIN, H, W)
+def _image(x, table):
+    """The model's input ``(B, C*E + 1, H, W)`` from the lookup table ``(C, K, E)``, as
+    ``PixelInput.forward`` computes it (channel ``c*E + e``, ones last)."""
+    b, c, h, w = x.shape
+    v = table[torch.arange(c, device=x.device).view(1, c, 1, 1), x]        # (B, C, H, W, E)
+    v = v.permute(0, 1, 4, 2, 3).reshape(b, -1, h, w)
+    return torch.cat([v, torch.ones_like(v[:, :1])], dim=1)
 
 
 @torch.no_grad()
-def row_init_reference(x, row, u_out, row0, wu, bu, wv, bv, scale, fp_fusion=False):
+def row_init_reference(x, row, u_out, row0, wu, bu, wv, bv, table, fp_fusion=False):
     i = int(row[0])
-    h = F.pad(_image(x, scale), (1, 1, 2, 0))                       # rows i-2.. at index i
+    h = F.pad(_image(x, table), (1, 1, 2, 0))                       # rows i-2.. at index i
     b, cin = h.shape[:2]
     w = x.shape[3]
     n = u_out.shape[-1]

@@ -4,9 +4,9 @@ When row ``i`` starts (``i`` read from the device row counter ``row``):
 
 1. ``row_init_kernel`` -- the first layer: ``u0 = down_shift(conv_(KH,KW)(x))`` at
    row ``i`` (image rows ``i-KH .. i-1``) and the down-shifted part of ``ul``'s first
-   layer, ``conv_(1,KW)(x)`` of image row ``i-1`` (both zero on row 0), from one
-   im2col tile of the integer image (scaled on the fly, ones channel synthesised)
-   and two ``tl.dot``. ``u0`` goes to ``u_cur``, ``concat_elu(u0)`` into block 0's
+   layer, ``conv_(1,KW)(x)`` of image row ``i-1`` (both zero on row 0), from im2col
+   tiles of the model's input gathered from the integer image through the input
+   table (``_jitmath.model_input``; ones channel synthesised) and two ``tl.dot``. ``u0`` goes to ``u_cur``, ``concat_elu(u0)`` into block 0's
    ring buffer, the other into ``ul_row0``.
 2. per block ``k``, ``row_block_kernel`` twice:
    * ``STAGE=1``: ``c1 = conv1(concat_elu(u)) + cond_c1`` over the ``KH`` cached rows;
@@ -38,21 +38,22 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ._jitmath import model_input
 from .layout import act_interleaved, deinterleave
 
 
 @triton.jit
-def row_init_kernel(x_ptr, row_ptr, ucur_ptr, uwin_ptr, row0_ptr,
+def row_init_kernel(x_ptr, tab_ptr, row_ptr, ucur_ptr, uwin_ptr, row0_ptr,
                     w_u_ptr, b_u_ptr, w_v_ptr, b_v_ptr,
-                    H, W, scale,
-                    C: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                    H, W, L,
+                    C: tl.constexpr, E: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                     HID: tl.constexpr, OT: tl.constexpr, BLOCK_W: tl.constexpr,
                     TB: tl.constexpr, HAS_U: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
     o0 = tl.program_id(2) * OT
     i = tl.load(row_ptr).to(tl.int64)
-    CIN: tl.constexpr = C + 1
+    CIN: tl.constexpr = C * E + 1
     PW: tl.constexpr = (KW - 1) // 2
     T: tl.constexpr = KH * KW * CIN
     cols = t * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -72,10 +73,7 @@ def row_init_kernel(x_ptr, row_ptr, ucur_ptr, uwin_ptr, row0_ptr,
         row = i - KH + tr                                     # [TB]
         cin = cols[:, None] - PW + ts[None, :]                # [BLOCK_W, TB]
         ok = cmask[:, None] & ((tt < T) & (row >= 0))[None, :] & (cin >= 0) & (cin < W)
-        xi = tl.load(x_ptr + ((b * C + tc[None, :]) * H + row[None, :]) * W + cin,
-                     mask=ok & (tc < C)[None, :], other=0)
-        xv = tl.where((tc < C)[None, :], xi.to(tl.float32) * scale - 1.0, 1.0)  # ones channel
-        xv = tl.where(ok, xv, 0.0)
+        xv = model_input(x_ptr, tab_ptr, (b * C * H + row[None, :]) * W + cin, tc[None, :], ok, H * W, L, C, E)
         wmask = (tt < T)[:, None] & omask[None, :]
         wv = tl.load(w_v_ptr + tt[:, None] * HID + co[None, :], mask=wmask, other=0.0)
         acc_v += tl.dot(xv, wv, input_precision="ieee")
@@ -261,9 +259,9 @@ def launch_row_step(buf):
     tiles = triton.cdiv(buf.HID, z["ot"])
     fuse = dict(enable_fp_fusion=buf.fp_fusion)
     row_init_kernel[(buf.B, triton.cdiv(buf.W, 16), tiles)](
-        buf.x, buf.row, buf.u_cur, buf.u_win, buf.ul_row0, buf.w_u0, buf.b_u0, buf.w_v0, buf.b_v0,
-        buf.H, buf.W, buf.scale,
-        C=buf.C, KH=buf.KH, KW=buf.KW, HID=buf.HID, OT=z["ot"], BLOCK_W=16,
+        buf.x, buf.table, buf.row, buf.u_cur, buf.u_win, buf.ul_row0, buf.w_u0, buf.b_u0, buf.w_v0, buf.b_v0,
+        buf.H, buf.W, buf.L_IN,
+        C=buf.C, E=buf.E, KH=buf.KH, KW=buf.KW, HID=buf.HID, OT=z["ot"], BLOCK_W=16,
         TB=z["tb"], HAS_U=buf.NB > 0, num_warps=z["init_warps"], **fuse)
     d = buf.dummy
     grid = (buf.B, triton.cdiv(buf.W, z["block_w"]), tiles)
@@ -308,8 +306,7 @@ def row_step_reference(buf):
     (so the weight re-layout is checked too)."""
     m, i, kh = buf.model, int(buf.row[0]), buf.KH
     slot = i % kh
-    xs = buf.x.float() * buf.scale - 1.0
-    h = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)       # the model's input
+    h = m.input(buf.x)                                            # the model's input
     pw = (buf.KW - 1) // 2
     h = F.pad(h, (pw, pw, kh, 0))                                 # kh rows on top
     zeros = torch.zeros(buf.B, buf.W, buf.HID, device=buf.x.device)

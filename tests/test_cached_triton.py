@@ -10,6 +10,9 @@ every model here has a handful of hidden channels and every image a dozen pixels
   uniforms give the same images as the naive engine, over categorical / logistic,
   1 / 3 channels, conditioning, kernel 1 / 3 / 5, 0 blocks, batch 1 and 3, odd
   sizes, known pixels and temperature;
+* token inputs (``embed_dim > 0``: the input table of learned rows, read by the
+  same gather as the scaled encoding) at both levels, and categorical sampling over
+  2**12 and 2**16 levels;
 * the errors when it cannot run (triton missing, CPU tensors without the
   interpreter, a CUDA device without CUDA).
 """
@@ -22,8 +25,10 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
-from helpers import param_error, random_cond, random_gated, random_images  # noqa: E402
+from helpers import assert_same_images, param_error, random_cond, random_gated, random_images  # noqa: E402
+import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
+from pixelaux.uniforms import ImageUniforms  # noqa: E402
 from pixelaux.engines import cached_triton, naive  # noqa: E402
 
 K = cached_triton.load_kernels()
@@ -56,6 +61,11 @@ KERNEL_CONFIGS = [
     dict(channels=3, bits=3, hidden=2, blocks=1, kernel_size=3, dist="categorical"),
     # hidden 20: padded to 32, two channel tiles of 16 in the split plan
     dict(channels=3, bits=8, hidden=20, blocks=1, kernel_size=3, nr_mix=2, dist="logistic", cond_channels=1),
+    # token inputs: CIN = 3*2 + 1
+    dict(channels=3, bits=9, hidden=4, blocks=1, kernel_size=3, dist="categorical", embed_dim=2),
+    # wide token inputs, CIN = 71: the first layers' im2col in chunks (2 in the pixel op,
+    # 14 in the row op); hidden 20: two channel tiles in the split plan
+    dict(channels=1, bits=6, hidden=20, blocks=1, kernel_size=3, nr_mix=2, dist="logistic", embed_dim=70),
 ]
 
 
@@ -122,9 +132,10 @@ def test_pixel_step_kernel_matches_reference(cfg, row, col, known, temperature, 
     assert torch.equal(buf.x[untouched], ref.x[untouched])
 
 
-def test_pixel_step_many_levels_in_chunks():
-    """9-bit categorical: 512 levels, read in two chunks of 256 by the sampler."""
-    cfg = dict(channels=1, bits=9, hidden=3, blocks=1, kernel_size=3, dist="categorical")
+@pytest.mark.parametrize("bits", [9, 12])
+def test_pixel_step_many_levels_in_chunks(bits):
+    """9 / 12-bit categorical: 512 / 4096 levels, read in 2 / 16 chunks of 256 by the sampler."""
+    cfg = dict(channels=1, bits=bits, hidden=3, blocks=1, kernel_size=3, dist="categorical")
     for seed in range(3):
         # flat-ish logits: samples spread over both chunks
         buf = _random_buffers(cfg, 2, 2, 3, 1, seed=seed, head_scale=0.1)
@@ -132,6 +143,33 @@ def test_pixel_step_many_levels_in_chunks():
         K.launch_pixel_step(buf, 2)
         K.pixel_step_reference(ref, 2)
         _assert_same_state(buf, ref)
+
+
+def _inverse_cdf_within(params, u, pix, levels, temperature=1.0, tol=1e-5):
+    """Whether the categorical pixels ``pix`` ``(N, C)`` are the inverse CDF of ``params``
+    ``(N, C*levels)`` at the uniforms ``u`` ``(N, C)`` up to ``tol`` of the cdf, computed
+    in float64. At 2**16 levels a float32 softmax (torch's own included) moves the cdf by
+    ~1e-6, a tenth of a level's probability: matching one float32 implementation bit
+    for bit is not what correctness means there."""
+    cdf = torch.softmax(params.double().reshape(len(params), -1, levels) / temperature, -1).cumsum(-1)
+    pix = pix.long()
+    lo = torch.where(pix > 0, cdf.gather(-1, (pix - 1).clamp(min=0)[..., None])[..., 0], 0.0)
+    hi = torch.where(pix < levels - 1, cdf.gather(-1, pix[..., None])[..., 0], float("inf"))
+    u = u.double()
+    return bool(((lo - tol <= u) & (u < hi + tol)).all())
+
+
+def test_pixel_step_65536_levels():
+    """16-bit categorical at the kernel level: the head's 65536 parameters match the
+    reference, and each sampled pixel is the inverse CDF of its parameters."""
+    cfg = dict(channels=1, bits=16, hidden=3, blocks=0, kernel_size=3, dist="categorical")
+    for head_scale in (0.1, 3.0):      # flat logits (a level ~1.5e-5 wide) and peaked ones
+        buf = _random_buffers(cfg, 2, 2, 3, 1, seed=4, head_scale=head_scale, temperature=0.8)
+        ref = buf.clone()
+        K.launch_pixel_step(buf, 2)
+        params = K.pixel_step_reference(ref, 2)
+        assert param_error(buf.params[:, :, 1, 2], params) <= 1e-5
+        assert _inverse_cdf_within(buf.params[:, :, 1, 2], buf.uniforms[:, 1, 2], buf.x[:, :, 1, 2], 2 ** 16, 0.8)
 
 
 def test_advance_row_kernel():
@@ -210,6 +248,59 @@ def test_same_uniforms_same_images_as_naive(cfg, size, batch):
     mismatch = (ref != got).float().mean().item()
     assert mismatch <= 1e-3, f"{mismatch:.2%} of pixels differ"
     assert ref.float().std() > 0   # samples are not constant
+
+
+TOKEN_CASES = [
+    # (config, size, batch, known pixels)
+    (dict(channels=1, bits=9, hidden=4, blocks=1, dist="categorical", embed_dim=3), (3, 4), 2, False),
+    (dict(channels=3, bits=9, hidden=4, blocks=1, dist="categorical", embed_dim=2), (3, 3), 1, True),
+]
+
+
+@pytest.mark.parametrize("cfg,size,batch,with_known", TOKEN_CASES, ids=["cat1-e3", "cat3-e2-known"])
+def test_token_inputs_same_seed_images_and_teacher_forcing(cfg, size, batch, with_known):
+    """Token inputs through ``pixelaux.sample``: the Triton backend's images equal the
+    naive engine's from the same seed (up to float ties), known pixels kept; teacher
+    forcing on its own images gives the full forward's parameters."""
+    model = _model(4, **cfg)
+    known = None
+    if with_known:
+        known = torch.full((batch, model.channels, *size), -1, dtype=torch.long)
+        known[:, :, 0, :2] = torch.randint(0, 2 ** model.bits, (batch, model.channels, 2), generator=_gen(1))
+    kw = dict(size=size, known=known, progress=False)
+    ref = pixelaux.sample(model, batch, engine="naive", generator=_gen(3), **kw)
+    got = pixelaux.sample(model, batch, backend="triton", generator=_gen(3), **kw)
+    u = ImageUniforms(batch, _gen(3)).draw(*size, model.dist.num_uniforms)
+    full = torch.ones(batch, *size, dtype=torch.bool, device=DEVICE)
+    out, params = cached_triton.run(model, got, full, None, u, 1.0, return_params=True)
+    assert torch.equal(out, got)
+    assert param_error(params, model(got)) <= 1e-4
+    assert_same_images(model, None, u, 1.0, ref, got, params, "tokens")
+    assert ref.float().std() > 0
+    if with_known:
+        assert torch.equal(got[:, :, 0, :2].cpu(), known[:, :, 0, :2])
+
+
+def test_65536_levels_match_naive():
+    """2**16 token values, categorical (65536 logits per pixel), a tiny model and image:
+    teacher forcing gives the full forward's parameters, every pixel is the inverse CDF
+    of its parameters, and the naive engine's images agree up to sampling ties (where
+    they first differ both pixels are the inverse CDF of parameters that agree)."""
+    model = _model(5, channels=1, bits=16, hidden=2, blocks=1, dist="categorical", embed_dim=2)
+    b, h, w = 1, 2, 2
+    u = torch.rand(b, h, w, 1, generator=_gen(9))
+    x0 = torch.zeros(b, 1, h, w, dtype=torch.long, device=DEVICE)
+    got, params = cached_triton.run(model, x0, None, None, u, 1.0, return_params=True)
+    assert param_error(params, model(got)) <= 1e-4
+    flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731
+    assert _inverse_cdf_within(flat(params), u.reshape(-1, 1), flat(got), 2 ** 16)
+    ref = naive.run(model, x0, None, None, u, 1.0)
+    pos = (ref != got).flatten().nonzero()
+    if len(pos):
+        k = pos[0].item()
+        pr = flat(model(ref))[k:k + 1]
+        assert param_error(flat(params)[k:k + 1], pr) <= 1e-4
+        assert _inverse_cdf_within(pr, u.reshape(-1, 1)[k:k + 1], flat(ref)[k:k + 1], 2 ** 16)
 
 
 @pytest.mark.parametrize("cfg,size,batch", [
@@ -535,6 +626,8 @@ def test_kernels_compile_for_a_gpu_without_one():
             "                batches=(1,), plans={1: choose_plan(1, 20, 8, override='pixel_tile=16')})\n"
             "r.update(compile_all([dict(channels=1, bits=4, hidden=5, blocks=0, kernel_size=5,\n"
             "                            dist='categorical')], batches=(3,)))\n"
+            "r.update(compile_all([dict(channels=1, bits=16, hidden=8, blocks=1, dist='categorical',\n"
+            "                            embed_dim=70)], batches=(3,)))\n"
             "names = sorted({v['kernel'] for v in r.values()})\n"
             "print(len(r), 'variants', names, [v.get('stack', 0) for v in r.values()])\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

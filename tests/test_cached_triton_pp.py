@@ -13,6 +13,8 @@ Runs the kernels under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
   parameter scale) and the same uniforms give the same images as the naive engine,
   over 1 / 3 channels, both distributions, scales 1-3, 0 / 1 blocks, conditioning,
   known pixels, temperature, and a batch that is not a multiple of the group size;
+* token inputs (``embed_dim > 0``): the first-layer kernels with wide input tables,
+  and same-seed images / teacher forcing at the engine level;
 * the per-level CUDA-graph sequencing (with a stand-in for the capture), routing and errors.
 """
 import pytest
@@ -20,8 +22,9 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
-from helpers import one_thread, param_error, randomize  # noqa: E402,F401
+from helpers import assert_same_images, one_thread, param_error, randomize  # noqa: E402,F401
 import pixelaux  # noqa: E402
+from pixelaux.uniforms import ImageUniforms  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.engines import cached_triton, cached_triton_pp, naive  # noqa: E402
 
@@ -82,16 +85,35 @@ def _check(launch, reference, outs, **kw):
 KSHAPES = [(3, 4, 5), (17, 4, 70), (2, 40, 5)]
 
 
+def _table(c, bits, e, g):
+    """An input table ``(C, 2**bits, max(e, 1))``: the scaled encoding (``e = 0``) or
+    random token embeddings."""
+    if e == 0:
+        return pixelaux.inputs.PixelInput(c, bits).table(DEVICE)
+    return _rand(c, 2 ** bits, e, g=g)
+
+
+@pytest.mark.parametrize("e", [0, 2, 5])
+def test_reference_image_is_the_models_input(e):
+    """The references' ``_image`` (input table lookups) is ``PixelInput.forward``, bit for bit."""
+    inp = pixelaux.inputs.PixelInput(3, 5, e)
+    randomize(inp, seed=e)
+    x = torch.randint(0, 32, (2, 3, 3, 4), generator=_gen(0))
+    assert torch.equal(R._image(x, inp.table()), inp(x))
+
+
 @pytest.mark.parametrize("b,w,f", KSHAPES)
 @pytest.mark.parametrize("i", [0, 3])
-def test_row_init_kernel(b, w, f, i):
+@pytest.mark.parametrize("e", [0, 11], ids=["scaled", "tokens"])    # tokens: 6 * CIN = 204 taps, 7 chunks
+def test_row_init_kernel(b, w, f, i, e):
     g = _gen(1)
     c = 3
+    cin = c * max(e, 1) + 1
     x = torch.randint(0, 256, (b, c, 5, w), generator=g).to(DEVICE)
     _check(R.launch_row_init, R.row_init_reference, ("u_out", "row0"),
            x=x, row=torch.tensor([i], dtype=torch.int32, device=DEVICE), u_out=_rand(b, 2, w, f, g=g),
-           row0=_rand(b, 1, w, f, g=g), wu=_rand(6 * (c + 1), f, g=g), bu=_rand(f, g=g),
-           wv=_rand(3 * (c + 1), f, g=g), bv=_rand(f, g=g), scale=2.0 / 255)
+           row0=_rand(b, 1, w, f, g=g), wu=_rand(6 * cin, f, g=g), bu=_rand(f, g=g),
+           wv=_rand(3 * cin, f, g=g), bv=_rand(f, g=g), table=_table(c, 8, e, g))
 
 
 ROW_CONVS = {   # name: (kernel h, kernel w, stride, padl, act, skip, cond, gate, ns in, ns out)
@@ -141,13 +163,15 @@ def test_advance_row_kernel():
 
 @pytest.mark.parametrize("b,f", [(3, 5), (17, 70)])
 @pytest.mark.parametrize("i,j", [(0, 0), (3, 2)])
-def test_pixel_init_kernel(b, f, i, j):
+@pytest.mark.parametrize("e", [0, 11], ids=["scaled", "tokens"])    # tokens: 2 * CIN = 68 taps, 3 chunks
+def test_pixel_init_kernel(b, f, i, j, e):
     g = _gen(4)
     c, w = 3, 4
+    cin = c * max(e, 1) + 1
     x = torch.randint(0, 256, (b, c, 5, w), generator=g).to(DEVICE)
     _check(P.launch_pixel_init, P.pixel_init_reference, ("out",),
            x=x, row=torch.tensor([i], dtype=torch.int32, device=DEVICE), j=j, row0=_rand(b, 1, w, f, g=g),
-           out=_rand(b, 2, w, f, g=g), wh=_rand(2 * (c + 1), f, g=g), bh=_rand(f, g=g), scale=2.0 / 255)
+           out=_rand(b, 2, w, f, g=g), wh=_rand(2 * cin, f, g=g), bh=_rand(f, g=g), table=_table(c, 8, e, g))
 
 
 @pytest.mark.parametrize("b,f", [(3, 5), (17, 70)])
@@ -257,6 +281,37 @@ def test_known_pixels_and_temperature_match_naive():
     assert torch.equal(got.permute(0, 2, 3, 1)[known], x.permute(0, 2, 3, 1)[known])
 
 
+TOKEN_CASES = [
+    # (config, batch, known pixels)
+    (dict(channels=1, bits=9, hidden=4, blocks=1, scales=2, dist="categorical", embed_dim=3), 1, True),
+    (dict(channels=3, bits=8, hidden=4, blocks=0, scales=2, nr_mix=2, embed_dim=2), 1, False),
+]
+
+
+@pytest.mark.parametrize("cfg,batch,with_known", TOKEN_CASES, ids=["cat1-e3-known", "log3-e2"])
+def test_token_inputs_same_seed_images_and_teacher_forcing(cfg, batch, with_known):
+    """Token inputs: the images of ``pixelaux.sample``'s naive engine from a seed equal the
+    Triton kernels' from the same uniforms (up to float ties), known pixels kept, and the
+    parameters the kernels sampled with are the full forward's on those images (what
+    teacher forcing returns: a parameter reads only the pixels before it)."""
+    size = (4, 4)
+    model = _model(5, size=size, **cfg)
+    known, mask, x0 = None, None, torch.zeros(batch, model.channels, *size, dtype=torch.long, device=DEVICE)
+    if with_known:
+        known = torch.full((batch, model.channels, *size), -1, dtype=torch.long)
+        known[:, :, 1, 1:3] = torch.randint(0, 2 ** model.bits, (batch, model.channels, 2), generator=_gen(2))
+        mask = (known[:, 0] >= 0).to(DEVICE)
+        x0 = known.clamp(min=0).to(DEVICE)
+    ref = pixelaux.sample(model, batch, engine="naive", generator=_gen(4), known=known, progress=False)
+    u = ImageUniforms(batch, _gen(4)).draw(*size, model.dist.num_uniforms)
+    got, params = cached_triton_pp.run(model, x0, mask, None, u, 1.0, return_params=True)
+    assert param_error(params, model(got)) <= 1e-4
+    assert_same_images(model, None, u, 1.0, ref, got, params, "tokens")
+    assert ref.float().std() > 0
+    if with_known:
+        assert torch.equal(got[:, :, 1, 1:3].cpu(), known[:, :, 1, 1:3])
+
+
 def test_batch_of_two_groups_matches_naive():
     """17 images: two groups of 16, the last with one image (masked rows)."""
     model = _model(8, channels=1, bits=3, hidden=4, blocks=0, scales=2, dist="categorical")
@@ -339,7 +394,9 @@ def test_kernels_compile_for_a_gpu_without_one():
     code = ("from pixelaux.engines.cached_triton_pp import compile_for_gpu\n"
             "r = compile_for_gpu([dict(channels=3, bits=8, hidden=80, blocks=1, scales=3, nr_mix=10,\n"
             "                          cond_channels=2),\n"
-            "                     dict(channels=1, bits=4, hidden=5, blocks=0, scales=2, dist='categorical')])\n"
+            "                     dict(channels=1, bits=4, hidden=5, blocks=0, scales=2, dist='categorical'),\n"
+            "                     dict(channels=1, bits=16, hidden=5, blocks=0, scales=2, dist='categorical',\n"
+            "                          embed_dim=40)])\n"
             "bad = [(n, m) for n, m in r if m.get('stack') or m.get('local')]\n"
             "print(len(r), 'variants', 'spills:', bad)\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

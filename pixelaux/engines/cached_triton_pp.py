@@ -22,9 +22,10 @@ input, the skip input of the down pass and the input of a stride-2 conv. Per sca
   ``2p, 2p+1`` while row ``2p-1`` is still to be read, so two rows by parity would not
   do; 4 slots need no copy;
 * scale 0: ``ul_row0`` ``(B, 1, W, F)`` (down-shifted part of the first ``ul`` layer);
-* the image ``x`` ``(B, C, H, W)`` int64 (the kernels read the model's input straight
-  from it), ``row`` ``(1,)`` int32 the row counter, ``temp`` ``(1,)``, ``pscr``
-  ``(B, P)``, ``params`` ``(B, P, H, W)`` with ``return_params``;
+* the image ``x`` ``(B, C, H, W)`` int64 and the input table ``(C, 2**bits, E)``
+  (``PixelInput.table``: the kernels read the model's input straight from the image
+  through it, scaled and token inputs alike), ``row`` ``(1,)`` int32 the row counter,
+  ``temp`` ``(1,)``, ``pscr`` ``(B, P)``, ``params`` ``(B, P, H, W)`` with ``return_params``;
 * conditioning (computed once per image, the prefill): per scale and block the two
   terms of ``cond_terms`` at that scale, ``(B, H_s, W_s, F)`` / ``(B, H_s, W_s, 2F)``.
 
@@ -158,7 +159,7 @@ class PPBuffers:
         S, f, n = m.scales, m.hidden, m.blocks
         self.S, self.F, self.NB = S, f, n
         self.fp_fusion = bool(fp_fusion)
-        self.scale = 2.0 / (2 ** m.bits - 1)
+        self.table = m.input.table(dev)           # (C, 2**bits, E): the input encoding
         self.x = x.clone().contiguous()
         self.known = None if known is None else known.to(device=dev, dtype=torch.int8).contiguous()
         self.uniforms = uniforms.to(device=dev, dtype=torch.float32).contiguous()
@@ -200,9 +201,9 @@ class PPBuffers:
             if s == 0:
                 ru.append(("row_init", dict(x=self.x, row=self.row, u_out=self.u[0][0], row0=self.ul_row0,
                                             wu=_im2col(m.u_init), bu=_bias(m.u_init),
-                                            wv=_im2col(m.ul_init_v), bv=_bias(m.ul_init_v), scale=self.scale)))
+                                            wv=_im2col(m.ul_init_v), bv=_bias(m.ul_init_v), table=self.table)))
                 pu.append(("pixel_init", dict(x=self.x, row=self.row, row0=self.ul_row0, out=self.ul[0][0],
-                                              wh=_im2col(m.ul_init_h), bh=_bias(m.ul_init_h), scale=self.scale)))
+                                              wh=_im2col(m.ul_init_h), bh=_bias(m.ul_init_h), table=self.table)))
             else:
                 cu, cl = m.downsize_u[s - 1], m.downsize_ul[s - 1]
                 ru.append(("row_conv", dict(row=self.row, inp=self.u[s - 1][n], w=_raw_taps(cu), b=_bias(cu),
