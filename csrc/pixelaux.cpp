@@ -9,6 +9,8 @@
 //   pixelaux::cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
 //       Tensor packed, Tensor table, int[] config, float temperature,
 //       bool return_params=False, int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)
+//   pixelaux::cached_workspace_floats(int[] config, int B, int H, int W, int mode=0,
+//       bool global_cond=False) -> int   (and cached_workspace_floats_pp without the flag)
 //   pixelaux::build_info() -> str
 //
 // config = [channels, bits, hidden, blocks, kernel_size, cond_channels,
@@ -17,8 +19,12 @@
 // + 1 input channels. table: the model's input encoding (PixelInput.table), float32
 // (channels, 2**bits, max(embed_dim, 1)): a pixel, sampled or known, writes its rows into
 // the input buffer (the scaled encoding is the table of v * 2/(K-1) - 1).
+// cond (cached_sample): float32, a map (B, cc, H, W), or a vector per image (B, cc)
+// (global conditioning, broadcast over the positions: each block's terms are then
+// computed once per image, not per row; the images equal those of its expanded map).
 // cond_terms: the conditioning terms of every block (see cpu/cached_engine_pp.h),
-// computed once per image by the caller; [] without cond.
+// computed once per image by the caller; [] without cond. Each (B, H_s, W_s, 3F), or
+// all of them (B, 1, 1, 3F): the terms of a global cond, broadcast over the positions.
 // mode (thread split, for benchmarks): 0 auto, 1 images over threads, 2 a team over
 // the output channels, 3 a team over the row starts with the pixels on one thread.
 // progress: None or a contiguous int64 CPU tensor of 2 elements, [rows done, stop]: the
@@ -228,8 +234,9 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   const ModelConfig c = get_config(config);
   SampleInputs in = check_sample_inputs(op, x, known, uniforms, cpu::dist_spec(c), temperature, mode);
   const int64_t B = in.B, H = in.H, W = in.W;
-  // cond: the conditioning map
+  // cond: the conditioning map, or a vector per image (global)
   at::Tensor cd;
+  bool cond_global = false;
   const bool has_cond = cond.has_value() && cond->defined();
   if (c.cond_channels > 0) {
     TORCH_CHECK_VALUE(has_cond, op, "cond is required: the model has cond_channels=",
@@ -238,8 +245,11 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
     check_cpu(cd, "cond");
     TORCH_CHECK_TYPE(cd.scalar_type() == at::kFloat, op, "cond must be float32, got ",
                      cd.scalar_type());
-    TORCH_CHECK_VALUE(cd.sizes() == at::IntArrayRef({B, c.cond_channels, H, W}), op,
-                      "cond must have shape ", shape_str({B, c.cond_channels, H, W}), ", got ",
+    cond_global = cd.dim() == 2;
+    TORCH_CHECK_VALUE(cd.sizes() == at::IntArrayRef({B, c.cond_channels, H, W}) ||
+                          cd.sizes() == at::IntArrayRef({B, c.cond_channels}),
+                      op, "cond must have shape ", shape_str({B, c.cond_channels, H, W}),
+                      " (a map) or ", shape_str({B, c.cond_channels}), " (a vector per image), got ",
                       shape_str(cd.sizes()));
     cd = cd.contiguous();
   } else {
@@ -260,6 +270,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   a.x = in.x.data_ptr<int64_t>();
   a.known = in.known.defined() ? in.known.data_ptr<bool>() : nullptr;
   a.cond = cd.defined() ? cd.data_ptr<float>() : nullptr;
+  a.cond_global = cond_global;
   a.uniforms = in.uniforms.data_ptr<float>();
   a.params = return_params ? params.data_ptr<float>() : nullptr;
   a.temperature = temperature;
@@ -305,7 +316,8 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
                     " needs H and W divisible by 2**(scales-1) = ", f, ", got ", H, " x ", W,
                     " (H x W)");
   const cpu::pp::Layout lay = cpu::pp::make_layout(c);
-  // cond_terms: per block (B, H_s, W_s, 3F) in the engine's block order
+  // cond_terms: per block (B, H_s, W_s, 3F) in the engine's block order, or all
+  // (B, 1, 1, 3F) (a global cond's terms, broadcast)
   TORCH_CHECK_VALUE((int64_t)cond_terms.size() == lay.num_cond_blocks, op, "expected ",
                     lay.num_cond_blocks, " conditioning-term tensors (cond_channels=",
                     c.cond_channels, "), got ", cond_terms.size());
@@ -317,13 +329,17 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
       for (int k = 0; k < 2 * c.blocks; ++k) scale_of.push_back(s);
     for (int s = 0; s < c.scales; ++s)
       for (int k = 0; k < 2 * c.down_blocks(s); ++k) scale_of.push_back(s);
+    const int64_t F3 = 3 * (int64_t)c.hidden;
+    a.cond_global = !cond_terms.empty() &&
+                    cond_terms[0].sizes() == at::IntArrayRef({B, 1, 1, F3});
     for (size_t n = 0; n < cond_terms.size(); ++n) {
       const at::Tensor& t = cond_terms[n];
       const int64_t s = scale_of[n];
       check_cpu(t, "cond_terms");
       TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, op, "cond_terms must be float32, got ",
                        t.scalar_type());
-      const std::vector<int64_t> want = {B, H >> s, W >> s, 3 * (int64_t)c.hidden};
+      const std::vector<int64_t> want = a.cond_global ? std::vector<int64_t>{B, 1, 1, F3}
+                                                      : std::vector<int64_t>{B, H >> s, W >> s, F3};
       TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(want), op, "cond_terms[", n,
                         "] must have shape ", shape_str(want), ", got ", shape_str(t.sizes()));
       keep.push_back(t.contiguous());
@@ -352,7 +368,9 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
 
 // Scratch floats of cached_sample / cached_sample_pp for B images of H x W (thread split
 // `mode`, the current thread count): the arenas' requests, counted without allocating.
-int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode) {
+// global_cond: cond is a vector per image (its terms once per image, smaller scratch).
+int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode,
+                                bool global_cond) {
   const ModelConfig c = get_config(config);
   const cpu::Layout lay = cpu::make_layout(c);
   cpu::SampleArgs a;
@@ -362,6 +380,7 @@ int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, in
   a.H = H;
   a.W = W;
   a.mode = (int)mode;
+  a.cond_global = global_cond;
   return cpu::workspace_floats(a);
 }
 
@@ -400,7 +419,9 @@ TORCH_LIBRARY(pixelaux, m) {
       "cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms, "
       "Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False, "
       "int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)");
-  m.def("cached_workspace_floats(int[] config, int B, int H, int W, int mode=0) -> int",
+  m.def(
+      "cached_workspace_floats(int[] config, int B, int H, int W, int mode=0, "
+      "bool global_cond=False) -> int",
         &pixelaux::cached_workspace_floats);
   m.def("cached_workspace_floats_pp(int[] config, int B, int H, int W, int mode=0) -> int",
         &pixelaux::cached_workspace_floats_pp);

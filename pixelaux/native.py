@@ -14,14 +14,17 @@ max(embed_dim, 1))``, what a pixel writes into the engine's input buffer):
 * ``cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed,
   Tensor table, int[] config, float temperature, bool return_params=False, int mode=0,
   Tensor(a!)? progress=None) -> (Tensor, Tensor)``: the cached engine over a whole batch
-  (see ``cached_cpp.run``). ``progress``: an int64 tensor ``[rows done, stop]`` the op
-  updates row by row and reads at every row start (it stops once ``stop != 0``); the
-  op releases the GIL, so another thread polls it (``engines.progress.run_native``).
+  (see ``cached_cpp.run``). ``cond``: a map ``(B, cond_channels, H, W)`` or a vector
+  per image ``(B, cond_channels)`` (global: its terms computed once per image).
+  ``progress``: an int64 tensor ``[rows done, stop]`` the op updates row by row and
+  reads at every row start (it stops once ``stop != 0``); the op releases the GIL, so
+  another thread polls it (``engines.progress.run_native``).
 * ``pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor`` and
   ``cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
   Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False, int mode=0,
   Tensor(a!)? progress=None) -> (Tensor, Tensor)``: the same for a ``PixelCNNpp``
-  (``config`` with ``scales`` in place of ``kernel_size``; see
+  (``config`` with ``scales`` in place of ``kernel_size``; ``cond_terms`` per block
+  ``(B, H_s, W_s, 3F)``, or all ``(B, 1, 1, 3F)`` for a global cond, broadcast; see
   ``pixelaux.engines.cached_cpp_pp``).
 * ``build_info() -> str``: the kernel family in use (``avx512f``, ``avx2+fma`` or
   ``generic``; ``PIXELAUX_CPU_KERNELS=generic|avx2`` caps it), the torch softmax kernel

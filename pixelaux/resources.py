@@ -29,6 +29,7 @@ Set ``PIXELAUX_MEMORY_CHECK=0`` to skip the check (e.g. with plenty of swap).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -113,26 +114,41 @@ def held_bytes(obj, skip: torch.nn.Module | None = None) -> int:
     return total
 
 
-def _trial_cond(stage, b: int, h: int, w: int, device):
-    """The largest ``cond`` a stage can be given (a map), for a trial of ``b`` images."""
-    return torch.zeros(b, stage.cond_channels, h, w, device=device) if stage.cond_channels else None
+def _trial_conds(stage, b: int, h: int, w: int, device) -> list:
+    """The ``cond`` shapes a stage can be given (a map, a vector per image), for a trial
+    of ``b`` images: the estimate takes the larger."""
+    if not stage.cond_channels:
+        return [None]
+    return [torch.zeros(b, stage.cond_channels, h, w, device=device),
+            torch.zeros(b, stage.cond_channels, device=device)]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny trials in one intra-op thread: on a busy machine more threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _cached_stage_bytes(stage, h: int, w: int, backend) -> tuple[int, int]:
     """``(fixed, per image)`` bytes of a cached backend's buffers for one stage, from its
-    own state built for trials of 1 and 2 images."""
+    own state built for trials of 1 and 2 images (the larger over the cond shapes)."""
     from . import engines
     device = next(stage.parameters()).device
-    trial, threads = [], torch.get_num_threads()
-    torch.set_num_threads(1)        # tiny trials: on a busy machine more threads only spin
-    try:
+    best = (0, 0)
+    for k in range(len(_trial_conds(stage, 1, 1, 1, "cpu"))):
+        trial = []
         for b in (1, 2):
             x = torch.zeros(b, stage.channels, h, w, dtype=torch.long, device=device)
-            trial.append(engines.workspace_bytes(backend or "torch", stage, x, _trial_cond(stage, b, h, w, device)))
-    finally:
-        torch.set_num_threads(threads)
-    per_image = max(0, trial[1] - trial[0])
-    return max(0, trial[0] - per_image), per_image
+            cond = _trial_conds(stage, b, h, w, device)[k]
+            trial.append(engines.workspace_bytes(backend or "torch", stage, x, cond))
+        per_image = max(0, trial[1] - trial[0])
+        best = max(best, (max(0, trial[0] - per_image), per_image), key=lambda fp: fp[0] + 1024 * fp[1])
+    return best
 
 
 def _stage_bytes(stage, h: int, w: int, engine: str, backend) -> tuple[int, int]:

@@ -1,13 +1,15 @@
 """Global conditioning: ``cond`` as a vector per image ``(n, cond_channels)``, broadcast
 over all positions (class-conditional sampling with one-hot labels)."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import pixelaux
-from helpers import one_thread, param_error, random_gated, random_pp  # noqa: F401 (fixture)
+from helpers import assert_same_images, one_thread, param_error, random_gated, random_pp  # noqa: F401
 from pixelaux import engines, native
-from pixelaux.engines import cached_torch
+from pixelaux.engines import cached_torch, naive
 from pixelaux.engines.cached_torch_pp import PixelCNNppState
 
 CPP = native.available()
@@ -135,6 +137,142 @@ def test_triton_backend_takes_a_vector():
     a = pixelaux.sample(m, 2, cond=cond.cuda(), generator=gen(7), progress=False, backend="triton")
     b = pixelaux.sample(m.cpu(), 2, cond=cond, generator=gen(7), progress=False, engine="naive")
     assert (a.cpu() == b).float().mean() > 0.99
+
+
+# ---------------------------------------------------------------- cpp: terms once per image
+
+needs_cpp = pytest.mark.skipif(not CPP, reason=f"pixelaux._C is not built: {native.reason()}")
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def cpp_module(m):
+    from pixelaux.engines import cached_cpp, cached_cpp_pp
+    return cached_cpp_pp if m.kind == "PixelCNNpp" else cached_cpp
+
+
+def inputs(m, b, seed):
+    h, w = m.image_size
+    x = torch.randint(0, 2 ** m.bits, (b, m.channels, h, w), generator=gen(seed))
+    vec = torch.randn(b, m.cond_channels, generator=gen(seed + 1))
+    u = torch.rand(b, h, w, m.dist.num_uniforms, generator=gen(seed + 2))
+    return x, vec, u
+
+
+@needs_cpp
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("make", [class_model, pp_model], ids=["gated", "pixelcnnpp"])
+def test_cpp_same_images_as_naive(make, batch, threads):
+    """A vector per image on the cpp backend: the naive engine's images (up to explained
+    float ties), with the vector given to the engine as it is."""
+    m = make(seed=batch)
+    x, vec, u = inputs(m, batch, seed=10 * batch + threads)
+    ref = naive.run(m, x, None, vec, u, 1.0)
+    with num_threads(threads):
+        got, params = cpp_module(m).run(m, x, None, vec, u, 1.0, return_params=True)
+    report = assert_same_images(m, vec, u, 1.0, ref, got, params, f"{m.kind} B={batch} t={threads}")
+    assert torch.equal(got, ref) or report
+
+
+@needs_cpp
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("make", [class_model, pp_model], ids=["gated", "pixelcnnpp"])
+def test_cpp_teacher_forcing_with_a_vector(make, threads):
+    m = make(hidden=20)                   # two panels of 16 channels: both threads own some
+    x, vec, u = inputs(m, 3, seed=20)
+    known = torch.ones(3, *m.image_size, dtype=torch.bool)
+    with num_threads(threads):
+        out, params = cpp_module(m).run(m, x, known, vec, u, 1.0, return_params=True)
+    with torch.no_grad():
+        ref = m(x, vec)
+    assert torch.equal(out, x)
+    assert param_error(params, ref) < 1e-4
+
+
+@needs_cpp
+@pytest.mark.parametrize("make", [class_model, pp_model], ids=["gated", "pixelcnnpp"])
+def test_sample_gives_the_cpp_engine_the_vector(make, monkeypatch):
+    """``pixelaux.sample`` no longer expands a global cond into a map for cpp."""
+    m = make()
+    mod = cpp_module(m)
+    seen, run = [], mod.run
+    monkeypatch.setattr(mod, "run", lambda model, x, known, cond, *a, **k: (
+        seen.append(tuple(cond.shape)), run(model, x, known, cond, *a, **k))[1])
+    vec = torch.randn(2, m.cond_channels, generator=gen(30))
+    pixelaux.sample(m, 2, cond=vec, backend="cpp", generator=gen(31), progress=False)
+    assert seen == [(2, m.cond_channels)]
+
+
+@needs_cpp
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gated_op_takes_a_vector_and_computes_its_terms_once_per_image(threads):
+    """``cached_sample`` accepts ``cond`` ``(B, cc)``: bitwise the images and parameters of
+    its expanded map (the per-image terms are the per-row GEMM's sums, added to each row),
+    for every thread split; the scratch estimate follows the buffers."""
+    from pixelaux.engines import cached_cpp
+    m = class_model(hidden=20, image_size=(6, 7))
+    x, vec, u = inputs(m, 3, seed=40)
+    h, w = m.image_size
+    known = torch.rand(3, h, w, generator=gen(41)) < 0.3
+    op = torch.ops.pixelaux.cached_sample
+    cfg = cached_cpp.config_of(m)
+    args = (cached_cpp.packed_weights(m), cached_cpp.input_table(m), cfg, 0.8, True)
+    with num_threads(threads):
+        for mode in range(4):
+            a = op(x, known, vec, u, *args, mode)
+            b = op(x, known, expand(vec, (h, w)), u, *args, mode)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), mode
+    # The scratch: cond and concat_elu(cond) one row per image instead of per position,
+    # and the terms (B, 2 streams, blocks, 3F); mode 2 is one team of all the images.
+    ws = torch.ops.pixelaux.cached_workspace_floats
+    r16 = lambda n: (max(n, 1) + 15) // 16 * 16                      # noqa: E731 (Arena::want)
+    b, cc, nb, hid = 3, m.cond_channels, len(m.u_blocks), m.hidden
+    per_image = r16(b * cc) + r16(b * 2 * cc) + r16(b * 2 * nb * 3 * hid)
+    per_position = r16(b * w * cc) + r16(b * w * 2 * cc) + r16(0)
+    assert ws(cfg, b, h, w, 2, True) - ws(cfg, b, h, w, 2, False) == per_image - per_position
+    assert ws(cfg, b, h, w, 0, False) == ws(cfg, b, h, w, 0)
+    assert (cached_cpp.workspace_bytes(m, x, vec) - cached_cpp.workspace_bytes(m, x, expand(vec, (h, w)))
+            == 4 * (ws(cfg, b, h, w, 0, True) - ws(cfg, b, h, w, 0, False)))
+    with pytest.raises(ValueError, match=r"cond must have shape \(3, 10, 6, 7\) \(a map\) or \(3, 10\)"):
+        op(x, None, vec[:, :9], u, *args)
+    with pytest.raises(ValueError, match="cond must have shape"):
+        op(x, None, vec[:2], u, *args)
+
+
+@needs_cpp
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pp_terms_once_per_image_broadcast_by_the_op(threads):
+    """PixelCNNpp: ``cond_terms`` of a vector are one row per image ``(B, 1, 1, 3F)``,
+    which ``cached_sample_pp`` broadcasts: bitwise the result of the same terms expanded
+    to every position."""
+    from pixelaux.engines import cached_cpp, cached_cpp_pp
+    m = pp_model(hidden=20)
+    x, vec, u = inputs(m, 3, seed=50)
+    h, w = m.image_size
+    terms = cached_cpp_pp.cond_terms(m, vec)
+    assert terms and all(t.shape == (3, 1, 1, 3 * m.hidden) for t in terms)
+    scales = [s for s in range(m.scales) for _ in range(2 * m.blocks)]
+    scales += [s for s in range(m.scales) for _ in range(2 * (m.blocks + (s != m.scales - 1)))]
+    full = [t.expand(-1, h >> s, w >> s, -1).contiguous() for t, s in zip(terms, scales)]
+    op = torch.ops.pixelaux.cached_sample_pp
+    args = (cached_cpp_pp.packed_weights(m), cached_cpp.input_table(m), cached_cpp_pp.config_of(m), 1.0, True)
+    with num_threads(threads):
+        for mode in range(4):
+            a = op(x, None, terms, u, *args, mode)
+            b = op(x, None, full, u, *args, mode)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), mode
+    with pytest.raises(ValueError, match=r"cond_terms\[1\] must have shape \(3, 1, 1, 60\)"):
+        op(x, None, terms[:1] + full[1:], u, *args)
+    assert cached_cpp_pp.workspace_bytes(m, x, vec) < cached_cpp_pp.workspace_bytes(m, x, expand(vec, (h, w)))
 
 
 # ---------------------------------------------------------------- bad input

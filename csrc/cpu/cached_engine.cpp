@@ -209,17 +209,19 @@ namespace {
 // Names as in cached_torch.py: u_win1 / u_win2 the rings of the u blocks' conv inputs,
 // ul_win1 / ul_win2 those of the ul blocks, ul_row0 the per-row part of ul's first
 // layer, ul_c1_row / ul_c2_row the per-row terms of the ul blocks' convs.
+// condrow / condce: cond and concat_elu(cond) per position of the row (a map cond) or
+// per image (a global cond); gcond: a global cond's terms per image, see global_cond_terms.
 struct Workspace {
   int64_t b0 = 0, Bt = 0;
   Arena arena;
-  float *xin, *condrow, *condce, *u, *c1u, *c2u, *uact, *ul_row0, *ul, *eh, *hp, *xcur, *tmp;
+  float *xin, *condrow, *condce, *gcond, *u, *c1u, *c2u, *uact, *ul_row0, *ul, *eh, *hp, *xcur, *tmp;
   std::vector<float*> u_win1, u_win2, ul_win1, ul_win2;  // rings: [blk * kh + slot]
   std::vector<float*> ul_c1_row, ul_c2_row;             // [blk]
 };
 
 // With allocate=false only the arena's requests are made (workspace_floats counts them).
 void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int64_t Bt, int team,
-                    Workspace* ws, bool allocate = true) {
+                    bool cond_global, Workspace* ws, bool allocate = true) {
   const int64_t F = c.hidden, kh = c.kh, pw = c.pw, cin = c.cin, cc = c.cond_channels,
                 nb = c.blocks, P = c.num_params;
   const int64_t M = Bt * W;
@@ -234,8 +236,10 @@ void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int6
   ws->ul_c1_row.assign(nb, nullptr);
   ws->ul_c2_row.assign(nb, nullptr);
   want(&ws->xin, Bt * (H + kh) * (W + 2 * pw) * cin);
-  want(&ws->condrow, M * cc);
-  want(&ws->condce, M * 2 * cc);
+  const int64_t cond_rows = cond_global ? Bt : M;  // a global cond: one row per image
+  want(&ws->condrow, cond_rows * cc);
+  want(&ws->condce, cond_rows * 2 * cc);
+  want(&ws->gcond, cond_global && cc ? Bt * 2 * nb * 3 * F : 0);
   want(&ws->u, M * F);
   want(&ws->c1u, M * F);
   want(&ws->c2u, M * 2 * F);
@@ -266,6 +270,32 @@ void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int6
     for (int64_t i = 0; i < H; ++i)
       for (int64_t j = 0; j < W; ++j)
         ws->xin[((b * (H + kh) + kh + i) * (W + 2 * pw) + pw + j) * cin + cin - 1] = 1.f;
+}
+
+// The conditioning terms of a global cond (a vector v per image), once per image, before
+// the rows start: for image b, stream s (0: u, 1: ul) and block k, the 3F floats at
+// gcond + ((b * 2 + s) * nb + k) * 3F are [cond_c1(concat_elu(v)) (F), cond_c2(v) (2F:
+// value and gate halves)]. Each is a GEMM sum from zero (kernels.h: C += lo + hi), so a
+// row adding it gets bitwise the value the per-row GEMM over an expanded map gives.
+void global_cond_terms(const SampleArgs& a, Workspace* ws) {
+  const ModelConfig& c = *a.cfg;
+  const int64_t F = c.hidden, cc = c.cond_channels, nb = c.blocks, Bt = ws->Bt;
+  const int64_t ld = 2 * nb * 3 * F;  // floats per image
+  for (int64_t b = 0; b < Bt; ++b) {
+    float* row = ws->condrow + b * cc;
+    std::memcpy(row, a.cond + (ws->b0 + b) * cc, sizeof(float) * cc);
+    concat_elu(row, (int)cc, ws->condce + b * 2 * cc, ws->condce + b * 2 * cc + cc);
+  }
+  for (int s = 0; s < 2; ++s)
+    for (int64_t k = 0; k < nb; ++k) {
+      const BlockLayout& BL = (s == 0 ? a.lay->ub : a.lay->ulb)[k];
+      const PackedMat c1 = packed_mat(a.packed, BL.cc1), c2a = packed_mat(a.packed, BL.cc2a),
+                      c2b = packed_mat(a.packed, BL.cc2b);
+      float* t = ws->gcond + (s * nb + k) * 3 * F;
+      gemm_acc((int)Bt, ws->condce, 2 * cc, c1, 0, c1.NP, t, ld);
+      gemm_acc((int)Bt, ws->condrow, cc, c2a, 0, c2a.NP, t + F, ld);
+      gemm_acc((int)Bt, ws->condrow, cc, c2b, 0, c2b.NP, t + 2 * F, ld);
+    }
 }
 
 // ------------------------------------------------------------------------------------
@@ -319,12 +349,26 @@ struct Engine : TeamMember {
     }
   }
 
+  // Adds a global cond's term (stream, blk) of each row position's image to the rows
+  // Cp[m] (stride ldc), m in [0, Bt * W): `halves` halves of F floats from offset o of
+  // the term, this thread's channels (rs) of each.
+  void add_gcond(float* Cp, int64_t ldc, int stream, int64_t blk, int64_t o, int halves) const {
+    const int c0 = rs.c0, nown = rs.nown;
+    for (int64_t m = 0; m < Bt * W; ++m) {
+      const float* t = ws.gcond + ((m / W * 2 + stream) * nb + blk) * 3 * F + o;
+      float* d = Cp + m * ldc;
+      for (int h = 0; h < halves; ++h)
+        for (int q = c0; q < c0 + nown; ++q) d[h * F + q] += t[h * F + q];
+    }
+  }
+
   // Vertical stream of row i and the per-row terms of the horizontal stream.
   void start_row(int64_t i) {
     const int64_t M = Bt * W;
     const int fp0 = rs.fp0, fp1 = rs.fp1, c0 = rs.c0, nown = rs.nown;
     const int64_t m0 = rs.m0, m1 = rs.m1;
-    if (cc && nb) {
+    const bool gc = cc && a.cond_global;  // terms per image, in ws.gcond
+    if (cc && nb && !gc) {
       for (int64_t m = m0; m < m1; ++m) {
         const int64_t b = m / W, j = m % W;
         const float* src = a.cond + ((ws.b0 + b) * cc * H + i) * W + j;
@@ -374,7 +418,10 @@ struct Engine : TeamMember {
       const BlockLayout& UB = L.ub[blk];
       // conv1 over act(u) rows i-kh+1 .. i, + conditioning
       init_rows(ws.c1u, M, F, vec(UB.b1));
-      if (cc) gemm_acc((int)M, ws.condce, 2 * cc, mat(UB.cc1), fp0, fp1, ws.c1u, F);
+      if (gc)
+        add_gcond(ws.c1u, F, 0, blk, 0, 1);
+      else if (cc)
+        gemm_acc((int)M, ws.condce, 2 * cc, mat(UB.cc1), fp0, fp1, ws.c1u, F);
       for (int64_t r = 0; r < kh; ++r) {
         const int64_t row = i - kh + 1 + r;
         if (row < 0) continue;
@@ -401,7 +448,9 @@ struct Engine : TeamMember {
           std::memcpy(d + F + c0, b2 + F + c0, sizeof(float) * nown);
         }
       }
-      if (cc) {
+      if (gc) {
+        add_gcond(ws.c2u, F2, 0, blk, F, 2);
+      } else if (cc) {
         gemm_acc((int)M, ws.condrow, cc, mat(UB.cc2a), fp0, fp1, ws.c2u, F2);
         gemm_acc((int)M, ws.condrow, cc, mat(UB.cc2b), fp0, fp1, ws.c2u + F, F2);
       }
@@ -428,7 +477,10 @@ struct Engine : TeamMember {
       float* p2 = ws.ul_c2_row[blk];
       init_rows(p1, M, F, vec(HB.b1));
       gemm_acc((int)M, ws.uact, F2, mat(HB.nin), fp0, fp1, p1, F);
-      if (cc) gemm_acc((int)M, ws.condce, 2 * cc, mat(HB.cc1), fp0, fp1, p1, F);
+      if (gc)
+        add_gcond(p1, F, 1, blk, 0, 1);
+      else if (cc)
+        gemm_acc((int)M, ws.condce, 2 * cc, mat(HB.cc1), fp0, fp1, p1, F);
       {
         const float* b2 = vec(HB.b2);
         for (int64_t m = 0; m < M; ++m) {
@@ -437,7 +489,9 @@ struct Engine : TeamMember {
           std::memcpy(d + F + c0, b2 + F + c0, sizeof(float) * nown);
         }
       }
-      if (cc) {
+      if (gc) {
+        add_gcond(p2, F2, 1, blk, F, 2);
+      } else if (cc) {
         gemm_acc((int)M, ws.condrow, cc, mat(HB.cc2a), fp0, fp1, p2, F2);
         gemm_acc((int)M, ws.condrow, cc, mat(HB.cc2b), fp0, fp1, p2 + F, F2);
       }
@@ -565,7 +619,8 @@ void cached_sample(const SampleArgs& a) {
   std::vector<Workspace> ws(plan.G);
   for (int g = 0; g < plan.G; ++g) {
     const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
-    make_workspace(*a.cfg, a.H, a.W, b0, b1 - b0, plan.S, &ws[g]);
+    make_workspace(*a.cfg, a.H, a.W, b0, b1 - b0, plan.S, a.cond_global, &ws[g]);
+    if (a.cond_global && a.cfg->cond_channels && a.cfg->blocks) global_cond_terms(a, &ws[g]);
   }
   run_teams(plan, [&](int g, int rank, int size, bool pixel_team, Barrier& bar) {
     Engine(a, ws[g], bar, rank, size, pixel_team).run();
@@ -578,7 +633,7 @@ int64_t workspace_floats(const SampleArgs& a) {
   for (int g = 0; g < plan.G; ++g) {
     const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
     Workspace ws;
-    make_workspace(*a.cfg, a.H, a.W, b0, b1 - b0, plan.S, &ws, /*allocate=*/false);
+    make_workspace(*a.cfg, a.H, a.W, b0, b1 - b0, plan.S, a.cond_global, &ws, /*allocate=*/false);
     total += ws.arena.requested();
   }
   return total;

@@ -5,7 +5,8 @@
 // the horizontal stream that only reads rows < i (its first layer's down-shifted
 // part, each block's 1x1 projection of u, the conditioning terms, the taps of the
 // previous rows), are computed as GEMMs over all B*W positions; per pixel only the
-// taps of the current row remain, then the head and the sampling.
+// taps of the current row remain, then the head and the sampling. A global cond (a
+// vector per image) has its conditioning terms computed once per image instead.
 //
 // Threads: see team.h (images over threads, or a team over the output channels).
 // Buffer names follow pixelaux/engines/cached_torch.py: u_win / ul_win (the row rings
@@ -91,7 +92,10 @@ struct SampleArgs {
   int64_t B = 0, H = 0, W = 0;
   int64_t* x = nullptr;             // (B, C, H, W): known pixels in, completed images out
   const bool* known = nullptr;      // (B, H, W) or null (nothing known)
-  const float* cond = nullptr;      // (B, cc, H, W) or null
+  const float* cond = nullptr;      // (B, cc, H, W), or (B, cc) when cond_global, or null
+  // cond is a vector per image, broadcast over the positions: each block's terms are
+  // computed once per image (Workspace::gcond) and added to every row, no per-row GEMM.
+  bool cond_global = false;
   const float* uniforms = nullptr;  // (B, H, W, U)
   PixelTable table;                 // (C, K, per_channel): what a pixel writes into xin
   float* params = nullptr;          // (B, P, H, W) or null
@@ -109,7 +113,7 @@ struct SampleArgs {
 
 void cached_sample(const SampleArgs& args);
 // Floats of scratch cached_sample would allocate for these args (its arenas' requests;
-// only cfg, B, H, W, mode and threads are read).
+// only cfg, B, H, W, cond_global, mode and threads are read).
 int64_t workspace_floats(const SampleArgs& args);
 
 }  // namespace cpu

@@ -459,12 +459,14 @@ struct Engine : TeamMember {
     }
   }
   // Adds the conditioning terms of row p: cond (B, Hs, Ws, 3F) part [o, o + n*F) into
-  // rows of Cp (stride ldc), halves of F channels each.
+  // rows of Cp (stride ldc), halves of F channels each. A global cond's terms
+  // (B, 1, 1, 3F) are the same at every position of an image.
   void add_cond_row(const Share& sh, const float* cond, int64_t Hs, int64_t Ws, int64_t p,
                     int64_t o, int halves, float* Cp, int64_t ldc) const {
     for (int64_t b = 0; b < Bt; ++b)
       for (int64_t q = 0; q < Ws; ++q) {
-        const float* src = cond + (((ws.b0 + b) * Hs + p) * Ws + q) * 3 * F + o;
+        const int64_t pos = a.cond_global ? ws.b0 + b : ((ws.b0 + b) * Hs + p) * Ws + q;
+        const float* src = cond + pos * 3 * F + o;
         float* d = Cp + (b * Ws + q) * ldc;
         for (int h = 0; h < halves; ++h)
           for (int ch = sh.c0; ch < sh.c0 + sh.nown; ++ch) d[h * F + ch] += src[h * F + ch];

@@ -97,8 +97,10 @@ struct SampleArgs {
   // Conditioning terms of every block (cond_channels > 0), each (B, H_s, W_s, 3F) =
   // [cond_c1 (F), cond_c2 (2F)], in the order: for each scale s ascending, the up-pass
   // u blocks then ul blocks; then for each scale s ascending, its down-pass u blocks
-  // then ul blocks. Empty when unconditional.
+  // then ul blocks. Empty when unconditional. With cond_global each is (B, 1, 1, 3F):
+  // the terms of a global cond (a vector per image), broadcast over the positions.
   std::vector<const float*> cond_terms;
+  bool cond_global = false;
   const float* uniforms = nullptr;  // (B, H, W, U)
   PixelTable table;                 // (C, K, per_channel): what a pixel writes into xin
   float* params = nullptr;          // (B, P, H, W) or null

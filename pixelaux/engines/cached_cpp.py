@@ -13,8 +13,10 @@ model's weights (once per weight version, cached) and calls one op,
 * threads: images split over threads when the batch is large enough, else one team
   over the output channels of every layer.
 
-The conditioning terms ``blk.cond_terms(cond)`` are computed in C++, row by row, from
-``cond`` and the blocks' 1x1 weights (each position once, as in the forward pass).
+The conditioning terms ``blk.cond_terms(cond)`` are computed in C++ from ``cond`` and the
+blocks' 1x1 weights: for a map row by row (each position once, as in the forward pass);
+for a global cond, a vector per image ``(B, cond_channels)`` given to the op as it is,
+once per image before the first row, and added to every row.
 
 A pixel, sampled or known, is written into the input buffer as its rows of the model's
 input table (``model.input.table()``, see ``inputs.py``): ``channels * max(embed_dim, 1)``
@@ -87,7 +89,8 @@ def workspace_bytes(model, x, cond) -> int:
     engine's scratch as its arenas request it (``cached_workspace_floats``, counted by the
     allocating code without allocating) and the scaled input table built per call."""
     b, _, h, w = x.shape
-    floats = torch.ops.pixelaux.cached_workspace_floats(config_of(model), b, h, w, 0)
+    global_cond = cond is not None and cond.dim() == 2
+    floats = torch.ops.pixelaux.cached_workspace_floats(config_of(model), b, h, w, 0, global_cond)
     return 4 * floats + (0 if model.input.embed_dim else input_table(model).nbytes)
 
 
@@ -97,7 +100,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
 
     model: ``GatedPixelCNN`` on the CPU. x: ``(B, C, H, W)`` long, holding the known
     pixels (others are overwritten). known: ``(B, H, W)`` bool or None. cond: float
-    ``(B, cond_channels, H, W)`` or None. uniforms: ``(B, H, W, U)`` float32.
+    ``(B, cond_channels, H, W)``, ``(B, cond_channels)`` (global: its terms computed once
+    per image) or None. uniforms: ``(B, H, W, U)`` float32.
     Returns the completed ``x``, or ``(x, params)`` with the distribution parameters
     ``(B, P, H, W)`` at every position when ``return_params`` (teacher forcing when all
     pixels are known). ``mode``: thread split, 0 auto, 1 over images, 2 over channels.

@@ -82,7 +82,9 @@ def cond_terms(model, cond) -> list[torch.Tensor]:
     """The conditioning terms of every block, once per image: ``(B, H_s, W_s, 3F)`` =
     ``[cond_c1, cond_c2]`` per block, in the engine's order (per scale ascending: the
     up-pass ``u`` then ``ul`` blocks; then per scale ascending: the down-pass ``u`` then
-    ``ul`` blocks). ``[]`` for an unconditional model."""
+    ``ul`` blocks). ``[]`` for an unconditional model. For a global cond (a vector per
+    image ``(B, K)``, which ``scale_conds`` gives as ``(B, K, 1, 1)`` at every scale) the
+    terms are ``(B, 1, 1, 3F)``, computed from the vector; the op broadcasts them."""
     if not model.cond_channels:
         return []
     conds = model.scale_conds(cond.to(torch.float32))
@@ -107,12 +109,14 @@ def cond_terms(model, cond) -> list[torch.Tensor]:
 @torch.no_grad()
 def workspace_bytes(model, x, cond) -> int:
     """As ``cached_cpp.workspace_bytes``, plus the conditioning terms computed here in
-    Python for every block (``cond_terms``)."""
-    from ..resources import held_bytes
+    Python for every block (``cond_terms``: maps, or one row per image for a vector)."""
+    from ..resources import held_bytes, one_thread
     b, _, h, w = x.shape
     floats = torch.ops.pixelaux.cached_workspace_floats_pp(config_of(model), b, h, w, 0)
     table = 0 if model.input.embed_dim else input_table(model).nbytes
-    return 4 * floats + table + held_bytes(cond_terms(model, cond), skip=model)
+    with one_thread():
+        terms = held_bytes(cond_terms(model, cond), skip=model)
+    return 4 * floats + table + terms
 
 
 @torch.no_grad()
@@ -121,7 +125,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
 
     model: ``PixelCNNpp`` on the CPU. x: ``(B, C, H, W)`` long, holding the known pixels
     (others are overwritten). known: ``(B, H, W)`` bool or None. cond: float
-    ``(B, cond_channels, H, W)`` or None. uniforms: ``(B, H, W, U)`` float32.
+    ``(B, cond_channels, H, W)``, ``(B, cond_channels)`` (global) or None. uniforms:
+    ``(B, H, W, U)`` float32.
     Returns the completed ``x``, or ``(x, params)`` with the distribution parameters
     ``(B, P, H, W)`` at every position when ``return_params`` (teacher forcing when all
     pixels are known). ``mode``: thread split, 0 auto, 1 over images, 2 over channels,

@@ -140,11 +140,12 @@ def workspace_bytes(model, x, cond) -> int:
     """Bytes ``run`` allocates for ``x`` and ``cond``: its copy of ``x`` and every buffer of
     the state it builds, with the values it keeps per row (the state is built here and
     its first row started; ``resources.held_bytes`` counts what it holds)."""
-    from ..resources import held_bytes
-    state = PixelCNNppState(model, x, cond) if model.kind == "PixelCNNpp" else CachedState(model, x, cond)
-    state.start_row(0)
-    state.step(0, 0)
-    return x.nbytes + held_bytes(state, skip=model)
+    from ..resources import held_bytes, one_thread
+    with one_thread():
+        state = PixelCNNppState(model, x, cond) if model.kind == "PixelCNNpp" else CachedState(model, x, cond)
+        state.start_row(0)
+        state.step(0, 0)
+        return x.nbytes + held_bytes(state, skip=model)
 
 
 @torch.no_grad()
