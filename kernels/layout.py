@@ -270,6 +270,8 @@ class CachedBuffers:
         self.row.zero_()
         if self.has_cond:
             cond = cond.to(self.device).float()
+            if cond.dim() == 2:   # global: each block's terms once per image, broadcast below
+                cond = cond[:, :, None, None]
             ub, ulb = list(self.model.u_blocks), list(self.model.ul_blocks)
             u_terms = [k.cond_terms(cond) for k in ub]
             ul_terms = [k.cond_terms(cond) for k in ulb]
@@ -278,6 +280,7 @@ class CachedBuffers:
                        ul_h1=torch.stack([_cond_last(t[0]) for t in ul_terms]),
                        ul_h2=torch.stack([_cond_last(t[1], True) for t in ul_terms]))
             for name, t in new.items():
+                t = t.expand(-1, -1, self.H, self.W, -1)             # (NB, B, H, W, n)
                 if getattr(self, name) is None:
                     setattr(self, name, t.contiguous())
                 else:

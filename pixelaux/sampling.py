@@ -94,11 +94,6 @@ def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature
     if known is not None:
         x, mask = known[0].to(device), known[1].to(device)
     stage.check_size(size, "size")
-    if cond is not None and cond.dim() == 2 and engine == "cached" and backend == "triton":
-        # A global cond (one vector per image): the torch and cpp backends compute its
-        # per-block terms once per image from the vector; triton takes a map, so it is
-        # expanded here (the terms are then computed per position, with equal values).
-        cond = cond[:, :, None, None].expand(-1, -1, h, w).contiguous()
     u = uniforms.draw(h, w, stage.dist.num_uniforms)
     run = engines.runner(engine, backend, stage.kind)
     return run(stage, x, mask, cond, u, temperature, progress=progress)

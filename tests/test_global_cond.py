@@ -130,6 +130,25 @@ def test_global_cond_with_known_pixels():
     assert torch.equal(a, b) and torch.equal(a[:, :, :2], known[:, :, :2])
 
 
+@pytest.mark.parametrize("make", [class_model, pp_model], ids=["gated", "pp"])
+def test_triton_interpreter_same_images_from_the_vector(make, monkeypatch):
+    """The Triton backend (interpreter on CPU) is given the vector itself (its terms are
+    computed once per image and broadcast into the kernels' layout) and samples what
+    naive samples."""
+    pytest.importorskip("triton")
+    m = make(seed=4)
+    cond = F.one_hot(torch.tensor([1, 3]), m.cond_channels).float()
+    run = engines.runner("cached", "triton", m.kind)
+    seen = []
+    monkeypatch.setattr(engines, "runner",
+                        lambda *a: (lambda model, x, known, c, *r, **k: (seen.append(c.shape), run(model, x, known, c, *r, **k))[1]))
+    a = pixelaux.sample(m, 2, cond=cond, generator=gen(5), progress=False, backend="triton")
+    monkeypatch.undo()
+    b = pixelaux.sample(m, 2, cond=cond, generator=gen(5), progress=False, engine="naive")
+    assert seen == [(2, m.cond_channels)]
+    assert torch.equal(a, b)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_triton_backend_takes_a_vector():
     m = class_model().cuda()

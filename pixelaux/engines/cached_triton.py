@@ -321,7 +321,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
 
     Same contract as ``cached_torch.run``: model ``GatedPixelCNN`` (eval mode, on
     ``x``'s device); x ``(B, C, H, W)`` long holding the known pixels; known
-    ``(B, H, W)`` bool or None; cond float ``(B, cond_channels, H, W)`` or None;
+    ``(B, H, W)`` bool or None; cond float ``(B, cond_channels, H, W)``, a vector per image
+    ``(B, cond_channels)`` (its terms computed once per image) or None;
     uniforms ``(B, H, W, U)`` float32. Returns the completed ``x`` (a new tensor), or
     ``(x, params)`` with ``params`` ``(B, P, H, W)`` when ``return_params``.
     ``plan``: a ``kernels.layout.Plan`` (default: ``choose_plan`` for the batch).

@@ -134,8 +134,12 @@ def _split_nin(blk, f):
     return part(w[:, :f], w[:, 2 * f:3 * f]), part(w[:, f:2 * f], w[:, 3 * f:])
 
 
-def _cond_last(t):
-    return None if t is None else t.detach().float().permute(0, 2, 3, 1).contiguous()
+def _cond_last(t, size):
+    """A block's cond term ``(B, n, H_s, W_s)`` as the kernels read it, ``(B, H_s, W_s, n)``;
+    the terms of a global cond, ``(B, n, 1, 1)`` (computed once per image), are broadcast."""
+    if t is None:
+        return None
+    return t.detach().float().expand(-1, -1, *size).permute(0, 2, 3, 1).contiguous()
 
 
 def level(i: int, scales: int) -> int:
@@ -212,8 +216,8 @@ class PPBuffers:
                                               out=self.ul[s][0], shift=s)))
             st = m.up_layers[s]
             for k, (ub, lb) in enumerate(zip(st.u_stream, st.ul_stream)):
-                h1, h2 = (_cond_last(t) for t in ub.cond_terms(conds[s]))
-                g1, g2 = (_cond_last(t) for t in lb.cond_terms(conds[s]))
+                h1, h2 = (_cond_last(t, (self.H >> s, self.W >> s)) for t in ub.cond_terms(conds[s]))
+                g1, g2 = (_cond_last(t, (self.H >> s, self.W >> s)) for t in lb.cond_terms(conds[s]))
                 ru.append(("row_conv", dict(row=self.row, inp=self.u[s][k], w=_act_taps(ub.conv1),
                                             b=_bias(ub.conv1), out=self.u_c1[s][k], shift=s, cond=h1)))
                 ru.append(("row_conv", dict(row=self.row, inp=self.u_c1[s][k], w=_act_taps(ub.conv2),
@@ -230,8 +234,8 @@ class PPBuffers:
             st = down[s]
             for k, (ub, lb) in enumerate(zip(st.u_stream, st.ul_stream)):
                 sk = n - 1 - k if s == S - 1 else n - k          # the up-pass value it reads (LIFO)
-                h1, h2 = (_cond_last(t) for t in ub.cond_terms(conds[s]))
-                g1, g2 = (_cond_last(t) for t in lb.cond_terms(conds[s]))
+                h1, h2 = (_cond_last(t, (self.H >> s, self.W >> s)) for t in ub.cond_terms(conds[s]))
+                g1, g2 = (_cond_last(t, (self.H >> s, self.W >> s)) for t in lb.cond_terms(conds[s]))
                 wu, wl = _split_nin(lb, f)
                 rd.append(("row_conv", dict(row=self.row, inp=self.du[s][k], w=_act_taps(ub.conv1),
                                             b=_bias(ub.conv1) + _bias(ub.nin_skip), out=self.du_c1[s][k],
