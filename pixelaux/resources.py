@@ -124,14 +124,15 @@ def _trial_conds(stage, b: int, h: int, w: int, device) -> list:
 
 
 @contextlib.contextmanager
-def one_thread():
-    """Tiny trials in one intra-op thread: on a busy machine more threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def num_threads(n: int):
+    """``n`` intra-op threads inside the block, the previous count restored after (the
+    trials here run in one: on a busy machine more threads only spin)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(old)
 
 
 def _cached_stage_bytes(stage, h: int, w: int, backend) -> tuple[int, int]:

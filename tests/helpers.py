@@ -1,10 +1,10 @@
 """Test helpers: models with random (not near-zero) weights and random inputs."""
-import contextlib
 
 import pytest
 import torch
 
 import pixelaux
+from pixelaux.resources import num_threads  # noqa: F401 (for the tests)
 
 
 def randomize(model, std=0.2, seed=0):
@@ -50,16 +50,10 @@ ENGINE_CONFIGS = [
 ENGINE_SIZES = [(7, 5), (6, 11)]
 
 
-@contextlib.contextmanager
 def single_thread():
     """One intra-op thread, restored afterwards: tiny models gain nothing from threads,
     and on a busy 2-core machine OpenMP spin-waits make them ~10-20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    return num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@
 Tiny models with random weights (not near-zero), awkward sizes, every model option.
 """
 
-import contextlib
 
 import pytest
 import torch
 
 import pixelaux
-from helpers import assert_same_images, random_gated, single_thread
+from helpers import num_threads, assert_same_images, random_gated, single_thread
 from pixelaux import GatedPixelCNN
 from pixelaux import native
 from pixelaux.uniforms import ImageUniforms
@@ -250,14 +249,6 @@ def test_bad_inputs_raise_clear_errors():
 
 # ---- token inputs (embed_dim > 0) --------------------------------------------------------
 
-@contextlib.contextmanager
-def num_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def same_images_as_naive(model, n, size, seed=0, cond=None, known=None, temperature=1.0, threads=1,

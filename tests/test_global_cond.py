@@ -1,13 +1,12 @@
 """Global conditioning: ``cond`` as a vector per image ``(n, cond_channels)``, broadcast
 over all positions (class-conditional sampling with one-hot labels)."""
-import contextlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import pixelaux
-from helpers import assert_same_images, one_thread, param_error, random_gated, random_pp  # noqa: F401
+from helpers import num_threads, assert_same_images, one_thread, param_error, random_gated, random_pp  # noqa: F401
 from pixelaux import engines, native
 from pixelaux.engines import cached_torch, naive
 from pixelaux.engines.cached_torch_pp import PixelCNNppState
@@ -163,14 +162,6 @@ def test_triton_backend_takes_a_vector():
 needs_cpp = pytest.mark.skipif(not CPP, reason=f"pixelaux._C is not built: {native.reason()}")
 
 
-@contextlib.contextmanager
-def num_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def cpp_module(m):

@@ -110,11 +110,11 @@ def cond_terms(model, cond) -> list[torch.Tensor]:
 def workspace_bytes(model, x, cond) -> int:
     """As ``cached_cpp.workspace_bytes``, plus the conditioning terms computed here in
     Python for every block (``cond_terms``: maps, or one row per image for a vector)."""
-    from ..resources import held_bytes, one_thread
+    from ..resources import held_bytes, num_threads
     b, _, h, w = x.shape
     floats = torch.ops.pixelaux.cached_workspace_floats_pp(config_of(model), b, h, w, 0)
     table = 0 if model.input.embed_dim else input_table(model).nbytes
-    with one_thread():
+    with num_threads(1):
         terms = held_bytes(cond_terms(model, cond), skip=model)
     return 4 * floats + table + terms
 

@@ -140,8 +140,8 @@ def workspace_bytes(model, x, cond) -> int:
     """Bytes ``run`` allocates for ``x`` and ``cond``: its copy of ``x`` and every buffer of
     the state it builds, with the values it keeps per row (the state is built here and
     its first row started; ``resources.held_bytes`` counts what it holds)."""
-    from ..resources import held_bytes, one_thread
-    with one_thread():
+    from ..resources import held_bytes, num_threads
+    with num_threads(1):
         state = PixelCNNppState(model, x, cond) if model.kind == "PixelCNNpp" else CachedState(model, x, cond)
         state.start_row(0)
         state.step(0, 0)
