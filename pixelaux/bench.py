@@ -123,8 +123,17 @@ def measure(spec: dict) -> dict:
     return {"seconds": min(times) * scale, "peak_mib": peak, "extrapolated": scale != 1.0, "flops": flops}
 
 
+#: the worker's start: the folder that holds this very ``pixelaux`` package replaces the
+#: current directory on ``sys.path``, so the worker imports the package the caller runs
+#: (``python -m`` / ``-c`` would put the current directory first, and in the folder that
+#: holds a clone named ``pixelaux`` that clone's top folder would be imported as a
+#: namespace package instead of an editable install's package)
+_WORKER_START = "import sys; sys.path[0] = sys.argv.pop(1); from pixelaux.bench import main; sys.exit(main())"
+
+
 def _run_worker(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pixelaux.bench", "--worker", json.dumps(spec)],
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", _WORKER_START, here, "--worker", json.dumps(spec)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()

@@ -124,7 +124,17 @@ def _positive_float(text):
     return v
 
 
-def _add_sampling_options(p, n_default=16, n_name="--n", model_default="default"):
+def _temperature(text):
+    from .sampling import TEMPERATURE_RANGE
+    v = _positive_float(text)
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"expected a temperature from {lo:g} to {hi:g} (below, every pixel is its "
+                                         f"distribution's mode; above, the samples are noise), got {text}")
+    return v
+
+
+def _add_sampling_options(p, n_default=16, n_name="--n", model_default="default", out_default="samples.png"):
     p.add_argument("--model", default=model_default,
                    help=f"embedded model name (see `pixelaux models`) or checkpoint path (default: {model_default})")
     names = [n_name, "-n"] if n_name == "--n" else [n_name]     # -n: torchrun's parser takes --n as its own
@@ -135,10 +145,12 @@ def _add_sampling_options(p, n_default=16, n_name="--n", model_default="default"
                    help="cached (fast, exact) or naive (a full forward pass per pixel)")
     p.add_argument("--backend", choices=["auto", "torch", "cpp", "triton"], default="auto",
                    help="backend of the cached engine (default: auto)")
-    p.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature (default: 1)")
+    p.add_argument("--temperature", type=_temperature, default=1.0,
+                   help="sampling temperature, 0.01 to 10: below 1 sharper, above 1 more varied (default: 1)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--out", default=None,
-                   help="grid image to write, in the format its extension names: .png, .webp (both lossless), "
+    p.add_argument("--out", default=None, metavar="GRID",
+                   help=f"grid image to write (default: {out_default}, replaced if it exists; none when only "
+                        "--out-dir is given), in the format its extension names: .png, .webp (both lossless), "
                         ".jpg/.jpeg (lossy)")
     p.add_argument("--out-dir", default=None, help="also write each image as a PNG in this folder")
     p.add_argument("--scale", type=_positive_int, default=4, help="enlarge the grid image by this factor (default: 4)")
@@ -248,14 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("colorize", help="colourings of a gray photo, side by side with it")
     c.add_argument("image", help="gray (or colour, taken as gray) image file")
-    _add_sampling_options(c, n_default=4, n_name="--samples")
+    _add_sampling_options(c, n_default=4, n_name="--samples", out_default="colorized.png")
     c.add_argument("--max-side", type=_positive_int, default=64,
                    help="resize (keeping the aspect ratio) when a side is longer than this; said when done "
                         "(default: 64)")
 
     u = sub.add_parser("upscale", help="super-resolution through the pyramid levels")
     u.add_argument("image", help="small image; must be a lower pyramid level size unless --resize")
-    _add_sampling_options(u, n_default=4, n_name="--samples", model_default="pyramid")
+    _add_sampling_options(u, n_default=4, n_name="--samples", model_default="pyramid", out_default="upscaled.png")
     u.add_argument("--resize", action="store_true",
                    help="resize the image to the pyramid's second-largest level first (said when done)")
 
@@ -264,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = k.add_mutually_exclusive_group(required=True)
     g.add_argument("--mask", help="mask image of the same size: white pixels are completed, black ones kept")
     g.add_argument("--keep-rows", type=_positive_int, help="keep the top N rows, complete the rest")
-    _add_sampling_options(k, n_default=4, n_name="--samples")
+    _add_sampling_options(k, n_default=4, n_name="--samples", out_default="completed.png")
     k.add_argument("--resize", action="store_true",
                    help="resize image (and mask) to the model's image size first (said when done)")
 
@@ -352,17 +364,29 @@ def _check_dir_output(path, flag):
             raise CliError(f"{flag} {path}: exists and is not a folder")
         if not os.access(path, os.W_OK):
             raise CliError(f"{flag} {path}: the folder is not writable")
+        _check_parent(path, flag, path)
         return
     _check_parent(os.path.dirname(os.path.abspath(path)), flag, path)
 
 
 def _check_parent(parent, flag, path):
+    """The nearest existing folder above ``path`` takes new files: a probe file is created
+    there and removed (``os.access`` says yes for root in /proc and /sys, where nothing
+    can be created)."""
+    import tempfile
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise CliError(f"{flag} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise CliError(f"{flag} {path}: cannot create it, {parent} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".pixelaux-probe-")
+    except OSError as e:
+        raise CliError(f"{flag} {path}: cannot create files in {parent} ({e.strerror or e})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.remove(probe)
 
 
 def _check_sampling_outputs(args, default_out):
@@ -379,25 +403,53 @@ def _check_sampling_outputs(args, default_out):
         _check_dir_output(args.out_dir, "--out-dir")
 
 
+def _check_grid(args, n: int, size, nrow=None) -> int:
+    """Before sampling: the grid of ``n`` images of ``size`` enlarged by ``--scale`` fits its
+    format and the memory (else ``CliError``); returns the bytes writing it takes."""
+    from .images import check_grid
+    from .resources import InsufficientMemoryError
+    out = args.out or (None if args.out_dir else "default.png")       # the defaults are PNG
+    if not out:
+        return 0
+    for scale in dict.fromkeys((1, args.scale)):    # at scale 1 first: is it the images or --scale?
+        try:
+            gh, gw = check_grid(out, n, size[0], size[1], nrow=nrow, scale=scale)
+        except (ValueError, InsufficientMemoryError) as e:
+            what = f"--scale {scale}" if scale > 1 else f"a grid of {n} images of {_hw(size)}"
+            raise CliError(f"{what}: {e}") from None
+    return 3 * gh * gw + n * 3 * size[0] * size[1]
+
+
 def _write_outputs(args, images, bits, default_out, nrow=None):
     from .images import save_grid, save_images
     out = args.out or (None if args.out_dir else default_out)
     if out:
+        replaced = os.path.exists(out)
         save_grid(images, out, bits=bits, nrow=nrow, scale=args.scale)
-        print(f"wrote {out}")
+        print(f"wrote {out}" + (" (replaced the file that was there)" if replaced else ""))
     if args.out_dir:
         paths = save_images(images, args.out_dir, bits=bits)
         print(f"wrote {len(paths)} images to {args.out_dir}")
 
 
-def _fit(img, size, resize, what, why=None):
-    """Resize ``img`` to ``size`` when asked (and say so); otherwise refuse a mismatch."""
+def _read_image(path, channels: int):
+    """``images.read_image``, its conversions said on stderr (a note each)."""
+    from .images import read_image
+    try:
+        return read_image(path, channels=channels, say=lambda msg: print(f"note: {msg}", file=sys.stderr))
+    except IsADirectoryError as e:
+        raise CliError(str(e)) from None
+
+
+def _fit(img, size, resize, what, why=None, wanted="the model takes"):
+    """Resize ``img`` to ``size`` when asked (and say so); otherwise refuse a mismatch
+    (``wanted``: what sets the size, in the message)."""
     from .images import resize as do_resize
     if tuple(img.shape[1:]) == tuple(size):
         return img
     if not resize:
         reason = f" ({why})" if why else ""
-        raise CliError(f"{what} is {_hw(img.shape[1:])} but the model takes {_hw(size)}{reason}; "
+        raise CliError(f"{what} is {_hw(img.shape[1:])} but {wanted} {_hw(size)}{reason}; "
                        "pass --resize to resize it")
     print(f"resized {what} from {_hw(img.shape[1:])} to {_hw(size)}")
     return do_resize(img, size)
@@ -485,19 +537,93 @@ def _gather_images(x, n: int, world: int, rank: int):
     return torch.cat([p[:_share(n, world, r)[1]] for r, p in enumerate(parts)])
 
 
-def cmd_sample(args):
-    """``pixelaux sample``. Under ``torchrun --nproc_per_node N -m pixelaux sample``
-    rank ``r`` samples its contiguous share of images ``0 .. n-1`` (:func:`_share`,
-    ``sample(..., offset=first)``) and writes its ``--out-dir`` files named by global
-    index, so the folder holds the files of one process; a grid (``--out``) is gathered
-    to rank 0, which writes it. Only rank 0 prints and shows progress."""
+#: the share of the available memory one chunk of images may take (the rest: the kept
+#: images, Python, the grid, and what the estimate does not count)
+CHUNK_MEMORY_FRACTION = 0.7
+
+
+def _memory_check_on() -> bool:
+    return os.environ.get("PIXELAUX_MEMORY_CHECK", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _chunk_size(model, count: int, size, args, reserved: int = 0) -> int:
+    """The most images one ``sample`` call may take within the memory available (after
+    ``reserved`` bytes, e.g. the grid), at most ``count``; ``CliError`` in one line when
+    not even one image fits. Images sampled in chunks are the images of one call (each
+    chunk starts at its own offset of the seed's sequence)."""
     import torch
 
+    from . import resources
+    from .resources import format_bytes
+    from .sampling import resolve_engine
+    device = torch.device(args.device)
+    avail = resources.available_bytes(device) if _memory_check_on() else None
+    if avail is None:
+        return count
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        engine, backend = resolve_engine(model, args.engine, args.backend)
+    one = resources.estimate_sampling_bytes(model, 1, size, engine, backend)
+    budget = int(avail * CHUNK_MEMORY_FRACTION) - reserved
+    if one > budget:
+        raise CliError(f"one {_hw(size)} image needs about {format_bytes(one)} of {device.type} memory to sample, "
+                       f"but only {format_bytes(max(0, budget))} can be used ({format_bytes(avail)} available); "
+                       "use a smaller --size (PIXELAUX_MEMORY_CHECK=0 skips this check)")
+    if count == 1:
+        return 1
+    per_image = max(1, resources.estimate_sampling_bytes(model, 2, size, engine, backend) - one)
+    return max(1, min(count, 1 + (budget - one) // per_image))
+
+
+def _sample_share(model, args, size, first: int, count: int, keep: bool, rank: int = 0):
+    """Images ``first .. first+count-1`` of the seed's sequence, sampled in chunks that
+    fit in memory; each chunk's ``--out-dir`` files are written as soon as it is done.
+    Returns the images as uint8 ``(count, C, H, W)`` when ``keep`` (for the grid), else
+    ``None``."""
+    import torch
+
+    from .images import save_images, to_uint8
     from .sampling import sample
+    out = args.out or (None if args.out_dir else "samples.png")
+    _chunk_size(model, 1, size, args)      # one image must fit: said first, it names --size
+    reserved = _check_grid(args, args.n, size) if keep and out else 0
+    chunk = _chunk_size(model, count, size, args, reserved)
+    chunks = -(-count // chunk)
+    if chunks > 1 and rank == 0:
+        print(f"sampling in {chunks} chunks of up to {chunk} images (what fits in memory; the images are "
+              "the same as in one go)")
+    kept = []
+    kw = _sample_kwargs(args)
+    kw["progress"] = kw["progress"] and rank == 0
+    for done in range(0, count, chunk):
+        k = min(chunk, count - done)
+        kw["generator"] = torch.Generator().manual_seed(args.seed)
+        x = sample(model, k, size=args.size, offset=first + done, **kw)
+        if args.out_dir:
+            save_images(x, args.out_dir, model.bits, start=first + done)
+        if keep:
+            kept.append(to_uint8(x, model.bits))
+        del x
+    if not keep:
+        return None
+    return torch.cat(kept) if kept else torch.zeros((0, model.channels, *size), dtype=torch.uint8)
+
+
+def cmd_sample(args):
+    """``pixelaux sample``. The images are sampled in chunks that fit in memory (the same
+    images as one call: :func:`_sample_share`). Under ``torchrun --nproc_per_node N -m
+    pixelaux sample`` rank ``r`` samples its contiguous share of images ``0 .. n-1``
+    (:func:`_share`, ``sample(..., offset=first)``) and writes its ``--out-dir`` files
+    named by global index, so the folder holds the files of one process; a grid
+    (``--out``) is gathered to rank 0, which writes it. Only rank 0 prints and shows
+    progress."""
+    import torch
+
+    from .images import save_grid
     _check_sampling_outputs(args, "samples.png")
     with _process_group(args) as (world, rank):
         model = _load(args)
-        size = args.size or model.image_size
+        size = tuple(args.size or model.image_size)
         if args.size is not None:
             problem = _size_problem(model, args.size)
             if problem:
@@ -505,50 +631,40 @@ def cmd_sample(args):
         if rank == 0:
             _say_engine(args, model)
         first, count = _share(args.n, world, rank)
-        kw = _sample_kwargs(args)
-        kw["progress"] = kw["progress"] and rank == 0
+        out = args.out or (None if args.out_dir else "samples.png")
         if world > 1:
             torch.distributed.barrier()                # time the sampling, not the start-up skew
         t0 = time.perf_counter()
-        if count:
-            x = sample(model, count, size=args.size, offset=first, **kw)
-        else:                                          # more processes than images
-            x = torch.zeros((0, model.channels, *size), dtype=torch.long, device=args.device)
+        x = _sample_share(model, args, size, first, count, keep=bool(out), rank=rank)
         if world > 1:
             torch.distributed.barrier()
         dt = time.perf_counter() - t0
-        if world == 1:
-            print(f"sampled {args.n} images {_hw(x.shape[2:])} from {args.model!r} in {dt:.2f} s")
-            _write_outputs(args, x, model.bits, "samples.png")
+        on = "" if world == 1 else f" on {world} processes"
+        if world > 1 and out:
+            x = _gather_images(x, args.n, world, rank)
+        if world > 1:
+            torch.distributed.barrier()                # every rank's files are written
+        if rank != 0:
             return
-        out = args.out or (None if args.out_dir else "samples.png")
-        grid = _gather_images(x, args.n, world, rank) if out else None
+        print(f"sampled {args.n} images {_hw(size)} from {args.model!r} in {dt:.2f} s{on}")
+        if out:
+            replaced = os.path.exists(out)
+            save_grid(x, out, bits=8, scale=args.scale)
+            print(f"wrote {out}" + (" (replaced the file that was there)" if replaced else ""))
         if args.out_dir:
-            from .images import save_images
-            save_images(x, args.out_dir, model.bits, start=first)
-        torch.distributed.barrier()                    # every rank's files are written
-        if rank == 0:
-            print(f"sampled {args.n} images {_hw(x.shape[2:])} from {args.model!r} in {dt:.2f} s "
-                  f"on {world} processes")
-            if out:
-                from .images import save_grid
-                save_grid(grid, out, bits=model.bits, scale=args.scale)
-                print(f"wrote {out}")
-            if args.out_dir:
-                print(f"wrote {args.n} images to {args.out_dir}")
+            print(f"wrote {args.n} images to {args.out_dir}")
 
 
 def cmd_colorize(args):
     import torch
 
     from .applications import colorize
-    from .images import read_image
     from .images import resize as do_resize
     _check_sampling_outputs(args, "colorized.png")
     model = _load(args)
     if getattr(model, "kind", None) != "GrayscalePixelCNN":
         raise CliError(f"colorize needs a grayscale-auxiliary model, {args.model!r} is a {model.kind}")
-    img = read_image(args.image, channels=1)
+    img = _read_image(args.image, 1)
     h, w = img.shape[1:]
     if max(h, w) > args.max_side:
         f = args.max_side / max(h, w)
@@ -558,6 +674,7 @@ def cmd_colorize(args):
     problem = _size_problem(model, img.shape[1:])
     if problem:
         raise CliError(f"{args.image} is {_hw(img.shape[1:])}: {problem}")
+    _check_grid(args, args.n + 1, img.shape[1:], nrow=args.n + 1)
     _say_engine(args, model)
     t0 = time.perf_counter()
     out = colorize(model, img.unsqueeze(0).long(), samples=args.n, **_sample_kwargs(args))[0]
@@ -570,19 +687,19 @@ def cmd_upscale(args):
     import torch
 
     from .applications import upscale
-    from .images import read_image
     from .images import resize as do_resize
     _check_sampling_outputs(args, "upscaled.png")
     model = _load(args)
     if getattr(model, "kind", None) != "PyramidPixelCNN":
         raise CliError(f"upscale needs a pyramid model, {args.model!r} is a {model.kind}")
-    img = read_image(args.image, channels=model.channels)
+    img = _read_image(args.image, model.channels)
     sizes = [tuple(s) for s in model.level_sizes]
     if tuple(img.shape[1:]) not in sizes[:-1]:
         if not args.resize:
             raise CliError(f"{args.image} is {_hw(img.shape[1:])} but upscale takes one of the pyramid's lower "
                            f"levels ({', '.join(_hw(s) for s in sizes[:-1])}); pass --resize")
         img = _fit(img, sizes[-2], True, args.image)
+    _check_grid(args, args.n + 1, sizes[-1], nrow=args.n + 1)
     _say_engine(args, model)
     t0 = time.perf_counter()
     out = upscale(model, img.unsqueeze(0).long(), samples=args.n, **_sample_kwargs(args))[0]
@@ -596,13 +713,13 @@ def cmd_complete(args):
     import torch
 
     from .applications import complete
-    from .images import read_image
     _check_sampling_outputs(args, "completed.png")
     model = _load(args)
-    img = _fit_model(read_image(args.image, channels=model.channels), model, args.resize, args.image)
+    img = _fit_model(_read_image(args.image, model.channels), model, args.resize, args.image)
     h, w = img.shape[1:]
     if args.mask:
-        m = _fit(read_image(args.mask, channels=1), (h, w), args.resize, f"mask {args.mask}")
+        m = _fit(_read_image(args.mask, 1), (h, w), args.resize, f"mask {args.mask}",
+                 wanted=f"the image {args.image} is")
         mask = m[0] >= 128
     else:
         if args.keep_rows >= h:
@@ -611,6 +728,7 @@ def cmd_complete(args):
         mask[args.keep_rows:] = True
     if not mask.any():
         raise CliError("the mask marks no pixel to complete (white = complete)")
+    _check_grid(args, args.n + 1, (h, w), nrow=args.n + 1)
     _say_engine(args, model)
     t0 = time.perf_counter()
     out = complete(model, img.unsqueeze(0).long(), mask, samples=args.n, **_sample_kwargs(args))[0]
@@ -623,14 +741,18 @@ def cmd_complete(args):
 def cmd_score(args):
     from tqdm.auto import tqdm
 
-    from .images import read_image
     from .sampling import bits_per_dim
+    folders = [p for p in args.images if os.path.isdir(p)]
+    if folders:
+        raise CliError(f"{folders[0]} is a folder, expected an image file")
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
         raise CliError(f"image file not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
                                                                  if len(missing) > 1 else ""))
     model = _load(args)
-    images = [_fit_model(read_image(p, channels=model.channels), model, args.resize, p) for p in args.images]
+    from .sampling import model_device
+    model_device(model)                        # a meta-device model: refused before the bar starts
+    images = [_fit_model(_read_image(p, model.channels), model, args.resize, p) for p in args.images]
     pixels = model.image_size[0] * model.image_size[1]
     with tqdm(list(zip(args.images, images)), desc="score", unit="img", disable=args.no_progress,
               leave=False) as bar:
@@ -801,8 +923,13 @@ def cmd_bench(args):
 def cmd_import_pixelcnnpp(args):
     from .checkpoint import save
     from .pixelcnnpp_import import describe, import_pixel_cnn_pp
+    if os.path.isdir(args.checkpoint):
+        raise CliError(f"{args.checkpoint}: is a folder, expected a checkpoint file")
     if not os.path.isfile(args.checkpoint):
         raise CliError(f"{args.checkpoint}: no such file")
+    if not args.out.lower().endswith(".safetensors"):
+        raise CliError(f"--out {args.out}: a pixelaux checkpoint is a .safetensors file; name it NAME.safetensors")
+    _check_file_output(args.out, "--out")
     model = import_pixel_cnn_pp(args.checkpoint, image_size=tuple(args.size))
     save(model, args.out, extra={"imported_from": "PixelCNN++ (PyTorch port) state dict "
                                                   f"{os.path.basename(args.checkpoint)}"})
@@ -831,6 +958,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"pixelaux {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:                    # InsufficientMemoryError: the estimate, up front
+        msg = " ".join(str(e).split()) or "out of memory"
+        print(f"pixelaux {args.command}: error: {msg}", file=sys.stderr)
     except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError, ImportError,
             RuntimeError, OSError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__

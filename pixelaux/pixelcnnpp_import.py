@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 import torch
 
@@ -57,6 +58,19 @@ def _fmt_keys(keys) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > _SHOW else f"{shown} ({len(keys)})"
 
 
+def _not_a_state_dict(path: str, global_name: str | None) -> str:
+    """What a file that ``torch.load(weights_only=True)`` refused is not, from its first bytes."""
+    if global_name:
+        return f"not a state dict of tensors: it holds the Python object {global_name}"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        return "a torch.save archive that holds more than tensors and plain containers, not a state dict"
+    if head[:1] == b"\x80":
+        return "a Python pickle that torch.save did not write, not a PyTorch state dict"
+    return "not a PyTorch checkpoint (torch.save writes a zip archive)"
+
+
 def read_state_dict(path_or_state_dict) -> dict[str, torch.Tensor]:
     """The flat ``{name: tensor}`` state dict of a file (``torch.load`` with
     ``weights_only=True``) or of an in-memory dict. Unwraps ``{"state_dict": ...}`` /
@@ -64,17 +78,17 @@ def read_state_dict(path_or_state_dict) -> dict[str, torch.Tensor]:
     DDP). ``ValueError`` (one line) when it is not a state dict."""
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         path = os.fspath(path_or_state_dict)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path}: is a folder, expected a checkpoint file")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():       # e.g. torch's note on pickle protocols
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except OSError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever the unpickler raises, one line
-            text = str(e)
-            m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-            why = (f"it contains the Python object {m.group(1)}, not only tensors" if m else
-                   " ".join(text.split()[:30]) or type(e).__name__)
-            raise ValueError(f"{path}: not a PyTorch state dict that torch.load(weights_only=True) can read "
-                             f"({why})") from None
+            m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            raise ValueError(f"{path}: {_not_a_state_dict(path, m.group(1) if m else None)}") from None
         what = path
     elif isinstance(path_or_state_dict, dict):
         obj, what = path_or_state_dict, "the state dict"

@@ -123,6 +123,13 @@ def _trial_conds(stage, b: int, h: int, w: int, device) -> list:
             torch.zeros(b, stage.cond_channels, device=device)]
 
 
+#: below this many activations per layer and step (batch x hidden x the positions one
+#: step computes), CPU work runs in one intra-op thread: too small to gain from a second
+#: one, and on a machine whose cores are busy every OpenMP barrier waits for a
+#: descheduled thread (training, the naive and the torch sampling engines)
+SMALL_LAYER_VALUES = 2 ** 18
+
+
 @contextlib.contextmanager
 def num_threads(n: int):
     """``n`` intra-op threads inside the block, the previous count restored after (the
@@ -186,6 +193,12 @@ def estimate_sampling_bytes(model, n: int, size=None, engine: str = "cached", ba
     h, w = _size(model, size)
     kind = getattr(model, "kind", None)
     from .auxiliary import chain, is_composite
+    # The images alone are a lower bound. When the trials' own images (2 of them) would
+    # not fit, that bound is the estimate: building the trials would fail or swap.
+    lower = _images_bytes(getattr(model, "channels", 1), h, w)
+    avail = available_bytes(next(model.parameters()).device) if isinstance(model, torch.nn.Module) else None
+    if avail is not None and 2 * lower > avail:
+        return n * lower
     if kind in ("GatedPixelCNN", "PixelCNNpp") and not is_composite(model):
         fixed, per_image = _stage_bytes(model, h, w, engine, backend)
     elif is_composite(model):
@@ -281,11 +294,13 @@ def available_bytes(device) -> int | None:
     return None
 
 
-def check_memory(nbytes: int, device, what: str = "this run", *, n: int | None = None) -> None:
+def check_memory(nbytes: int, device, what: str = "this run", *, n: int | None = None,
+                 advice: str | None = None) -> None:
     """Raise :class:`InsufficientMemoryError` if ``nbytes`` exceed the memory available
     on ``device`` (see :func:`available_bytes`); do nothing when that is unknown or
     ``PIXELAUX_MEMORY_CHECK=0``. ``what`` names the run in the message; with ``n`` (the
-    batch size the estimate is for, linear in it) the message says how many would fit."""
+    batch size the estimate is for, linear in it) the message says how many would fit;
+    ``advice`` replaces the message's advice (smaller n, chunks, smaller size)."""
     if os.environ.get("PIXELAUX_MEMORY_CHECK", "1").strip().lower() in ("0", "false", "no", "off"):
         return
     device = torch.device(device)
@@ -295,9 +310,10 @@ def check_memory(nbytes: int, device, what: str = "this run", *, n: int | None =
     fit = ""
     if n is not None and n > 0:
         fit = f" (about {math.floor(avail / (nbytes / n))} would fit)"
+    if advice is None:
+        advice = (f"use a smaller n{fit} or sample in chunks (several calls with a smaller n that share one "
+                  "generator give the same images as one call), or a smaller size")
     raise InsufficientMemoryError(
         f"{what} needs about {format_bytes(nbytes)} of {device.type} memory, but only "
-        f"{format_bytes(avail)} is available; use a smaller n{fit} or sample in chunks "
-        "(several calls with a smaller n that share one generator give the same images as "
-        "one call), or a smaller size; PIXELAUX_MEMORY_CHECK=0 skips this check",
+        f"{format_bytes(avail)} is available; {advice}; PIXELAUX_MEMORY_CHECK=0 skips this check",
         needed=nbytes, available=avail, device=device)

@@ -13,6 +13,7 @@ stages below).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -24,6 +25,11 @@ from .checks import check_cond, check_float, check_images, check_int, check_size
 from .uniforms import ImageUniforms
 
 logger = logging.getLogger("pixelaux")
+
+#: temperatures where sampling means something: below, every pixel is the mode of its
+#: distribution (flat images); above, the distributions are flattened to noise. The
+#: command line refuses others; ``sample`` warns.
+TEMPERATURE_RANGE = (0.01, 10.0)
 
 
 #: Models sampled as one stage by an engine (the auxiliary-variable models chain them).
@@ -48,10 +54,10 @@ def _stages(model) -> list:
 def resolve_engine(model, engine: str = "cached", backend: str = "auto") -> tuple[str, str | None]:
     """The ``(engine, backend)`` that ``sample(model, ..., engine=, backend=)`` runs: ``auto``
     resolved for the model's device and for every stage it samples with."""
-    return engines.resolve(engine, backend, _model_device(model), kinds=tuple({st.kind for st in _stages(model)}))
+    return engines.resolve(engine, backend, model_device(model), kinds=tuple({st.kind for st in _stages(model)}))
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
     p = next(model.parameters(), None)
     if p is not None and p.device.type == "meta":
         raise ValueError("model is on the meta device (its weights hold no data); load it on 'cpu' or a GPU")
@@ -88,7 +94,7 @@ def _check_known(known, n: int, channels: int, bits: int, size) -> tuple[torch.T
 def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature, engine, backend, progress):
     """Sample ``n`` images of one ``GatedPixelCNN`` stage."""
     h, w = size
-    device = _model_device(stage)
+    device = model_device(stage)
     x = torch.zeros(n, stage.channels, h, w, dtype=torch.long, device=device)
     mask = None
     if known is not None:
@@ -96,7 +102,21 @@ def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature
     stage.check_size(size, "size")
     u = uniforms.draw(h, w, stage.dist.num_uniforms)
     run = engines.runner(engine, backend, stage.kind)
-    return run(stage, x, mask, cond, u, temperature, progress=progress)
+    threads = _stage_threads(stage, engine, backend, n, size)
+    with contextlib.nullcontext() if threads is None else resources.num_threads(threads):
+        return run(stage, x, mask, cond, u, temperature, progress=progress)
+
+
+def _stage_threads(stage, engine: str, backend, n: int, size) -> int | None:
+    """Intra-op threads for the PyTorch engines on CPU, as training picks them: one when a
+    step's layer is small (:data:`resources.SMALL_LAYER_VALUES`: the naive engine's step
+    is a whole forward pass, the torch backend's a row), else torch's setting (``None``).
+    The C++ backend runs its own thread team."""
+    if model_device(stage).type != "cpu" or (engine == "cached" and backend != "torch"):
+        return None
+    hidden = int(getattr(stage, "config", {}).get("hidden", 64))
+    positions = size[0] * size[1] if engine == "naive" else size[1]
+    return 1 if n * hidden * positions < resources.SMALL_LAYER_VALUES else None
 
 
 @torch.no_grad()
@@ -154,10 +174,15 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
     offset = check_int(offset, "offset", min_value=0)
     size = model.image_size if size is None else check_size(size)
     temperature = check_float(temperature, "temperature", min_value=0.0, min_exclusive=True)
+    if not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]:
+        import warnings
+        warnings.warn(f"temperature={temperature:g} is outside [{TEMPERATURE_RANGE[0]:g}, {TEMPERATURE_RANGE[1]:g}]: "
+                      "below it every pixel is the mode of its distribution, above it the samples are noise",
+                      UserWarning, stacklevel=3)
     engine, backend = resolve_engine(model, engine, backend)
     logger.info("pixelaux.sample: engine=%s backend=%s", engine, backend)
     resources.check_memory(resources.estimate_sampling_bytes(model, n, size, engine, backend),
-                           _model_device(model), f"pixelaux.sample(n={n}, size={size}, engine={engine!r})", n=n)
+                           model_device(model), f"pixelaux.sample(n={n}, size={size}, engine={engine!r})", n=n)
     uniforms = ImageUniforms(n, generator, offset=offset)
     kw = dict(temperature=temperature, engine=engine, backend=backend, progress=progress)
     was_training = model.training
@@ -166,7 +191,7 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
         if not is_composite(model):
             known = _check_known(known, n, model.channels, model.bits, size)
             cond = check_cond(cond, "cond", batch=n, channels=model.cond_channels, size=size,
-                              device=_model_device(model))
+                              device=model_device(model))
             return _run_stage(model, n, size, uniforms, cond, known, **kw)
         return _sample_chain(model, n, size, uniforms, cond, known, kw)
     finally:
@@ -201,7 +226,7 @@ def _sample_chain(model, n, size, uniforms, given, known, kw):
     """Sample an auxiliary-variable model through its chain of stages, innermost first."""
     links = check_chain_size(model, size)
     known = _check_known(known, n, model.channels, model.bits, size)
-    device = _model_device(model)
+    device = model_device(model)
     start = len(links) - 1                           # the link sampled first
     image = None
     if given is not None:
@@ -239,7 +264,7 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
     kind = _model_kind(model)
     composite = is_composite(model)
     batch_size = check_int(batch_size, "batch_size", min_value=1)
-    device = _model_device(model)
+    device = model_device(model)
     x = check_images(images, "images", channels=model.channels, bits=model.bits)
     if not composite:
         cond = check_cond(cond, "cond", batch=x.shape[0], channels=model.cond_channels, size=tuple(x.shape[2:]))

@@ -68,8 +68,7 @@ from .checks import check_float, check_int
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 LN2 = math.log(2.0)
-#: below this many activations per layer (batch x hidden x H x W), CPU training uses one thread
-SMALL_LAYER_VALUES = 2 ** 18
+from .resources import SMALL_LAYER_VALUES  # noqa: E402 (one thread below it, as the samplers)
 
 
 @dataclass(frozen=True)
@@ -473,14 +472,16 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
             _dist().barrier()
 
     order = _Order(len(train_images), cfg.batch_size, world, rank, cfg.seed)
-    bar = tqdm(total=cfg.steps, disable=not (progress and rank == 0), unit="step", dynamic_ncols=True)
+    # initial=start: a resumed run's bar starts where it stopped and its rate counts only
+    # the steps of this process
+    bar = tqdm(total=cfg.steps, initial=min(start, cfg.steps), desc="train",
+               disable=not (progress and rank == 0), unit="step", dynamic_ncols=True)
     if log is print and not bar.disable:
         say = bar.write                                # keeps the bar intact
     window: collections.deque = collections.deque(maxlen=100)
     mean = lambda: sum(window) / len(window) if window else None
     steps, test_bpd, step = cfg.steps, None, start
     last_ckpt = f"step {start}" if resume else "none"
-    bar.update(min(start, steps))
     try:
         for step in range(start + 1, steps + 1):       # `step` = steps done after this one
             x = train_images.batch(order(step - 1)).to(dev, non_blocking=True)

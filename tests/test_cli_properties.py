@@ -64,7 +64,7 @@ def test_property_cli(data):
         argv += ["--seed", pick("seed", ["0", "7", "-1"], ["x", str(2 ** 70), "1e3"])]
         argv += ["--engine", pick("engine", ["cached", "naive"], ["fast", ""])]
         argv += ["--backend", pick("backend", ["auto", "torch"] + (["cpp"] if CPP else []), ["cuda", "Auto"])]
-        argv += ["--temperature", pick("temperature", ["1", "0.5", "1e-6", "1e6"], ["0", "-1", "nan", "inf", "x"])]
+        argv += ["--temperature", pick("temperature", ["1", "0.5", "0.01", "10"], ["0", "-1", "nan", "inf", "x", "1e-6", "1e6"])]
     argv += ["--device", pick("device", ["cpu"], ["meta", "cuda", "bogus", "cuda:7", "mps"])]
     out_dir = d / f"cli_{COUNTS['cli']}"
     out = pick("out", [out_dir / "o.png", out_dir / "deep" / "er" / "o.png"], [d, files["png"] / "x.png"])
