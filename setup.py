@@ -134,7 +134,8 @@ setup(
     install_requires=["torch>=2.1", "numpy", "pillow", "safetensors", "tqdm", "scikit-image"],
     extras_require={
         # triton: the Triton backend's tests run its kernels under TRITON_INTERPRET=1 on CPU
-        "test": ["pytest", "hypothesis", "triton; platform_system == 'Linux'"],
+        # matplotlib: the plot tests (bench --plot, train --plot-metrics) run instead of skipping
+        "test": ["pytest", "hypothesis", "matplotlib", "triton; platform_system == 'Linux'"],
         "triton": ["triton"],
         # plots of pixelaux bench; the engine's hot-path timings (python -m pytest benchmarks/ --benchmark-only)
         "bench": ["matplotlib", "pytest-benchmark"],

@@ -9,20 +9,39 @@ Sampling and scoring: ``sample``, ``bits_per_dim``; tasks: ``colorize``, ``upsca
 ``complete``. Weights: ``save``, ``load`` (a checkpoint file or an embedded model name),
 ``list_models``. Training: ``train``.
 """
-from . import distributions, images, transforms
-from .applications import colorize, complete, upscale
-from .auxiliary import AuxiliaryPixelCNN
-from .checkpoint import save
-from .encoders import ResNetEncoder, UNetEncoder
-from .gated_pixelcnn import GatedPixelCNN
-from .grayscale import GrayscalePixelCNN, to_gray
-from .pixelcnnpp import PixelCNNpp
-from .pixelcnnpp_import import import_pixel_cnn_pp
-from .pretrained import list_models, load
-from .pyramid import PyramidPixelCNN, build_pyramid
-from .sampling import bits_per_dim, sample
+import importlib
 
 __version__ = "0.1.0"
+
+# Names are imported on first use (PEP 562), so ``import pixelaux.cli`` (the command's
+# entry point) does not import torch: the command line catches a Ctrl-C from its start,
+# and ``pixelaux --help`` answers at once.
+_EXPORTS = {
+    "colorize": "applications", "complete": "applications", "upscale": "applications",
+    "AuxiliaryPixelCNN": "auxiliary", "save": "checkpoint", "ResNetEncoder": "encoders", "UNetEncoder": "encoders",
+    "GatedPixelCNN": "gated_pixelcnn", "GrayscalePixelCNN": "grayscale", "to_gray": "grayscale",
+    "PixelCNNpp": "pixelcnnpp", "import_pixel_cnn_pp": "pixelcnnpp_import", "list_models": "pretrained",
+    "load": "pretrained", "PyramidPixelCNN": "pyramid", "build_pyramid": "pyramid",
+    "bits_per_dim": "sampling", "sample": "sampling",
+}
+_SUBMODULES = {"applications", "auxiliary", "bench", "checkpoint", "checks", "cli", "data", "distributions",
+               "encoders", "engines", "gated_pixelcnn", "grayscale", "images", "inputs", "kernels", "layers",
+               "metrics", "native", "pixelcnnpp", "pixelcnnpp_import", "pretrained", "pyramid", "resources",
+               "run_config", "sampling", "stages", "training", "transforms", "uniforms", "weight_norm"}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'pixelaux' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
 
 
 def train(*args, **kwargs):

@@ -78,15 +78,17 @@ ENCODERS = {"ResNetEncoder": ResNetEncoder, "UNetEncoder": UNetEncoder}
 
 def encoder_spec(enc):
     """``{"kind", "config"}`` of a built-in encoder; other modules are returned as they are
-    (their config is then not JSON, and ``checkpoint.save`` refuses it)."""
+    (their config is then not JSON, and ``checkpoint.save`` refuses it). ``weight_norm``
+    appears only when it is on, so configs without it stay as they were."""
+    wn = {"weight_norm": True} if getattr(enc, "weight_norm", False) else {}
     if type(enc) is ResNetEncoder:
         return {"kind": "ResNetEncoder", "config": dict(
             in_channels=enc.in_channels, in_bits=enc.in_bits, hidden=enc.stem.out_channels,
-            blocks=len(enc.blocks), out_channels=enc.out_channels)}
+            blocks=len(enc.blocks), out_channels=enc.out_channels, **wn)}
     if type(enc) is UNetEncoder:
         return {"kind": "UNetEncoder", "config": dict(
             in_channels=enc.in_channels, in_bits=enc.in_bits, hidden=enc.stem.out_channels,
-            out_channels=enc.out_channels)}
+            out_channels=enc.out_channels, **wn)}
     return enc
 
 
@@ -185,7 +187,7 @@ class AuxiliaryPixelCNN(nn.Module):
         encoder: a module ``f(X) -> (B, conditional.cond_channels, H, W)``, or
             ``{"kind": "ResNetEncoder" | "UNetEncoder", "config": {...}}``; default: a
             ``ResNetEncoder`` (4 blocks, ``conditional.hidden`` wide) for a same-size
-            transform, else a ``UNetEncoder``.
+            transform, else a ``UNetEncoder``, weight-normed when ``conditional`` is.
 
     ``model(x)`` / ``log_prob(x)``: integer ``(B, C, H, W)`` -> nats ``(B,)``;
     ``log_prob_parts(x)``: one entry per link, nats; ``bits_per_dim(x)``: ``{"total", parts}``
@@ -209,8 +211,9 @@ class AuxiliaryPixelCNN(nn.Module):
         self.transform = self._bind(t, conditional.channels, conditional.bits, prior)
         if encoder is None:
             args = (t.channels, t.bits, conditional.hidden)
-            encoder = (ResNetEncoder(*args, 4, conditional.cond_channels) if t.factor == 1
-                       else UNetEncoder(*args, conditional.cond_channels))
+            wn = bool(conditional.config.get("weight_norm", False))
+            encoder = (ResNetEncoder(*args, 4, conditional.cond_channels, weight_norm=wn) if t.factor == 1
+                       else UNetEncoder(*args, conditional.cond_channels, weight_norm=wn))
         encoder = build_encoder(encoder)
         self.channels, self.bits = conditional.channels, conditional.bits
         self.image_size = check_size(conditional.image_size, "conditional.image_size")

@@ -124,10 +124,11 @@ def check_images(x, name: str, *, channels: int, bits: int, size: tuple[int, int
 
 
 def check_cond(cond, name: str, *, batch: int, channels: int, size: tuple[int, int],
-               device=None) -> torch.Tensor | None:
+               device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
     """A float conditioning map ``(B, channels, H, W)``, or a vector per image ``(B, channels)``
     (global conditioning, broadcast over all positions), on ``device`` if given; or ``None``
-    when ``channels == 0``. Returned as float32, the models' dtype, with its shape."""
+    when ``channels == 0``. Returned as ``dtype`` (the model's: float32 unless the model was
+    converted, e.g. to float64 for a reference forward), with its shape."""
     if channels == 0:
         if cond is not None:
             raise ValueError(f"{name} must be None for a model built with cond_channels=0")
@@ -151,4 +152,4 @@ def check_cond(cond, name: str, *, batch: int, channels: int, size: tuple[int, i
                          f"got {tuple(cond.shape)}")
     if not torch.isfinite(cond).all():
         raise ValueError(f"{name} must be finite, got NaN or inf values")
-    return cond.float()
+    return cond.to(dtype)

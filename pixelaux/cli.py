@@ -166,18 +166,20 @@ TRAIN_MODEL_KINDS = {"gated": "GatedPixelCNN", "grayscale": "GrayscalePixelCNN",
                      "gray-pyramid": "GrayscalePixelCNN"}
 
 
-def _new_train_model(model_kind: str, hidden: int, blocks: int, image_size):
+def _new_train_model(model_kind: str, hidden: int, blocks: int, image_size, dropout: float = 0.0):
     """The model ``pixelaux train --model-kind`` starts from: RGB 8-bit; ``gray-pyramid``
     is the grayscale model whose 4-bit gray view is itself a pyramid (docs/design.md
-    section 1.3: the two auxiliary variables combined)."""
+    section 1.3: the two auxiliary variables combined). ``dropout`` reaches every
+    network of it (the composites pass theirs to each part)."""
     from . import GrayscalePixelCNN, PyramidPixelCNN
     from .checkpoint import model_class
     if model_kind == "gray-pyramid":
         prior = PyramidPixelCNN(channels=1, bits=4, dist="categorical", hidden=hidden, blocks=blocks,
-                                image_size=image_size)
-        return GrayscalePixelCNN(hidden=hidden, blocks=blocks, image_size=image_size, prior=prior)
+                                image_size=image_size, dropout=dropout)
+        return GrayscalePixelCNN(hidden=hidden, blocks=blocks, image_size=image_size, prior=prior,
+                                 dropout=dropout)
     return model_class(TRAIN_MODEL_KINDS[model_kind])(channels=3, bits=8, hidden=hidden, blocks=blocks,
-                                                      image_size=image_size)
+                                                      image_size=image_size, dropout=dropout)
 
 
 def _train_model_kind(saved) -> str | None:
@@ -188,9 +190,27 @@ def _train_model_kind(saved) -> str | None:
 
 #: ``pixelaux train``'s defaults. An option left out takes this value on a new run and
 #: the saved one with --resume (see :func:`_resume_settings`).
-TRAIN_DEFAULTS = dict(model_kind="gated", data="patches", size=None, hidden=64, blocks=4, steps=10000,
-                      batch_size=32, lr=1e-3, seed=0, eval_every=1000, ckpt_every=1000, device="auto",
+TRAIN_DEFAULTS = dict(model_kind="gated", data="patches", size=None, hidden=64, blocks=4, dropout=0.0,
+                      steps=10000, batch_size=32, lr=1e-3, lr_decay=0.999995, adam_betas=(0.9, 0.999),
+                      ema=0.999, clip=1.0, seed=0, eval_every=1000, ckpt_every=1000, device="auto",
                       threads=None)
+
+
+def _number_in(lo, hi, lo_open=False, hi_open=False):
+    """An argparse type: a finite number in the interval ``lo .. hi`` (open where said)."""
+    shown = (f"{'(' if lo_open else '['}{lo:g}, " + ("inf)" if hi is None else f"{hi:g}{')' if hi_open else ']'}"))
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad = (v != v or v in (float("inf"), float("-inf")) or v < lo or (lo_open and v == lo)
+               or (hi is not None and (v > hi or (hi_open and v == hi))))
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected a number in {shown}, got {text}")
+        return v
+    return parse
 
 
 def _add_train_options(p):
@@ -207,12 +227,29 @@ def _add_train_options(p):
     p.add_argument("--hidden", type=_positive_int, default=None, help=f"channels per layer (default: {d['hidden']})")
     p.add_argument("--blocks", type=_nonneg_int, default=None,
                    help=f"gated residual blocks (default: {d['blocks']})")
+    p.add_argument("--dropout", type=_number_in(0, 1, hi_open=True), default=None,
+                   help="dropout rate in [0, 1) of every network of the model, element-wise as PixelCNN++ "
+                        f"(reference: 0.5) (default: {d['dropout']:g})")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help=f"optimizer steps in total (default: {d['steps']}; with --resume: the saved total)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"images per step and process (default: {d['batch_size']})")
     p.add_argument("--lr", type=_positive_float, default=None, help=f"Adam learning rate (default: {d['lr']})")
-    p.add_argument("--out", required=True, help="run directory: the checkpoints and the training state")
+    p.add_argument("--lr-decay", type=_number_in(0, 1, lo_open=True), default=None,
+                   help=f"per-step decay of the learning rate, in (0, 1]: step t uses lr * lr_decay**(t-1) "
+                        f"(default: {d['lr_decay']})")
+    p.add_argument("--adam-betas", type=_number_in(0, 1, hi_open=True), nargs=2, default=None, metavar=("B1", "B2"),
+                   help="Adam's beta1 and beta2, each in [0, 1) (default: 0.9 0.999; reference PixelCNN++: "
+                        "0.95 0.9995)")
+    p.add_argument("--ema", type=_number_in(0, 1), default=None,
+                   help=f"decay of the EMA (Polyak average) of the weights that is tested and saved, in [0, 1] "
+                        f"(default: {d['ema']}; reference: 0.9995)")
+    p.add_argument("--clip", type=_number_in(0, None), default=None,
+                   help=f"clip the gradients' global norm to this; 0: no clipping (default: {d['clip']:g}; "
+                        "reference: 0)")
+    p.add_argument("--out", required=True,
+                   help="run directory: the checkpoints, the training state and metrics.jsonl; with "
+                        "--plot-metrics: the PNG to write")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out with its saved model, data and settings; an option that "
                         "contradicts them is refused (--steps, --eval-every, --ckpt-every, --device and "
@@ -221,13 +258,16 @@ def _add_train_options(p):
     p.add_argument("--seed", type=_seed_nonneg, default=None,
                    help=f"seed of the initial weights and the data order (default: {d['seed']})")
     p.add_argument("--eval-every", type=_positive_int, default=None,
-                   help=f"test every N steps (default: {d['eval_every']})")
+                   help=f"test, and append a line to metrics.jsonl, every N steps (default: {d['eval_every']})")
     p.add_argument("--ckpt-every", type=_positive_int, default=None,
                    help=f"checkpoint every N steps (default: {d['ckpt_every']})")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU intra-op threads (default: one for small models, where a second thread gains "
                         "little and costs much on a busy machine; torch's default otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--plot-metrics", default=None, metavar="RUN_DIR",
+                   help="instead of training: draw the curves of RUN_DIR/metrics.jsonl (train and test bits/dim, "
+                        "learning rate) into the PNG --out (needs matplotlib)")
 
 
 def _add_bench_options(p):
@@ -822,10 +862,12 @@ def _saved_options(saved) -> dict:
     size = config.get("image_size")
     return dict(model_kind=_train_model_kind(saved), data=saved.meta.get("data"),
                 size=tuple(size) if size is not None else None,
-                hidden=config.get("hidden"), blocks=config.get("blocks"),
+                hidden=config.get("hidden"), blocks=config.get("blocks"), dropout=config.get("dropout"),
                 steps=cfg.steps if cfg else None,
                 batch_size=cfg.batch_size if cfg else run.get("batch_size"),
-                lr=cfg.lr if cfg else None, seed=cfg.seed if cfg else run.get("seed"),
+                lr=cfg.lr if cfg else None, lr_decay=cfg.lr_decay if cfg else None,
+                adam_betas=tuple(cfg.adam_betas) if cfg else None, ema=cfg.ema_decay if cfg else None,
+                clip=cfg.grad_clip if cfg else None, seed=cfg.seed if cfg else run.get("seed"),
                 eval_every=cfg.eval_every if cfg else None, ckpt_every=cfg.ckpt_every if cfg else None,
                 device=None, threads=None)
 
@@ -863,6 +905,29 @@ def _train_data(spec, size):
     return from_spec(spec, size)
 
 
+def _plot_metrics_command(args):
+    """``pixelaux train --plot-metrics RUN_DIR --out curve.png``: matplotlib, the log and
+    --out checked first, then the plot."""
+    from .metrics import METRICS_FILE, check_plot, plot_metrics
+    given = [f"--{name.replace('_', '-')}" for name in TRAIN_DEFAULTS if getattr(args, name) is not None]
+    given += ["--resume"] if args.resume else []
+    if given:
+        raise CliError(f"--plot-metrics draws a run's curves and takes only --out; leave out {', '.join(given)}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CliError("--plot-metrics needs matplotlib: pip install matplotlib")
+    if not os.path.isdir(args.plot_metrics):
+        raise CliError(f"--plot-metrics {args.plot_metrics}: not a folder (a run directory, train --out)")
+    if not os.path.isfile(os.path.join(args.plot_metrics, METRICS_FILE)):
+        raise CliError(f"--plot-metrics {args.plot_metrics}: no {METRICS_FILE} there (a run writes it as it trains)")
+    _check_file_output(args.out, "--out")
+    if os.path.splitext(args.out)[1].lower() != ".png":
+        raise CliError(f"--out {args.out}: the plot is a PNG image; name it NAME.png")
+    rows = check_plot(args.plot_metrics)
+    plot_metrics(args.plot_metrics, args.out)
+    print(f"wrote {args.out}: {len(rows)} points of {os.path.join(args.plot_metrics, METRICS_FILE)}, "
+          f"steps {rows[0]['step']} to {rows[-1]['step']}")
+
+
 def _train_command(args):
     """``pixelaux train``: check the run directory, settle the settings (new run or
     --resume), build data and model, then :func:`pixelaux.training.train`."""
@@ -871,6 +936,8 @@ def _train_command(args):
     from .checkpoint import model_class
     from .training import MODEL_FILE, STATE_FILE, read_run, train
     _check_dir_output(args.out, "--out")
+    if args.adam_betas is not None:
+        args.adam_betas = tuple(args.adam_betas)           # as the saved run's, to compare on --resume
     holds_run = any(os.path.exists(os.path.join(args.out, f)) for f in (STATE_FILE, MODEL_FILE))
     if args.resume:
         if not os.path.isfile(os.path.join(args.out, STATE_FILE)):
@@ -894,15 +961,20 @@ def _train_command(args):
     else:
         first = train_data[0]                              # (C, H, W): the size the data has
         first = first[0] if isinstance(first, (tuple, list)) else first
-        model = _new_train_model(opts["model_kind"], opts["hidden"], opts["blocks"], tuple(first.shape[1:]))
+        model = _new_train_model(opts["model_kind"], opts["hidden"], opts["blocks"], tuple(first.shape[1:]),
+                                 dropout=opts["dropout"])
     return train(model, train_data, test_data=test_data, steps=opts["steps"], batch_size=opts["batch_size"],
-                 lr=opts["lr"], out_dir=args.out, resume=args.resume, eval_every=opts["eval_every"],
-                 ckpt_every=opts["ckpt_every"], seed=opts["seed"], device=device, threads=opts["threads"],
-                 meta={"data": opts["data"]}, progress=not args.no_progress)
+                 lr=opts["lr"], lr_decay=opts["lr_decay"], adam_betas=tuple(opts["adam_betas"]),
+                 ema_decay=opts["ema"], grad_clip=opts["clip"], out_dir=args.out, resume=args.resume,
+                 eval_every=opts["eval_every"], ckpt_every=opts["ckpt_every"], seed=opts["seed"], device=device,
+                 threads=opts["threads"], meta={"data": opts["data"]}, progress=not args.no_progress)
 
 
 def cmd_train(args):
-    _train_command(args)
+    if args.plot_metrics is not None:
+        _plot_metrics_command(args)
+    else:
+        _train_command(args)
     return 0
 
 
@@ -950,6 +1022,9 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except SystemExit as e:                     # --help, --version
         return int(e.code or 0)
+    except KeyboardInterrupt:                   # (pixelaux.cli imports no torch: this covers the start)
+        print("pixelaux: interrupted", file=sys.stderr)
+        return 130
     try:
         rc = COMMANDS[args.command](args)
         return int(rc or 0)

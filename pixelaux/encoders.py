@@ -11,6 +11,7 @@ computed once per image, not once per pixel.
   (pyramid model: level ``k-1`` -> cond of level ``k``).
 
 Inputs are integer pixels ``(B, C, H, W)`` in ``[0, 2**in_bits)``, scaled to ``[-1, 1]``.
+``weight_norm=True`` weight-norms every conv (``pixelaux.weight_norm``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_images, check_int, check_size
+from .weight_norm import apply as apply_weight_norm
+from .weight_norm import check_weight_norm
 
 
 def scale_pixels(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -44,8 +47,10 @@ class ResNetEncoder(nn.Module):
     ``scale -> conv3x3 -> blocks x ResidualBlock -> elu -> conv1x1``.
     """
 
-    def __init__(self, in_channels: int, in_bits: int, hidden: int, blocks: int, out_channels: int):
+    def __init__(self, in_channels: int, in_bits: int, hidden: int, blocks: int, out_channels: int,
+                 weight_norm: bool = False):
         super().__init__()
+        self.weight_norm = check_weight_norm(weight_norm)
         self.in_channels = check_int(in_channels, "in_channels", min_value=1)
         self.in_bits = check_int(in_bits, "in_bits", min_value=1, max_value=16)
         hidden = check_int(hidden, "hidden", min_value=1)
@@ -54,6 +59,8 @@ class ResNetEncoder(nn.Module):
         self.stem = nn.Conv2d(self.in_channels, hidden, 3, padding=1)
         self.blocks = nn.Sequential(*(ResidualBlock(hidden) for _ in range(blocks)))
         self.out = nn.Conv2d(hidden, self.out_channels, 1)
+        if weight_norm:
+            apply_weight_norm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_images(x, "x", channels=self.in_channels, bits=self.in_bits)
@@ -72,8 +79,10 @@ class UNetEncoder(nn.Module):
     3. a residual block over ``e + d``, elu, conv1x1.
     """
 
-    def __init__(self, in_channels: int, in_bits: int, hidden: int, out_channels: int):
+    def __init__(self, in_channels: int, in_bits: int, hidden: int, out_channels: int,
+                 weight_norm: bool = False):
         super().__init__()
+        self.weight_norm = check_weight_norm(weight_norm)
         self.in_channels = check_int(in_channels, "in_channels", min_value=1)
         self.in_bits = check_int(in_bits, "in_bits", min_value=1, max_value=16)
         hidden = check_int(hidden, "hidden", min_value=1)
@@ -83,6 +92,8 @@ class UNetEncoder(nn.Module):
         self.mid = ResidualBlock(hidden)
         self.dec = ResidualBlock(hidden)
         self.out = nn.Conv2d(hidden, self.out_channels, 1)
+        if weight_norm:
+            apply_weight_norm(self)
 
     def forward(self, lower: torch.Tensor, size=None) -> torch.Tensor:
         lower = check_images(lower, "lower", channels=self.in_channels, bits=self.in_bits)

@@ -27,6 +27,8 @@ from .distributions import make_distribution
 from .inputs import PixelInput
 from .layers import (DownRightShiftedConv2d, DownShiftedConv2d, GatedResidualBlock,
                      down_shift, right_shift)
+from .weight_norm import apply as apply_weight_norm
+from .weight_norm import check_weight_norm
 
 
 class GatedPixelCNN(nn.Module):
@@ -40,6 +42,9 @@ class GatedPixelCNN(nn.Module):
     (global conditioning, the Gated PixelCNN paper's ``h``: one-hot class labels,
     embeddings), broadcast over all positions: each block's terms are then computed once
     per image, ``(B, 2C, 1, 1)``.
+    ``weight_norm=True``: every conv weight-normed per output channel, ``g`` and ``V`` in
+    the state dict, to be initialized from a first batch (``pixelaux.weight_norm``;
+    ``train`` does it); ``config["weight_norm"]`` only then.
     """
 
     kind = "GatedPixelCNN"
@@ -47,8 +52,9 @@ class GatedPixelCNN(nn.Module):
     def __init__(self, channels: int = 3, bits: int = 8, hidden: int = 64, blocks: int = 8,
                  kernel_size: int = 3, dropout: float = 0.0, cond_channels: int = 0,
                  dist: str = "logistic", nr_mix: int = 10, image_size=(32, 32),
-                 embed_dim: int = 0):
+                 embed_dim: int = 0, weight_norm: bool = False):
         super().__init__()
+        weight_norm = check_weight_norm(weight_norm)
         channels = check_int(channels, "channels", min_value=1)
         bits = check_int(bits, "bits", min_value=1, max_value=16)
         hidden = check_int(hidden, "hidden", min_value=1)
@@ -68,6 +74,8 @@ class GatedPixelCNN(nn.Module):
         self.input = PixelInput(channels, bits, embed_dim)
         if embed_dim:   # only then: configs of scaled models stay as they were
             self.config["embed_dim"] = self.input.embed_dim
+        if weight_norm:  # likewise: configs without weight norm stay as they were
+            self.config["weight_norm"] = True
         self.channels, self.bits, self.hidden = channels, bits, hidden
         self.cond_channels = cond_channels
         k, kh = kernel_size, (kernel_size + 1) // 2
@@ -83,6 +91,8 @@ class GatedPixelCNN(nn.Module):
             GatedResidualBlock(hidden, DownRightShiftedConv2d, (kh, kh), hidden, cond_channels, dropout)
             for _ in range(blocks))
         self.head = nn.Conv2d(hidden, self.dist.num_params, 1)
+        if weight_norm:
+            apply_weight_norm(self)
 
     def check_size(self, size, name: str = "size") -> tuple[int, int]:
         """Any size: the stack preserves resolution (``PixelCNNpp`` has a rule)."""
@@ -100,10 +110,10 @@ class GatedPixelCNN(nn.Module):
         return per_pos * h * w
 
     def check_inputs(self, x, cond=None, name="x"):
-        device = self.head.weight.device
+        device = self.head.bias.device   # (.weight may be computed: weight norm)
         x = check_images(x, name, channels=self.channels, bits=self.bits, device=device)
         cond = check_cond(cond, "cond", batch=x.shape[0], channels=self.cond_channels,
-                          size=tuple(x.shape[2:]), device=device)
+                          size=tuple(x.shape[2:]), device=device, dtype=self.head.bias.dtype)
         return x, cond
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,6 +27,7 @@ from .checks import check_choice, check_float, check_int, check_size
 from .encoders import ResNetEncoder
 from .stages import ARCHS, make_stage
 from .transforms import LUMA_WEIGHTS, GrayView, div_round_half_even, to_gray  # noqa: F401 (re-exported)
+from .weight_norm import check_weight_norm
 
 
 class GrayscalePixelCNN(AuxiliaryPixelCNN):
@@ -45,6 +46,8 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
     ``PyramidPixelCNN(channels=1, bits=4, dist="categorical")``: the gray view is then
     sampled as a pyramid, and its parts are reported as ``"gray/level0_8x8"``, ...
     (a ``{"kind", "config"}`` dict is accepted too, as checkpoints store it).
+    ``weight_norm``: weight-norm every conv of the built-in parts (``pixelaux.weight_norm``;
+    a given ``prior`` keeps its own setting).
     Submodules (state-dict names): ``prior``, ``encoder``, ``colour``.
     """
 
@@ -56,8 +59,9 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
                  encoder_hidden: int | None = None, encoder_blocks: int = 4,
                  cond_channels: int | None = None, image_size=(32, 32),
                  prior_hidden: int | None = None, prior_blocks: int | None = None,
-                 arch: str = "gated", scales: int = 3, prior=None):
+                 arch: str = "gated", scales: int = 3, prior=None, weight_norm: bool = False):
         nn.Module.__init__(self)
+        weight_norm = check_weight_norm(weight_norm)
         arch = check_choice(arch, "arch", ARCHS)
         channels = check_int(channels, "channels", min_value=1)
         if channels not in (1, 3):
@@ -86,6 +90,9 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
                            prior_hidden=prior_hidden, prior_blocks=prior_blocks)
         if arch != "gated":           # older checkpoints (gated, no such keys) keep their config
             self.config.update(arch=arch, scales=scales)
+        if weight_norm:               # likewise
+            self.config.update(weight_norm=True)
+        wn = {"weight_norm": True} if weight_norm else {}
         self.channels, self.bits, self.gray_bits = channels, bits, gray_bits
         self.transform = GrayView(gray_bits).bind(channels, bits)
         k = hidden if cond_channels is None else cond_channels
@@ -94,15 +101,15 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
                 arch, scales, kernel_size, channels=1, bits=gray_bits, dist="categorical",
                 hidden=hidden if prior_hidden is None else prior_hidden,
                 blocks=blocks if prior_blocks is None else prior_blocks,
-                dropout=dropout, image_size=self.image_size)
+                dropout=dropout, image_size=self.image_size, **wn)
         else:
             prior = build_model(prior, "prior")
             self.config["prior"] = model_spec(prior)     # only then: older configs stay as they were
         encoder = ResNetEncoder(1, gray_bits, hidden if encoder_hidden is None else encoder_hidden,
-                                encoder_blocks, k)
+                                encoder_blocks, k, weight_norm=weight_norm)
         colour = make_stage(
             arch, scales, kernel_size, channels=channels, bits=bits, dist="logistic", nr_mix=nr_mix,
-            cond_channels=k, hidden=hidden, blocks=blocks, dropout=dropout, image_size=self.image_size)
+            cond_channels=k, hidden=hidden, blocks=blocks, dropout=dropout, image_size=self.image_size, **wn)
         self.check_parts(prior, colour, encoder)
         self.prior, self.encoder, self.colour = prior, encoder, colour
 

@@ -37,11 +37,15 @@ class PixelInput(nn.Module):
         self.width = channels * self.per_channel + 1
         # A registered module only for tokens: scaled models keep their state-dict keys.
         self.embed = nn.Embedding(channels * self.levels, self.embed_dim) if self.embed_dim else None
+        # The dtype the encoding is computed in: the model's (``model.double()`` converts it,
+        # e.g. for a float64 reference forward). Not persistent: not in the state dict.
+        self.register_buffer("dtype_probe", torch.empty(0), persistent=False)
 
-    def values(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoded image without the ones channel, ``(B, width - 1, H, W)``."""
+    def values(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The encoded image without the ones channel, ``(B, width - 1, H, W)``, in
+        ``dtype`` (default: the module's, float32 unless converted)."""
         if self.embed is None:
-            return x.float() * (2.0 / (self.levels - 1)) - 1.0
+            return x.to(dtype or self.dtype_probe.dtype) * (2.0 / (self.levels - 1)) - 1.0
         b, c, h, w = x.shape
         offsets = torch.arange(c, device=x.device).view(1, c, 1, 1) * self.levels
         e = self.embed(x.long() + offsets)                       # (B, C, H, W, E)
@@ -57,8 +61,8 @@ class PixelInput(nn.Module):
         ``values(x)[:, c*E + e] == table()[c, x[:, c], e]`` bit for bit."""
         if self.embed is None:
             k = torch.arange(self.levels, device=device).view(1, 1, self.levels, 1)
-            return self.values(k)[0].expand(self.channels, self.levels, 1).contiguous()
-        t = self.embed.weight.detach().view(self.channels, self.levels, self.embed_dim)
+            return self.values(k, torch.float32)[0].expand(self.channels, self.levels, 1).contiguous()
+        t = self.embed.weight.detach().view(self.channels, self.levels, self.embed_dim).float()
         return t.to(device).contiguous() if device is not None else t.contiguous()
 
 

@@ -108,7 +108,7 @@ class GatedResidualBlock(nn.Module):
     """
 
     def __init__(self, channels: int, conv_cls, kernel: tuple[int, int], skip_channels: int = 0,
-                 cond_channels: int = 0, dropout: float = 0.0, channel_dropout: bool = False):
+                 cond_channels: int = 0, dropout: float = 0.0):
         super().__init__()
         c = channels
         self.conv1 = conv_cls(2 * c, c, kernel)
@@ -116,8 +116,8 @@ class GatedResidualBlock(nn.Module):
         self.conv2 = conv_cls(2 * c, 2 * c, kernel)
         self.cond_c1 = nn.Conv2d(2 * cond_channels, c, 1, bias=False) if cond_channels else None
         self.cond_c2 = nn.Conv2d(cond_channels, 2 * c, 1, bias=False) if cond_channels else None
-        # PixelCNN++ drops whole channels (Dropout2d); the Gated PixelCNN single values.
-        self.dropout = nn.Dropout2d(dropout) if channel_dropout else nn.Dropout(dropout)
+        # element-wise, as the reference PixelCNN++ code (tf.nn.dropout) in every network
+        self.dropout = nn.Dropout(dropout)
 
     def cond_terms(self, cond: torch.Tensor | None):
         """The two per-position conditioning terms; computed once per image when sampling."""

@@ -37,6 +37,8 @@ from .distributions import make_distribution
 from .inputs import PixelInput
 from .layers import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                      DownShiftedConvTranspose2d, GatedResidualBlock, down_shift, right_shift)
+from .weight_norm import apply as apply_weight_norm
+from .weight_norm import check_weight_norm
 
 
 class StreamBlocks(nn.Module):
@@ -46,7 +48,7 @@ class StreamBlocks(nn.Module):
                  dropout: float):
         super().__init__()
         block = lambda conv, kernel, skip: GatedResidualBlock(  # noqa: E731
-            hidden, conv, kernel, skip, cond_channels, dropout, channel_dropout=True)
+            hidden, conv, kernel, skip, cond_channels, dropout)
         self.u_stream = nn.ModuleList(block(DownShiftedConv2d, (2, 3), u_skip) for _ in range(blocks))
         self.ul_stream = nn.ModuleList(block(DownRightShiftedConv2d, (2, 2), ul_skip) for _ in range(blocks))
 
@@ -65,6 +67,8 @@ class PixelCNNpp(nn.Module):
     ``ul_init.0``/``.1``), ``up_layers[s]`` and ``down_layers[t]`` (``t = 0`` the smallest
     scale) each with ``u_stream``/``ul_stream`` block lists, ``downsize_u[s]``/``downsize_ul[s]``
     (scale ``s`` -> ``s+1``), ``upsize_u[t]``/``upsize_ul[t]`` (scale ``S-1-t`` -> ``S-2-t``), ``head``.
+    ``weight_norm=True``: every conv weight-normed per output channel (the transposed
+    convs' dim 1), as the public code trains it (``pixelaux.weight_norm``).
     """
 
     kind = "PixelCNNpp"
@@ -72,8 +76,9 @@ class PixelCNNpp(nn.Module):
     def __init__(self, channels: int = 3, bits: int = 8, hidden: int = 160, blocks: int = 5,
                  scales: int = 3, dropout: float = 0.5, cond_channels: int = 0,
                  dist: str = "logistic", nr_mix: int = 10, image_size=(32, 32),
-                 embed_dim: int = 0):
+                 embed_dim: int = 0, weight_norm: bool = False):
         super().__init__()
+        weight_norm = check_weight_norm(weight_norm)
         channels = check_int(channels, "channels", min_value=1)
         bits = check_int(bits, "bits", min_value=1, max_value=16)
         hidden = check_int(hidden, "hidden", min_value=1)
@@ -93,6 +98,8 @@ class PixelCNNpp(nn.Module):
         self.input = PixelInput(channels, bits, embed_dim)
         if embed_dim:   # only then: configs of scaled models stay as they were
             self.config["embed_dim"] = self.input.embed_dim
+        if weight_norm:  # likewise: configs without weight norm stay as they were
+            self.config["weight_norm"] = True
         self.channels, self.bits, self.hidden, self.blocks = channels, bits, hidden, blocks
         self.cond_channels = cond_channels
         f, cin, cc = hidden, self.input.width, cond_channels
@@ -107,6 +114,8 @@ class PixelCNNpp(nn.Module):
         self.upsize_u = nn.ModuleList(DownShiftedConvTranspose2d(f, f) for _ in range(scales - 1))
         self.upsize_ul = nn.ModuleList(DownRightShiftedConvTranspose2d(f, f) for _ in range(scales - 1))
         self.head = nn.Conv2d(f, self.dist.num_params, 1)
+        if weight_norm:
+            apply_weight_norm(self)
 
     def check_size(self, size, name: str = "size") -> tuple[int, int]:
         """``ValueError`` unless both sides of ``size`` are divisible by ``2**(scales-1)``."""
@@ -126,11 +135,11 @@ class PixelCNNpp(nn.Module):
         return 2 * (self.blocks + 1) * f * area + per_pos * h * w
 
     def check_inputs(self, x, cond=None, name="x"):
-        device = self.head.weight.device
+        device = self.head.bias.device   # (.weight may be computed: weight norm)
         x = check_images(x, name, channels=self.channels, bits=self.bits, device=device)
         self.check_size(tuple(x.shape[2:]), name)
         cond = check_cond(cond, "cond", batch=x.shape[0], channels=self.cond_channels,
-                          size=tuple(x.shape[2:]), device=device)
+                          size=tuple(x.shape[2:]), device=device, dtype=self.head.bias.dtype)
         return x, cond
 
     def scale_conds(self, cond):

@@ -61,14 +61,14 @@ def _fmt_keys(keys) -> str:
 def _not_a_state_dict(path: str, global_name: str | None) -> str:
     """What a file that ``torch.load(weights_only=True)`` refused is not, from its first bytes."""
     if global_name:
-        return f"not a state dict of tensors: it holds the Python object {global_name}"
+        return f"not a PyTorch state dict of tensors: it holds the Python object {global_name}"
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(b"PK"):
-        return "a torch.save archive that holds more than tensors and plain containers, not a state dict"
+        return "a torch.save archive that holds more than tensors and plain containers, not a PyTorch state dict"
     if head[:1] == b"\x80":
         return "a Python pickle that torch.save did not write, not a PyTorch state dict"
-    return "not a PyTorch checkpoint (torch.save writes a zip archive)"
+    return "not a PyTorch state dict (torch.save writes a zip archive)"
 
 
 def read_state_dict(path_or_state_dict) -> dict[str, torch.Tensor]:

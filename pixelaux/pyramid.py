@@ -29,6 +29,7 @@ from .checks import check_choice, check_float, check_images, check_int, check_si
 from .encoders import UNetEncoder
 from .stages import ARCHS, make_stage
 from .transforms import AvgPool, avg_pool_round, pool_mask
+from .weight_norm import check_weight_norm
 
 
 def build_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
@@ -84,6 +85,7 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
     ``arch``: the network of every part, ``"gated"`` (``GatedPixelCNN``, default) or
     ``"pixelcnnpp"`` (``PixelCNNpp`` over ``scales`` resolutions; ``kernel_size`` does not
     apply to it, and every part's size must be divisible by ``2**(scales-1)``).
+    ``weight_norm``: weight-norm every conv of every level and encoder (``pixelaux.weight_norm``).
 
     As an auxiliary-variable model: ``conditional = levels[-1]``, ``encoder = encoders[-1]``,
     ``prior`` = the pyramid of ``levels[:-1]`` (a view sharing these modules; ``levels[0]``
@@ -98,8 +100,10 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
     def __init__(self, channels: int = 3, bits: int = 8, image_size=32, seed_size=8, hidden: int = 64,
                  blocks: int = 3, kernel_size: int = 3, nr_mix: int = 10, dist: str = "logistic",
                  encoder_hidden: int | None = None, dropout: float = 0.0,
-                 cond_channels: int | None = None, arch: str = "gated", scales: int = 2):
+                 cond_channels: int | None = None, arch: str = "gated", scales: int = 2,
+                 weight_norm: bool = False):
         nn.Module.__init__(self)
+        weight_norm = check_weight_norm(weight_norm)
         arch = check_choice(arch, "arch", ARCHS)
         channels = check_int(channels, "channels", min_value=1)
         bits = check_int(bits, "bits", min_value=1, max_value=16)
@@ -117,14 +121,18 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
                       encoder_hidden=encoder_hidden, dropout=dropout, cond_channels=cond_channels)
         if arch != "gated":           # older checkpoints (gated, no such keys) keep their config
             config.update(arch=arch, scales=scales)
+        if weight_norm:               # likewise
+            config.update(weight_norm=True)
+        wn = {"weight_norm": True} if weight_norm else {}
         k_cond = hidden if cond_channels is None else cond_channels
         e_hidden = hidden if encoder_hidden is None else encoder_hidden
         levels = nn.ModuleList(
             make_stage(arch, scales, kernel_size, channels=channels, bits=bits, hidden=hidden, blocks=blocks,
                        dropout=dropout, cond_channels=0 if k == 0 else k_cond,
-                       dist=dist, nr_mix=nr_mix, image_size=size)
+                       dist=dist, nr_mix=nr_mix, image_size=size, **wn)
             for k, size in enumerate(sizes))
-        encoders = nn.ModuleList(UNetEncoder(channels, bits, e_hidden, k_cond) for _ in sizes[1:])
+        encoders = nn.ModuleList(UNetEncoder(channels, bits, e_hidden, k_cond, weight_norm=weight_norm)
+                                 for _ in sizes[1:])
         self._setup(levels, encoders, sizes, config)
 
     def _setup(self, levels, encoders, sizes, config):

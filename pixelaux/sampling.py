@@ -22,6 +22,7 @@ import torch
 from . import engines, resources
 from .auxiliary import check_chain_size, is_composite, stages
 from .checks import check_cond, check_float, check_images, check_int, check_size, check_tensor_device
+from .engines.progress import stage_label
 from .uniforms import ImageUniforms
 
 logger = logging.getLogger("pixelaux")
@@ -91,8 +92,9 @@ def _check_known(known, n: int, channels: int, bits: int, size) -> tuple[torch.T
     return known.clamp(min=0), mask[:, 0]
 
 
-def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature, engine, backend, progress):
-    """Sample ``n`` images of one ``GatedPixelCNN`` stage."""
+def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature, engine, backend, progress,
+               label=""):
+    """Sample ``n`` images of one ``GatedPixelCNN`` stage (``label`` names its progress bar)."""
     h, w = size
     device = model_device(stage)
     x = torch.zeros(n, stage.channels, h, w, dtype=torch.long, device=device)
@@ -103,8 +105,14 @@ def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature
     u = uniforms.draw(h, w, stage.dist.num_uniforms)
     run = engines.runner(engine, backend, stage.kind)
     threads = _stage_threads(stage, engine, backend, n, size)
-    with contextlib.nullcontext() if threads is None else resources.num_threads(threads):
+    with contextlib.nullcontext() if threads is None else resources.num_threads(threads), stage_label(label):
         return run(stage, x, mask, cond, u, temperature, progress=progress)
+
+
+def _stage_name(link) -> str:
+    """A stage's part name with its size: ``"colour 32x32"``, ``"level1_16x16"``."""
+    hw = f"{link.size[0]}x{link.size[1]}"
+    return link.name if link.name.endswith(hw) else f"{link.name} {hw}"
 
 
 def _stage_threads(stage, engine: str, backend, n: int, size) -> int | None:
@@ -243,8 +251,8 @@ def _sample_chain(model, n, size, uniforms, given, known, kw):
     for i in range(start, -1, -1):
         link = links[i]
         cond = link.cond(image) if i + 1 < len(links) else None   # once per image
-        image = _run_stage(link.stage, n, link.size, uniforms, cond,
-                           None if knowns is None else knowns[i], **kw)
+        image = _run_stage(link.stage, n, link.size, uniforms, cond, None if knowns is None else knowns[i],
+                           label=_stage_name(link) + f" ({start - i + 1}/{start + 1})", **kw)
     return image
 
 

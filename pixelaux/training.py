@@ -1,4 +1,4 @@
-"""Training: Adam + EMA + gradient clipping, atomic checkpoints, exact resume, DDP.
+"""Training: Adam + EMA + optional gradient clipping, atomic checkpoints, exact resume, DDP, a metrics log.
 
 :func:`train` minimises bits/dim, ``-log_prob(x) / (C*H*W*ln 2)``, of any pixelaux
 model that takes just ``x`` (unconditional :class:`~pixelaux.GatedPixelCNN`, the
@@ -9,6 +9,9 @@ grayscale and pyramid composites). What it writes to ``out_dir``:
   ``step``, ``train_bpd`` and (when evaluated at that step) ``test_bpd``.
 * ``training_state.safetensors``: raw and EMA weights, Adam state, step, RNG states
   and the run settings (:func:`pixelaux.checkpoint.save_training_state`, no pickle).
+* ``metrics.jsonl``: one line per evaluation step and at the end (step, train and
+  test bits/dim with the test's parts, lr, images/s, wall time), appended across
+  resumes, one line per step (:mod:`pixelaux.metrics`).
 
 Both are written every ``ckpt_every`` steps and at the end, each atomically (a crash
 or Ctrl-C leaves the previous complete file, never a partial one). ``resume=True``
@@ -54,6 +57,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,9 +65,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import weight_norm
 from .checkpoint import (check_state_dict, load_training_state, model_class, remove_stale_temp_files,
                          save, save_training_state, unwrap)
 from .checks import check_float, check_int
+from .metrics import METRICS_FILE, MetricsLog
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
@@ -76,7 +82,31 @@ class TrainConfig:
     """The settings of a training run (see :func:`train` for their meaning).
 
     Checked when built: ``TypeError`` / ``ValueError`` naming the field. Saved in the
-    training state as a dict (:meth:`to_dict`), read back by :func:`read_run`.
+    training state as a dict (:meth:`to_dict`), read back by :func:`read_run`; a field
+    added later takes, when an older run's dict lacks it, the value that run trained with.
+    The defaults are this library's recipe (its embedded models); the reference
+    PixelCNN++ one is ``adam_betas=(0.95, 0.9995)``, ``ema_decay=0.9995``, ``grad_clip=0``
+    with ``lr=1e-3``, ``lr_decay=0.999995`` and the models' ``dropout=0.5``.
+
+    * ``steps``: optimizer steps in total (resumed ones included), >= 1.
+    * ``batch_size``: images per step and process, >= 1.
+    * ``lr``: Adam's learning rate at the first step, > 0.
+    * ``lr_decay``: per-step exponential decay, in (0, 1]: step ``t`` (from 1) uses
+      ``lr * lr_decay**(t-1)``; 1 keeps ``lr``.
+    * ``adam_betas``: Adam's ``(beta1, beta2)``, each in [0, 1).
+    * ``ema_decay``: decay of the EMA (Polyak average) of the weights, in [0, 1]; step
+      ``t`` uses ``min(ema_decay, (1+t)/(10+t))``; 0 makes the EMA the raw weights.
+    * ``grad_clip``: the global gradient norm is clipped to this value; ``0`` turns
+      clipping off (``None``, as older runs saved "off", is read as ``0``).
+    * ``amp``: ``False``, ``True``, ``"bf16"`` or ``"fp16"`` (CUDA only); the test
+      evaluation is float32 whatever it is.
+    * ``compile``: ``torch.compile`` the likelihood (CUDA only).
+    * ``eval_every``: test (and write a ``metrics.jsonl`` line) every N steps; ``None``:
+      at the end only. ``ckpt_every``: checkpoint every N steps; ``None``: at the end only.
+    * ``seed``: data order and dropout RNG; ``device``; ``threads``: CPU intra-op threads.
+
+    Dropout is not a training setting: it is the model's (its ``dropout``, element-wise,
+    saved in its config), so a resumed run keeps it with the model.
     """
     steps: int
     batch_size: int = 32
@@ -84,6 +114,7 @@ class TrainConfig:
     lr_decay: float = 0.999995
     ema_decay: float = 0.999
     grad_clip: float | None = 1.0
+    adam_betas: tuple = (0.9, 0.999)
     amp: bool | str = False
     compile: bool = False
     eval_every: int | None = None
@@ -99,8 +130,15 @@ class TrainConfig:
         fix("lr", check_float(self.lr, "lr", min_value=0.0, min_exclusive=True))
         fix("lr_decay", check_float(self.lr_decay, "lr_decay", min_value=0.0, max_value=1.0, min_exclusive=True))
         fix("ema_decay", check_float(self.ema_decay, "ema_decay", min_value=0.0, max_value=1.0))
-        if self.grad_clip is not None:
-            fix("grad_clip", check_float(self.grad_clip, "grad_clip", min_value=0.0, min_exclusive=True))
+        fix("grad_clip", 0.0 if self.grad_clip is None else check_float(self.grad_clip, "grad_clip", min_value=0.0))
+        betas = self.adam_betas
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise TypeError(f"adam_betas must be a pair (beta1, beta2), got {betas!r}")
+        betas = tuple(check_float(b, f"adam_betas[{i}]", min_value=0.0) for i, b in enumerate(betas))
+        for i, b in enumerate(betas):
+            if b >= 1.0:
+                raise ValueError(f"adam_betas[{i}] must be < 1, got {b}")
+        fix("adam_betas", betas)
         if self.amp not in (False, True, "bf16", "fp16"):
             raise ValueError(f"amp must be False, True, 'bf16' or 'fp16', got {self.amp!r}")
         if not isinstance(self.compile, bool):
@@ -114,7 +152,9 @@ class TrainConfig:
         fix("device", str(self.device))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)            # as JSON gives it back
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -219,29 +259,47 @@ def _dist():
 
 
 @torch.no_grad()
-def _eval_bpd(model, images: _Images, batch_size: int, dev, autocast, world=1, rank=0) -> float:
+def _eval_parts(model, images: _Images, batch_size: int, dev, world=1, rank=0) -> dict[str, float]:
+    """Bits/dim of ``model`` on ``images``: ``{"total": ..., **parts}`` (the parts of an
+    auxiliary-variable model's ``log_prob_parts``, which add up to the total; none for
+    a single network). Always float32, never under autocast, whatever the training's
+    ``amp``: bf16 mixture parameters move bits/dim by 0.002-0.012. Each rank takes
+    every ``world``-th image; the sums are all-reduced."""
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=dev)       # nats, dims
+    parts_of = getattr(model, "log_prob_parts", None)
+    names, total = None, None
     idx = torch.arange(rank, len(images), world)
-    for chunk in idx.split(batch_size):
-        x = images.batch(chunk).to(dev)
-        with autocast():
-            nll = -model.log_prob(x)
-        total[0] += nll.double().sum()
-        total[1] += x.numel()
+    # a rank without test images (fewer than processes) still learns the part names, counting nothing
+    weight = 1.0 if len(idx) else 0.0
+    with torch.autocast(dev.type, enabled=False):
+        for chunk in idx.split(batch_size) if len(idx) else [torch.zeros(1, dtype=torch.long)]:
+            x = images.batch(chunk).to(dev)
+            parts = parts_of(x) if parts_of is not None else {"total": model.log_prob(x)}
+            if names is None:
+                names = list(parts)
+                total = torch.zeros(len(names) + 1, dtype=torch.float64, device=dev)   # nats, dims
+            for i, k in enumerate(names):
+                total[i] -= weight * parts[k].double().sum()
+            total[-1] += weight * x.numel()
     if world > 1:
         _dist().all_reduce(total)
     model.train(was_training)
-    return float(total[0] / (total[1] * LN2))
+    bpd = {k: float(total[i] / (total[-1] * LN2)) for i, k in enumerate(names)}
+    if parts_of is None:
+        return bpd
+    return {"total": float(total[:-1].sum() / (total[-1] * LN2)), **bpd}
+
+
+def _eval_bpd(model, images: _Images, batch_size: int, dev, world=1, rank=0) -> float:
+    return _eval_parts(model, images, batch_size, dev, world, rank)["total"]
 
 
 def bits_per_dim(model: nn.Module, data, *, batch_size: int = 64, device=None) -> float:
     """Bits/dim of ``model`` on ``data`` (a Dataset or uint8 tensor ``(N, C, H, W)``):
     ``sum(-log_prob) / (N*C*H*W*ln 2)``, in eval mode, without gradients."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    return _eval_bpd(model, _Images(data, "data"), check_int(batch_size, "batch_size", min_value=1),
-                     dev, contextlib.nullcontext)
+    return _eval_bpd(model, _Images(data, "data"), check_int(batch_size, "batch_size", min_value=1), dev)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -307,7 +365,7 @@ def _amp_dtype(amp, dev: torch.device, say):
 
 def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_size: int = 32,
           lr: float = 1e-3, lr_decay: float = 0.999995, ema_decay: float = 0.999,
-          grad_clip: float | None = 1.0, amp=False, compile: bool = False, out_dir,
+          grad_clip: float | None = 1.0, adam_betas=(0.9, 0.999), amp=False, compile: bool = False, out_dir,
           resume: bool = False, eval_every: int | None = None, ckpt_every: int | None = 1000,
           seed: int = 0, device="cpu", threads: int | None = None, meta: dict | None = None,
           progress: bool = True, log=print) -> TrainResult:
@@ -317,16 +375,19 @@ def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_siz
     starting with one) or tensors ``(N, C, H, W)`` of ``uint8``/``int64``, matching the
     model's ``channels`` and ``image_size``. Loss: mean bits/dim of the batch.
 
-    Adam with learning rate ``lr * lr_decay**t`` at step ``t``; gradients clipped to
-    global norm ``grad_clip`` (``None``: no clipping). An EMA of the weights with decay
-    ``min(ema_decay, (1 + t) / (10 + t))`` (warm-up, so short runs get a usable EMA)
-    is the model that is evaluated every ``eval_every`` steps and at the end
-    (``None``: at the end only) and saved as ``out_dir/model.safetensors``.
-    ``amp``: ``False``, ``True`` (bf16 where supported, else fp16 with a grad scaler),
-    ``"bf16"`` or ``"fp16"``; ``compile``: ``torch.compile`` the likelihood; both CUDA
-    only (ignored on CPU). ``seed`` fixes the data order and seeds torch's global RNG
-    (dropout) at the start of a fresh run; the model's initial weights are the
-    caller's. ``threads``: torch intra-op threads on CPU during the run (restored
+    Adam with ``betas=adam_betas`` and learning rate ``lr * lr_decay**(t-1)`` at step
+    ``t`` (from 1); gradients clipped to global norm ``grad_clip`` (``0`` or ``None``: no
+    clipping). An EMA of the weights with decay ``min(ema_decay, (1 + t) / (10 + t))``
+    (warm-up, so short runs get a usable EMA) is the model that is evaluated every
+    ``eval_every`` steps and at the end (``None``: at the end only) and saved as
+    ``out_dir/model.safetensors``. Each of those steps (with or without test data) also
+    appends a line to ``out_dir/metrics.jsonl`` (:mod:`pixelaux.metrics`). Dropout is
+    the model's own (its ``dropout``). ``amp``: ``False``, ``True`` (bf16 where
+    supported, else fp16 with a grad scaler), ``"bf16"`` or ``"fp16"``, for the training
+    steps; the test evaluation is float32 always; ``compile``: ``torch.compile`` the
+    likelihood; both CUDA only (ignored on CPU). ``seed`` fixes the data order and seeds
+    torch's global RNG (dropout) at the start of a fresh run; the model's initial
+    weights are the caller's. ``threads``: torch intra-op threads on CPU during the run (restored
     afterwards); ``None`` picks one thread for small models (see the module notes) and
     leaves torch's setting otherwise. ``meta``: JSON-serialisable entries saved with
     the run (the command line keeps its ``--data`` there). ``log``: a callable taking one
@@ -346,7 +407,7 @@ def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_siz
     the files in ``out_dir`` are then those of the last checkpoint.
     """
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_decay=lr_decay, ema_decay=ema_decay,
-                      grad_clip=grad_clip, amp=amp, compile=compile, eval_every=eval_every,
+                      grad_clip=grad_clip, adam_betas=adam_betas, amp=amp, compile=compile, eval_every=eval_every,
                       ckpt_every=ckpt_every, seed=seed, device=str(device), threads=threads)
     if meta is not None:
         try:
@@ -421,11 +482,14 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
     say = log if rank == 0 else (lambda s: None)
 
     model.to(dev).train()
+    if not resume and weight_norm.needs_init(model):   # a new weight-normed model: data-dependent init
+        first = _Order(len(train_images), cfg.batch_size, world, 0, cfg.seed)(0)   # rank 0's batch: every rank alike
+        weight_norm.initialize(model, train_images.batch(first).to(dev))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
     amp_dtype = _amp_dtype(cfg.amp, dev, say)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    autocast = ((lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype is not None
+    autocast = ((lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype is not None
                 else contextlib.nullcontext)
     loss_fn = _NegLogProb(model)
     if world > 1:
@@ -439,12 +503,13 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
 
     state_path, model_path = out_dir / STATE_FILE, out_dir / MODEL_FILE
     run = dict(seed=cfg.seed, batch_size=cfg.batch_size, world_size=world, n_train=len(train_images))
-    start = 0
+    start, tracked = 0, {}
     if resume:
         if not state_path.is_file():
             raise ValueError(f"resume=True but there is no {STATE_FILE} in {str(out_dir)!r}")
-        start = _restore(load_training_state(state_path), state_path, model, ema, opt, scaler,
-                         run, cfg, place, say)
+        st = load_training_state(state_path)
+        start = _restore(st, state_path, model, ema, opt, scaler, run, cfg, place, say)
+        tracked = st.get("metrics") or {}             # older runs: none
         say(f"resumed {str(state_path)!r} at step {start}")
     else:
         if state_path.exists() or model_path.exists():
@@ -455,13 +520,35 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in remove_stale_temp_files(out_dir):
             say(f"removed {name!r}, left by an interrupted checkpoint write")
+    metrics = MetricsLog(out_dir, start, enabled=rank == 0)
+    if metrics.dropped:
+        say(f"{METRICS_FILE}: dropped {metrics.dropped} line{'s' if metrics.dropped > 1 else ''} after step "
+            f"{start}, written after the last checkpoint")
+    # what metrics.jsonl needs across a resume: the training time so far and the running
+    # sum of training bits/dim since its last line (kept in the training state)
+    track = dict(wall_s=float(tracked.get("wall_s", 0.0)), bpd_sum=float(tracked.get("bpd_sum", 0.0)),
+                 bpd_n=int(tracked.get("bpd_n", 0)))
+    clock = dict(t0=time.perf_counter(), steps_s=0.0, images=0)
+
+    def metrics_line(step, test):
+        """Appends the line of ``step`` (rank 0) and starts the next interval."""
+        record = dict(step=step, train_bpd=track["bpd_sum"] / track["bpd_n"] if track["bpd_n"] else None,
+                      test_bpd=None if test is None else test["total"])
+        if test is not None and len(test) > 1:
+            record["test_bpd_parts"] = {k: v for k, v in test.items() if k != "total"}
+        record.update(lr=cfg.lr * cfg.lr_decay ** (step - 1),
+                      images_per_s=clock["images"] / clock["steps_s"] if clock["steps_s"] > 0 else None,
+                      wall_s=track["wall_s"] + time.perf_counter() - clock["t0"])
+        metrics.write(record)
+        track.update(bpd_sum=0.0, bpd_n=0)
+        clock.update(steps_s=0.0, images=0)
 
     def checkpoint(step, train_bpd, test_bpd):
         rng = _gather_rng(world, dev)                  # collective: every rank
         if rank == 0:
             save_training_state(state_path, dict(
                 step=step, kind=model.kind, config=model.config, run=run, train=cfg.to_dict(),
-                meta=meta,
+                meta=meta, metrics=dict(track, wall_s=track["wall_s"] + time.perf_counter() - clock["t0"]),
                 model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
                 scaler=scaler.state_dict() if scaler is not None else None, rng=rng))
             extra = {"step": step, "train_bpd": train_bpd}
@@ -484,6 +571,7 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
     last_ckpt = f"step {start}" if resume else "none"
     try:
         for step in range(start + 1, steps + 1):       # `step` = steps done after this one
+            t_step = time.perf_counter()
             x = train_images.batch(order(step - 1)).to(dev, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * cfg.lr_decay ** (step - 1)
@@ -503,8 +591,8 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
             (scaler.scale(loss) if scaler is not None else loss).backward()
             if scaler is not None:
                 scaler.unscale_(opt)
-            norm = nn.utils.clip_grad_norm_(model.parameters(),
-                                            cfg.grad_clip if cfg.grad_clip is not None else math.inf)
+            # max_norm inf: the norm (for the check below), the gradients unchanged
+            norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             if scaler is not None:                      # skips steps with inf gradients
                 scaler.step(opt)
                 scaler.update()
@@ -516,21 +604,32 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
                 opt.step()
             _ema_update(ema, model, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
             window.append(value)
+            track["bpd_sum"] += value
+            track["bpd_n"] += 1
+            clock["images"] += x.shape[0] * world
+            clock["steps_s"] += time.perf_counter() - t_step
             bar.update(1)
             bar.set_postfix(bpd=f"{value:.4f}")
             test_now = None
-            if test_images is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
-                test_now = test_bpd = _eval_bpd(ema, test_images, cfg.batch_size, dev, autocast, world, rank)
-                say(f"step {step}: train {mean():.4f} bits/dim, test (EMA) {test_bpd:.4f} bits/dim")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
+                test = None
+                if test_images is not None:
+                    test = _eval_parts(ema, test_images, cfg.batch_size, dev, world, rank)
+                    test_now = test_bpd = test["total"]
+                    say(f"step {step}: train {mean():.4f} bits/dim, test (EMA) {test_bpd:.4f} bits/dim")
+                metrics_line(step, test)
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != steps:
                 checkpoint(step, mean(), test_now)
                 last_ckpt = f"step {step}"
         if start >= steps:
             say(f"the run in {str(out_dir)!r} is already at step {start}, not below the {steps} steps asked for; "
                 "nothing to train")
+        test = None
         if test_images is not None:
-            test_bpd = _eval_bpd(ema, test_images, cfg.batch_size, dev, autocast, world, rank)
+            test = _eval_parts(ema, test_images, cfg.batch_size, dev, world, rank)
+            test_bpd = test["total"]
         if start < steps:
+            metrics_line(steps, test)
             checkpoint(steps, mean(), test_bpd)
             last_ckpt = f"step {steps}"
     except KeyboardInterrupt:
@@ -556,6 +655,8 @@ def _restore(st, path, model, ema, opt, scaler, run, cfg: TrainConfig, place: _P
         check_state_dict(module, st[name], f"{what} ({name})")
         module.load_state_dict(st[name], strict=True)
     opt.load_state_dict(st["optimizer"])
+    for group in opt.param_groups:                     # the settings of this call (lr: set per step)
+        group["betas"] = cfg.adam_betas
     if scaler is not None and st.get("scaler") is not None:
         scaler.load_state_dict(st["scaler"])
     saved_run = st.get("run", {})
@@ -564,6 +665,8 @@ def _restore(st, path, model, ema, opt, scaler, run, cfg: TrainConfig, place: _P
         say(f"warning: resuming with changed settings {changed} (saved, now): the data order "
             "differs from an uninterrupted run")
     saved_cfg = st.get("train") or {}
+    with contextlib.suppress(TypeError, ValueError):    # as this version reads it (None clip = 0, ...)
+        saved_cfg = {k: v for k, v in TrainConfig.from_dict(saved_cfg).to_dict().items() if k in saved_cfg}
     ignore = {"steps", "eval_every", "ckpt_every", "device", "threads"} | set(run)
     differ = {k: (saved_cfg[k], v) for k, v in cfg.to_dict().items()
               if k in saved_cfg and k not in ignore and saved_cfg[k] != v}

@@ -1,5 +1,9 @@
 """Test helpers: models with random (not near-zero) weights and random inputs."""
 
+import copy
+import json
+import os
+
 import pytest
 import torch
 
@@ -36,6 +40,57 @@ def random_cond(model, n, h, w, seed=0):
 def param_error(params, ref):
     """Max abs error relative to the parameters' scale."""
     return ((params - ref).abs().max() / ref.abs().max().clamp(min=1e-6)).item()
+
+
+# The teacher-forcing gate: an engine's parameters against the float64 forward of the same
+# model and inputs, allowed FORWARD_FACTOR times the error of PyTorch's own float32 forward
+# (the larger of the batch's and of each image's alone: one float32 result can be close by
+# luck at the most sensitive position) and never less than FORWARD_FLOOR (~17 float32
+# ulps of the scale, for models where torch is ~exact). Both engine and torch compute in
+# float32, so their errors are two draws of the same size: over 16 seeds of every test
+# model and kernel family the engines used at most 0.6 of this gate (factor 2 with one
+# torch forward failed ~1% of the draws). The fixed 1e-4 it replaces was at once too
+# loose for well-scaled models (errors ~3e-7) and too tight for chaotic ones (random
+# N(0, 0.3^2) weights at width 20: parameters ~2e4, torch's own error ~6e-5 of them).
+FORWARD_FACTOR = 4.0
+FORWARD_FLOOR = 1e-6
+
+
+def forward_errors(params, model, x, cond=None):
+    """``(engine, torch)``: max abs error of ``params`` ``(B, P, H, W)`` and of the model's
+    own float32 forward (the larger of the batched one's and the per-image ones'), each
+    against the float64 forward of a copy of the model on the same inputs, relative to
+    the parameter scale (the float64 result's max abs value)."""
+    m64 = copy.deepcopy(model).double()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:        # torch's own result in full float32 (on a GPU its convs may default to TF32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        with torch.no_grad():
+            ref = m64(x, None if cond is None else cond.double())
+            own = [model(x, cond)]
+            if x.shape[0] > 1:
+                own.append(torch.cat([model(x[k:k + 1], None if cond is None else cond[k:k + 1])
+                                      for k in range(x.shape[0])]))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    scale = ref.abs().max().clamp(min=1e-30)
+    err = lambda p: ((p.detach().to(ref) - ref).abs().max() / scale).item()   # noqa: E731
+    return err(params), max(err(p) for p in own)
+
+
+def assert_matches_forward(params, model, x, cond=None, name="", factor=FORWARD_FACTOR, floor=FORWARD_FLOOR):
+    """Teacher forcing: ``params`` (an engine's, every pixel of ``x`` known) are the
+    forward pass's to within ``max(factor * torch's own float32 error, floor)``, both
+    measured against the float64 forward (``forward_errors``). Returns the two errors."""
+    err, own = forward_errors(params, model, x, cond)
+    if os.environ.get("PIXELAUX_TEST_GATE_LOG"):      # a record of the margins, e.g. per kernel family
+        with open(os.environ["PIXELAUX_TEST_GATE_LOG"], "a") as f:
+            f.write(json.dumps(dict(test=os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], name=name,
+                                    err=err, own=own, used=err / max(factor * own, floor))) + "\n")
+    tol = max(factor * own, floor)
+    assert err <= tol, (f"{name}: params off the float64 forward by {err:.2e} of their scale, more than "
+                        f"{tol:.2e} (max({factor:g} x torch's own float32 error {own:.2e}, {floor:.0e}))")
+    return err, own
 
 
 # Configurations every engine is tested on: odd sizes, both distributions, 1 and 3

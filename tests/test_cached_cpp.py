@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import pixelaux
-from helpers import num_threads, assert_same_images, random_gated, single_thread
+from helpers import num_threads, assert_matches_forward, assert_same_images, random_gated, single_thread
 from pixelaux import GatedPixelCNN
 from pixelaux import native
 from pixelaux.uniforms import ImageUniforms
@@ -64,22 +64,15 @@ def make(name, seed=0, size=None, batch=None):
     return model, x, cond, u
 
 
-def rel_err(a, ref):
-    return ((a - ref).abs().max() / ref.abs().max()).item()
-
-
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_teacher_forcing_matches_forward(name):
     model, x, cond, u = make(name)
     b, _, h, w = x.shape
     known = torch.ones(b, h, w, dtype=torch.bool)
-    with torch.no_grad():
-        ref = model(x, cond)
     out, params = cached_cpp.run(model, x, known, cond, u, 1.0, return_params=True)
     assert torch.equal(out, x), "known pixels must be kept"
-    assert params.shape == ref.shape and params.dtype == torch.float32
-    err = rel_err(params, ref)
-    assert err <= 1e-4, f"{name}: max abs error {err:.2e} of the parameter scale"
+    assert params.shape == (b, model.dist.num_params, h, w) and params.dtype == torch.float32
+    assert_matches_forward(params, model, x, cond, name)
 
 
 SAMPLING = [
@@ -188,9 +181,69 @@ def test_packed_weights_follow_parameter_updates():
         model.ul_blocks[0].conv2.weight.mul_(1.5)
     assert cached_cpp.packed_weights(model) is not first
     _, params = cached_cpp.run(model, x, known, None, u, 1.0, return_params=True)
-    with torch.no_grad():
-        ref = model(x)
-    assert rel_err(params, ref) <= 1e-4
+    assert_matches_forward(params, model, x)
+
+
+# The family is chosen once per process (a static initializer in csrc/cpu/kernels.cpp):
+# one subprocess per family. Teacher forcing of a gated and a PixelCNNpp model, hidden 20
+# (a full 16-lane panel and a partial one: the masked tails of every vector kernel), odd
+# sizes, a global cond.
+FAMILY_CHECK = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from helpers import assert_matches_forward, random_gated, random_pp
+from pixelaux import native
+from pixelaux.engines import cached_cpp, cached_cpp_pp
+torch.set_num_threads(1)
+print(native.info().split()[0])
+g = torch.Generator().manual_seed(0)
+cfg = dict(channels=3, bits=8, hidden=20, blocks=1, nr_mix=2, cond_channels=2, std=0.1)
+for model, run in ((random_gated(seed=1, image_size=(5, 7), **cfg), cached_cpp.run),
+                   (random_pp(seed=2, scales=2, image_size=(4, 6), **cfg), cached_cpp_pp.run)):
+    h, w = model.image_size
+    x = torch.randint(0, 256, (2, 3, h, w), generator=g)
+    cond = torch.randn(2, 2, generator=g)
+    u = torch.rand(2, h, w, model.dist.num_uniforms, generator=g)
+    out, params = run(model, x, torch.ones(2, h, w, dtype=torch.bool), cond, u, 1.0, return_params=True)
+    assert torch.equal(out, x)
+    err, own = assert_matches_forward(params, model, x, cond, model.kind)
+    print(model.kind, f"{err:.1e}", f"{own:.1e}")
+"""
+
+
+def _cpu_flags():
+    """The CPU's feature flags (Linux), or None where /proc/cpuinfo does not say."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.parametrize("family", ["generic", "avx2", "avx512f"])
+def test_each_kernel_family_is_selected_and_matches_the_forward(family):
+    """``PIXELAUX_CPU_KERNELS`` selects the family where the CPU has it (``build_info``
+    names it), and each family's teacher forcing is within the float64-measured gate."""
+    import os
+    import subprocess
+    import sys
+    need = {"generic": set(), "avx2": {"avx2", "fma"}, "avx512f": {"avx512f", "avx2", "fma"}}[family]
+    flags = _cpu_flags()
+    if need and flags is None:
+        pytest.skip("cannot read this CPU's flags")
+    if need and not need <= flags:
+        pytest.skip(f"this CPU lacks {sorted(need - flags)}")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PIXELAUX_CPU_KERNELS=family)
+    out = subprocess.run([sys.executable, "-c", FAMILY_CHECK, tests], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.split("\n")
+    want = {"generic": "generic", "avx2": "avx2+fma", "avx512f": "avx512f"}[family]
+    assert lines[0] == f"kernels={want}", out.stdout
+    assert [line.split()[0] for line in lines[1:3]] == ["GatedPixelCNN", "PixelCNNpp"], out.stdout
 
 
 def test_op_schema_and_fake_tensor():
@@ -313,14 +366,11 @@ def test_tokens_teacher_forcing_matches_forward(name):
     x = torch.randint(0, 2 ** model.bits, (b, model.channels, h, w), generator=g)
     cond = torch.randn(b, model.cond_channels, h, w, generator=g) if model.cond_channels else None
     u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
-    with torch.no_grad():
-        ref = model(x, cond)
     with single_thread():
         out, params = cached_cpp.run(model, x, torch.ones(b, h, w, dtype=torch.bool), cond, u, 1.0,
                                      return_params=True)
-    assert torch.equal(out, x)
-    err = rel_err(params, ref)
-    assert err <= 1e-4, f"{name}: max abs error {err:.2e} of the parameter scale"
+        assert torch.equal(out, x)
+        assert_matches_forward(params, model, x, cond, name)
 
 
 # (config, batch, threads, known pixels?): batch 1 with 2 threads is a team over the output
@@ -352,9 +402,8 @@ def test_tokens_follow_embedding_updates():
     u = torch.rand(1, h, w, 3)
     with torch.no_grad():
         model.input.embed.weight.mul_(-2.0)
-        ref = model(x, cond)
     _, params = cached_cpp.run(model, x, known, cond, u, 1.0, return_params=True)
-    assert rel_err(params, ref) <= 1e-4
+    assert_matches_forward(params, model, x, cond)
 
 
 def test_table_argument_is_checked():

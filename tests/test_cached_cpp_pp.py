@@ -16,7 +16,7 @@ pixels, conditioning, non-square sizes.
 import pytest
 import torch
 
-from helpers import assert_same_images, random_pp, randomize, single_thread
+from helpers import assert_matches_forward, assert_same_images, random_pp, randomize, single_thread
 from test_cached_cpp import random_known, same_images_as_naive  # the shared token-test helpers
 from pixelaux import native
 from pixelaux.pixelcnnpp import PixelCNNpp
@@ -53,10 +53,6 @@ def make(name, seed=0, batch=None, std=0.2):
     return model, x, cond, u
 
 
-def rel_err(a, ref):
-    return ((a - ref).abs().max() / ref.abs().max()).item()
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     with single_thread():
@@ -68,13 +64,10 @@ def test_teacher_forcing_matches_forward(name):
     model, x, cond, u = make(name)
     b, _, h, w = x.shape
     known = torch.ones(b, h, w, dtype=torch.bool)
-    with torch.no_grad():
-        ref = model(x, cond)
     out, params = cached_cpp_pp.run(model, x, known, cond, u, 1.0, return_params=True)
     assert torch.equal(out, x), "known pixels must be kept"
-    assert params.shape == ref.shape and params.dtype == torch.float32
-    err = rel_err(params, ref)
-    assert err <= 1e-4, f"{name}: max abs error {err:.2e} of the parameter scale"
+    assert params.shape == (b, model.dist.num_params, h, w) and params.dtype == torch.float32
+    assert_matches_forward(params, model, x, cond, name)
 
 
 SAMPLING = [("s1-b0-cat4", 1.0), ("s2-b1-rgb8", 1.0), ("s3-b2-gray8-cond", 0.5), ("s3-b1-cat3-rgb", 2.0),
@@ -123,8 +116,7 @@ def test_thread_splits_give_identical_results(give_up, monkeypatch):
     # batch 1: a team over the output channels (mode 0 with 2 threads), teacher forced
     known = torch.ones(1, 8, 8, dtype=torch.bool)
     _, p1 = cached_cpp_pp.run(model, x[:1], known, cond[:1], u[:1], 1.0, return_params=True)
-    with torch.no_grad():
-        assert rel_err(p1, model(x[:1], cond[:1])) <= 1e-4
+    assert_matches_forward(p1, model, x[:1], cond[:1], "team over the output channels")
 
 
 def test_batch_independence():
@@ -146,9 +138,7 @@ def test_packed_weights_follow_parameter_updates():
         model.down_layers[1].ul_stream[0].conv2.weight.mul_(1.5)
     assert cached_cpp_pp.packed_weights(model) is not first
     _, params = cached_cpp_pp.run(model, x, known, None, u, 1.0, return_params=True)
-    with torch.no_grad():
-        ref = model(x)
-    assert rel_err(params, ref) <= 1e-4
+    assert_matches_forward(params, model, x)
 
 
 def test_auto_backend_and_sampling_api():
@@ -235,13 +225,10 @@ def test_tokens_teacher_forcing_matches_forward(name):
     x = torch.randint(0, 2 ** model.bits, (b, model.channels, h, w), generator=g)
     cond = torch.randn(b, model.cond_channels, h, w, generator=g) if model.cond_channels else None
     u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
-    with torch.no_grad():
-        ref = model(x, cond)
     out, params = cached_cpp_pp.run(model, x, torch.ones(b, h, w, dtype=torch.bool), cond, u, 1.0,
                                     return_params=True)
     assert torch.equal(out, x)
-    err = rel_err(params, ref)
-    assert err <= 1e-4, f"{name}: max abs error {err:.2e} of the parameter scale"
+    assert_matches_forward(params, model, x, cond, name)
 
 
 # (config, batch, threads, known pixels?): as in test_cached_cpp.py

@@ -25,7 +25,7 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
-from helpers import assert_same_images, param_error, random_cond, random_gated, random_images  # noqa: E402
+from helpers import assert_matches_forward, assert_same_images, param_error, random_cond, random_gated, random_images  # noqa: E402
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.uniforms import ImageUniforms  # noqa: E402
@@ -232,7 +232,7 @@ def test_teacher_forcing_matches_full_forward(cfg, size, batch):
     assert torch.equal(x, x_before)             # the input is not modified
     assert out.dtype == torch.long and torch.equal(out, x)
     assert params.shape == (batch, model.dist.num_params, *size)
-    assert param_error(params, model(x, cond)) <= 1e-4
+    assert_matches_forward(params, model, x, cond)
 
 
 @pytest.mark.parametrize("cfg,size,batch", ENGINE_CASES, ids=IDS)
@@ -274,7 +274,7 @@ def test_token_inputs_same_seed_images_and_teacher_forcing(cfg, size, batch, wit
     full = torch.ones(batch, *size, dtype=torch.bool, device=DEVICE)
     out, params = cached_triton.run(model, got, full, None, u, 1.0, return_params=True)
     assert torch.equal(out, got)
-    assert param_error(params, model(got)) <= 1e-4
+    assert_matches_forward(params, model, got)
     assert_same_images(model, None, u, 1.0, ref, got, params, "tokens")
     assert ref.float().std() > 0
     if with_known:
@@ -291,7 +291,7 @@ def test_65536_levels_match_naive():
     u = torch.rand(b, h, w, 1, generator=_gen(9))
     x0 = torch.zeros(b, 1, h, w, dtype=torch.long, device=DEVICE)
     got, params = cached_triton.run(model, x0, None, None, u, 1.0, return_params=True)
-    assert param_error(params, model(got)) <= 1e-4
+    assert_matches_forward(params, model, got)
     flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731
     assert _inverse_cdf_within(flat(params), u.reshape(-1, 1), flat(got), 2 ** 16)
     ref = naive.run(model, x0, None, None, u, 1.0)
@@ -319,7 +319,7 @@ def test_awkward_shapes(cfg, size, batch):
     u = torch.rand(batch, *size, model.dist.num_uniforms, generator=_gen(8))
     known = torch.ones(batch, *size, dtype=torch.bool, device=DEVICE)
     _, params = cached_triton.run(model, x, known, cond, u, 1.0, return_params=True)
-    assert param_error(params, model(x, cond)) <= 1e-4
+    assert_matches_forward(params, model, x, cond)
     x0 = torch.zeros_like(x)
     assert torch.equal(cached_triton.run(model, x0, None, cond, u, 1.3), naive.run(model, x0, None, cond, u, 1.3))
 
@@ -397,7 +397,7 @@ def test_groups_and_tiles_match_cached_torch(batch, plan):
     if batch <= 5:      # (teacher forcing of the large batches: their params are tie-checked below)
         full = torch.ones(batch, h, w, dtype=torch.bool, device=DEVICE)
         _, params = cached_triton.run(model, x, full, cond, u, 1.0, return_params=True, plan=pl)
-        assert param_error(params, model(x, cond)) <= 1e-4
+        assert_matches_forward(params, model, x, cond)
     known = (torch.rand(batch, h, w, generator=_gen(1)) < 0.3).to(DEVICE)
     got, params = cached_triton.run(model, x, known, cond, u, 0.9, return_params=True, plan=pl)
     ref = cached_torch.run(model, x, known, cond, u, 0.9)
@@ -419,7 +419,7 @@ def test_rows_wider_than_a_column_tile(plan):
     if plan == "":
         full = torch.ones(1, h, w, dtype=torch.bool, device=DEVICE)
         _, params = cached_triton.run(model, x, full, None, u, 1.0, return_params=True, plan=pl)
-        assert param_error(params, model(x)) <= 1e-4
+        assert_matches_forward(params, model, x)
         return
     x0 = torch.zeros_like(x)
     got, params = cached_triton.run(model, x0, None, None, u, 1.0, return_params=True, plan=pl)

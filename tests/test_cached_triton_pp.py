@@ -22,7 +22,7 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
-from helpers import assert_same_images, one_thread, param_error, randomize  # noqa: E402,F401
+from helpers import assert_matches_forward, assert_same_images, one_thread, randomize  # noqa: E402,F401
 import pixelaux  # noqa: E402
 from pixelaux.uniforms import ImageUniforms  # noqa: E402
 from pixelaux import engines  # noqa: E402
@@ -235,7 +235,7 @@ def test_plan_with_references_matches_forward_and_naive(cfg, size, batch):
     known = torch.ones(batch, *size, dtype=torch.bool, device=DEVICE)
     out, params = cached_triton_pp.run(model, x, known, cond, u, 1.0, return_params=True, reference=True)
     assert torch.equal(out, x)
-    assert param_error(params, model(x, cond)) <= 1e-4
+    assert_matches_forward(params, model, x, cond)
     x0 = torch.zeros_like(x)
     assert torch.equal(cached_triton_pp.run(model, x0, None, cond, u, 1.0, reference=True),
                        naive.run(model, x0, None, cond, u, 1.0))
@@ -263,7 +263,7 @@ def test_teacher_forcing_and_same_images_as_naive(cfg, size, batch):
     assert torch.equal(x, x_before)                 # the input is not modified
     assert out.dtype == torch.long and torch.equal(out, x)
     assert params.shape == (batch, model.dist.num_params, *size)
-    assert param_error(params, model(x, cond)) <= 1e-4
+    assert_matches_forward(params, model, x, cond)
     x0 = torch.zeros_like(x)
     ref = naive.run(model, x0, None, cond, u, 1.0)
     got = cached_triton_pp.run(model, x0, None, cond, u, 1.0)
@@ -305,7 +305,7 @@ def test_token_inputs_same_seed_images_and_teacher_forcing(cfg, batch, with_know
     ref = pixelaux.sample(model, batch, engine="naive", generator=_gen(4), known=known, progress=False)
     u = ImageUniforms(batch, _gen(4)).draw(*size, model.dist.num_uniforms)
     got, params = cached_triton_pp.run(model, x0, mask, None, u, 1.0, return_params=True)
-    assert param_error(params, model(got)) <= 1e-4
+    assert_matches_forward(params, model, got)
     assert_same_images(model, None, u, 1.0, ref, got, params, "tokens")
     assert ref.float().std() > 0
     if with_known:
@@ -380,7 +380,20 @@ def test_bad_inputs_are_rejected():
                              torch.rand(1, 3, 4, 1), 1.0)
 
 
-@pytest.mark.slow      # ~10 s with a warm Triton cache, ~3 min cold on 2 busy cores
+def test_kernels_compile_into_the_sessions_own_cache(own_triton_cache):
+    """Triton (and the compiling subprocess below, which inherits the variable) uses the
+    cache directory conftest.py made for this session, not the shared ~/.triton/cache,
+    where other processes compiling at the same time made Triton's read-back of a kernel
+    fail with FileNotFoundError."""
+    if own_triton_cache is None:
+        pytest.skip("TRITON_CACHE_DIR is set by the caller")
+    from triton import knobs
+    import os
+    assert os.environ["TRITON_CACHE_DIR"] == own_triton_cache and os.path.isdir(own_triton_cache)
+    assert knobs.cache.dir == own_triton_cache
+
+
+@pytest.mark.slow      # ~3 min on 2 busy cores: a fresh Triton cache per session (conftest.py)
 def test_kernels_compile_for_a_gpu_without_one():
     """The interpreter does not compile: compile every variant one row launches for sm_90
     (Triton's frontend, LLVM, ptxas; no GPU), in a process without TRITON_INTERPRET,

@@ -234,6 +234,76 @@ def test_train_threads_option_and_small_model_default(folder, tmp_path, capsys):
     assert run(_train_argv(folder, tmp_path / "b", "--steps", 1, "--threads", 0), capsys)[0] == 2
 
 
+# ----------------------------------------------------------------------------- issue 18: optimizer, metrics
+
+def test_train_optimizer_and_dropout_options_reach_the_run_and_are_checked_on_resume(folder, tmp_path, capsys):
+    from pixelaux.metrics import read_metrics
+    from pixelaux.training import read_run
+    out = tmp_path / "run"
+    rc, _, err = run(_train_argv(folder, out, "--steps", 1, "--model-kind", "gray-pyramid", "--size", 16,
+                                 "--lr-decay", "0.99", "--adam-betas", "0.95", "0.9995", "--ema", "0.9995",
+                                 "--clip", 0, "--dropout", "0.25"), capsys)
+    assert rc == 0, err
+    saved = read_run(out)
+    cfg = saved.settings
+    assert (cfg.lr_decay, cfg.adam_betas, cfg.ema_decay, cfg.grad_clip) == (0.99, (0.95, 0.9995), 0.9995, 0.0)
+    model = pixelaux.load(out / "model.safetensors")
+    drops = [mod for mod in model.modules() if isinstance(mod, torch.nn.Dropout)]
+    # every network: the gray pyramid's two levels and the colour stage, 2 blocks each
+    assert len(drops) == 6 and all(d.p == 0.25 for d in drops)
+    assert [r["step"] for r in read_metrics(out)] == [1]
+    rc, _, err = run(["train", "--out", out, "--resume", "--steps", 2, "--adam-betas", "0.95", "0.9995",
+                      "--dropout", "0.25", "--clip", 0, "--no-progress"], capsys)
+    assert rc == 0, err                                           # the saved values: fine
+    rc, _, err = run(["train", "--out", out, "--resume", "--steps", 3, "--adam-betas", "0.9", "0.999",
+                      "--lr-decay", "1", "--ema", "0.999", "--clip", "1", "--dropout", "0"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1, err
+    for part in ("--adam-betas (saved 0.95 0.9995, given 0.9 0.999)", "--lr-decay (saved 0.99, given 1.0)",
+                 "--ema (saved 0.9995, given 0.999)", "--clip (saved 0.0, given 1.0)",
+                 "--dropout (saved 0.25, given 0.0)"):
+        assert part in lines[0], (part, lines[0])
+    assert read_run(out).step == 2 and [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--adam-betas", "0.9", "1"], "--adam-betas"), (["--adam-betas", "0.9"], "--adam-betas"),
+    (["--lr-decay", "0"], "--lr-decay"), (["--lr-decay", "1.5"], "--lr-decay"), (["--clip", "-1"], "--clip"),
+    (["--clip", "nan"], "--clip"), (["--dropout", "1"], "--dropout"), (["--ema", "2"], "--ema")])
+def test_train_option_ranges_are_usage_errors_naming_the_option(argv, flag, tmp_path, capsys):
+    rc, _, err = run(["train", "--out", tmp_path / "x", *argv], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and flag in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_plot_metrics_refusals_up_front_and_the_png(folder, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    out = tmp_path / "run"
+    assert run(_train_argv(folder, out, "--steps", 2, "--eval-every", 1), capsys)[0] == 0
+    png = tmp_path / "curve.png"
+    real = importlib.util.find_spec
+    with monkeypatch.context() as mp:            # as if matplotlib were there: the other checks
+        mp.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "matplotlib" else real(name, *a))
+        for argv, words in ([[tmp_path, "--out", png], ["--plot-metrics", "no metrics.jsonl"]],
+                            [[tmp_path / "none", "--out", png], ["--plot-metrics", "not a folder"]],
+                            [[out, "--out", png, "--steps", 3], ["--plot-metrics", "--steps"]],
+                            [[out, "--out", tmp_path / "curve.jpg"], ["--out", "PNG"]],
+                            [[out, "--out", tmp_path], ["--out", "is a folder"]]):
+            rc, _, err = run(["train", "--plot-metrics", *argv], capsys)
+            assert rc == 1 and len(err.strip().splitlines()) == 1 and all(w in err for w in words), (argv, err)
+    with monkeypatch.context() as mp:
+        mp.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+        rc, _, err = run(["train", "--plot-metrics", out, "--out", png], capsys)
+        assert rc == 1 and "--plot-metrics needs matplotlib" in err and len(err.strip().splitlines()) == 1
+    assert not png.exists()
+    if real("matplotlib") is None:
+        pytest.skip("matplotlib is not installed: the refusal is tested, the plot is not")
+    rc, stdout, err = run(["train", "--plot-metrics", out, "--out", png], capsys)
+    assert rc == 0 and "wrote" in stdout and "2 points" in stdout, err
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+
+
 # ----------------------------------------------------------------------------- issue 13: checks up front
 
 def test_output_paths_are_checked_before_sampling(ckpts, tmp_path, capsys):

@@ -267,3 +267,15 @@ def test_bench_worker_imports_the_callers_package_from_the_folder_that_holds_a_c
     result = bench._run_worker(spec)
     assert "error" not in result, result
     assert result["seconds"] > 0
+
+
+# ----------------------------------------------------------------------------- progress
+
+def test_each_stage_leaves_one_finished_bar_named_after_it(gray_ckpt, capsys):
+    model = pixelaux.load(gray_ckpt)
+    pixelaux.sample(model, 2, backend="torch", progress=True)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    finished = [line for line in err.splitlines() if "100%" in line]
+    assert any(line.startswith("gray 8x8 (1/2) cached[torch]") for line in finished), err
+    assert any(line.startswith("colour 8x8 (2/2) cached[torch]") for line in finished), err
+    assert err.rstrip().endswith("px/s]"), err          # the last bar stays on screen (leave=True)

@@ -6,6 +6,7 @@ one process; ``torchrun -m pixelaux train`` with batch ``b`` per rank ends with 
 weights of one process with batch ``2b``.
 """
 import filecmp
+import json
 import os
 import socket
 import subprocess
@@ -155,10 +156,14 @@ def test_train_under_torchrun_equals_one_process_with_the_global_batch(tmp_path)
     for i in range(16):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(data / f"{i:02d}.png")
     common = ["train", "--model-kind", "gated", "--data", f"folder:{data}", "--hidden", 8, "--blocks", 1,
-              "--steps", 3, "--no-progress"]
+              "--steps", 3, "--eval-every", 1, "--no-progress"]
     _in_one_thread([*common, "--batch-size", 8, "--out", tmp_path / "one"])
     _torchrun([*common, "--batch-size", 4, "--out", "two"], cwd=tmp_path)
-    assert sorted(os.listdir(tmp_path / "two")) == ["model.safetensors", "training_state.safetensors"]
+    assert sorted(os.listdir(tmp_path / "two")) == ["metrics.jsonl", "model.safetensors", "training_state.safetensors"]
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]                 # rank 0 only: one line per step
+    ones = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_bpd"] for r in rows] == pytest.approx([r["train_bpd"] for r in ones], rel=1e-5)
     one = load_training_state(tmp_path / "one" / "training_state.safetensors")
     two = load_training_state(tmp_path / "two" / "training_state.safetensors")
     assert one["step"] == two["step"] == 3 and two["run"]["world_size"] == 2

@@ -1,8 +1,11 @@
 """Exactness of the cached torch engine against the naive reference (docs/design.md section 2)."""
+import copy
+
 import pytest
 import torch
 
-from helpers import ENGINE_CONFIGS, ENGINE_SIZES, param_error, random_cond, random_gated, random_images
+from helpers import (ENGINE_CONFIGS, ENGINE_SIZES, FORWARD_FACTOR, FORWARD_FLOOR, assert_matches_forward, random_cond,
+                     random_gated, random_images)
 from pixelaux.engines import cached_torch, naive
 
 
@@ -16,7 +19,32 @@ def test_teacher_forcing_matches_full_forward(cfg, size):
     u = torch.rand(3, *size, model.dist.num_uniforms)
     out, params = cached_torch.run(model, x, known, cond, u, 1.0, return_params=True)
     assert torch.equal(out, x)
-    assert param_error(params, model(x, cond)) <= 1e-4
+    assert_matches_forward(params, model, x, cond)
+
+
+def test_the_teacher_forcing_gate_fails_a_slightly_wrong_engine():
+    """The gate can fail: ``assert_matches_forward`` takes the engine's parameters and
+    rejects them moved by 1e-5 of their scale at one position (the fixed 1e-4 gate it
+    replaced took 10x that), and the parameters of the same model with one weight 0.1%
+    off (an engine that packs a stale or rounded weight)."""
+    model = random_gated(seed=2, **ENGINE_CONFIGS[2])
+    x = random_images(model, 3, 7, 5, seed=5)
+    cond = random_cond(model, 3, 7, 5)
+    known = torch.ones(3, 7, 5, dtype=torch.bool)
+    u = torch.rand(3, 7, 5, model.dist.num_uniforms)
+    _, params = cached_torch.run(model, x, known, cond, u, 1.0, return_params=True)
+    err, own = assert_matches_forward(params, model, x, cond)
+    assert max(FORWARD_FACTOR * own, FORWARD_FLOOR) < 5e-6
+    moved = params.clone()
+    moved[1, 3, 4, 2] += 1e-5 * params.abs().max()
+    with pytest.raises(AssertionError, match="off the float64 forward"):
+        assert_matches_forward(moved, model, x, cond)
+    stale = copy.deepcopy(model)
+    with torch.no_grad():
+        stale.ul_blocks[0].conv2.weight[0, 0, 0, 0] *= 1.001
+    _, wrong = cached_torch.run(stale, x, known, cond, u, 1.0, return_params=True)
+    with pytest.raises(AssertionError, match="off the float64 forward"):
+        assert_matches_forward(wrong, model, x, cond)
 
 
 @pytest.mark.parametrize("cfg", ENGINE_CONFIGS)

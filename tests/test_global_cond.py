@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import pixelaux
-from helpers import num_threads, assert_same_images, one_thread, param_error, random_gated, random_pp  # noqa: F401
+from helpers import (num_threads, assert_matches_forward, assert_same_images, one_thread, param_error,  # noqa: F401
+                     random_gated, random_pp)
 from pixelaux import engines, native
 from pixelaux.engines import cached_torch, naive
 from pixelaux.engines.cached_torch_pp import PixelCNNppState
@@ -24,16 +25,16 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def class_model(seed=0, **kw):
+def class_model(seed=0, std=0.3, **kw):
     cfg = dict(channels=3, bits=8, hidden=8, blocks=2, nr_mix=2, cond_channels=10, image_size=(5, 6))
     cfg.update(kw)
-    return random_gated(seed=seed, std=0.3, **cfg)
+    return random_gated(seed=seed, std=std, **cfg)
 
 
-def pp_model(seed=0, **kw):
+def pp_model(seed=0, std=0.3, **kw):
     cfg = dict(channels=1, bits=8, hidden=6, blocks=1, scales=2, nr_mix=2, cond_channels=4, image_size=(4, 6))
     cfg.update(kw)
-    return random_pp(seed=seed, std=0.3, **cfg)
+    return random_pp(seed=seed, std=std, **cfg)
 
 
 def expand(vec, size):
@@ -73,9 +74,8 @@ def test_cached_torch_teacher_forcing_with_a_vector(make):
     u = torch.rand(2, h, w, m.dist.num_uniforms, generator=gen(5))
     with torch.no_grad():
         out, params = cached_torch.run(m, x, known, vec, u, 1.0, return_params=True)
-        ref = m(x, vec)
     assert torch.equal(out, x)
-    assert param_error(params, ref) < 1e-4
+    assert_matches_forward(params, m, x, vec)
     if m.kind == "GatedPixelCNN":
         state = cached_torch.CachedState(m, x, vec)
         terms = [t for pair in state.u_cond + state.ul_cond for t in pair]
@@ -197,15 +197,16 @@ def test_cpp_same_images_as_naive(make, batch, threads):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("make", [class_model, pp_model], ids=["gated", "pixelcnnpp"])
 def test_cpp_teacher_forcing_with_a_vector(make, threads):
-    m = make(hidden=20)                   # two panels of 16 channels: both threads own some
+    # hidden=20: two panels of 16 channels, both threads own some. std=0.1: at 0.3 this
+    # width is chaotic (parameters ~2e4; torch's own float32 forward off the float64 one
+    # by ~6e-5 of that, and any float32 engine by a seed-dependent 0.5-7x that).
+    m = make(hidden=20, std=0.1)
     x, vec, u = inputs(m, 3, seed=20)
     known = torch.ones(3, *m.image_size, dtype=torch.bool)
     with num_threads(threads):
         out, params = cpp_module(m).run(m, x, known, vec, u, 1.0, return_params=True)
-    with torch.no_grad():
-        ref = m(x, vec)
     assert torch.equal(out, x)
-    assert param_error(params, ref) < 1e-4
+    assert_matches_forward(params, m, x, vec, f"{m.kind} t={threads}")
 
 
 @needs_cpp

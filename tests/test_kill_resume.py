@@ -12,13 +12,15 @@ After every kill:
   existed before the kill is never lost or damaged, and the step never goes back;
 * the model file is at most one checkpoint behind the state (it is written second)
   and, when both are at the same step, holds exactly the EMA weights of the state;
-* the run directory holds nothing but the two files and, possibly, the hidden
-  temporary file of the write the kill interrupted;
+* the run directory holds nothing but the two files, ``metrics.jsonl`` (a line every
+  20 steps) and, possibly, the hidden temporary file of the write the kill interrupted;
 * the resumed process says it resumed at the step of the last checkpoint.
 
 Finally the run is resumed to the end and must equal an uninterrupted run bit for bit
 (weights, EMA, Adam state, step): training on CPU with one thread is deterministic and
-the batch of step ``t`` is a function of ``(seed, t)`` only.
+the batch of step ``t`` is a function of ``(seed, t)`` only. Its ``metrics.jsonl`` has
+one line per logged step with the uninterrupted run's figures (lines written after the
+checkpoint a resume starts from are dropped and written again).
 
 The numbers (kills survived, checkpoints lost, temporary files left) are printed when
 the test ends.
@@ -40,6 +42,7 @@ from PIL import Image
 
 from helpers import one_thread  # noqa: F401 (fixture)
 from pixelaux import checkpoint as ck
+from pixelaux.metrics import METRICS_FILE, read_metrics
 from pixelaux.training import MODEL_FILE, STATE_FILE
 
 pytestmark = pytest.mark.slow         # about 30 s: 15 processes killed and resumed
@@ -65,7 +68,7 @@ def _env():
 def _command(data: Path, out: Path, ckpt_every: int, resume: bool):
     cmd = [sys.executable, "-m", "pixelaux", "train", "--model-kind", "gated", "--data", f"folder:{data}",
            "--hidden", "4", "--blocks", "1", "--steps", str(STEPS), "--batch-size", "4", "--lr", "3e-3",
-           "--ckpt-every", str(ckpt_every), "--eval-every", "100000", "--seed", "3", "--device", "cpu",
+           "--ckpt-every", str(ckpt_every), "--eval-every", "20", "--seed", "3", "--device", "cpu",
            "--out", str(out)]
     return cmd + (["--resume"] if resume else [])
 
@@ -90,7 +93,7 @@ def _check_run_dir(out: Path, prev_step: int | None) -> tuple[int | None, list[s
     """Everything that must hold after a kill -> (state step or None, temp files)."""
     names = sorted(os.listdir(out)) if out.exists() else []
     temps = [n for n in names if TMP_RE.match(n)]
-    others = [n for n in names if n not in (MODEL_FILE, STATE_FILE) and not TMP_RE.match(n)]
+    others = [n for n in names if n not in (MODEL_FILE, STATE_FILE, METRICS_FILE) and not TMP_RE.match(n)]
     assert not others, f"unexpected files in the run directory: {others}"
     if STATE_FILE not in names:
         assert prev_step is None, f"the training state of step {prev_step} was lost"
@@ -194,10 +197,16 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     ma, mb = ck.load(ref_out / MODEL_FILE), ck.load(out / MODEL_FILE)
     assert all(torch.equal(v, mb.state_dict()[n]) for n, v in ma.state_dict().items())
     assert ck.read_header(out / MODEL_FILE)["step"] == STEPS
+    # metrics.jsonl: lines written after the checkpoint a resume started from were dropped,
+    # so the log has one line per step, with the figures of the uninterrupted run
+    figures = lambda rows: [{k: r[k] for k in ("step", "train_bpd", "test_bpd", "lr")} for r in rows]  # noqa: E731
+    assert [r["step"] for r in read_metrics(out)] == list(range(20, STEPS + 1, 20))
+    assert figures(read_metrics(out)) == figures(read_metrics(ref_out))
+    assert (out / METRICS_FILE).read_text().count("\n") == STEPS // 20
     # No temporary files: none in the uninterrupted run; in the killed one, a write that
     # a SIGKILL interrupted leaves a hidden temp file, which the next --resume removes.
-    assert sorted(os.listdir(ref_out)) == [MODEL_FILE, STATE_FILE]
-    final_temps = [n for n in os.listdir(out) if n not in (MODEL_FILE, STATE_FILE)]
+    assert sorted(os.listdir(ref_out)) == [METRICS_FILE, MODEL_FILE, STATE_FILE]
+    final_temps = [n for n in os.listdir(out) if n not in (MODEL_FILE, STATE_FILE, METRICS_FILE)]
     assert final_temps == [], final_temps       # stale temp files are removed on --resume
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():

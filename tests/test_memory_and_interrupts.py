@@ -1,9 +1,13 @@
 """Memory and interruptions: an oversized batch is refused up front with the estimate;
 sampling shows progress; Ctrl-C in the CLI exits 130 with one line and leaves no
-partial file.
+partial file; Ctrl-C while a native (C++) op samples stops it before the caller goes on,
+so the process neither aborts at exit nor keeps the op running (issue 17.2).
 """
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -197,3 +201,215 @@ def test_ctrl_c_while_writing_a_png_leaves_no_partial_file(files, tmp_path, monk
     assert sorted(p.name for p in out_dir.iterdir()) == ["sample_0000.png"]   # complete, the rest absent
     with Image.open(out_dir / "sample_0000.png") as im:
         im.load()
+
+
+# --------------------------------------------------------------------------- Ctrl-C inside a native op
+# The C++ ops run in a worker thread (engines.progress.run_native) while the main thread
+# polls their row counter. An interrupt must not let the main thread go on before the op
+# has returned: on CPython < 3.13 an interrupted Thread.join marked the running worker as
+# stopped (cpython#90882), run_native re-raised at once, and a process that then exited
+# ended the worker inside the op (std::terminate, SIGABRT, exit 134); in the API the op
+# went on running.
+
+BUSY_N = 16       # images of the busy model: rows of ~10-20 ms in one thread, the sample ~1 s
+
+
+@pytest.fixture(scope="module")
+def busy():
+    """A grayscale model (two stages, two native ops) big enough that an op is caught in
+    the middle of a row, and its images for a fixed seed."""
+    if not CPP:
+        pytest.skip("the C++ extension is not built")
+    torch.manual_seed(0)
+    m = pixelaux.GrayscalePixelCNN(hidden=64, blocks=4, image_size=32).eval()
+    return m, pixelaux.sample(m, BUSY_N, generator=gen(7), progress=False, backend="cpp")
+
+
+def _until(condition, what, timeout=20.0):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.0005)
+
+
+def _spy_native_ops(monkeypatch, on_op=None):
+    """Wraps the C++ engine's ops: ``ops`` gets a dict per op call (``running``; at its end
+    the counter's ``rows`` and ``stop``). ``on_op(k, counter)`` (op ``k``, from 1) may
+    return a thread, joined before the op counts as ended. ``inside[0]``: the main thread
+    is inside ``run_native``."""
+    from pixelaux.engines import cached_cpp
+    real = cached_cpp.run_native
+    ops, inside = [], [False]
+
+    def run_native(call, **kw):
+        def spied(counter):
+            op = {"running": True}
+            ops.append(op)
+            helper = on_op(len(ops), counter) if on_op else None
+            try:
+                return call(counter)
+            finally:
+                if helper is not None:
+                    helper.join(30)
+                op.update(running=False, rows=int(counter[0]), stop=int(counter[1]))
+        inside[0] = True
+        try:
+            return real(spied, **kw)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(cached_cpp, "run_native", run_native)
+    return ops, inside
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_ctrl_c_in_a_native_op_stops_it_before_raising_and_sampling_again_works(busy, monkeypatch, stage):
+    """Two SIGINTs to the main thread while stage ``stage`` of a grayscale model runs in
+    C++: the first once the op has finished a row, the second once the main thread asked
+    it to stop (while it waits for the op). ``pixelaux.sample`` raises one
+    ``KeyboardInterrupt``, after the op has returned, stopped within a row; the same call
+    afterwards, in this process, gives the same images as before."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are set in the main thread")
+    m, ref = busy
+    main = threading.main_thread().ident
+    caught, stray, helpers = [], [], []
+
+    def on_op(k, counter):
+        if k != stage:
+            return None
+
+        seen = counter.numpy()      # (the op's counter, read without torch)
+
+        def interrupt():
+            _until(lambda: seen[0] > 0, "a row of the op")
+            signal.pthread_kill(main, signal.SIGINT)
+            _until(lambda: seen[1] != 0, "the stop flag")
+            signal.pthread_kill(main, signal.SIGINT)        # Ctrl-C again while it waits
+
+        t = threading.Thread(target=interrupt, daemon=True)
+        t.start()
+        helpers.append(t)
+        return t
+
+    ops, inside = _spy_native_ops(monkeypatch, on_op)
+
+    def on_sigint(signum, frame):   # a late signal must not interrupt pytest itself
+        if not inside[0]:
+            stray.append(signum)
+            return
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            pixelaux.sample(m, BUSY_N, generator=gen(7), progress=False, backend="cpp")
+        running = [op["running"] for op in ops]     # right when the interrupt reached the caller
+    finally:
+        for t in helpers:       # (both signals sent and handled before the handler goes)
+            t.join(30)
+        signal.signal(signal.SIGINT, previous)
+    assert len(ops) == stage and running == [False] * stage, "the op was still running"
+    assert ops[-1]["stop"] == 1 and 0 < ops[-1]["rows"] < BUSY_N * 32       # stopped early
+    notes = " ".join(getattr(e.value, "__notes__", []))
+    assert sys.version_info < (3, 11) or "stopped after" in notes
+    assert caught == [signal.SIGINT] * 2 and not stray  # the second one came during the wait
+    again = pixelaux.sample(m, BUSY_N, generator=gen(7), progress=False, backend="cpp")
+    assert torch.equal(again, ref)
+
+
+def test_interrupt_while_the_worker_starts_runs_no_op(busy, monkeypatch):
+    """A ``KeyboardInterrupt`` that ends ``Thread.start()`` of the op's worker (after the
+    thread started): the op does not run on behind the caller's back."""
+    m, ref = busy
+    ops, _ = _spy_native_ops(monkeypatch)
+    real_start = threading.Thread.start
+    workers = []
+
+    def start(self):
+        real_start(self)
+        if self.name == "pixelaux-native-sample":
+            workers.append(self)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        pixelaux.sample(m, BUSY_N, generator=gen(7), progress=False, backend="cpp")
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    for w in workers:
+        w.join(30)
+    assert len(workers) == 1 and not workers[0].is_alive()
+    assert not workers[0].daemon      # the interpreter's exit waits for it (it frees the op's inputs)
+    assert ops == [] or all(op["stop"] == 1 and op["rows"] < BUSY_N * 32 for op in ops), ops
+    assert torch.equal(pixelaux.sample(m, BUSY_N, generator=gen(7), progress=False, backend="cpp"), ref)
+
+
+# `python -m pixelaux ...` with hooks: it prints where sampling is on stdout, "stage K
+# start" as the main thread starts native op K, "stage K rows" from a watcher thread once
+# the op has finished a row (the main thread is then waiting for it, as it is nearly all
+# the time); and it says on stderr, as it exits, if run_native ever returned or raised
+# while its op was still running.
+_HOOKED_CLI = r"""
+import atexit, contextlib, runpy, sys, threading, time
+from pixelaux.engines import cached_cpp, progress
+stage, running, early = [0], [0], []
+
+@contextlib.contextmanager
+def bar(total, enabled, desc):
+    stage[0] += 1
+    print(f"stage {stage[0]} start", flush=True)
+    yield progress._NoBar()
+
+def watch(k, rows):
+    while rows[0] == 0 and running[0]:
+        time.sleep(0.0005)
+    if rows[0]:
+        print(f"stage {k} rows", flush=True)
+
+real = cached_cpp.run_native
+
+def run_native(call, **kw):
+    def counted(counter):
+        running[0] += 1
+        threading.Thread(target=watch, args=(stage[0], counter.numpy())).start()
+        try:
+            return call(counter)
+        finally:
+            running[0] -= 1
+    try:
+        return real(counted, **kw)
+    finally:
+        if running[0]:
+            early.append(1)
+
+progress.pixel_progress = bar
+cached_cpp.run_native = run_native
+atexit.register(lambda: early and print("run_native ended before its op", file=sys.stderr))
+sys.argv[0] = "pixelaux"
+runpy.run_module("pixelaux", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow                     # fresh processes, ~3 s each
+@pytest.mark.skipif(not CPP, reason="the C++ extension is not built")
+@pytest.mark.parametrize("n, when", [(2000, "stage 1 start"), (64, "stage 1 rows"), (64, "stage 2 rows")])
+def test_sigint_to_the_cli_during_the_default_sampler_exits_130(tmp_path, n, when):
+    """SIGINT to ``pixelaux sample`` (default model: a gray stage, then colour, both
+    native ops) as a stage starts and while it samples rows: exit 130, one line, no
+    ``terminate called`` (SIGABRT, 134), no op outliving the call that ran it, no file."""
+    out = tmp_path / "x.png"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-c", _HOOKED_CLI, "sample", "-n", str(n), "--no-progress",
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in p.stdout:
+            if line.strip() == when:
+                p.send_signal(signal.SIGINT)
+                break
+        _, stderr = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["pixelaux sample: interrupted"]
+    assert "terminate" not in stderr and not out.exists()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pixelaux
-from helpers import assert_causal, assert_same_images, param_error, random_images, random_pp, single_thread
+from helpers import assert_causal, assert_matches_forward, assert_same_images, random_images, random_pp, single_thread
 from pixelaux.engines import cached_torch, naive
 
 CONFIGS = {
@@ -40,7 +40,7 @@ def test_topology_follows_pixelcnnpp():
     assert m.down_layers[1].u_stream[0].nin_skip.weight.shape == (8, 2 * 8, 1, 1)
     assert m.up_layers[0].u_stream[0].nin_skip is None
     assert m.head.out_channels == 4 * 10                           # RGB mixture: 10 numbers per component
-    assert isinstance(m.up_layers[0].u_stream[0].dropout, torch.nn.Dropout2d)
+    assert type(m.up_layers[0].u_stream[0].dropout) is torch.nn.Dropout      # element-wise, as the reference
     x = torch.randint(0, 256, (2, 3, 32, 32))
     assert m(x).shape == (2, 40, 32, 32)
 
@@ -75,9 +75,36 @@ def test_log_prob_bits_per_dim_and_save_load(tmp_path):
     assert torch.equal(back(x), model(x))
 
 
-def test_dropout_is_channel_dropout_in_training_and_off_in_eval():
-    model = random_pp(hidden=6, blocks=1, scales=2, nr_mix=2, dropout=0.5, image_size=(8, 8))
+def _dropped_inputs(block, model, x):
+    """The input of ``block.conv2`` (the dropout's output) in one forward pass of ``model``."""
+    seen = []
+    handle = block.conv2.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("arch", ["pixelcnnpp", "gated"])
+def test_dropout_is_element_wise_as_the_reference_and_off_in_eval(arch):
+    """The reference PixelCNN++ drops single values (tf.nn.dropout), not whole channels."""
+    if arch == "gated":
+        model = pixelaux.GatedPixelCNN(hidden=6, blocks=1, nr_mix=2, dropout=0.5, image_size=(8, 8))
+        block = model.ul_blocks[0]
+    else:
+        model = random_pp(hidden=6, blocks=1, scales=2, nr_mix=2, dropout=0.5, image_size=(8, 8))
+        block = model.down_layers[1].ul_stream[0]
     x = random_images(model, 2, 8, 8)
+    model.eval()
+    assert (_dropped_inputs(block, model, x) != 0).all()
+    model.train()
+    torch.manual_seed(0)
+    kept = _dropped_inputs(block, model, x) != 0                 # (B, 2C, H, W)
+    assert 0.35 < kept.float().mean() < 0.65
+    per_map = kept.flatten(2).float().mean(-1)                   # a channel-wise dropout: all 0 or all 1
+    assert ((per_map > 0) & (per_map < 1)).all(), per_map
     model.eval()
     assert torch.equal(model(x), model(x))
     model.train()
@@ -107,12 +134,10 @@ def test_trains_with_pixelaux_train(tmp_path):
 def test_cached_torch_teacher_forcing(name):
     model, x, cond, u = make(name)
     b, _, h, w = x.shape
-    with torch.no_grad():
-        ref = model(x, cond)
     out, params = cached_torch.run(model, x, torch.ones(b, h, w, dtype=torch.bool), cond, u, 1.0,
                                    return_params=True)
     assert torch.equal(out, x)
-    assert param_error(params, ref) <= 1e-4
+    assert_matches_forward(params, model, x, cond, name)
 
 
 @pytest.mark.parametrize("name,temperature,completion", [

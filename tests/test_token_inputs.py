@@ -1,11 +1,13 @@
 """Token inputs (``embed_dim``): each value's learned table row instead of its scaled
 intensity, for priors over discrete codes (issue 11, item 3). The model side and the
 plain-torch reference engines; the C++ and Triton backends have their own tests."""
+import copy
+
 import pytest
 import torch
 
 import pixelaux
-from helpers import assert_causal, random_gated, random_images, random_pp, single_thread
+from helpers import assert_causal, assert_matches_forward, random_gated, random_images, random_pp, single_thread
 from pixelaux.engines import cached_torch, naive
 from pixelaux.inputs import PixelInput, encode_pixels
 
@@ -65,10 +67,9 @@ def test_torch_engine_matches_naive_and_the_full_forward(name):
     with single_thread():
         ref = naive.run(model, x0, None, cond, u, 1.0)
         got, params = cached_torch.run(model, x0, None, cond, u, 1.0, return_params=True)
-        full = model(ref, cond)
+        assert_matches_forward(params, model, ref, cond, name)
     assert torch.equal(got, ref)
     assert len(ref.unique()) > 4                                      # samples are not constant
-    assert ((params - full).abs().max() / full.abs().max()).item() <= 1e-5
 
 
 def test_sixteen_bit_codes_sample_exactly():
@@ -115,6 +116,26 @@ def test_scaled_models_keep_their_keys_and_config():
     for model in (pixelaux.GatedPixelCNN(hidden=4, blocks=1), pixelaux.PixelCNNpp(hidden=4, blocks=1)):
         assert not any(k.startswith("input.") for k in model.state_dict())
         assert "embed_dim" not in model.config
+
+
+def test_a_model_converted_to_float64_computes_in_float64():
+    """``model.double()`` runs its forward in float64, the input encoding and a float32
+    cond included (the float64 reference of the teacher-forcing tests,
+    ``helpers.forward_errors``); the state-dict keys and the float32 table the engines
+    read stay as they were."""
+    models = (random_gated(seed=1, hidden=4, blocks=1, nr_mix=2, cond_channels=2, image_size=4),
+              random_pp(seed=2, hidden=4, blocks=1, scales=2, nr_mix=2, cond_channels=2, image_size=4),
+              TOKEN_MODELS["pp"]())
+    for model in models:
+        x = random_images(model, 2, 4, 4, seed=3)
+        cond = torch.randn(2, model.cond_channels) if model.cond_channels else None
+        m64 = copy.deepcopy(model).double()
+        with torch.no_grad():
+            p32, p64 = model(x, cond), m64(x, cond)
+        assert p32.dtype == torch.float32 and p64.dtype == torch.float64
+        assert ((p64 - p32).abs().max() / p64.abs().max()).item() < 1e-5
+        assert list(m64.state_dict()) == list(model.state_dict())
+        assert m64.input.table().dtype == torch.float32 and torch.equal(m64.input.table(), model.input.table())
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -1,14 +1,18 @@
 """pixelaux.training: a short run learns, resume is exact, failures write nothing bad."""
+import copy
+import math
 import os
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from helpers import one_thread  # noqa: F401 (fixture)
 from pixelaux import GatedPixelCNN, GrayscalePixelCNN, PyramidPixelCNN
 from pixelaux import checkpoint as ck
 from pixelaux import training
 from pixelaux.data import natural_patches
+from pixelaux.metrics import METRICS_FILE, read_metrics
 from pixelaux.training import (MODEL_FILE, STATE_FILE, TrainConfig, _Order, bits_per_dim, read_run,
                                train)
 
@@ -48,11 +52,20 @@ def test_short_run_lowers_bits_per_dim(tmp_path, patches):
     assert r.ema_model is not None and not r.ema_model.training
     assert r.train_bpd is not None and r.train_bpd < before
     # the saved model is the EMA model that gave test_bpd, ready to use
-    assert sorted(os.listdir(tmp_path)) == [MODEL_FILE, STATE_FILE]
+    assert sorted(os.listdir(tmp_path)) == [METRICS_FILE, MODEL_FILE, STATE_FILE]
     loaded = ck.load(r.checkpoint)
     assert ck.read_header(r.checkpoint)["step"] == 30
     assert bits_per_dim(loaded, te) == pytest.approx(r.test_bpd, abs=1e-5)
     assert r.test_bpd < bits_per_dim(_model(), te)
+    # metrics.jsonl: a line per evaluation and at the end
+    rows = read_metrics(tmp_path)
+    assert [row["step"] for row in rows] == [10, 20, 30]
+    assert set(rows[0]) == {"step", "train_bpd", "test_bpd", "lr", "images_per_s", "wall_s"}  # no parts: one network
+    assert rows[-1]["test_bpd"] == pytest.approx(r.test_bpd, abs=1e-12)
+    assert rows[0]["train_bpd"] > rows[-1]["train_bpd"] and rows[0]["test_bpd"] > rows[-1]["test_bpd"]
+    assert [row["lr"] for row in rows] == [pytest.approx(3e-3 * 0.999995 ** (t - 1), rel=1e-12) for t in (10, 20, 30)]
+    assert all(row["images_per_s"] > 0 for row in rows)
+    assert 0 < rows[0]["wall_s"] < rows[1]["wall_s"] < rows[2]["wall_s"]
 
 
 def _state_tensors(path):
@@ -249,3 +262,159 @@ def test_small_models_train_with_one_cpu_thread_and_threads_are_restored(tmp_pat
         assert training._cpu_threads(m, TrainConfig(steps=1), torch.device("cuda")) is None
     finally:
         torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- issue 18: optimizer, metrics
+
+def test_config_ranges_named_and_older_configs_read_with_their_behaviour():
+    for kw, exc, words in [
+            (dict(adam_betas=(0.9, 1.0)), ValueError, ["adam_betas[1]", "< 1", "1.0"]),
+            (dict(adam_betas=(-0.1, 0.9)), ValueError, ["adam_betas[0]", ">= 0"]),
+            (dict(adam_betas=(0.9,)), TypeError, ["adam_betas", "pair"]),
+            (dict(adam_betas="0.9"), TypeError, ["adam_betas"]),
+            (dict(adam_betas=(0.9, "x")), TypeError, ["adam_betas[1]"]),
+            (dict(lr_decay=0.0), ValueError, ["lr_decay", "> 0"]),
+            (dict(lr_decay=1.01), ValueError, ["lr_decay", "<= 1"]),
+            (dict(ema_decay=1.5), ValueError, ["ema_decay"]),
+            (dict(grad_clip=-1.0), ValueError, ["grad_clip", ">= 0"]),
+            (dict(grad_clip=float("nan")), ValueError, ["grad_clip", "finite"]),
+            (dict(lr=0.0), ValueError, ["lr", "> 0"])]:
+        with pytest.raises(exc) as e:
+            TrainConfig(steps=1, **kw)
+        assert all(w in str(e.value) for w in words), (kw, str(e.value))
+    cfg = TrainConfig(steps=1, adam_betas=[0.95, 0.9995], grad_clip=0, lr_decay=1)
+    assert cfg.adam_betas == (0.95, 0.9995) and cfg.grad_clip == 0.0 and cfg.lr_decay == 1.0
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    # a run saved before these fields: Adam's betas were (0.9, 0.999); grad_clip None meant "off"
+    old = dict(steps=5, batch_size=8, lr=1e-3, lr_decay=0.999995, ema_decay=0.999, grad_clip=None, amp=False,
+               compile=False, eval_every=None, ckpt_every=1000, seed=0, device="cpu", threads=None)
+    back = TrainConfig.from_dict(old)
+    assert back.adam_betas == (0.9, 0.999) and back.grad_clip == 0.0
+    assert TrainConfig.from_dict(dict(old, grad_clip=1.0)).grad_clip == 1.0     # today's default
+
+
+def _first_gradient(model, data, batch_size, seed=0):
+    """The gradient of step 1's loss (the batch train() takes first), computed here."""
+    m = copy.deepcopy(model).train()
+    x = data[_Order(len(data), batch_size, 1, 0, seed)(0)]
+    loss = -m.log_prob(x).mean() / (x[0].numel() * math.log(2.0))
+    grads = torch.autograd.grad(loss, list(m.parameters()))
+    return grads, float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+def _spy_adam():
+    """Records, before every optimizer step, the global gradient norm and its group's lr and betas."""
+    seen = []
+
+    def hook(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        group = opt.param_groups[0]
+        seen.append(dict(norm=float(norm), lr=group["lr"], betas=tuple(group["betas"])))
+    return seen, register_optimizer_step_pre_hook(hook)
+
+
+def test_optimizer_settings_reach_adam_clipping_off_and_on_and_ema_decay(tmp_path, patches):
+    tr, _ = patches
+    g1, raw_norm = _first_gradient(_model(), tr, 8)
+    seen, handle = _spy_adam()
+    try:
+        m = _model()
+        w0 = [p.detach().clone() for p in m.parameters()]
+        r = train(m, tr, steps=1, batch_size=8, lr=1e-2, adam_betas=(0.5, 0.6), ema_decay=0.1, grad_clip=0,
+                  out_dir=tmp_path / "off", **_quiet())
+        train(_model(), tr, steps=3, batch_size=8, lr=1e-2, lr_decay=0.5, grad_clip=raw_norm / 2,
+              out_dir=tmp_path / "on", **_quiet())
+    finally:
+        handle.remove()
+    off, on = seen[0], seen[1:]
+    # clipping off: Adam gets the raw gradient; on: its norm is the clip value
+    assert off["norm"] == pytest.approx(raw_norm, rel=1e-5)
+    assert on[0]["norm"] == pytest.approx(raw_norm / 2, rel=1e-5)
+    assert all(s["norm"] <= raw_norm / 2 * (1 + 1e-5) for s in on)
+    # betas, and the learning rate decayed per step: lr * lr_decay**(t-1)
+    assert off["betas"] == (0.5, 0.6) and on[0]["betas"] == (0.9, 0.999)      # the default, as before
+    assert [s["lr"] for s in on] == [pytest.approx(1e-2 * 0.5 ** t) for t in range(3)]
+    st = ck.load_training_state(tmp_path / "off" / STATE_FILE)
+    assert tuple(st["optimizer"]["param_groups"][0]["betas"]) == (0.5, 0.6)
+    exp_avg = st["optimizer"]["state"][0]["exp_avg"]                            # (1 - beta1) * g
+    torch.testing.assert_close(exp_avg, 0.5 * g1[0], rtol=1e-4, atol=1e-7)
+    # EMA decay: step 1 uses min(0.1, 2/11) = 0.1, so the EMA is w0 + 0.9 (w1 - w0)
+    for e, p, p0 in zip(r.ema_model.parameters(), m.parameters(), w0):
+        torch.testing.assert_close(e, p0 + 0.9 * (p.detach() - p0), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(next(r.ema_model.parameters()), next(m.parameters()))
+
+
+def test_test_bits_per_dim_are_float32_under_amp(tmp_path, patches, monkeypatch):
+    """amp on (bf16, here on CPU): the training steps run under autocast, the test
+    evaluation does not, so test_bpd is the float32 figure of the EMA model."""
+    tr, te = patches
+    monkeypatch.setattr(training, "_amp_dtype", lambda amp, dev, say: torch.bfloat16)
+    m = _model()
+    with torch.no_grad():                      # sharp distributions (log-scales -3), where bf16 shows
+        m.head.bias[8:14] = -3.0               # [logits 2, means 6, log-scales 6, coeffs 6]
+    dtypes = []
+    m.head.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    r = train(m, tr, test_data=te[:16], steps=2, batch_size=8, amp="bf16", out_dir=tmp_path, **_quiet())
+    assert dtypes[:2] == [torch.bfloat16, torch.bfloat16]                       # the training steps
+    fp32 = bits_per_dim(r.ema_model, te[:16])
+    assert r.test_bpd == pytest.approx(fp32, rel=1e-6)
+    assert read_metrics(tmp_path)[-1]["test_bpd"] == pytest.approx(fp32, rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():           # what it was before
+        x = te[:16]
+        under_amp = float(-r.ema_model.log_prob(x).float().sum() / (x.numel() * math.log(2.0)))
+    assert abs(under_amp - fp32) > 1e-3, (under_amp, fp32)
+
+
+def test_metrics_log_after_an_interrupted_run_is_resumed_has_one_line_per_step(tmp_path, patches, monkeypatch):
+    tr, _ = patches
+    kw = dict(steps=6, batch_size=8, eval_every=2, ckpt_every=3, **_quiet())
+    train(_model(), tr, out_dir=tmp_path / "a", **kw)
+    straight = read_metrics(tmp_path / "a")
+    assert [r["step"] for r in straight] == [2, 4, 6]
+    assert all(r["test_bpd"] is None for r in straight)                       # no test data
+    m, calls = _model(), {"n": 0}
+    real = m.log_prob
+
+    def interrupted(x):
+        calls["n"] += 1
+        if calls["n"] == 5:                    # step 5: after the line of step 4, checkpoint at 3
+            raise KeyboardInterrupt
+        return real(x)
+
+    monkeypatch.setattr(m, "log_prob", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(m, tr, out_dir=tmp_path / "b", **kw)
+    assert [r["step"] for r in read_metrics(tmp_path / "b")] == [2, 4]
+    with open(tmp_path / "b" / METRICS_FILE, "ab") as f:
+        f.write(b'{"step": 5, "train_')                                        # a line cut short by a kill
+    msgs = []
+    train(_model(seed=9), tr, out_dir=tmp_path / "b", resume=True, progress=False, log=msgs.append,
+          **{k: v for k, v in kw.items() if k not in ("progress", "log")})
+    assert any(f"{METRICS_FILE}: dropped 2 lines after step 3" in s for s in msgs), msgs
+    resumed = read_metrics(tmp_path / "b")
+    assert [r["step"] for r in resumed] == [2, 4, 6]
+    text = (tmp_path / "b" / METRICS_FILE).read_text()
+    assert text.endswith("\n") and text.count("\n") == 3
+    for a, b in zip(straight, resumed):        # the figures of an uninterrupted run (timings aside)
+        assert {k: a[k] for k in ("step", "train_bpd", "test_bpd", "lr")} == \
+               {k: b[k] for k in ("step", "train_bpd", "test_bpd", "lr")}
+    assert resumed[0]["wall_s"] < resumed[1]["wall_s"] < resumed[2]["wall_s"]
+    # a new run (no checkpoint) starts its log afresh
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / METRICS_FILE).write_text('{"step": 9}\n')
+    train(_model(), tr, out_dir=tmp_path / "c", steps=1, batch_size=8, **_quiet())
+    assert [r["step"] for r in read_metrics(tmp_path / "c")] == [1]
+
+
+def test_metrics_log_has_the_test_parts_of_a_composite_model(tmp_path):
+    torch.manual_seed(0)
+    m = GrayscalePixelCNN(hidden=8, blocks=1, image_size=(8, 8))
+    data = natural_patches("test", 8, scales=(2,))[:24]
+    r = train(m, data[:16], test_data=data[16:], steps=1, batch_size=8, out_dir=tmp_path, **_quiet())
+    row = read_metrics(tmp_path)[-1]
+    assert sorted(row["test_bpd_parts"]) == ["colour", "gray"]
+    assert sum(row["test_bpd_parts"].values()) == pytest.approx(row["test_bpd"], rel=1e-9)
+    assert row["test_bpd"] == pytest.approx(r.test_bpd) == pytest.approx(bits_per_dim(r.ema_model, data[16:]))
+    parts = r.ema_model.bits_per_dim(data[16:])
+    assert row["test_bpd_parts"]["gray"] == pytest.approx(float(parts["gray"].mean()), rel=1e-5)

@@ -29,6 +29,7 @@ import weakref
 import torch
 
 from .. import native
+from ..weight_norm import folded, source_key
 from .progress import run_native
 
 _PACKED = weakref.WeakKeyDictionary()
@@ -44,7 +45,8 @@ def config_of(model) -> list[int]:
 
 
 def raw_weights(model) -> list[torch.Tensor]:
-    """The model's parameters in the order ``pack_gated_pixelcnn`` expects."""
+    """The model's weights in the order ``pack_gated_pixelcnn`` expects (a weight-normed
+    conv's ``.weight`` is its folded ``g * V / ||V||``)."""
     w = [model.u_init.weight, model.u_init.bias, model.ul_init_v.weight, model.ul_init_v.bias,
          model.ul_init_h.weight, model.ul_init_h.bias]
     for blk in model.u_blocks:
@@ -62,12 +64,18 @@ def raw_weights(model) -> list[torch.Tensor]:
 
 def pack_cached(model, raw, pack, config) -> torch.Tensor:
     """``pack(raw float32 CPU weights, config)``, cached per model and recomputed only
-    when a parameter in ``raw`` changed (storage, in-place version, shape or dtype)."""
-    key = tuple((p.data_ptr(), p._version, tuple(p.shape), p.dtype) for p in raw)
+    when a parameter or buffer of ``model`` changed (storage, in-place version, shape or
+    dtype: ``weight_norm.source_key``). ``raw``: the weights, or a function giving them,
+    called on a miss only. The key is the model's own tensors, not ``raw``: a
+    weight-normed conv's ``.weight`` is computed afresh on every read (from ``g`` and
+    ``V``, which an optimizer step changes in place), so it is folded here, once per
+    weight version."""
+    key = source_key(model)
     hit = _PACKED.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
-    with torch.no_grad():
+    with torch.no_grad(), folded():
+        raw = raw() if callable(raw) else raw
         packed = pack([p.detach().to(device="cpu", dtype=torch.float32) for p in raw], config)
     _PACKED[model] = (key, packed)
     return packed
@@ -75,7 +83,7 @@ def pack_cached(model, raw, pack, config) -> torch.Tensor:
 
 def packed_weights(model) -> torch.Tensor:
     """The packed weights of ``model``, recomputed only when a parameter changed."""
-    return pack_cached(model, raw_weights(model), torch.ops.pixelaux.pack_gated_pixelcnn, config_of(model))
+    return pack_cached(model, lambda: raw_weights(model), torch.ops.pixelaux.pack_gated_pixelcnn, config_of(model))
 
 
 def input_table(model) -> torch.Tensor:

@@ -69,13 +69,18 @@ def weight_names(model) -> list[str]:
 
 
 def raw_weights(model) -> list[torch.Tensor]:
-    params = dict(model.named_parameters())
-    return [params[n] for n in weight_names(model)]
+    """The weights named by ``weight_names``, read from the modules (a weight-normed
+    conv's ``.weight`` is its folded ``g * V / ||V||``, not a parameter)."""
+    out = []
+    for n in weight_names(model):
+        module, attr = n.rsplit(".", 1)
+        out.append(getattr(model.get_submodule(module), attr))
+    return out
 
 
 def packed_weights(model) -> torch.Tensor:
     """The packed weights of ``model``, recomputed only when a parameter changed."""
-    return pack_cached(model, raw_weights(model), torch.ops.pixelaux.pack_pixelcnnpp, config_of(model))
+    return pack_cached(model, lambda: raw_weights(model), torch.ops.pixelaux.pack_pixelcnnpp, config_of(model))
 
 
 def cond_terms(model, cond) -> list[torch.Tensor]:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..inputs import encode_pixels
 from ..layers import concat_elu
+from ..weight_norm import folded, plain
 from .cached_torch_pp import PixelCNNppState
 from .progress import pixel_progress
 
@@ -141,7 +142,7 @@ def workspace_bytes(model, x, cond) -> int:
     the state it builds, with the values it keeps per row (the state is built here and
     its first row started; ``resources.held_bytes`` counts what it holds)."""
     from ..resources import held_bytes, num_threads
-    with num_threads(1):
+    with num_threads(1), folded():    # weight norm: folded copies counted, no copy of the model kept
         state = PixelCNNppState(model, x, cond) if model.kind == "PixelCNNpp" else CachedState(model, x, cond)
         state.start_row(0)
         state.step(0, 0)
@@ -152,6 +153,7 @@ def workspace_bytes(model, x, cond) -> int:
 def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False):
     """Same contract as ``naive.run``; with ``return_params`` also returns the
     parameters at every position ``(B, P, H, W)`` (teacher forcing when all known)."""
+    model = plain(model)     # weight norm folded once per weight version, not per read (weight_norm.py)
     x = x.clone()
     b, _, h, w = x.shape
     state = PixelCNNppState(model, x, cond) if model.kind == "PixelCNNpp" else CachedState(model, x, cond)

@@ -65,6 +65,7 @@ from pathlib import Path
 import torch
 
 from ..distributions import _check_temperature
+from ..weight_norm import folded
 from .progress import pixel_progress
 
 def _env_flag(name: str, default: str) -> bool:
@@ -316,6 +317,7 @@ def _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan)
 
 
 @torch.no_grad()
+@folded()   # weight-normed weights computed once per call (weight_norm.py)
 def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, plan=None):
     """Sample the unknown pixels of ``x`` in raster order with the Triton kernels.
 

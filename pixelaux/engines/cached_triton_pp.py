@@ -84,6 +84,7 @@ import os
 import torch
 
 from ..distributions import _check_temperature
+from ..weight_norm import folded
 from .cached_triton import load_kernels, status
 from .progress import pixel_progress
 
@@ -321,6 +322,7 @@ def sample_rows(buf, kernels, bar, capture=None, reference=False):
 
 
 @torch.no_grad()
+@folded()   # weight-normed weights computed once per call (weight_norm.py)
 def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, reference=False):
     """Sample the unknown pixels of ``x`` in raster order with the Triton kernels.
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import torch
 
+from ..weight_norm import folded
 from .progress import pixel_progress
 
 
 @torch.no_grad()
+@folded()   # weight-normed weights computed once per call (weight_norm.py), not per pixel
 def run(model, x, known, cond, uniforms, temperature, progress=False, max_pixels=None):
     """Sample the unknown pixels of ``x`` in raster order.
 
