@@ -27,6 +27,8 @@ import sys
 import time
 import warnings
 
+from . import run_config
+
 EXIT_USAGE = 2
 EXIT_ERROR = 1
 
@@ -38,6 +40,13 @@ class CliError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise CliError(f"{self.prog}: {message}")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        check = getattr(self, "post_parse_check", None)     # a sub-command's checks across its options
+        if check is not None:
+            check(self, ns)
+        return ns, rest
 
 
 def _positive_int(text):
@@ -161,39 +170,24 @@ SIZE_RULE = ("an image is used at its own size when the model can take it (gated
              "any size; pyramid and PixelCNN++ models: sides divisible by their factor); another size is "
              "refused unless --resize, which resizes it to the model's size and says so")
 
-#: ``pixelaux train --model-kind`` -> model class name
-TRAIN_MODEL_KINDS = {"gated": "GatedPixelCNN", "grayscale": "GrayscalePixelCNN", "pyramid": "PyramidPixelCNN",
-                     "gray-pyramid": "GrayscalePixelCNN"}
+#: ``pixelaux train --model-kind`` -> model class name (``gray-pyramid``: the grayscale
+#: model whose 4-bit gray view is itself a pyramid, docs/design.md section 1.3)
+TRAIN_MODEL_KINDS = run_config.MODEL_KIND_NAMES
 
-
-def _new_train_model(model_kind: str, hidden: int, blocks: int, image_size, dropout: float = 0.0):
-    """The model ``pixelaux train --model-kind`` starts from: RGB 8-bit; ``gray-pyramid``
-    is the grayscale model whose 4-bit gray view is itself a pyramid (docs/design.md
-    section 1.3: the two auxiliary variables combined). ``dropout`` reaches every
-    network of it (the composites pass theirs to each part)."""
-    from . import GrayscalePixelCNN, PyramidPixelCNN
-    from .checkpoint import model_class
-    if model_kind == "gray-pyramid":
-        prior = PyramidPixelCNN(channels=1, bits=4, dist="categorical", hidden=hidden, blocks=blocks,
-                                image_size=image_size, dropout=dropout)
-        return GrayscalePixelCNN(hidden=hidden, blocks=blocks, image_size=image_size, prior=prior,
-                                 dropout=dropout)
-    return model_class(TRAIN_MODEL_KINDS[model_kind])(channels=3, bits=8, hidden=hidden, blocks=blocks,
-                                                      image_size=image_size, dropout=dropout)
-
-
-def _train_model_kind(saved) -> str | None:
-    """The ``--model-kind`` a saved run was started with."""
-    if saved.kind == "GrayscalePixelCNN" and (saved.config.get("prior") or {}).get("kind") == "PyramidPixelCNN":
-        return "gray-pyramid"
-    return {"GatedPixelCNN": "gated", "GrayscalePixelCNN": "grayscale", "PyramidPixelCNN": "pyramid"}.get(saved.kind)
-
-#: ``pixelaux train``'s defaults. An option left out takes this value on a new run and
-#: the saved one with --resume (see :func:`_resume_settings`).
+#: ``pixelaux train``'s defaults (run_config.default_config). An option left out takes
+#: this value on a new run (unless --preset or --config set it) and the saved one with
+#: --resume.
 TRAIN_DEFAULTS = dict(model_kind="gated", data="patches", size=None, hidden=64, blocks=4, dropout=0.0,
                       steps=10000, batch_size=32, lr=1e-3, lr_decay=0.999995, adam_betas=(0.9, 0.999),
                       ema=0.999, clip=1.0, seed=0, eval_every=1000, ckpt_every=1000, device="auto",
                       threads=None)
+
+#: the options of a run's configuration, in the order they are applied over --preset and
+#: --config (``--model-kind`` first: it replaces the model; ``--arch`` next: it may change
+#: a stage's kind; then each --set, then the others: :func:`_train_layers`)
+TRAIN_CONFIG_OPTIONS = ("model_kind", "arch", "hidden", "blocks", "dropout", "scales", "nr_mix", "weight_norm",
+                        "size", "data", "class_cond", "steps", "batch_size", "global_batch", "lr", "lr_decay",
+                        "adam_betas", "ema", "clip", "seed", "eval_every", "ckpt_every", "device", "threads")
 
 
 def _number_in(lo, hi, lo_open=False, hi_open=False):
@@ -213,15 +207,60 @@ def _number_in(lo, hi, lo_open=False, hi_open=False):
     return parse
 
 
+def _key_value(text):
+    """``--set PATH=VALUE`` -> ``(PATH, VALUE)``, VALUE read as JSON (a bare word: a string)."""
+    import json
+    path, eq, value = text.partition("=")
+    if not eq or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected PATH=VALUE such as model.encoder_blocks=8, got {text!r}")
+    try:
+        parsed = json.loads(value, parse_constant=lambda c: c)      # NaN / Infinity: kept as text, refused later
+    except ValueError:
+        parsed = value
+    return path.strip(), parsed
+
+
+def _check_train_args(parser, ns):
+    """After parsing ``train``: --out is required unless --print-config (a usage error)."""
+    if ns.out is None and not ns.print_config:
+        parser.error("the following arguments are required: --out (the run directory; not needed with "
+                     "--print-config)")
+
+
 def _add_train_options(p):
     d = TRAIN_DEFAULTS
+    p.post_parse_check = _check_train_args
+    p.add_argument("--preset", choices=list(run_config.PRESETS), default=None, metavar="NAME",
+                   help="start from a built-in configuration of a paper's run (each says which in its comment; "
+                        f"see --print-config): {', '.join(run_config.PRESETS)}")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a run configuration, JSON (what --print-config prints, edited), over --preset; the "
+                        "options given override both")
+    p.add_argument("--set", action="append", type=_key_value, default=None, metavar="PATH=VALUE",
+                   help="set one key of the configuration, VALUE as JSON, e.g. model.encoder_blocks=8 or "
+                        "model.prior.hidden=32 (repeatable; over --config, --model-kind and --arch, under the "
+                        "other options)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration as JSON (the model's kind and every constructor "
+                        "argument, optimizer, data, batch, steps) and exit without training; --out not needed")
     p.add_argument("--model-kind", choices=sorted(TRAIN_MODEL_KINDS), default=None,
-                   help="gated: one GatedPixelCNN; grayscale: 4-bit gray then colour given gray; "
-                        "pyramid: multi-scale; gray-pyramid: the gray view as a pyramid, then colour "
+                   help="gated: one GatedPixelCNN; pixelcnnpp: one PixelCNN++; grayscale: 4-bit gray then colour "
+                        "given gray; pyramid: multi-scale; gray-pyramid: the gray view as a pyramid, then colour "
                         f"(default: {d['model_kind']})")
+    p.add_argument("--arch", choices=["gated", "pixelcnnpp"], default=None,
+                   help="the network of every part: gated (GatedPixelCNN) or pixelcnnpp (PixelCNN++ over --scales "
+                        "resolutions)")
+    p.add_argument("--scales", type=_positive_int, default=None,
+                   help="resolutions of every PixelCNN++ network (sides divisible by 2**(scales-1))")
+    p.add_argument("--nr-mix", type=_positive_int, default=None,
+                   help="logistic mixture components of every network (default: 10)")
+    p.add_argument("--weight-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight-normalize every conv, with data-dependent init from the first batch, as "
+                        "PixelCNN++ (default: off)")
     p.add_argument("--data", type=_data_spec, default=None,
                    help="patches (built-in natural-image patches, needs scikit-image), "
-                        "folder:PATH (PNG/JPEG files, no test set) or cifar10:PATH "
+                        "folder:PATH (PNG/JPEG files, no test set; for --class-cond one sub-folder per class) or "
+                        "cifar10:PATH "
                         f"(cifar-10-python.tar.gz or its extracted folder) (default: {d['data']})")
     _add_size_option(p, "image size (default: 32; folder: the images' own size, otherwise they are resized)")
     p.add_argument("--hidden", type=_positive_int, default=None, help=f"channels per layer (default: {d['hidden']})")
@@ -234,6 +273,13 @@ def _add_train_options(p):
                    help=f"optimizer steps in total (default: {d['steps']}; with --resume: the saved total)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"images per step and process (default: {d['batch_size']})")
+    p.add_argument("--global-batch", type=_positive_int, default=None,
+                   help="images per step over all processes, instead of --batch-size: each of torchrun's "
+                        "WORLD_SIZE processes takes an equal share (the presets: 128, the reference's 16 x 8 GPUs)")
+    p.add_argument("--class-cond", action=argparse.BooleanOptionalAction, default=None,
+                   help="class-conditional: the label as a one-hot global cond (--data cifar10:PATH, or "
+                        "folder:PATH with one sub-folder per class; a gated or pixelcnnpp model); sample with "
+                        "`pixelaux sample --class K`")
     p.add_argument("--lr", type=_positive_float, default=None, help=f"Adam learning rate (default: {d['lr']})")
     p.add_argument("--lr-decay", type=_number_in(0, 1, lo_open=True), default=None,
                    help=f"per-step decay of the learning rate, in (0, 1]: step t uses lr * lr_decay**(t-1) "
@@ -247,13 +293,13 @@ def _add_train_options(p):
     p.add_argument("--clip", type=_number_in(0, None), default=None,
                    help=f"clip the gradients' global norm to this; 0: no clipping (default: {d['clip']:g}; "
                         "reference: 0)")
-    p.add_argument("--out", required=True,
-                   help="run directory: the checkpoints, the training state and metrics.jsonl; with "
-                        "--plot-metrics: the PNG to write")
+    p.add_argument("--out", default=None,
+                   help="run directory: the checkpoints, the training state, metrics.jsonl and the resolved "
+                        "config.json; with --plot-metrics: the PNG to write")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out with its saved model, data and settings; an option that "
-                        "contradicts them is refused (--steps, --eval-every, --ckpt-every, --device and "
-                        "--threads may change)")
+                   help="continue the run in --out with its saved model, data and settings (its config.json); "
+                        "an option that contradicts them is refused (--steps, --eval-every, --ckpt-every, --device "
+                        "and --threads may change)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--seed", type=_seed_nonneg, default=None,
                    help=f"seed of the initial weights and the data order (default: {d['seed']})")
@@ -297,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample images into a grid image")
     _add_sampling_options(s)
     _add_size_option(s, "image size (default: the model's)")
+    s.add_argument("--class", dest="class_label", default=None, metavar="K",
+                   help="a class-conditional model (train --class-cond): sample class K, a number from 0 or a "
+                        "class name its checkpoint lists, for every image")
 
     c = sub.add_parser("colorize", help="colourings of a gray photo, side by side with it")
     c.add_argument("image", help="gray (or colour, taken as gray) image file")
@@ -615,11 +664,46 @@ def _chunk_size(model, count: int, size, args, reserved: int = 0) -> int:
     return max(1, min(count, 1 + (budget - one) // per_image))
 
 
-def _sample_share(model, args, size, first: int, count: int, keep: bool, rank: int = 0):
+def _class_cond(args, model):
+    """``sample --class K``: the one-hot cond ``(1, K)`` of a class-conditional model (a
+    gated / PixelCNN++ model with ``cond_channels``), or ``None`` without --class; one line
+    for --class on another model, a class out of range or unknown, and for a
+    class-conditional model without --class."""
+    import torch
+
+    from .checkpoint import read_header
+    from .training import class_count
+    n = class_count(model)
+    label = getattr(args, "class_label", None)
+    if label is None:
+        if n:
+            raise CliError(f"{args.model!r} is class-conditional ({n} classes): give --class K, 0 to {n - 1}")
+        return None
+    if not n:
+        raise CliError(f"--class {label}: {args.model!r} is not class-conditional (a {model.kind} without a "
+                       "class cond; train one with --class-cond)")
+    names = None
+    if os.path.isfile(args.model):
+        with contextlib.suppress(ValueError, OSError):
+            names = read_header(args.model).get("classes")
+    names = names if isinstance(names, list) and len(names) == n else None
+    if label.lstrip("-").isdigit():
+        k = int(label)
+        if not 0 <= k < n:
+            raise CliError(f"--class {label}: the model has {n} classes, 0 to {n - 1}")
+    elif names and label in names:
+        k = names.index(label)
+    else:
+        known = f"one of {', '.join(names)} or 0 to {n - 1}" if names else f"a number from 0 to {n - 1}"
+        raise CliError(f"--class {label}: expected {known}")
+    return torch.nn.functional.one_hot(torch.tensor([k]), n).float().to(args.device)
+
+
+def _sample_share(model, args, size, first: int, count: int, keep: bool, rank: int = 0, cond=None):
     """Images ``first .. first+count-1`` of the seed's sequence, sampled in chunks that
     fit in memory; each chunk's ``--out-dir`` files are written as soon as it is done.
     Returns the images as uint8 ``(count, C, H, W)`` when ``keep`` (for the grid), else
-    ``None``."""
+    ``None``. ``cond``: one cond ``(1, K)`` for every image (``sample --class``)."""
     import torch
 
     from .images import save_images, to_uint8
@@ -638,7 +722,8 @@ def _sample_share(model, args, size, first: int, count: int, keep: bool, rank: i
     for done in range(0, count, chunk):
         k = min(chunk, count - done)
         kw["generator"] = torch.Generator().manual_seed(args.seed)
-        x = sample(model, k, size=args.size, offset=first + done, **kw)
+        x = sample(model, k, size=args.size, offset=first + done,
+                   cond=None if cond is None else cond.expand(k, -1), **kw)
         if args.out_dir:
             save_images(x, args.out_dir, model.bits, start=first + done)
         if keep:
@@ -663,6 +748,7 @@ def cmd_sample(args):
     _check_sampling_outputs(args, "samples.png")
     with _process_group(args) as (world, rank):
         model = _load(args)
+        cond = _class_cond(args, model)
         size = tuple(args.size or model.image_size)
         if args.size is not None:
             problem = _size_problem(model, args.size)
@@ -675,7 +761,7 @@ def cmd_sample(args):
         if world > 1:
             torch.distributed.barrier()                # time the sampling, not the start-up skew
         t0 = time.perf_counter()
-        x = _sample_share(model, args, size, first, count, keep=bool(out), rank=rank)
+        x = _sample_share(model, args, size, first, count, keep=bool(out), rank=rank, cond=cond)
         if world > 1:
             torch.distributed.barrier()
         dt = time.perf_counter() - t0
@@ -686,7 +772,8 @@ def cmd_sample(args):
             torch.distributed.barrier()                # every rank's files are written
         if rank != 0:
             return
-        print(f"sampled {args.n} images {_hw(size)} from {args.model!r} in {dt:.2f} s{on}")
+        of = "" if cond is None else f" of class {args.class_label}"
+        print(f"sampled {args.n} images {_hw(size)}{of} from {args.model!r} in {dt:.2f} s{on}")
         if out:
             replaced = os.path.exists(out)
             save_grid(x, out, bits=8, scale=args.scale)
@@ -851,66 +938,121 @@ def cmd_models(args):
 
 # ----------------------------------------------------------------------------- train
 
-#: options that --resume lets change; the others must agree with the saved run
-RESUME_MAY_CHANGE = ("steps", "eval_every", "ckpt_every", "device", "threads")
+def _shown(v) -> str:
+    """A setting as the command line writes it: pairs space-separated."""
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
-def _saved_options(saved) -> dict:
-    """The values of ``pixelaux train``'s options that the run ``saved`` was trained with
-    (``None`` where the run does not record one)."""
-    cfg, run, config = saved.settings, saved.run, saved.config
-    size = config.get("image_size")
-    return dict(model_kind=_train_model_kind(saved), data=saved.meta.get("data"),
-                size=tuple(size) if size is not None else None,
-                hidden=config.get("hidden"), blocks=config.get("blocks"), dropout=config.get("dropout"),
-                steps=cfg.steps if cfg else None,
-                batch_size=cfg.batch_size if cfg else run.get("batch_size"),
-                lr=cfg.lr if cfg else None, lr_decay=cfg.lr_decay if cfg else None,
-                adam_betas=tuple(cfg.adam_betas) if cfg else None, ema=cfg.ema_decay if cfg else None,
-                clip=cfg.grad_clip if cfg else None, seed=cfg.seed if cfg else run.get("seed"),
-                eval_every=cfg.eval_every if cfg else None, ckpt_every=cfg.ckpt_every if cfg else None,
-                device=None, threads=None)
+def _train_layers(args) -> list:
+    """What the command line puts over the base configuration, lowest first: --preset,
+    --config, --model-kind and --arch (which choose the model that --set then tunes),
+    each --set, then the other options given (:data:`TRAIN_CONFIG_OPTIONS`); each as
+    ``(label, function of a config -> config)``, the label naming the option."""
+    import json
+
+    def option(name):
+        value = getattr(args, name)
+        if value is not None:
+            layers.append((f"--{name.replace('_', '-')}",
+                           lambda c, n=name, v=value: run_config.apply_option(c, n, v)))
+    layers = []
+    if args.preset is not None:
+        data = run_config.preset(args.preset)
+        layers.append((f"--preset {args.preset}", lambda c, d=data: run_config.merge(c, d)))
+    if args.config is not None:
+        try:
+            data = run_config.load_file(args.config)
+        except run_config.ConfigError as e:
+            raise CliError(f"--config {args.config}: {e}") from None
+        layers.append((f"--config {args.config}", lambda c, d=data: run_config.merge(c, d)))
+    option("model_kind")
+    option("arch")
+    for path, value in args.set or ():
+        try:
+            partial = run_config.from_path(path, value)
+        except run_config.ConfigError as e:
+            raise CliError(f"--set: {e}") from None
+        shown = value if isinstance(value, str) else json.dumps(value)
+        layers.append((f"--set {path}={shown}", lambda c, d=partial: run_config.merge(c, d)))
+    for name in TRAIN_CONFIG_OPTIONS[2:]:
+        option(name)
+    return layers
 
 
-def _resume_settings(args, saved) -> dict:
-    """The options of a resumed run: the saved ones, with the options given that may
-    change; ``CliError`` listing every given option that contradicts the saved run."""
-    have = _saved_options(saved)
-    conflicts, out = [], {}
-    for name, default in TRAIN_DEFAULTS.items():
-        given, kept = getattr(args, name), have.get(name)
-        if given is not None and kept is not None and given != kept and name not in RESUME_MAY_CHANGE:
-            shown = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
-            conflicts.append(f"--{name.replace('_', '-')} (saved {shown(kept)}, given {shown(given)})")
-        out[name] = given if given is not None else kept if kept is not None else default
-    if conflicts:
-        raise CliError(f"--resume: {', '.join(conflicts)} contradict the run in {args.out}; resume takes the "
-                       "saved settings: leave these options out, or train into a new --out")
-    return out
+def _conflict_text(label, diff, saved_cfg, args) -> str:
+    """One contradiction of --resume, as the option that made it: ``--hidden (saved 4, given 8)``;
+    a file, preset or --set with the keys it changes."""
+    name = label[2:].replace("-", "_")
+    if name in TRAIN_CONFIG_OPTIONS:
+        saved = run_config.option_value(saved_cfg, name)
+        return f"{label} (saved {_shown(saved)}, given {_shown(getattr(args, name))})"
+    keys = "; ".join(f"{path}: saved {_shown(a)}, given {_shown(b)}" for path, a, b in diff[:3])
+    return f"{label} ({keys}{'; ...' if len(diff) > 3 else ''})"
 
 
-def _train_data(spec, size):
-    """``--data`` -> (train, test); optional dependencies and paths checked first."""
-    from .data import check_spec, from_spec
+def _train_config(args):
+    """The run's configuration, resolved (``run_config.resolve``), its class names, and the
+    saved run with --resume (else ``None``). A new run: the defaults under --preset,
+    --config, --set and the options. --resume: the saved configuration (the run's
+    config.json; for a run from before config files, its saved settings) under the same
+    layers, refusing in one line every option that contradicts it."""
+    from .training import read_run
+    layers = _train_layers(args)
+    try:
+        if args.resume:
+            saved = read_run(args.out)
+            base, unknown = run_config.saved_config(saved, args.out)
+            cfg, conflicts = run_config.overlay(base, layers, fixed=True, unknown=unknown)
+            if conflicts:
+                parts = [_conflict_text(label, diff, base, args) for label, diff in conflicts]
+                raise CliError(f"--resume: {', '.join(parts)} contradict the run in {args.out}; resume takes the "
+                               "saved settings: leave these options out, or train into a new --out")
+        else:
+            saved = None
+            cfg, _ = run_config.overlay(run_config.default_config(), layers)
+    except run_config.ConfigError as e:
+        raise CliError(str(e)) from None
+    if not args.print_config:
+        _check_train_data(cfg["data"])
+    try:
+        resolved, classes = run_config.resolve(cfg)
+    except run_config.ConfigError as e:
+        raise CliError(str(e)) from None
+    except ValueError as e:                        # from the data: a folder's images, ...
+        raise CliError(f"--data {cfg['data']}: {' '.join(str(e).split())}") from None
+    return resolved, classes, saved
+
+
+def _check_train_data(spec):
+    """The optional dependency and the path of ``--data``, before the data is read."""
+    from .data import check_spec
     kind, path = check_spec(spec)
     if kind == "patches" and importlib.util.find_spec("skimage") is None:
         raise CliError("--data patches needs scikit-image (its photographs): pip install scikit-image")
     if kind == "folder" and not os.path.isdir(path):
         raise CliError(f"--data {spec}: {path} is not a folder")
-    if kind == "cifar10":
-        if not os.path.exists(path):
-            raise CliError(f"--data {spec}: {path} does not exist")
-        if size is not None and tuple(size) != (32, 32):
-            raise CliError(f"--size {size[0]} {size[1]}: CIFAR-10 images are 32x32")
-    return from_spec(spec, size)
+    if kind == "cifar10" and not os.path.exists(path):
+        raise CliError(f"--data {spec}: {path} does not exist")
+
+
+def _train_data(spec, size, labels=False):
+    """``--data`` -> (train, test) at ``size`` ``(H, W)``; with ``labels`` items are
+    ``(image, label)``."""
+    from .data import from_spec
+    _check_train_data(spec)
+    try:
+        return from_spec(spec, tuple(size), labels=labels)
+    except ValueError as e:
+        raise CliError(f"--data {spec}: {' '.join(str(e).split())}") from None
 
 
 def _plot_metrics_command(args):
     """``pixelaux train --plot-metrics RUN_DIR --out curve.png``: matplotlib, the log and
     --out checked first, then the plot."""
     from .metrics import METRICS_FILE, check_plot, plot_metrics
-    given = [f"--{name.replace('_', '-')}" for name in TRAIN_DEFAULTS if getattr(args, name) is not None]
-    given += ["--resume"] if args.resume else []
+    given = [f"--{name.replace('_', '-')}" for name in TRAIN_CONFIG_OPTIONS + ("preset", "config", "set")
+             if getattr(args, name) is not None]
+    given += [flag for flag, on in (("--resume", args.resume), ("--print-config", args.print_config)) if on]
     if given:
         raise CliError(f"--plot-metrics draws a run's curves and takes only --out; leave out {', '.join(given)}")
     if importlib.util.find_spec("matplotlib") is None:
@@ -929,45 +1071,53 @@ def _plot_metrics_command(args):
 
 
 def _train_command(args):
-    """``pixelaux train``: check the run directory, settle the settings (new run or
-    --resume), build data and model, then :func:`pixelaux.training.train`."""
+    """``pixelaux train``: check the run directory, resolve the configuration (new run or
+    --resume), print it with --print-config, else build data and model, keep the
+    configuration in --out/config.json and :func:`pixelaux.training.train`."""
     import torch
 
     from .checkpoint import model_class
-    from .training import MODEL_FILE, STATE_FILE, read_run, train
+    from .training import MODEL_FILE, STATE_FILE, train
+    if args.print_config and not args.resume:
+        resolved, _, _ = _train_config(args)
+        print(run_config.dumps(resolved), end="")
+        return None
+    if args.out is None:
+        raise CliError("--out is required: the run directory (not needed with --print-config)")
     _check_dir_output(args.out, "--out")
-    if args.adam_betas is not None:
-        args.adam_betas = tuple(args.adam_betas)           # as the saved run's, to compare on --resume
     holds_run = any(os.path.exists(os.path.join(args.out, f)) for f in (STATE_FILE, MODEL_FILE))
-    if args.resume:
-        if not os.path.isfile(os.path.join(args.out, STATE_FILE)):
-            raise CliError(f"--resume: {args.out} holds no run to resume (no {STATE_FILE}); "
-                           "leave out --resume to start one")
-        saved = read_run(args.out)
-        opts = _resume_settings(args, saved)
-    else:
-        if holds_run:
-            raise CliError(f"--out {args.out} already holds a run; add --resume to continue it, or choose "
-                           "another --out")
-        saved = None
-        opts = {k: (getattr(args, k) if getattr(args, k) is not None else d) for k, d in TRAIN_DEFAULTS.items()}
-    device = opts["device"]
+    if args.resume and not os.path.isfile(os.path.join(args.out, STATE_FILE)):
+        raise CliError(f"--resume: {args.out} holds no run to resume (no {STATE_FILE}); "
+                       "leave out --resume to start one")
+    if not args.resume and holds_run:
+        raise CliError(f"--out {args.out} already holds a run; add --resume to continue it, or choose "
+                       "another --out")
+    resolved, classes, saved = _train_config(args)
+    if args.print_config:                                  # with --resume: what it would train with
+        print(run_config.dumps(resolved), end="")
+        return None
+    t = resolved["train"]
+    try:
+        batch = run_config.process_batch(t, _torchrun_world())
+    except run_config.ConfigError as e:
+        raise CliError(str(e)) from None
+    device = t["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    train_data, test_data = _train_data(opts["data"], opts["size"])
-    torch.manual_seed(opts["seed"])
+    train_data, test_data = _train_data(resolved["data"], resolved["model"]["image_size"], labels=bool(classes))
+    torch.manual_seed(t["seed"])
     if saved is not None:
         model = model_class(saved.kind)(**saved.config)   # the weights come from the state
     else:
-        first = train_data[0]                              # (C, H, W): the size the data has
-        first = first[0] if isinstance(first, (tuple, list)) else first
-        model = _new_train_model(opts["model_kind"], opts["hidden"], opts["blocks"], tuple(first.shape[1:]),
-                                 dropout=opts["dropout"])
-    return train(model, train_data, test_data=test_data, steps=opts["steps"], batch_size=opts["batch_size"],
-                 lr=opts["lr"], lr_decay=opts["lr_decay"], adam_betas=tuple(opts["adam_betas"]),
-                 ema_decay=opts["ema"], grad_clip=opts["clip"], out_dir=args.out, resume=args.resume,
-                 eval_every=opts["eval_every"], ckpt_every=opts["ckpt_every"], seed=opts["seed"], device=device,
-                 threads=opts["threads"], meta={"data": opts["data"]}, progress=not args.no_progress)
+        model = run_config.build_model(resolved["model"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_config.write(args.out, resolved)
+    meta = {"data": resolved["data"], **({"classes": classes} if classes else {})}
+    return train(model, train_data, test_data=test_data, steps=t["steps"], batch_size=batch, lr=t["lr"],
+                 lr_decay=t["lr_decay"], adam_betas=tuple(t["adam_betas"]), ema_decay=t["ema_decay"],
+                 grad_clip=t["grad_clip"], amp=t["amp"], compile=t["compile"], out_dir=args.out,
+                 resume=args.resume, eval_every=t["eval_every"], ckpt_every=t["ckpt_every"], seed=t["seed"],
+                 device=device, threads=t["threads"], meta=meta, progress=not args.no_progress)
 
 
 def cmd_train(args):

@@ -1,8 +1,10 @@
 """Image data sets for training and evaluation.
 
 Every data set here yields integer images as ``torch.uint8`` tensors ``(C, H, W)``
-with values in ``[0, 2**bits)`` (images only, no labels), the format every
-pixelaux model's ``log_prob`` takes once batched to ``(B, C, H, W)``.
+with values in ``[0, 2**bits)``, the format every pixelaux model's ``log_prob`` takes
+once batched to ``(B, C, H, W)``; with ``labels=True`` (CIFAR-10, and a folder with
+one sub-folder per class) an item is ``(image, label)`` instead, the label an ``int``
+in ``[0, len(classes))``, for class-conditional training.
 
 * :class:`ImageFolder`: PNG / JPEG files under a folder (Pillow).
 * :class:`CIFAR10`: the CIFAR-10 *python* archive from a path the user gives;
@@ -52,6 +54,20 @@ def _resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.resize((w, h), resample)
 
 
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def folder_classes(root) -> list[str]:
+    """The class names of a folder laid out as one sub-folder per class: the sorted names
+    of the sub-folders of ``root`` that hold at least one PNG / JPEG file (at any depth);
+    ``[]`` when it has none (or ``root`` is not a folder)."""
+    root = check_path(root, "root")
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and any(_is_image(p) for p in d.rglob("*")))
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """All PNG / JPEG files under ``root`` (recursive, sorted by path).
 
@@ -65,12 +81,17 @@ class ImageFolder(torch.utils.data.Dataset):
     shrinking, bicubic when enlarging. With ``size=None`` the images are used as they
     are and must all have the same size (checked from the file headers here).
 
+    ``labels=True``: ``root`` holds one sub-folder per class (:func:`folder_classes`,
+    ``.classes`` their sorted names); ``dataset[i]`` is then ``(image, label)``, ``label``
+    the index in ``.classes`` of the sub-folder the file is in (``.labels``, int64).
+    An image directly under ``root`` is refused then, naming it.
+
     Raises ``ValueError`` for a missing or empty folder, for a file Pillow cannot read
     (naming the file; headers are checked here, the pixel data when the item is read)
     and for differing sizes with ``size=None``.
     """
 
-    def __init__(self, root, size=None, channels: int = 3, bits: int = 8):
+    def __init__(self, root, size=None, channels: int = 3, bits: int = 8, labels: bool = False):
         self.root = check_path(root, "root")
         self.channels = check_int(channels, "channels", min_value=1)
         if self.channels not in (1, 3):
@@ -79,11 +100,25 @@ class ImageFolder(torch.utils.data.Dataset):
         self.size = None if size is None else check_size(size, "size")
         if not self.root.is_dir():
             raise ValueError(f"ImageFolder: {str(self.root)!r} is not a directory")
-        self.files = sorted(p for p in self.root.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        self.files = sorted(p for p in self.root.rglob("*") if _is_image(p))
         if not self.files:
             raise ValueError(f"ImageFolder: no PNG/JPEG files ({', '.join(IMAGE_EXTENSIONS)}) "
                              f"under {str(self.root)!r}")
+        if not isinstance(labels, bool):
+            raise TypeError(f"labels must be a bool, got {type(labels).__name__} {labels!r}")
+        self.classes, self.labels = None, None
+        if labels:
+            self.classes = folder_classes(self.root)
+            if not self.classes:
+                raise ValueError(f"ImageFolder: labels=True needs one sub-folder per class under "
+                                 f"{str(self.root)!r}; it has no sub-folder holding images")
+            loose = [p for p in self.files if len(p.relative_to(self.root).parts) == 1]
+            if loose:
+                raise ValueError(f"ImageFolder: labels=True needs every image in a class sub-folder of "
+                                 f"{str(self.root)!r}; {str(loose[0])!r} is directly in it")
+            index = {name: i for i, name in enumerate(self.classes)}
+            self.labels = torch.tensor([index[p.relative_to(self.root).parts[0]] for p in self.files],
+                                       dtype=torch.int64)
         sizes = {}
         for p in self.files:
             try:
@@ -105,16 +140,24 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int):
         path = self.files[index]
         try:
             with Image.open(path) as img:
                 img.load()
                 if self.size is not None:
                     img = _resize(img.convert("L" if self.channels == 1 else "RGB"), self.size)
-                return _to_tensor(img, self.channels, self.bits)
+                x = _to_tensor(img, self.channels, self.bits)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"ImageFolder: cannot read image {str(path)!r}: {e}") from e
+        return x if self.labels is None else (x, int(self.labels[index]))
+
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the items: ``size``, or (``size=None``) the images' own size."""
+        if self.size is not None:
+            return self.size
+        with Image.open(self.files[0]) as img:
+            return img.size[1], img.size[0]
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -192,6 +235,10 @@ def _parse_cifar_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+#: CIFAR-10's class names, in label order (its ``batches.meta``)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 class CIFAR10(torch.utils.data.Dataset):
     """CIFAR-10 from the *python* version of the archive, read from a local ``path``.
 
@@ -200,20 +247,25 @@ class CIFAR10(torch.utils.data.Dataset):
     extracted to disk. ``train=True``: ``data_batch_1..5`` (50000 images), else
     ``test_batch`` (10000).
 
-    ``dataset[i]`` -> ``torch.uint8`` ``(3, 32, 32)``; ``.images`` is the whole set as
-    ``uint8 (N, 3, 32, 32)``, ``.labels`` ``int64 (N,)``.
+    ``dataset[i]`` -> ``torch.uint8`` ``(3, 32, 32)``, or with ``labels=True``
+    ``(image, label)`` (``label`` an int, its name ``CIFAR10_CLASSES[label]``); ``.images``
+    is the whole set as ``uint8 (N, 3, 32, 32)``, ``.labels`` ``int64 (N,)``.
     """
 
     BASE = "cifar-10-batches-py"
     ARCHIVE = "cifar-10-python.tar.gz"
+    classes = CIFAR10_CLASSES
 
-    def __init__(self, path, train: bool = True):
+    def __init__(self, path, train: bool = True, labels: bool = False):
         names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
         raws = self._read(check_path(path, "path"), names)
         parts = [_parse_cifar_batch(raw, f"{where}") for where, raw in raws]
         self.images = torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts])))
         self.labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
         self.train = train
+        if not isinstance(labels, bool):
+            raise TypeError(f"labels must be a bool, got {type(labels).__name__} {labels!r}")
+        self.with_labels = labels
 
     @classmethod
     def _read(cls, path: Path, names: list[str]) -> list[tuple[str, bytes]]:
@@ -248,8 +300,8 @@ class CIFAR10(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
+    def __getitem__(self, index: int):
+        return (self.images[index], int(self.labels[index])) if self.with_labels else self.images[index]
 
 
 # --------------------------------------------------------------------------- patches
@@ -351,20 +403,40 @@ def check_spec(spec) -> tuple[str, str]:
     raise ValueError(f"data spec must be one of {', '.join(SPEC_FORMS)}, got {spec!r}")
 
 
-def from_spec(spec: str, size=None):
+def spec_classes(spec: str) -> list[str]:
+    """The class names of the data a spec names, in label order: CIFAR-10's ten, or a
+    folder's class sub-folders (:func:`folder_classes`). ``ValueError`` for data without
+    labels (``patches``, a folder without class sub-folders)."""
+    kind, path = check_spec(spec)
+    if kind == "cifar10":
+        return list(CIFAR10_CLASSES)
+    if kind == "folder":
+        names = folder_classes(path)
+        if names:
+            return names
+        raise ValueError(f"data {spec} has no labels: no sub-folder of {path} holds images (for classes, put "
+                         "each class's images in a sub-folder named after it)")
+    raise ValueError(f"data {spec} has no labels (cifar10:PATH has; so has folder:PATH with one sub-folder per "
+                     "class)")
+
+
+def from_spec(spec: str, size=None, labels: bool = False):
     """A data spec -> ``(train, test)``; ``test`` is ``None`` for a folder.
 
     ``patches``: :func:`natural_patches` (train split with flips, test split) at ``size``
     (default 32). ``folder:PATH``: :class:`ImageFolder` (``size=None``: the images' own
     size). ``cifar10:PATH``: :class:`CIFAR10` train and test; ``size`` must be ``None``
-    or 32.
+    or 32. ``labels=True``: items are ``(image, label)`` (:func:`spec_classes` names the
+    labels); ``ValueError`` for ``patches``, which has none.
     """
     kind, path = check_spec(spec)
+    if labels and kind == "patches":
+        spec_classes(spec)                                  # the ValueError that says so
     if kind == "patches":
         s = 32 if size is None else size
         return natural_patches("train", s, flip=True), natural_patches("test", s)
     if kind == "cifar10":
         if size is not None and check_size(size, "size") != (32, 32):
             raise ValueError(f"CIFAR-10 images are 32x32; size {size!r} is not supported")
-        return CIFAR10(path, train=True), CIFAR10(path, train=False)
-    return ImageFolder(path, size=size), None
+        return CIFAR10(path, train=True, labels=labels), CIFAR10(path, train=False, labels=labels)
+    return ImageFolder(path, size=size, labels=labels), None

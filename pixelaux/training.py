@@ -1,8 +1,10 @@
 """Training: Adam + EMA + optional gradient clipping, atomic checkpoints, exact resume, DDP, a metrics log.
 
 :func:`train` minimises bits/dim, ``-log_prob(x) / (C*H*W*ln 2)``, of any pixelaux
-model that takes just ``x`` (unconditional :class:`~pixelaux.GatedPixelCNN`, the
-grayscale and pyramid composites). What it writes to ``out_dir``:
+model that takes just ``x`` (unconditional :class:`~pixelaux.GatedPixelCNN` and
+:class:`~pixelaux.PixelCNNpp`, the grayscale and pyramid composites), or of a
+class-conditional ``GatedPixelCNN`` / ``PixelCNNpp`` (``cond_channels = K``: data items
+``(image, label)``, ``cond`` the one-hot label ``(B, K)``). What it writes to ``out_dir``:
 
 * ``model.safetensors``: the EMA weights via :func:`pixelaux.checkpoint.save`, so
   :func:`pixelaux.checkpoint.load` gives a sampling-ready model; its header also holds
@@ -217,6 +219,27 @@ class _Images:
             return self.tensor[idx]
         return torch.stack([self._item(i) for i in idx.tolist()])
 
+    def has_labels(self) -> bool:
+        """Whether the items are ``(image, label, ...)``."""
+        if self.tensor is not None:
+            return False
+        item = self.dataset[0]
+        return isinstance(item, (tuple, list)) and len(item) >= 2
+
+    def labelled_batch(self, idx: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``idx`` ``(B,)`` -> images ``(B, C, H, W)`` and their labels ``(B,)`` int64, each in
+        ``[0, classes)`` (``ValueError`` naming the item otherwise); each item read once."""
+        xs, ys = [], []
+        for i in idx.tolist():
+            x, y = self.dataset[i][:2]
+            y = int(y.item() if isinstance(y, torch.Tensor) else y)
+            if not 0 <= y < classes:
+                raise ValueError(f"{self.name} item {i} has label {y}, outside [0, {classes}) "
+                                 f"(the model's cond_channels = {classes} classes)")
+            xs.append(x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)))
+            ys.append(y)
+        return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+
 
 class _Order:
     """Indices of the batch of step ``t`` for one rank; a function of ``(seed, t)``."""
@@ -242,15 +265,33 @@ class _Order:
 # --------------------------------------------------------------------------- evaluation
 
 class _NegLogProb(nn.Module):
-    """``x`` ``(B, C, H, W)`` -> ``-log_prob(x)`` ``(B,)`` nats. A module, so DDP's
-    forward hooks and ``torch.compile`` see the likelihood, not just ``forward``."""
+    """``x`` ``(B, C, H, W)`` (and a class-conditional model's one-hot ``cond`` ``(B, K)``)
+    -> ``-log_prob(x)`` ``(B,)`` nats. A module, so DDP's forward hooks and
+    ``torch.compile`` see the likelihood, not just ``forward``."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        return -self.model.log_prob(x)
+    def forward(self, x, cond=None):
+        return -(self.model.log_prob(x) if cond is None else self.model.log_prob(x, cond))
+
+
+def class_count(model) -> int:
+    """``K`` for a class-conditional model (a ``GatedPixelCNN`` / ``PixelCNNpp`` with
+    ``cond_channels = K > 0``, trained on one-hot labels), else 0. A composite's
+    ``cond_channels`` is its encoder's width, not a class count."""
+    from .auxiliary import is_stage
+    return int(getattr(model, "cond_channels", 0) or 0) if is_stage(model) else 0
+
+
+def _fetch(images: "_Images", idx: torch.Tensor, classes: int, dev):
+    """The batch ``idx`` on ``dev``: ``(x, cond)``, ``cond`` the one-hot labels
+    ``(B, classes)`` float32 for a class-conditional model, else ``None``."""
+    if not classes:
+        return images.batch(idx).to(dev, non_blocking=True), None
+    x, y = images.labelled_batch(idx, classes)
+    return x.to(dev, non_blocking=True), torch.nn.functional.one_hot(y.to(dev), classes).float()
 
 
 def _dist():
@@ -259,12 +300,13 @@ def _dist():
 
 
 @torch.no_grad()
-def _eval_parts(model, images: _Images, batch_size: int, dev, world=1, rank=0) -> dict[str, float]:
+def _eval_parts(model, images: _Images, batch_size: int, dev, world=1, rank=0, classes=0) -> dict[str, float]:
     """Bits/dim of ``model`` on ``images``: ``{"total": ..., **parts}`` (the parts of an
     auxiliary-variable model's ``log_prob_parts``, which add up to the total; none for
     a single network). Always float32, never under autocast, whatever the training's
     ``amp``: bf16 mixture parameters move bits/dim by 0.002-0.012. Each rank takes
-    every ``world``-th image; the sums are all-reduced."""
+    every ``world``-th image; the sums are all-reduced. ``classes``: a class-conditional
+    model's class count (each image scored given its own label)."""
     was_training = model.training
     model.eval()
     parts_of = getattr(model, "log_prob_parts", None)
@@ -274,8 +316,11 @@ def _eval_parts(model, images: _Images, batch_size: int, dev, world=1, rank=0) -
     weight = 1.0 if len(idx) else 0.0
     with torch.autocast(dev.type, enabled=False):
         for chunk in idx.split(batch_size) if len(idx) else [torch.zeros(1, dtype=torch.long)]:
-            x = images.batch(chunk).to(dev)
-            parts = parts_of(x) if parts_of is not None else {"total": model.log_prob(x)}
+            x, cond = _fetch(images, chunk, classes, dev)
+            if parts_of is not None:
+                parts = parts_of(x)
+            else:
+                parts = {"total": model.log_prob(x) if cond is None else model.log_prob(x, cond)}
             if names is None:
                 names = list(parts)
                 total = torch.zeros(len(names) + 1, dtype=torch.float64, device=dev)   # nats, dims
@@ -291,15 +336,27 @@ def _eval_parts(model, images: _Images, batch_size: int, dev, world=1, rank=0) -
     return {"total": float(total[:-1].sum() / (total[-1] * LN2)), **bpd}
 
 
-def _eval_bpd(model, images: _Images, batch_size: int, dev, world=1, rank=0) -> float:
-    return _eval_parts(model, images, batch_size, dev, world, rank)["total"]
+def _eval_bpd(model, images: _Images, batch_size: int, dev, world=1, rank=0, classes=0) -> float:
+    return _eval_parts(model, images, batch_size, dev, world, rank, classes)["total"]
 
 
 def bits_per_dim(model: nn.Module, data, *, batch_size: int = 64, device=None) -> float:
-    """Bits/dim of ``model`` on ``data`` (a Dataset or uint8 tensor ``(N, C, H, W)``):
+    """Bits/dim of ``model`` on ``data`` (a Dataset or uint8 tensor ``(N, C, H, W)``; for a
+    class-conditional model a Dataset of ``(image, label)``):
     ``sum(-log_prob) / (N*C*H*W*ln 2)``, in eval mode, without gradients."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    return _eval_bpd(model, _Images(data, "data"), check_int(batch_size, "batch_size", min_value=1), dev)
+    images = _Images(data, "data")
+    classes = class_count(model)
+    _check_labels(images, classes, model)
+    return _eval_bpd(model, images, check_int(batch_size, "batch_size", min_value=1), dev, classes=classes)
+
+
+def _check_labels(images: "_Images | None", classes: int, model) -> None:
+    """A class-conditional model needs ``(image, label)`` items (``ValueError`` naming the data)."""
+    if classes and images is not None and not images.has_labels():
+        raise ValueError(f"{images.name}: this {model.kind} is class-conditional (cond_channels={classes}): "
+                         "its items must be (image, label) with label in [0, cond_channels), e.g. "
+                         "torch.utils.data.TensorDataset(images, labels)")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -373,7 +430,11 @@ def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_siz
 
     ``train_data`` / ``test_data``: Datasets of integer images ``(C, H, W)`` (or tuples
     starting with one) or tensors ``(N, C, H, W)`` of ``uint8``/``int64``, matching the
-    model's ``channels`` and ``image_size``. Loss: mean bits/dim of the batch.
+    model's ``channels`` and ``image_size``. Loss: mean bits/dim of the batch. A
+    class-conditional model (a ``GatedPixelCNN`` / ``PixelCNNpp`` with ``cond_channels = K``)
+    takes items ``(image, label)``, label in ``[0, K)``, and is trained and tested given
+    ``cond = one_hot(label, K)`` (``meta["classes"]``, the class names, also goes into
+    ``model.safetensors``' header as ``classes``).
 
     Adam with ``betas=adam_betas`` and learning rate ``lr * lr_decay**(t-1)`` at step
     ``t`` (from 1); gradients clipped to global norm ``grad_clip`` (``0`` or ``None``: no
@@ -419,9 +480,6 @@ def train(model: nn.Module, train_data, *, test_data=None, steps: int, batch_siz
     model = unwrap(model)
     kind = getattr(model, "kind", None)
     model_class(kind)  # ValueError now, not at the first checkpoint, for unknown kinds
-    if getattr(model, "cond_channels", 0):
-        raise ValueError(f"train() handles models that take just x; this {kind} needs cond "
-                         f"(cond_channels={model.cond_channels})")
     world, rank, dev, created = _setup_distributed(cfg.device)
     place = _Placement(world, rank, dev)
     before = torch.get_num_threads()
@@ -478,13 +536,16 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
             if got != want:
                 raise ValueError(f"{imgs.name} images are {got} (C, H, W); the {model.kind} "
                                  f"is built for {want}")
+    classes = class_count(model)
+    for imgs in (train_images, test_images):
+        _check_labels(imgs, classes, model)
     world, rank, dev = place.world, place.rank, place.dev
     say = log if rank == 0 else (lambda s: None)
 
     model.to(dev).train()
     if not resume and weight_norm.needs_init(model):   # a new weight-normed model: data-dependent init
         first = _Order(len(train_images), cfg.batch_size, world, 0, cfg.seed)(0)   # rank 0's batch: every rank alike
-        weight_norm.initialize(model, train_images.batch(first).to(dev))
+        weight_norm.initialize(model, *_fetch(train_images, first, classes, dev))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
     amp_dtype = _amp_dtype(cfg.amp, dev, say)
@@ -554,6 +615,8 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
             extra = {"step": step, "train_bpd": train_bpd}
             if test_bpd is not None:
                 extra["test_bpd"] = test_bpd
+            if classes and (meta or {}).get("classes") is not None:
+                extra["classes"] = meta["classes"]          # for `pixelaux sample --class NAME`
             save(ema, model_path, extra=extra)
         if world > 1:
             _dist().barrier()
@@ -572,11 +635,11 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
     try:
         for step in range(start + 1, steps + 1):       # `step` = steps done after this one
             t_step = time.perf_counter()
-            x = train_images.batch(order(step - 1)).to(dev, non_blocking=True)
+            x, cond = _fetch(train_images, order(step - 1), classes, dev)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * cfg.lr_decay ** (step - 1)
             with autocast():
-                nll = loss_fn(x)
+                nll = loss_fn(x) if cond is None else loss_fn(x, cond)
             loss = nll.float().mean() / (x[0].numel() * LN2)
             value = loss.detach().clone()
             if world > 1:
@@ -614,7 +677,7 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
             if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
                 test = None
                 if test_images is not None:
-                    test = _eval_parts(ema, test_images, cfg.batch_size, dev, world, rank)
+                    test = _eval_parts(ema, test_images, cfg.batch_size, dev, world, rank, classes)
                     test_now = test_bpd = test["total"]
                     say(f"step {step}: train {mean():.4f} bits/dim, test (EMA) {test_bpd:.4f} bits/dim")
                 metrics_line(step, test)
@@ -626,7 +689,7 @@ def _train(model, train_data, test_data, cfg: TrainConfig, *, out_dir: Path, res
                 "nothing to train")
         test = None
         if test_images is not None:
-            test = _eval_parts(ema, test_images, cfg.batch_size, dev, world, rank)
+            test = _eval_parts(ema, test_images, cfg.batch_size, dev, world, rank, classes)
             test_bpd = test["total"]
         if start < steps:
             metrics_line(steps, test)

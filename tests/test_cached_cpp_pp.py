@@ -2,14 +2,15 @@
 docs/design.md section 2.
 
 1. Teacher forcing: with every pixel known, the parameters the engine computes at each
-   position match the full forward pass (max abs error <= 1e-4 of the parameter scale).
+   position match the full forward pass: within 4x the error of PyTorch's own float32
+   forward, both measured against the float64 one (``helpers.assert_matches_forward``).
 2. Same uniforms, same images as the naive engine (any image that differs must differ
    first at a float tie: both engines' parameters agree there to 1e-4 and each engine's
    pixel is what its own parameters give; reported).
 
 Tiny models (hidden <= 8: with N(0, 0.2^2) weights, wider U-nets reach activations of
-~1e4 and the forward pass itself stops being a 1e-4 reference) with random weights,
-1 and 3 channels, both distributions, scales 1..4, blocks 0..2, odd batches, known
+~1e4, chaotic: any float32 result, torch's included, is off by ~1e-4 of that) with
+random weights, 1 and 3 channels, both distributions, scales 1..4, blocks 0..2, odd batches, known
 pixels, conditioning, non-square sizes.
 """
 
@@ -116,7 +117,8 @@ def test_thread_splits_give_identical_results(give_up, monkeypatch):
     # batch 1: a team over the output channels (mode 0 with 2 threads), teacher forced
     known = torch.ones(1, 8, 8, dtype=torch.bool)
     _, p1 = cached_cpp_pp.run(model, x[:1], known, cond[:1], u[:1], 1.0, return_params=True)
-    assert_matches_forward(p1, model, x[:1], cond[:1], "team over the output channels")
+    with single_thread():
+        assert_matches_forward(p1, model, x[:1], cond[:1], "team over the output channels")
 
 
 def test_batch_independence():

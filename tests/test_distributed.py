@@ -148,7 +148,7 @@ def test_sample_under_torchrun_writes_the_files_of_one_process(models, tmp_path)
 
 
 def test_train_under_torchrun_equals_one_process_with_the_global_batch(tmp_path):
-    """2 ranks x batch 4 and 1 process x batch 8, 3 steps, dropout 0: the same raw and EMA
+    """2 ranks x batch 4 (--global-batch 8) and 1 process x batch 8, 3 steps, dropout 0: the same raw and EMA
     weights within float tolerance (the gradients are averaged in another order)."""
     data = tmp_path / "data"
     data.mkdir()
@@ -158,15 +158,17 @@ def test_train_under_torchrun_equals_one_process_with_the_global_batch(tmp_path)
     common = ["train", "--model-kind", "gated", "--data", f"folder:{data}", "--hidden", 8, "--blocks", 1,
               "--steps", 3, "--eval-every", 1, "--no-progress"]
     _in_one_thread([*common, "--batch-size", 8, "--out", tmp_path / "one"])
-    _torchrun([*common, "--batch-size", 4, "--out", "two"], cwd=tmp_path)
-    assert sorted(os.listdir(tmp_path / "two")) == ["metrics.jsonl", "model.safetensors", "training_state.safetensors"]
+    _torchrun([*common, "--global-batch", 8, "--out", "two"], cwd=tmp_path)       # 4 per process
+    assert sorted(os.listdir(tmp_path / "two")) == ["config.json", "metrics.jsonl", "model.safetensors",
+                                                    "training_state.safetensors"]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["train"]["global_batch"] == 8
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]                 # rank 0 only: one line per step
     ones = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_bpd"] for r in rows] == pytest.approx([r["train_bpd"] for r in ones], rel=1e-5)
     one = load_training_state(tmp_path / "one" / "training_state.safetensors")
     two = load_training_state(tmp_path / "two" / "training_state.safetensors")
-    assert one["step"] == two["step"] == 3 and two["run"]["world_size"] == 2
+    assert one["step"] == two["step"] == 3 and two["run"]["world_size"] == 2 and two["run"]["batch_size"] == 4
     torch.manual_seed(0)                                          # the CLI's initial weights
     init = pixelaux.GatedPixelCNN(channels=3, bits=8, hidden=8, blocks=1, image_size=(8, 8)).state_dict()
     moved = max(float((one["model"][k] - init[k]).abs().max()) for k in init)

@@ -4,9 +4,13 @@ import copy
 import pytest
 import torch
 
-from helpers import (ENGINE_CONFIGS, ENGINE_SIZES, FORWARD_FACTOR, FORWARD_FLOOR, assert_matches_forward, random_cond,
-                     random_gated, random_images)
+from helpers import (ENGINE_CONFIGS, ENGINE_SIZES, FORWARD_FACTOR, FORWARD_FLOOR, assert_matches_forward,  # noqa: F401
+                     one_thread, random_cond, random_gated, random_images)
 from pixelaux.engines import cached_torch, naive
+
+# Tiny models, one small op after another: a second OpenMP thread only spin-waits (on a
+# busy 2-core machine this file took 12-50 s with two threads, 6 s with one).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("cfg", ENGINE_CONFIGS)

@@ -13,7 +13,8 @@ After every kill:
 * the model file is at most one checkpoint behind the state (it is written second)
   and, when both are at the same step, holds exactly the EMA weights of the state;
 * the run directory holds nothing but the two files, ``metrics.jsonl`` (a line every
-  20 steps) and, possibly, the hidden temporary file of the write the kill interrupted;
+  20 steps), the run's ``config.json`` (complete: it is written atomically, before
+  training) and, possibly, the hidden temporary file of the write the kill interrupted;
 * the resumed process says it resumed at the step of the last checkpoint.
 
 Finally the run is resumed to the end and must equal an uninterrupted run bit for bit
@@ -26,6 +27,7 @@ The numbers (kills survived, checkpoints lost, temporary files left) are printed
 the test ends.
 """
 import contextlib
+import json
 import os
 import random
 import re
@@ -43,6 +45,7 @@ from PIL import Image
 from helpers import one_thread  # noqa: F401 (fixture)
 from pixelaux import checkpoint as ck
 from pixelaux.metrics import METRICS_FILE, read_metrics
+from pixelaux.run_config import CONFIG_FILE
 from pixelaux.training import MODEL_FILE, STATE_FILE
 
 pytestmark = pytest.mark.slow         # about 30 s: 15 processes killed and resumed
@@ -50,7 +53,7 @@ pytestmark = pytest.mark.slow         # about 30 s: 15 processes killed and resu
 KILLS = 15
 STEPS = 200
 SEED = 20240611
-TMP_RE = re.compile(r"^\.(model|training_state)\.safetensors\.[0-9a-f]{16}\.tmp$")
+TMP_RE = re.compile(r"^\.((model|training_state)\.safetensors|config\.json)\.[0-9a-f]{16}\.tmp$")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -93,8 +96,11 @@ def _check_run_dir(out: Path, prev_step: int | None) -> tuple[int | None, list[s
     """Everything that must hold after a kill -> (state step or None, temp files)."""
     names = sorted(os.listdir(out)) if out.exists() else []
     temps = [n for n in names if TMP_RE.match(n)]
-    others = [n for n in names if n not in (MODEL_FILE, STATE_FILE, METRICS_FILE) and not TMP_RE.match(n)]
+    kept = (MODEL_FILE, STATE_FILE, METRICS_FILE, CONFIG_FILE)
+    others = [n for n in names if n not in kept and not TMP_RE.match(n)]
     assert not others, f"unexpected files in the run directory: {others}"
+    if CONFIG_FILE in names:
+        assert json.loads((out / CONFIG_FILE).read_text())["model"]["hidden"] == 4   # never a partial file
     if STATE_FILE not in names:
         assert prev_step is None, f"the training state of step {prev_step} was lost"
         assert MODEL_FILE not in names, "model file without a training state"
@@ -205,8 +211,8 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     assert (out / METRICS_FILE).read_text().count("\n") == STEPS // 20
     # No temporary files: none in the uninterrupted run; in the killed one, a write that
     # a SIGKILL interrupted leaves a hidden temp file, which the next --resume removes.
-    assert sorted(os.listdir(ref_out)) == [METRICS_FILE, MODEL_FILE, STATE_FILE]
-    final_temps = [n for n in os.listdir(out) if n not in (MODEL_FILE, STATE_FILE, METRICS_FILE)]
+    assert sorted(os.listdir(ref_out)) == [CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE]
+    final_temps = [n for n in os.listdir(out) if n not in (MODEL_FILE, STATE_FILE, METRICS_FILE, CONFIG_FILE)]
     assert final_temps == [], final_temps       # stale temp files are removed on --resume
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():

@@ -7,9 +7,12 @@ import pytest
 import torch
 
 import pixelaux
-from helpers import assert_causal, assert_matches_forward, random_gated, random_images, random_pp, single_thread
+from helpers import (assert_causal, assert_matches_forward, one_thread, random_gated, random_images,  # noqa: F401
+                     random_pp, single_thread)
 from pixelaux.engines import cached_torch, naive
 from pixelaux.inputs import PixelInput, encode_pixels
+
+pytestmark = pytest.mark.usefixtures("one_thread")     # tiny models: a second thread only spin-waits
 
 TOKEN_MODELS = {
     "gated": lambda: random_gated(seed=3, channels=2, bits=9, hidden=8, blocks=2, dist="categorical",
