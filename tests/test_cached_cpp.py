@@ -229,26 +229,30 @@ def _in_this_process(family):
     return os.environ.get("PIXELAUX_CPU_KERNELS", "avx512f") == family
 
 
-@pytest.fixture(scope="module")
-def family_runs():
+@pytest.fixture(scope="module", autouse=True)
+def family_runs(request):
     """``family_check`` in a subprocess per family the CPU has, besides this process's
-    (the family is chosen once per process: a static in csrc/cpu/kernels.cpp), all
-    started at once; ``{family: Popen}``."""
+    (the family is chosen once per process: a static in csrc/cpu/kernels.cpp), started
+    with this module's first test, so that they run beside the tests before
+    ``test_each_kernel_family_is_selected_and_matches_the_forward`` (the tests here use
+    about one core); only for the families that test will check. ``{family: Popen}``."""
     import os
     import subprocess
     import sys
+    wanted = {item.callspec.params["family"] for item in request.session.items
+              if getattr(item, "originalname", "") == "test_each_kernel_family_is_selected_and_matches_the_forward"}
     flags = _cpu_flags() or set()
     tests = os.path.dirname(os.path.abspath(__file__))
     code = f"import sys; sys.path.insert(0, {tests!r}); from test_cached_cpp import family_check; " \
            "print(*family_check(), sep=chr(10))"
     runs = {f: subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=dict(os.environ, PIXELAUX_CPU_KERNELS=f))
-            for f, (_, need) in FAMILIES.items() if need <= flags and not _in_this_process(f)}
+            for f, (_, need) in FAMILIES.items() if f in wanted and need <= flags and not _in_this_process(f)}
     yield runs
     for p in runs.values():
         if p.poll() is None:
             p.kill()
-            p.communicate()
+        p.communicate()
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
