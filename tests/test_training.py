@@ -418,3 +418,16 @@ def test_metrics_log_has_the_test_parts_of_a_composite_model(tmp_path):
     assert row["test_bpd"] == pytest.approx(r.test_bpd) == pytest.approx(bits_per_dim(r.ema_model, data[16:]))
     parts = r.ema_model.bits_per_dim(data[16:])
     assert row["test_bpd_parts"]["gray"] == pytest.approx(float(parts["gray"].mean()), rel=1e-5)
+
+
+def test_a_resumed_runs_bar_starts_at_its_step(tmp_path, patches, capsys):
+    """The bar of a resumed run starts where the run stopped (tqdm's ``initial``), so its
+    rate counts this process's steps, not the saved ones in its first second."""
+    tr, _ = patches
+    kw = dict(batch_size=8, log=lambda *a: None)
+    train(_model(seed=1), tr, out_dir=tmp_path, steps=3, progress=False, **kw)
+    capsys.readouterr()
+    train(_model(seed=1), tr, out_dir=tmp_path, steps=5, resume=True, progress=True, **kw)
+    renders = [r.strip() for r in capsys.readouterr().err.replace("\r", "\n").splitlines() if "/5 [" in r]
+    assert renders and "3/5 [" in renders[0], renders
+    assert not any(" 0/5 [" in r or "|0/5" in r for r in renders), renders
