@@ -635,11 +635,10 @@ def _memory_check_on() -> bool:
     return os.environ.get("PIXELAUX_MEMORY_CHECK", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _chunk_size(model, count: int, size, args, reserved: int = 0) -> int:
-    """The most images one ``sample`` call may take within the memory available (after
-    ``reserved`` bytes, e.g. the grid), at most ``count``; ``CliError`` in one line when
-    not even one image fits. Images sampled in chunks are the images of one call (each
-    chunk starts at its own offset of the seed's sequence)."""
+def _sampling_memory(model, size, args):
+    """``(available, first image, each further image)`` bytes of sampling ``size`` images
+    (``resources.estimate_sampling_bytes``, linear in n), or ``None`` when the memory is
+    unknown or its check is off; ``CliError`` in one line when not even one image fits."""
     import torch
 
     from . import resources
@@ -648,19 +647,28 @@ def _chunk_size(model, count: int, size, args, reserved: int = 0) -> int:
     device = torch.device(args.device)
     avail = resources.available_bytes(device) if _memory_check_on() else None
     if avail is None:
-        return count
+        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         engine, backend = resolve_engine(model, args.engine, args.backend)
     one = resources.estimate_sampling_bytes(model, 1, size, engine, backend)
-    budget = int(avail * CHUNK_MEMORY_FRACTION) - reserved
-    if one > budget:
+    usable = int(avail * CHUNK_MEMORY_FRACTION)
+    if one > usable:
         raise CliError(f"one {_hw(size)} image needs about {format_bytes(one)} of {device.type} memory to sample, "
-                       f"but only {format_bytes(max(0, budget))} can be used ({format_bytes(avail)} available); "
+                       f"but only {format_bytes(usable)} can be used ({format_bytes(avail)} available); "
                        "use a smaller --size (PIXELAUX_MEMORY_CHECK=0 skips this check)")
-    if count == 1:
-        return 1
-    per_image = max(1, resources.estimate_sampling_bytes(model, 2, size, engine, backend) - one)
+    return avail, one, max(1, resources.estimate_sampling_bytes(model, 2, size, engine, backend) - one)
+
+
+def _chunk_size(count: int, memory, reserved: int = 0) -> int:
+    """The most images one ``sample`` call may take within ``memory``
+    (:func:`_sampling_memory`) after ``reserved`` bytes (the grid), at most ``count``.
+    Images sampled in chunks are the images of one call (each chunk starts at its own
+    offset of the seed's sequence)."""
+    if memory is None:
+        return count
+    avail, one, per_image = memory
+    budget = int(avail * CHUNK_MEMORY_FRACTION) - reserved
     return max(1, min(count, 1 + (budget - one) // per_image))
 
 
@@ -709,9 +717,9 @@ def _sample_share(model, args, size, first: int, count: int, keep: bool, rank: i
     from .images import save_images, to_uint8
     from .sampling import sample
     out = args.out or (None if args.out_dir else "samples.png")
-    _chunk_size(model, 1, size, args)      # one image must fit: said first, it names --size
+    memory = _sampling_memory(model, size, args)   # one image must fit: said first, it names --size
     reserved = _check_grid(args, args.n, size) if keep and out else 0
-    chunk = _chunk_size(model, count, size, args, reserved)
+    chunk = _chunk_size(count, memory, reserved)
     chunks = -(-count // chunk)
     if chunks > 1 and rank == 0:
         print(f"sampling in {chunks} chunks of up to {chunk} images (what fits in memory; the images are "

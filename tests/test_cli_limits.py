@@ -48,7 +48,7 @@ def no_sampling(monkeypatch):
     """Fails the test if sampling starts: the check must come before any work."""
     def refuse(*a, **k):
         raise AssertionError("sampling started before the check")
-    monkeypatch.setattr(sampling, "sample", refuse)
+    monkeypatch.setattr(sampling, "_run_stage", refuse)     # (no caller holds its own reference to it)
 
 
 # ----------------------------------------------------------------------------- memory
