@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "colorize": "applications", "complete": "applications", "upscale": "applications",
     "AuxiliaryPixelCNN": "auxiliary", "save": "checkpoint", "ResNetEncoder": "encoders", "UNetEncoder": "encoders",
+    "GatedEncoder": "encoders", "GatedUNetEncoder": "encoders",
     "GatedPixelCNN": "gated_pixelcnn", "GrayscalePixelCNN": "grayscale", "to_gray": "grayscale",
     "PixelCNNpp": "pixelcnnpp", "import_pixel_cnn_pp": "pixelcnnpp_import", "list_models": "pretrained",
     "load": "pretrained", "PyramidPixelCNN": "pyramid", "build_pyramid": "pyramid",
@@ -51,6 +52,7 @@ def train(*args, **kwargs):
 
 
 __all__ = ["GatedPixelCNN", "PixelCNNpp", "GrayscalePixelCNN", "PyramidPixelCNN", "ResNetEncoder", "UNetEncoder",
+           "GatedEncoder", "GatedUNetEncoder",
            "distributions", "images", "sample", "bits_per_dim", "colorize", "upscale", "complete", "save", "load",
            "list_models", "train", "to_gray", "build_pyramid", "import_pixel_cnn_pp",
            "AuxiliaryPixelCNN", "transforms"]

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from .checks import check_images, check_size
-from .encoders import ResNetEncoder, UNetEncoder
+from .encoders import GatedEncoder, GatedUNetEncoder, ResNetEncoder, UNetEncoder
 from .transforms import CallableTransform, Transform, make_transform
 
 STAGE_KINDS = ("GatedPixelCNN", "PixelCNNpp")
@@ -73,7 +73,10 @@ def build_model(spec, name: str):
                     f"got {type(spec).__name__} {spec!r}"[:300])
 
 
-ENCODERS = {"ResNetEncoder": ResNetEncoder, "UNetEncoder": UNetEncoder}
+ENCODERS = {"ResNetEncoder": ResNetEncoder, "UNetEncoder": UNetEncoder, "GatedEncoder": GatedEncoder,
+            "GatedUNetEncoder": GatedUNetEncoder}
+#: encoders that take the output ``size`` (they upsample the auxiliary image)
+UPSAMPLING_ENCODERS = (UNetEncoder, GatedUNetEncoder)
 
 
 def encoder_spec(enc):
@@ -89,6 +92,12 @@ def encoder_spec(enc):
         return {"kind": "UNetEncoder", "config": dict(
             in_channels=enc.in_channels, in_bits=enc.in_bits, hidden=enc.stem.out_channels,
             out_channels=enc.out_channels, **wn)}
+    if type(enc) in (GatedEncoder, GatedUNetEncoder):
+        cfg = dict(in_channels=enc.in_channels, in_bits=enc.in_bits, hidden=enc.hidden, blocks=enc.num_blocks,
+                   out_channels=enc.out_channels, out_scales=enc.out_scales, **wn)
+        if type(enc) is GatedUNetEncoder:
+            cfg["depth"] = enc.depth
+        return {"kind": type(enc).__name__, "config": cfg}
     return enc
 
 
@@ -184,8 +193,10 @@ class AuxiliaryPixelCNN(nn.Module):
             ``f``'s output; its ``image_size`` that of ``f(X)``), or ``{"kind", "config"}``.
         conditional: a ``GatedPixelCNN`` / ``PixelCNNpp`` over ``X`` with ``cond_channels > 0``,
             or ``{"kind", "config"}``.
-        encoder: a module ``f(X) -> (B, conditional.cond_channels, H, W)``, or
-            ``{"kind": "ResNetEncoder" | "UNetEncoder", "config": {...}}``; default: a
+        encoder: a module ``f(X) -> (B, conditional.cond_channels, H, W)`` (or, for a
+            ``PixelCNNpp`` over ``S`` scales, a tuple of ``S`` maps, map ``s`` at ``H / 2**s``:
+            ``out_scales = S``), or ``{"kind": "ResNetEncoder" | "UNetEncoder" |
+            "GatedEncoder" | "GatedUNetEncoder", "config": {...}}``; default: a
             ``ResNetEncoder`` (4 blocks, ``conditional.hidden`` wide) for a same-size
             transform, else a ``UNetEncoder``, weight-normed when ``conditional`` is.
 
@@ -250,6 +261,10 @@ class AuxiliaryPixelCNN(nn.Module):
         if out is not None and out != conditional.cond_channels:
             raise ValueError(f"encoder.out_channels must be conditional.cond_channels={conditional.cond_channels}, "
                              f"got {out}")
+        maps = getattr(encoder, "out_scales", 1)
+        if maps > 1 and maps != getattr(conditional, "scales", 1):
+            raise ValueError(f"encoder.out_scales must be 1 (one map) or the conditional network's scales="
+                             f"{getattr(conditional, 'scales', 1)} (a map per scale), got {maps}")
         ins = (getattr(encoder, "in_channels", t.channels), getattr(encoder, "in_bits", t.bits))
         if ins != (t.channels, t.bits):
             raise ValueError(f"encoder must read the transform's output (in_channels={t.channels}, in_bits={t.bits}), "
@@ -271,13 +286,14 @@ class AuxiliaryPixelCNN(nn.Module):
         """The conditioning map of ``conditional`` at image ``size`` from the auxiliary
         image ``view``: ``(B, cond_channels, H, W)``, computed once per image."""
         enc = self.encoder
-        if isinstance(enc, UNetEncoder) and tuple(size) != (2 * view.shape[2], 2 * view.shape[3]):
+        if isinstance(enc, UPSAMPLING_ENCODERS) and tuple(size) != (2 * view.shape[2], 2 * view.shape[3]):
             out = enc(view, size=tuple(size))
         else:
             out = enc(view)
-        if tuple(out.shape[2:]) != tuple(size):
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        if tuple(first.shape[2:]) != tuple(size):
             raise ValueError(f"encoder must map the auxiliary image {tuple(view.shape[2:])} to the image size "
-                             f"{tuple(size)}, got {tuple(out.shape[2:])}")
+                             f"{tuple(size)}, got {tuple(first.shape[2:])}")
         return out
 
     def views(self, x: torch.Tensor) -> list[torch.Tensor]:

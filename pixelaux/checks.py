@@ -124,17 +124,35 @@ def check_images(x, name: str, *, channels: int, bits: int, size: tuple[int, int
 
 
 def check_cond(cond, name: str, *, batch: int, channels: int, size: tuple[int, int],
-               device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+               device=None, dtype: torch.dtype = torch.float32, scales: int = 1):
     """A float conditioning map ``(B, channels, H, W)``, or a vector per image ``(B, channels)``
     (global conditioning, broadcast over all positions), on ``device`` if given; or ``None``
     when ``channels == 0``. Returned as ``dtype`` (the model's: float32 unless the model was
-    converted, e.g. to float64 for a reference forward), with its shape."""
+    converted, e.g. to float64 for a reference forward), with its shape. For a model over
+    ``scales > 1`` resolutions (``PixelCNNpp``) also a tuple of ``scales`` maps, map ``s``
+    ``(B, channels, H / 2**s, W / 2**s)`` (a deep encoder's per-scale features), returned
+    as a tuple."""
     if channels == 0:
         if cond is not None:
             raise ValueError(f"{name} must be None for a model built with cond_channels=0")
         return None
     if cond is None:
         raise ValueError(f"{name} is required: the model was built with cond_channels={channels}")
+    if isinstance(cond, (list, tuple)):
+        if scales == 1 or len(cond) != scales:
+            what = (f"a tuple of {scales} maps (one per scale) or one tensor" if scales > 1
+                    else "one tensor (the model has one scale)")
+            raise ValueError(f"{name} must be {what}, got a {type(cond).__name__} of {len(cond)}")
+        out = []
+        for s, c in enumerate(cond):
+            hs, ws = size[0] >> s, size[1] >> s
+            c = check_cond(c, f"{name}[{s}]", batch=batch, channels=channels, size=(hs, ws), device=device,
+                           dtype=dtype)
+            if c.dim() != 4:
+                raise ValueError(f"{name}[{s}] must be a map (B, {channels}, {hs}, {ws}) like the other scales, "
+                                 f"got {tuple(c.shape)}")
+            out.append(c)
+        return tuple(out)
     if not isinstance(cond, torch.Tensor) or not cond.dtype.is_floating_point:
         got = cond.dtype if isinstance(cond, torch.Tensor) else type(cond).__name__
         raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")

@@ -13,7 +13,10 @@ the colour image, so the gray and colour parts add up to the total.
 * ``p(X_hat)``: ``prior``, a categorical ``GatedPixelCNN`` over the 1-channel gray view, or
   any unconditional pixelaux model of it given as ``prior=`` (a gray pyramid, say).
 * ``p(X | X_hat)``: ``colour``, a logistic-mixture ``GatedPixelCNN`` whose ``cond`` is
-  ``encoder(X_hat)``, a non-causal ``ResNetEncoder`` computed once per image.
+  ``encoder(X_hat)``, a non-causal network computed once per image: a ``ResNetEncoder``
+  (``encoder="resnet"``), or the authors' deep gated, dilated encoder (``encoder="gated"``,
+  ``GatedEncoder``), whose features enter every gated block of every scale of a
+  PixelCNN++ colour stage (a map per scale).
 
 An ``AuxiliaryPixelCNN`` (``pixelaux.auxiliary``) with the gray-view transform.
 """
@@ -24,10 +27,14 @@ import torch.nn as nn
 
 from .auxiliary import AuxiliaryPixelCNN, build_model, model_spec
 from .checks import check_choice, check_float, check_int, check_size
-from .encoders import ResNetEncoder
+from .encoders import GatedEncoder, ResNetEncoder
 from .stages import ARCHS, make_stage
 from .transforms import LUMA_WEIGHTS, GrayView, div_round_half_even, to_gray  # noqa: F401 (re-exported)
 from .weight_norm import check_weight_norm
+
+
+#: ``GrayscalePixelCNN(encoder=...)``
+ENCODER_KINDS = ("resnet", "gated")
 
 
 class GrayscalePixelCNN(AuxiliaryPixelCNN):
@@ -48,6 +55,10 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
     (a ``{"kind", "config"}`` dict is accepted too, as checkpoints store it).
     ``weight_norm``: weight-norm every conv of the built-in parts (``pixelaux.weight_norm``;
     a given ``prior`` keeps its own setting).
+    ``encoder``: ``"resnet"`` (``ResNetEncoder``: ``encoder_blocks`` plain residual blocks, one
+    map) or ``"gated"`` (``GatedEncoder``: ``encoder_blocks`` gated, dilated residual blocks,
+    and with ``arch="pixelcnnpp"`` its own map for each of the ``scales``), each
+    ``encoder_hidden`` wide.
     Submodules (state-dict names): ``prior``, ``encoder``, ``colour``.
     """
 
@@ -59,10 +70,12 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
                  encoder_hidden: int | None = None, encoder_blocks: int = 4,
                  cond_channels: int | None = None, image_size=(32, 32),
                  prior_hidden: int | None = None, prior_blocks: int | None = None,
-                 arch: str = "gated", scales: int = 3, prior=None, weight_norm: bool = False):
+                 arch: str = "gated", scales: int = 3, prior=None, weight_norm: bool = False,
+                 encoder: str = "resnet"):
         nn.Module.__init__(self)
         weight_norm = check_weight_norm(weight_norm)
         arch = check_choice(arch, "arch", ARCHS)
+        encoder_kind = check_choice(encoder, "encoder", ENCODER_KINDS)
         channels = check_int(channels, "channels", min_value=1)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 3 (RGB) or 1, got {channels}")
@@ -92,6 +105,8 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
             self.config.update(arch=arch, scales=scales)
         if weight_norm:               # likewise
             self.config.update(weight_norm=True)
+        if encoder_kind != "resnet":  # likewise
+            self.config.update(encoder=encoder_kind)
         wn = {"weight_norm": True} if weight_norm else {}
         self.channels, self.bits, self.gray_bits = channels, bits, gray_bits
         self.transform = GrayView(gray_bits).bind(channels, bits)
@@ -105,8 +120,12 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
         else:
             prior = build_model(prior, "prior")
             self.config["prior"] = model_spec(prior)     # only then: older configs stay as they were
-        encoder = ResNetEncoder(1, gray_bits, hidden if encoder_hidden is None else encoder_hidden,
-                                encoder_blocks, k, weight_norm=weight_norm)
+        e_hidden = hidden if encoder_hidden is None else encoder_hidden
+        if encoder_kind == "gated":
+            encoder = GatedEncoder(1, gray_bits, e_hidden, encoder_blocks, k,
+                                   out_scales=scales if arch == "pixelcnnpp" else 1, weight_norm=weight_norm)
+        else:
+            encoder = ResNetEncoder(1, gray_bits, e_hidden, encoder_blocks, k, weight_norm=weight_norm)
         colour = make_stage(
             arch, scales, kernel_size, channels=channels, bits=bits, dist="logistic", nr_mix=nr_mix,
             cond_channels=k, hidden=hidden, blocks=blocks, dropout=dropout, image_size=self.image_size, **wn)

@@ -24,7 +24,9 @@ module one to one (``pixelaux.import_pixel_cnn_pp``). With ``F = hidden`` and
 Causality at a lower scale: the value at ``(p, q)`` of scale ``s`` depends on image pixels
 before ``(2**s p, 2**s q)`` only (``u``: rows ``< 2**s p``), so in sampling it is computed
 once, just before that pixel. Conditioning (``cond_channels > 0``): a map
-``(B, cond_channels, H, W)``; each scale's blocks read its average pool by ``2**s``.
+``(B, cond_channels, H, W)``, each scale's blocks reading its average pool by ``2**s``; or
+one map per scale (a tuple, map ``s`` at ``H / 2**s``: ``encoders.GatedEncoder``'s
+per-scale features), each scale's blocks reading their own.
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ class PixelCNNpp(nn.Module):
     ``model(x, cond=None)`` -> distribution parameters ``(B, P, H, W)``; the parameters at
     ``(i, j)`` depend only on pixels before ``(i, j)`` in raster order. ``H`` and ``W``
     must be divisible by ``2**(scales-1)``. ``cond``: a float map
-    ``(B, cond_channels, H, W)`` (any dependence), average-pooled to each scale, or a
+    ``(B, cond_channels, H, W)`` (any dependence), average-pooled to each scale, a tuple of
+    ``scales`` maps (map ``s`` ``(B, cond_channels, H / 2**s, W / 2**s)``), or a
     vector per image ``(B, cond_channels)`` broadcast over all positions (its per-block
     terms computed once per image).
 
@@ -139,14 +142,17 @@ class PixelCNNpp(nn.Module):
         x = check_images(x, name, channels=self.channels, bits=self.bits, device=device)
         self.check_size(tuple(x.shape[2:]), name)
         cond = check_cond(cond, "cond", batch=x.shape[0], channels=self.cond_channels,
-                          size=tuple(x.shape[2:]), device=device, dtype=self.head.bias.dtype)
+                          size=tuple(x.shape[2:]), device=device, dtype=self.head.bias.dtype, scales=self.scales)
         return x, cond
 
     def scale_conds(self, cond):
         """The conditioning map at every scale (average pools), or ``[None] * scales``; a
-        vector per image ``(B, K)`` is ``(B, K, 1, 1)`` at every scale (broadcast)."""
+        vector per image ``(B, K)`` is ``(B, K, 1, 1)`` at every scale (broadcast); a tuple
+        of per-scale maps (a deep encoder's) is used as it is."""
         if cond is None:
             return [None] * self.scales
+        if isinstance(cond, (tuple, list)):
+            return list(cond)
         if cond.dim() == 2:
             return [cond[:, :, None, None]] * self.scales
         return [cond if s == 0 else F.avg_pool2d(cond, 2 ** s) for s in range(self.scales)]

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .auxiliary import AuxiliaryPixelCNN
 from .checks import check_choice, check_float, check_images, check_int, check_size
-from .encoders import UNetEncoder
+from .encoders import GatedUNetEncoder, UNetEncoder
 from .stages import ARCHS, make_stage
 from .transforms import AvgPool, avg_pool_round, pool_mask
 from .weight_norm import check_weight_norm
@@ -71,6 +71,10 @@ def level_sizes(image_size, seed_size) -> list[tuple[int, int]]:
     return [(sh * 2 ** k, sw * 2 ** k) for k in range(ks[0] + 1)]
 
 
+#: ``PyramidPixelCNN(encoder=...)``
+ENCODER_KINDS = ("unet", "gated-unet")
+
+
 class PyramidPixelCNN(AuxiliaryPixelCNN):
     """``p(X) = p(X_{L-1}) prod_k p(X_k | X_{k+1})`` over an average-pool pyramid: an
     ``AuxiliaryPixelCNN`` with the 2x average-pool transform whose prior is the pyramid of
@@ -81,7 +85,11 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
     divisible by ``2**(num_levels-1)`` works (the stages then have that size / ``2**k``).
     ``levels[0]`` (seed size) is unconditional; ``levels[k]`` takes
     ``cond = encoders[k-1](stage k-1 image)``, ``cond_channels`` wide (default ``hidden``).
-    ``encoder_hidden`` (default ``hidden``) is the U-net width.
+    ``encoder_hidden`` (default ``hidden``) is the U-net width. ``encoder``: ``"unet"``
+    (``UNetEncoder``, one down/up path of plain residual blocks) or ``"gated-unet"``
+    (``GatedUNetEncoder``, the authors': ``encoder_blocks`` gated residual blocks per
+    resolution (default 2) over 3 resolutions, and with ``arch="pixelcnnpp"`` its own map for
+    each of the ``scales``).
     ``arch``: the network of every part, ``"gated"`` (``GatedPixelCNN``, default) or
     ``"pixelcnnpp"`` (``PixelCNNpp`` over ``scales`` resolutions; ``kernel_size`` does not
     apply to it, and every part's size must be divisible by ``2**(scales-1)``).
@@ -101,10 +109,16 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
                  blocks: int = 3, kernel_size: int = 3, nr_mix: int = 10, dist: str = "logistic",
                  encoder_hidden: int | None = None, dropout: float = 0.0,
                  cond_channels: int | None = None, arch: str = "gated", scales: int = 2,
-                 weight_norm: bool = False):
+                 weight_norm: bool = False, encoder: str = "unet", encoder_blocks: int | None = None):
         nn.Module.__init__(self)
         weight_norm = check_weight_norm(weight_norm)
         arch = check_choice(arch, "arch", ARCHS)
+        encoder_kind = check_choice(encoder, "encoder", ENCODER_KINDS)
+        if encoder_blocks is not None:
+            if encoder_kind == "unet":
+                raise ValueError(f"encoder_blocks sizes the gated U-net (encoder='gated-unet'); the plain U-net has "
+                                 f"fixed blocks, got encoder_blocks={encoder_blocks} with encoder='unet'")
+            encoder_blocks = check_int(encoder_blocks, "encoder_blocks", min_value=1)
         channels = check_int(channels, "channels", min_value=1)
         bits = check_int(bits, "bits", min_value=1, max_value=16)
         hidden = check_int(hidden, "hidden", min_value=1)
@@ -123,6 +137,9 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
             config.update(arch=arch, scales=scales)
         if weight_norm:               # likewise
             config.update(weight_norm=True)
+        if encoder_kind != "unet":    # likewise
+            encoder_blocks = 2 if encoder_blocks is None else encoder_blocks
+            config.update(encoder=encoder_kind, encoder_blocks=encoder_blocks)
         wn = {"weight_norm": True} if weight_norm else {}
         k_cond = hidden if cond_channels is None else cond_channels
         e_hidden = hidden if encoder_hidden is None else encoder_hidden
@@ -131,8 +148,13 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
                        dropout=dropout, cond_channels=0 if k == 0 else k_cond,
                        dist=dist, nr_mix=nr_mix, image_size=size, **wn)
             for k, size in enumerate(sizes))
-        encoders = nn.ModuleList(UNetEncoder(channels, bits, e_hidden, k_cond, weight_norm=weight_norm)
-                                 for _ in sizes[1:])
+        if encoder_kind == "gated-unet":
+            maps = scales if arch == "pixelcnnpp" else 1
+            encoders = nn.ModuleList(GatedUNetEncoder(channels, bits, e_hidden, encoder_blocks, k_cond, out_scales=maps,
+                                                      weight_norm=weight_norm) for _ in sizes[1:])
+        else:
+            encoders = nn.ModuleList(UNetEncoder(channels, bits, e_hidden, k_cond, weight_norm=weight_norm)
+                                     for _ in sizes[1:])
         self._setup(levels, encoders, sizes, config)
 
     def _setup(self, levels, encoders, sizes, config):

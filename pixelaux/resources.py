@@ -73,6 +73,8 @@ def _encoder_floats(encoder, h: int, w: int) -> int:
     """Activations alive in a conditioning network whose output is ``(h, w)``, per image
     (its output map included). Other encoders than the built-in ones: counted by their
     widest conv."""
+    if hasattr(encoder, "forward_floats"):
+        return encoder.forward_floats(h, w)
     stem = getattr(encoder, "stem", None)
     if stem is not None and hasattr(encoder, "in_channels") and hasattr(encoder, "out_channels"):
         hid = stem.out_channels

@@ -164,9 +164,9 @@ MODEL_ARGS = dict(
     channels=_int(1), bits=_int(1, 16), gray_bits=_int(1, 16), hidden=_int(1), blocks=_int(0),
     kernel_size=_int(1), dropout=_num(0, 1, hi_open=True), cond_channels=_int(0, null=True),
     dist=_choice("logistic", "categorical"), nr_mix=_int(1), image_size=_size, seed_size=_size,
-    embed_dim=_int(0), weight_norm=_bool, encoder_hidden=_int(1, null=True), encoder_blocks=_int(0),
+    embed_dim=_int(0), weight_norm=_bool, encoder_hidden=_int(1, null=True), encoder_blocks=_int(0, null=True),
     prior_hidden=_int(1, null=True), prior_blocks=_int(0, null=True), arch=_choice("gated", "pixelcnnpp"),
-    scales=_int(1, 8))
+    scales=_int(1, 8), encoder=_choice("resnet", "gated", "unet", "gated-unet"))
 
 TRAIN_ARGS = dict(
     steps=_int(1), batch_size=_int(1, null=True), global_batch=_int(1, null=True), lr=_num(0, lo_open=True),
@@ -669,33 +669,36 @@ PRESETS = {
     "kl17-cifar-gray": {
         "comment": "Kolesnikov & Lampert 2017, CIFAR-10 with the 4-bit grayscale auxiliary variable: a PixelCNN++ "
                    "class prior over the gray view and colour given gray, each 160 filters, 5 blocks, 3 scales, "
-                   "dropout 0.5, 10 logistics, weight norm; the reference training. Differs for now: the paper's "
-                   "deep gated, dilated gray encoder is a ResNetEncoder of 8 residual blocks here",
+                   "dropout 0.5, 10 logistics, weight norm; the gray view's embedding is the authors' deep encoder: 9 "
+                   "gated, dilated residual blocks whose features (one map per scale) enter every gated block of "
+                   "the colour network; the reference training",
         "model": {"kind": "GrayscalePixelCNN", "channels": 3, "bits": 8, "gray_bits": 4, "arch": "pixelcnnpp",
-                  "hidden": 160, "blocks": 5, "scales": 3, "dropout": 0.5, "nr_mix": 10, "encoder_blocks": 8,
-                  "image_size": [32, 32], "weight_norm": True, "prior": None},
+                  "hidden": 160, "blocks": 5, "scales": 3, "dropout": 0.5, "nr_mix": 10, "encoder": "gated",
+                  "encoder_blocks": 9, "image_size": [32, 32], "weight_norm": True, "prior": None},
         "train": dict(_REFERENCE_TRAIN), "data": "cifar10:cifar-10-python.tar.gz", "class_cond": False,
     },
     "kl17-cifar-pyramid": {
         "comment": "Kolesnikov & Lampert 2017, CIFAR-10 with the pyramid auxiliary variables: levels 8 -> 16 -> 32, "
                    "each a PixelCNN++ class network (160 filters, 5 blocks, 3 scales, dropout 0.5, 10 logistics) "
-                   "given the level below through a U-net encoder, weight norm; the reference training. Differs "
-                   "for now: one network setting for every level (per-level networks do not exist yet)",
+                   "given the level below through the authors' gated U-net encoder (2 gated blocks per resolution, "
+                   "10 in all, a map per scale), weight norm; the reference training. Differs for now: one network "
+                   "setting for every level (per-level networks do not exist yet)",
         "model": {"kind": "PyramidPixelCNN", "channels": 3, "bits": 8, "arch": "pixelcnnpp", "hidden": 160,
                   "blocks": 5, "scales": 3, "dropout": 0.5, "nr_mix": 10, "image_size": [32, 32],
-                  "seed_size": [8, 8], "weight_norm": True},
+                  "seed_size": [8, 8], "weight_norm": True, "encoder": "gated-unet", "encoder_blocks": 2},
         "train": dict(_REFERENCE_TRAIN), "data": "cifar10:cifar-10-python.tar.gz", "class_cond": False,
     },
     "kl17-celeba128-pyramid": {
         "comment": "Kolesnikov & Lampert 2017, CelebA 128x128 with the pyramid: 5 levels 8 -> 16 -> 32 -> 64 -> 128 "
                    "from a folder of face images (resized to 128x128, no crop), 3 gated residual blocks per level "
-                   "at 100 channels, 10 logistics, the level below through a U-net encoder of 100 channels, "
-                   "weight norm; the reference training. Differs for now: the seed level has the same small "
-                   "network as the upper ones (per-level networks do not exist yet) and the encoder is the plain "
-                   "U-net, not the paper's gated one",
+                   "at 100 channels, 10 logistics, the level below through a gated U-net encoder of 100 channels "
+                   "(2 gated blocks per resolution, 10 in all), weight norm; the reference training. Differs for "
+                   "now: the seed level has the same small network as the upper ones (per-level networks do not "
+                   "exist yet)",
         "model": {"kind": "PyramidPixelCNN", "channels": 3, "bits": 8, "arch": "gated", "hidden": 100, "blocks": 3,
                   "kernel_size": 3, "dropout": 0.0, "nr_mix": 10, "image_size": [128, 128], "seed_size": [8, 8],
-                  "encoder_hidden": 100, "weight_norm": True},
+                  "encoder_hidden": 100, "weight_norm": True, "encoder": "gated-unet",
+                  "encoder_blocks": 2},
         "train": dict(_REFERENCE_TRAIN), "data": "folder:img_align_celeba", "class_cond": False,
     },
 }

@@ -199,7 +199,7 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
         if not is_composite(model):
             known = _check_known(known, n, model.channels, model.bits, size)
             cond = check_cond(cond, "cond", batch=n, channels=model.cond_channels, size=size,
-                              device=model_device(model))
+                              device=model_device(model), scales=getattr(model, "scales", 1))
             return _run_stage(model, n, size, uniforms, cond, known, **kw)
         return _sample_chain(model, n, size, uniforms, cond, known, kw)
     finally:
@@ -275,7 +275,8 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
     device = model_device(model)
     x = check_images(images, "images", channels=model.channels, bits=model.bits)
     if not composite:
-        cond = check_cond(cond, "cond", batch=x.shape[0], channels=model.cond_channels, size=tuple(x.shape[2:]))
+        cond = check_cond(cond, "cond", batch=x.shape[0], channels=model.cond_channels, size=tuple(x.shape[2:]),
+                          scales=getattr(model, "scales", 1))
     elif cond is not None:
         raise ValueError(f"cond must be None for a {kind}: its auxiliary inputs are computed from the images, "
                          f"got {type(cond).__name__}")
@@ -286,7 +287,8 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
         for s in range(0, x.shape[0], batch_size):
             xb = x[s:s + batch_size].to(device)
             if not composite:
-                cb = None if cond is None else cond[s:s + batch_size].to(device)
+                cb = (None if cond is None else cond[s:s + batch_size].to(device) if isinstance(cond, torch.Tensor)
+                      else tuple(c[s:s + batch_size].to(device) for c in cond))
                 dims = xb[0].numel() * math.log(2)
                 chunks.append({"total": -model.log_prob(xb, cb) / dims})
             else:

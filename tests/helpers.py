@@ -56,6 +56,13 @@ FORWARD_FACTOR = 4.0
 FORWARD_FLOOR = 1e-6
 
 
+def _cond_map(cond, f):
+    """``f`` applied to a cond: ``None``, one tensor, or a tuple of per-scale maps."""
+    if cond is None:
+        return None
+    return tuple(f(c) for c in cond) if isinstance(cond, (tuple, list)) else f(cond)
+
+
 def forward_errors(params, model, x, cond=None):
     """``(engine, torch)``: max abs error of ``params`` ``(B, P, H, W)`` and of the model's
     own float32 forward (the larger of the batched one's and the per-image ones'), each
@@ -66,10 +73,10 @@ def forward_errors(params, model, x, cond=None):
     try:        # torch's own result in full float32 (on a GPU its convs may default to TF32)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         with torch.no_grad():
-            ref = m64(x, None if cond is None else cond.double())
+            ref = m64(x, _cond_map(cond, lambda c: c.double()))
             own = [model(x, cond)]
             if x.shape[0] > 1:
-                own.append(torch.cat([model(x[k:k + 1], None if cond is None else cond[k:k + 1])
+                own.append(torch.cat([model(x[k:k + 1], _cond_map(cond, lambda c: c[k:k + 1]))
                                       for k in range(x.shape[0])]))
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

@@ -99,6 +99,10 @@ def test_presets_say_what_they_follow_and_resolve_to_the_papers_settings(capsys)
     gray = printed(["--preset", "kl17-cifar-gray"], capsys)["model"]
     assert (gray["kind"], gray["arch"], gray["gray_bits"], gray["hidden"]) == (
         "GrayscalePixelCNN", "pixelcnnpp", 4, 160)
+    assert (gray["encoder"], gray["encoder_blocks"]) == ("gated", 9)          # the authors' deep gray encoder
+    for name in ("kl17-cifar-pyramid", "kl17-celeba128-pyramid"):             # and their gated U-net
+        pyr = printed(["--preset", name], capsys)["model"]
+        assert (pyr["encoder"], pyr["encoder_blocks"]) == ("gated-unet", 2), name
     celeba = printed(["--preset", "kl17-celeba128-pyramid"], capsys)
     m = celeba["model"]
     assert celeba["data"].startswith("folder:")
@@ -207,6 +211,10 @@ def test_presets_train_at_toy_size(name, folder, tmp_path, capsys):
     model = pixelaux.load(out / "model.safetensors")
     assert model.kind == run_config.PRESETS[name]["model"]["kind"] and model.config["weight_norm"]
     assert model.config["hidden"] == 4 and model.image_size == (16, 16)
+    enc = model.encoder
+    assert type(enc).__name__ == ("GatedEncoder" if "gray" in name else "GatedUNetEncoder")
+    # a map per scale of a PixelCNN++ colour / level network, one map for a gated one
+    assert enc.out_scales == (model.conditional.scales if model.conditional.kind == "PixelCNNpp" else 1)
 
 
 def test_resume_reads_config_json_and_refuses_what_contradicts_it(folder, tmp_path, capsys):

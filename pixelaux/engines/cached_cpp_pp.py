@@ -92,7 +92,9 @@ def cond_terms(model, cond) -> list[torch.Tensor]:
     terms are ``(B, 1, 1, 3F)``, computed from the vector; the op broadcasts them."""
     if not model.cond_channels:
         return []
-    conds = model.scale_conds(cond.to(torch.float32))
+    f32 = (cond.to(torch.float32) if isinstance(cond, torch.Tensor)
+           else tuple(c.to(torch.float32) for c in cond))      # per-scale maps
+    conds = model.scale_conds(f32)
     S = model.scales
     out = []
 
