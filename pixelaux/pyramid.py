@@ -73,6 +73,53 @@ def level_sizes(image_size, seed_size) -> list[tuple[int, int]]:
 
 #: ``PyramidPixelCNN(encoder=...)``
 ENCODER_KINDS = ("unet", "gated-unet")
+#: what ``PyramidPixelCNN(per_level=[...])`` may set for one level (its network and the
+#: encoder that conditions it; the seed level has no encoder)
+LEVEL_KEYS = ("arch", "scales", "hidden", "blocks", "kernel_size", "nr_mix", "dropout", "cond_channels",
+              "encoder", "encoder_hidden", "encoder_blocks")
+ENCODER_KEYS = ("cond_channels", "encoder", "encoder_hidden", "encoder_blocks")
+
+
+def _level_settings(st: dict, where: str) -> dict:
+    """One level's settings (``LEVEL_KEYS``), checked (errors name ``where + key``), with
+    ``encoder_blocks`` filled in for a gated U-net (2)."""
+    n = lambda key: where + key  # noqa: E731
+    opt = lambda key, lo: None if st[key] is None else check_int(st[key], n(key), min_value=lo)  # noqa: E731
+    out = dict(arch=check_choice(st["arch"], n("arch"), ARCHS), scales=check_int(st["scales"], n("scales"), min_value=1, max_value=8),
+               hidden=check_int(st["hidden"], n("hidden"), min_value=1),
+               blocks=check_int(st["blocks"], n("blocks"), min_value=0),
+               kernel_size=check_int(st["kernel_size"], n("kernel_size"), min_value=1),
+               nr_mix=check_int(st["nr_mix"], n("nr_mix"), min_value=1),
+               dropout=check_float(st["dropout"], n("dropout"), min_value=0.0, max_value=1.0),
+               cond_channels=opt("cond_channels", 1), encoder=check_choice(st["encoder"], n("encoder"), ENCODER_KINDS),
+               encoder_hidden=opt("encoder_hidden", 1), encoder_blocks=opt("encoder_blocks", 1))
+    if out["encoder"] == "unet" and out["encoder_blocks"] is not None:
+        raise ValueError(f"{n('encoder_blocks')} sizes the gated U-net (encoder='gated-unet'); the plain U-net has "
+                         f"fixed blocks, got encoder_blocks={out['encoder_blocks']} with encoder='unet'")
+    if out["encoder"] == "gated-unet" and out["encoder_blocks"] is None:
+        out["encoder_blocks"] = 2
+    return out
+
+
+def _check_per_level(per_level, levels: int) -> list[dict] | None:
+    """``per_level``: ``None``, or one dict per level (smallest first) of ``LEVEL_KEYS``
+    overrides; the seed level's may not set its (absent) encoder."""
+    if per_level is None:
+        return None
+    if not isinstance(per_level, (list, tuple)) or len(per_level) != levels \
+            or not all(isinstance(d, dict) for d in per_level):
+        raise ValueError(f"per_level must be a list of {levels} dicts (one per level, smallest first; {{}} keeps "
+                         f"the model-wide settings), got {per_level!r}"[:300])
+    out = []
+    for k, d in enumerate(per_level):
+        for key in d:
+            if key not in LEVEL_KEYS:
+                raise ValueError(f"per_level[{k}].{key}: unknown key; a level sets {', '.join(LEVEL_KEYS)}")
+            if k == 0 and key in ENCODER_KEYS:
+                raise ValueError(f"per_level[0].{key}: the seed level is unconditional (no encoder); set it on "
+                                 f"the levels above")
+        out.append(dict(d))
+    return out
 
 
 class PyramidPixelCNN(AuxiliaryPixelCNN):
@@ -94,6 +141,12 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
     ``"pixelcnnpp"`` (``PixelCNNpp`` over ``scales`` resolutions; ``kernel_size`` does not
     apply to it, and every part's size must be divisible by ``2**(scales-1)``).
     ``weight_norm``: weight-norm every conv of every level and encoder (``pixelaux.weight_norm``).
+    ``per_level``: one dict per level, smallest first, that overrides the model-wide network
+    settings for that level and the encoder conditioning it (``LEVEL_KEYS``: ``arch``,
+    ``scales``, ``hidden``, ``blocks``, ``kernel_size``, ``nr_mix``, ``dropout``,
+    ``cond_channels``, ``encoder``, ``encoder_hidden``, ``encoder_blocks``), e.g. a deep
+    PixelCNN++ at the seed level and one-block gated stacks above it, as the paper's pyramid
+    gets its speed: ``per_level=[{"arch": "pixelcnnpp", "blocks": 3}, {"blocks": 1}, {"blocks": 1}]``.
 
     As an auxiliary-variable model: ``conditional = levels[-1]``, ``encoder = encoders[-1]``,
     ``prior`` = the pyramid of ``levels[:-1]`` (a view sharing these modules; ``levels[0]``
@@ -109,52 +162,49 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
                  blocks: int = 3, kernel_size: int = 3, nr_mix: int = 10, dist: str = "logistic",
                  encoder_hidden: int | None = None, dropout: float = 0.0,
                  cond_channels: int | None = None, arch: str = "gated", scales: int = 2,
-                 weight_norm: bool = False, encoder: str = "unet", encoder_blocks: int | None = None):
+                 weight_norm: bool = False, encoder: str = "unet", encoder_blocks: int | None = None,
+                 per_level: list | None = None):
         nn.Module.__init__(self)
         weight_norm = check_weight_norm(weight_norm)
-        arch = check_choice(arch, "arch", ARCHS)
-        encoder_kind = check_choice(encoder, "encoder", ENCODER_KINDS)
-        if encoder_blocks is not None:
-            if encoder_kind == "unet":
-                raise ValueError(f"encoder_blocks sizes the gated U-net (encoder='gated-unet'); the plain U-net has "
-                                 f"fixed blocks, got encoder_blocks={encoder_blocks} with encoder='unet'")
-            encoder_blocks = check_int(encoder_blocks, "encoder_blocks", min_value=1)
         channels = check_int(channels, "channels", min_value=1)
         bits = check_int(bits, "bits", min_value=1, max_value=16)
-        hidden = check_int(hidden, "hidden", min_value=1)
-        blocks = check_int(blocks, "blocks", min_value=0)
-        kernel_size = check_int(kernel_size, "kernel_size", min_value=1)
-        nr_mix = check_int(nr_mix, "nr_mix", min_value=1)
-        dropout = check_float(dropout, "dropout", min_value=0.0, max_value=1.0)
-        encoder_hidden = None if encoder_hidden is None else check_int(encoder_hidden, "encoder_hidden", min_value=1)
-        cond_channels = None if cond_channels is None else check_int(cond_channels, "cond_channels", min_value=1)
         sizes = level_sizes(image_size, seed_size)
+        every = _level_settings(dict(arch=arch, scales=scales, hidden=hidden, blocks=blocks, kernel_size=kernel_size,
+                                     nr_mix=nr_mix, dropout=dropout, cond_channels=cond_channels, encoder=encoder,
+                                     encoder_hidden=encoder_hidden, encoder_blocks=encoder_blocks), "")
+        per_level = _check_per_level(per_level, len(sizes))
+        settings = [every if not per_level else _level_settings({**every, **per_level[k]}, f"per_level[{k}].")
+                    for k in range(len(sizes))]
         config = dict(channels=channels, bits=bits, image_size=list(sizes[-1]),
-                      seed_size=list(sizes[0]), hidden=hidden, blocks=blocks,
-                      kernel_size=kernel_size, nr_mix=nr_mix, dist=dist,
-                      encoder_hidden=encoder_hidden, dropout=dropout, cond_channels=cond_channels)
-        if arch != "gated":           # older checkpoints (gated, no such keys) keep their config
-            config.update(arch=arch, scales=scales)
-        if weight_norm:               # likewise
+                      seed_size=list(sizes[0]), hidden=every["hidden"], blocks=every["blocks"],
+                      kernel_size=every["kernel_size"], nr_mix=every["nr_mix"], dist=dist,
+                      encoder_hidden=every["encoder_hidden"], dropout=every["dropout"],
+                      cond_channels=every["cond_channels"])
+        if every["arch"] != "gated":           # older checkpoints (gated, no such keys) keep their config
+            config.update(arch=every["arch"], scales=every["scales"])
+        if weight_norm:                        # likewise
             config.update(weight_norm=True)
-        if encoder_kind != "unet":    # likewise
-            encoder_blocks = 2 if encoder_blocks is None else encoder_blocks
-            config.update(encoder=encoder_kind, encoder_blocks=encoder_blocks)
+        if every["encoder"] != "unet":         # likewise
+            config.update(encoder=every["encoder"], encoder_blocks=every["encoder_blocks"])
+        if per_level:                          # likewise
+            config.update(per_level=per_level)
         wn = {"weight_norm": True} if weight_norm else {}
-        k_cond = hidden if cond_channels is None else cond_channels
-        e_hidden = hidden if encoder_hidden is None else encoder_hidden
-        levels = nn.ModuleList(
-            make_stage(arch, scales, kernel_size, channels=channels, bits=bits, hidden=hidden, blocks=blocks,
-                       dropout=dropout, cond_channels=0 if k == 0 else k_cond,
-                       dist=dist, nr_mix=nr_mix, image_size=size, **wn)
-            for k, size in enumerate(sizes))
-        if encoder_kind == "gated-unet":
-            maps = scales if arch == "pixelcnnpp" else 1
-            encoders = nn.ModuleList(GatedUNetEncoder(channels, bits, e_hidden, encoder_blocks, k_cond, out_scales=maps,
-                                                      weight_norm=weight_norm) for _ in sizes[1:])
-        else:
-            encoders = nn.ModuleList(UNetEncoder(channels, bits, e_hidden, k_cond, weight_norm=weight_norm)
-                                     for _ in sizes[1:])
+        levels, encoders = nn.ModuleList(), nn.ModuleList()
+        for k, (size, st) in enumerate(zip(sizes, settings)):
+            k_cond = st["hidden"] if st["cond_channels"] is None else st["cond_channels"]
+            levels.append(make_stage(st["arch"], st["scales"], st["kernel_size"], channels=channels, bits=bits,
+                                     hidden=st["hidden"], blocks=st["blocks"], dropout=st["dropout"],
+                                     cond_channels=0 if k == 0 else k_cond, dist=dist, nr_mix=st["nr_mix"],
+                                     image_size=size, **wn))
+            if k == 0:
+                continue
+            e_hidden = st["hidden"] if st["encoder_hidden"] is None else st["encoder_hidden"]
+            if st["encoder"] == "gated-unet":
+                maps = st["scales"] if st["arch"] == "pixelcnnpp" else 1
+                encoders.append(GatedUNetEncoder(channels, bits, e_hidden, st["encoder_blocks"], k_cond,
+                                                 out_scales=maps, weight_norm=weight_norm))
+            else:
+                encoders.append(UNetEncoder(channels, bits, e_hidden, k_cond, weight_norm=weight_norm))
         self._setup(levels, encoders, sizes, config)
 
     def _setup(self, levels, encoders, sizes, config):
@@ -183,8 +233,11 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
             view = PyramidPixelCNN.__new__(PyramidPixelCNN)
             nn.Module.__init__(view)
             n = self.num_levels - 1
+            config = dict(self.config, image_size=list(self.level_sizes[n - 1]))
+            if "per_level" in config:
+                config["per_level"] = config["per_level"][:n]
             view._setup(nn.ModuleList(list(self.levels)[:n]), nn.ModuleList(list(self.encoders)[:n - 1]),
-                        self.level_sizes[:n], dict(self.config, image_size=list(self.level_sizes[n - 1])))
+                        self.level_sizes[:n], config)
             self.__dict__["_prior"] = view
         return self.__dict__["_prior"]
 

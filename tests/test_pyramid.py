@@ -188,3 +188,48 @@ def test_other_sizes_divisible_by_the_pyramid_factor():
     bpd = m.bits_per_dim(x)
     assert list(bpd) == ["total", "level0_6x1", "level1_12x2", "level2_24x4"]
     assert torch.isfinite(bpd["total"]).all()
+
+
+# ----------------------------------------------------------------------------- per-level networks (issue 20.1)
+
+PER_LEVEL = [{"arch": "pixelcnnpp", "scales": 2, "blocks": 2, "hidden": 10},     # a deep seed level
+             {"blocks": 1, "encoder": "gated-unet", "encoder_blocks": 1, "cond_channels": 3},
+             {"blocks": 0, "hidden": 4, "kernel_size": 5, "nr_mix": 1, "encoder_hidden": 5}]
+
+
+def test_each_level_gets_its_own_network_and_encoder(tmp_path):
+    import pixelaux
+    torch.manual_seed(0)
+    m = PyramidPixelCNN(image_size=(16, 8), seed_size=(4, 2), hidden=8, blocks=1, nr_mix=2, per_level=PER_LEVEL)
+    seed, mid, top = m.levels
+    assert (type(seed).__name__, seed.hidden, seed.blocks, seed.scales) == ("PixelCNNpp", 10, 2, 2)
+    assert (type(mid).__name__, mid.hidden, len(mid.u_blocks), mid.cond_channels) == ("GatedPixelCNN", 8, 1, 3)
+    assert (top.hidden, len(top.u_blocks), top.kw, top.dist.nr_mix, top.cond_channels) == (4, 0, 5, 1, 4)
+    assert type(m.encoders[0]).__name__ == "GatedUNetEncoder" and m.encoders[0].out_channels == 3
+    assert type(m.encoders[1]) is UNetEncoder and m.encoders[1].stem.out_channels == 5
+    assert m.config["per_level"] == PER_LEVEL and m.prior.config["per_level"] == PER_LEVEL[:2]
+    x = rand_images(3, size=(16, 8))
+    parts = m.bits_per_dim(x)
+    assert torch.allclose(parts["total"], sum(v for k, v in parts.items() if k != "total"))
+    path = tmp_path / "m.safetensors"
+    pixelaux.save(m, path)
+    back = pixelaux.load(path)
+    assert back.config == m.config and torch.equal(back.log_prob(x), m.eval().log_prob(x))
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    want = pixelaux.sample(m, 2, engine="naive", generator=gen(), progress=False)
+    for backend in ("torch", "cpp") if pixelaux.native.available() else ("torch",):
+        assert torch.equal(pixelaux.sample(m, 2, backend=backend, generator=gen(), progress=False), want), backend
+
+
+def test_per_level_is_checked_and_absent_from_older_configs():
+    assert "per_level" not in tiny_model().config
+    with pytest.raises(ValueError, match="per_level must be a list of 3 dicts"):
+        tiny_model(per_level=[{}])
+    with pytest.raises(ValueError, match=r"per_level\[0\].encoder: the seed level is unconditional"):
+        tiny_model(per_level=[{"encoder": "gated-unet"}, {}, {}])
+    with pytest.raises(ValueError, match=r"per_level\[1\].hiden: unknown key"):
+        tiny_model(per_level=[{}, {"hiden": 3}, {}])
+    with pytest.raises(ValueError, match=r"per_level\[2\].blocks must be >= 0"):
+        tiny_model(per_level=[{}, {}, {"blocks": -1}])
+    with pytest.raises(ValueError, match=r"per_level\[1\].encoder_blocks sizes the gated U-net"):
+        tiny_model(per_level=[{}, {"encoder_blocks": 2}, {}])

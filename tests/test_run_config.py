@@ -144,6 +144,12 @@ def test_flags_override_the_file_which_overrides_the_preset(tmp_path, capsys):
     assert (prior["kind"], prior["arch"], prior["scales"], prior["hidden"], prior["image_size"]) == (
         "PyramidPixelCNN", "pixelcnnpp", 2, 8, [16, 16])
     assert printed(["--model-kind", "gated", "--arch", "pixelcnnpp"], capsys)["model"]["kind"] == "PixelCNNpp"
+    # per-level networks of a pyramid and the deep encoders are keys like any other
+    levels = [{"arch": "pixelcnnpp", "scales": 2}, {"blocks": 1, "encoder": "gated-unet"}, {"blocks": 1}]
+    pyr = printed(["--model-kind", "pyramid", "--set", "model.per_level=" + json.dumps(levels)], capsys)["model"]
+    assert pyr["per_level"] == levels
+    gray = printed(["--model-kind", "grayscale", "--set", 'model.encoder="gated"'], capsys)["model"]
+    assert (gray["encoder"], gray["encoder_blocks"]) == ("gated", 4)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -163,6 +169,8 @@ def test_flags_override_the_file_which_overrides_the_preset(tmp_path, capsys):
     (["--class-cond"], "class_cond (--class-cond): data patches has no labels"),
     (["--class-cond", "--model-kind", "grayscale", "--data", "cifar10:{cifar}"], "takes a GatedPixelCNN or PixelCNNpp"),
     (["--data", "cifar10:{cifar}", "--size", 16], "CIFAR-10 images are 32x32"),
+    (["--model-kind", "grayscale", "--set", 'model.encoder="unet"'], "encoder must be one of ('resnet', 'gated')"),
+    (["--model-kind", "pyramid", "--set", 'model.per_level=[{},{"hiden":1},{}]'], "per_level[1].hiden: unknown key"),
 ])
 def test_bad_configuration_is_one_line_naming_the_key(argv, needle, cifar, tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"model": {"hidden": 4,}}')
