@@ -311,9 +311,10 @@ def _add_train_options(p):
                    help="CPU intra-op threads (default: one for small models, where a second thread gains "
                         "little and costs much on a busy machine; torch's default otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--plot-metrics", default=None, metavar="RUN_DIR",
+    p.add_argument("--plot-metrics", default=None, nargs="+", metavar="RUN_DIR",
                    help="instead of training: draw the curves of RUN_DIR/metrics.jsonl (train and test bits/dim, "
-                        "learning rate) into the PNG --out (needs matplotlib)")
+                        "learning rate) into the PNG --out (needs matplotlib); several RUN_DIRs: their test and "
+                        "train curves in one picture, to compare runs")
 
 
 def _add_bench_options(p):
@@ -1057,7 +1058,7 @@ def _train_data(spec, size, labels=False):
 def _plot_metrics_command(args):
     """``pixelaux train --plot-metrics RUN_DIR --out curve.png``: matplotlib, the log and
     --out checked first, then the plot."""
-    from .metrics import METRICS_FILE, check_plot, plot_metrics
+    from .metrics import METRICS_FILE, check_plot, plot_comparison, plot_metrics
     given = [f"--{name.replace('_', '-')}" for name in TRAIN_CONFIG_OPTIONS + ("preset", "config", "set")
              if getattr(args, name) is not None]
     given += [flag for flag, on in (("--resume", args.resume), ("--print-config", args.print_config)) if on]
@@ -1065,17 +1066,23 @@ def _plot_metrics_command(args):
         raise CliError(f"--plot-metrics draws a run's curves and takes only --out; leave out {', '.join(given)}")
     if importlib.util.find_spec("matplotlib") is None:
         raise CliError("--plot-metrics needs matplotlib: pip install matplotlib")
-    if not os.path.isdir(args.plot_metrics):
-        raise CliError(f"--plot-metrics {args.plot_metrics}: not a folder (a run directory, train --out)")
-    if not os.path.isfile(os.path.join(args.plot_metrics, METRICS_FILE)):
-        raise CliError(f"--plot-metrics {args.plot_metrics}: no {METRICS_FILE} there (a run writes it as it trains)")
+    for run_dir in args.plot_metrics:
+        if not os.path.isdir(run_dir):
+            raise CliError(f"--plot-metrics {run_dir}: not a folder (a run directory, train --out)")
+        if not os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
+            raise CliError(f"--plot-metrics {run_dir}: no {METRICS_FILE} there (a run writes it as it trains)")
     _check_file_output(args.out, "--out")
     if os.path.splitext(args.out)[1].lower() != ".png":
         raise CliError(f"--out {args.out}: the plot is a PNG image; name it NAME.png")
-    rows = check_plot(args.plot_metrics)
-    plot_metrics(args.plot_metrics, args.out)
-    print(f"wrote {args.out}: {len(rows)} points of {os.path.join(args.plot_metrics, METRICS_FILE)}, "
-          f"steps {rows[0]['step']} to {rows[-1]['step']}")
+    rows = [check_plot(d) for d in args.plot_metrics]
+    if len(rows) == 1:
+        plot_metrics(args.plot_metrics[0], args.out)
+        print(f"wrote {args.out}: {len(rows[0])} points of {os.path.join(args.plot_metrics[0], METRICS_FILE)}, "
+              f"steps {rows[0][0]['step']} to {rows[0][-1]['step']}")
+    else:
+        plot_comparison(args.plot_metrics, args.out)
+        print(f"wrote {args.out}: {len(rows)} runs, " + ", ".join(
+            f"{os.path.basename(os.path.normpath(d))} ({len(r)} points)" for d, r in zip(args.plot_metrics, rows)))
 
 
 def _train_command(args):

@@ -157,3 +157,34 @@ def plot_metrics(run_dir, out) -> Path:
     fig.savefig(out, format="png")
     plt.close(fig)
     return Path(out)
+
+
+def plot_comparison(run_dirs, out) -> Path:
+    """Several runs in one picture (PNG ``out``): each run's test bits/dim (EMA, solid,
+    with markers) and train bits/dim (raw weights, faint) against the step, labelled by
+    the run directory's name; for recipe comparisons at the same budget."""
+    runs = [(Path(d).resolve().name, check_plot(d)) for d in run_dirs]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(rows, key):
+        pts = [(r["step"], r.get(key)) for r in rows]
+        pts = [(s, v) for s, v in pts if isinstance(v, (int, float)) and math.isfinite(v)]
+        return [s for s, _ in pts], [v for _, v in pts]
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, (name, rows) in enumerate(runs):
+        color = f"C{k % 10}"
+        ax.plot(*series(rows, "train_bpd"), color=color, alpha=0.3, lw=1)
+        steps, test = series(rows, "test_bpd")
+        label = f"{name}: test {test[-1]:.3f}" if test else name
+        ax.plot(steps, test, color=color, marker="o", ms=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits/dim (test: EMA, solid; train: faint)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return Path(out)

@@ -1,5 +1,6 @@
 """The ``pixelaux`` command line, end to end in a temp dir (tiny checkpoints)."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -302,6 +303,16 @@ def test_plot_metrics_refusals_up_front_and_the_png(folder, tmp_path, capsys, mo
     assert rc == 0 and "wrote" in stdout and "2 points" in stdout, err
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+    # several runs: one comparison picture
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    both = tmp_path / "both.png"
+    rc, stdout, err = run(["train", "--plot-metrics", out, other, "--out", both], capsys)
+    assert rc == 0 and "2 runs" in stdout and "other (2 points)" in stdout, err
+    with Image.open(both) as im:
+        assert im.format == "PNG" and im.size[0] > 200
+    rc, _, err = run(["train", "--plot-metrics", out, tmp_path / "none", "--out", both], capsys)
+    assert rc == 1 and "none: not a folder" in err
 
 
 # ----------------------------------------------------------------------------- issue 13: checks up front
