@@ -319,7 +319,9 @@ def _add_train_options(p):
 
 def _add_bench_options(p):
     from .bench import PRESETS, PROVIDERS
-    p.add_argument("--preset", default="bench-32", choices=sorted(PRESETS), help="model configuration")
+    p.add_argument("--preset", default="bench-32", choices=sorted(PRESETS),
+                   help="model configuration (flat-pp64 / pyramid-64 and the -128 pair: a flat PixelCNN++ against "
+                        "a pyramid with small upper levels; a composite adds the encoders' share, enc %%)")
     p.add_argument("--batch", type=_positive_int, nargs="+", default=[1, 16], help="batch sizes (default: 1 16)")
     p.add_argument("--providers", nargs="+", default=["naive", "cached-torch", "cached-cpp"],
                    choices=[q for q in PROVIDERS if q != "forward"])
@@ -1144,12 +1146,16 @@ def cmd_train(args):
 
 
 def cmd_bench(args):
-    from .bench import check_arguments, run_benchmark
+    from .bench import check_arguments, check_csv, run_benchmark
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise CliError("--plot needs matplotlib: pip install matplotlib (or leave --plot out)")
     for flag, path in (("--csv", args.csv), ("--plot", args.plot)):
         if path:
             _check_file_output(path, flag)
+    try:
+        check_csv(args.csv, "--csv")
+    except ValueError as e:
+        raise CliError(str(e)) from None
     check_arguments(args.preset, args.batch, args.providers, args.naive_pixels, args.repeat, args.threads,
                     args.plot)
     run_benchmark(args.preset, args.batch, args.providers, args.device, args.seed, args.naive_pixels,

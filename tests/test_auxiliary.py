@@ -190,6 +190,40 @@ def test_gray_pyramid_trains_a_few_steps_and_reloads(tmp_path):
     assert abs(bpd["total"].mean().item() - res.test_bpd) < 1e-3
 
 
+# ---------------------------------------------------------------- encoders: once per level
+
+def _composites():
+    """A per-level pyramid (PixelCNN++ seed, a plain and a gated U-net above it), a
+    grayscale model and the nested gray pyramid: tiny, random weights."""
+    torch.manual_seed(0)
+    pyr = pixelaux.PyramidPixelCNN(image_size=8, seed_size=2, hidden=4, blocks=1, nr_mix=2, encoder_hidden=4,
+                                   per_level=[{"arch": "pixelcnnpp", "scales": 2, "hidden": 6}, {},
+                                              {"encoder": "gated-unet", "encoder_blocks": 1}])
+    gray = pixelaux.GrayscalePixelCNN(hidden=6, blocks=1, nr_mix=2, encoder_hidden=6, encoder_blocks=1, image_size=8)
+    return {"pyramid": (randomize(pyr, std=0.3), 2), "gray": (randomize(gray, std=0.3), 1),
+            "gray-pyramid": (gray_pyramid(), 3)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_encoders_run_once_per_level_per_sample_call(backend):
+    """Issue 20.2: the encoder of a level runs once per ``sample`` call, on the whole batch
+    (not once per pixel, row or image), innermost level first, on every backend."""
+    for name, (m, levels) in _composites().items():
+        encoders = [link.owner.encoder for link in chain(m) if link.owner is not None]
+        assert len({id(e) for e in encoders}) == levels, name
+        seen = []
+        hooks = [e.register_forward_hook(lambda mod, args, out, k=k: seen.append((k, args[0].shape[0])))
+                 for k, e in enumerate(encoders)]
+        try:
+            for n in (1, 3):
+                seen.clear()
+                pixelaux.sample(m, n, backend=backend, generator=gen(0), progress=False)
+                assert seen == [(k, n) for k in reversed(range(levels))], (name, n, seen)
+        finally:
+            for h in hooks:
+                h.remove()
+
+
 # ---------------------------------------------------------------- the generic class
 
 def test_generic_avgpool_model_round_trips_through_a_checkpoint(tmp_path):

@@ -360,6 +360,14 @@ def test_bench_usage_errors_and_missing_matplotlib_refused_before_running(tmp_pa
     assert calls == []
     rc, _, err = run(["bench", "--csv", tmp_path], capsys)
     assert rc == 1 and "--csv" in err and calls == []
+    # a CSV written before a column was added: appending would misalign its rows
+    old = tmp_path / "old.csv"
+    old.write_text(",".join(c for c in pixelaux.bench.CSV_COLUMNS if c != "encoder_fraction") + "\n")
+    rc, _, err = run(["bench", "--csv", old], capsys)
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "--csv" in err and "encoder_fraction" in err, err
+    assert calls == []
+    with pytest.raises(ValueError, match="csv_path .*lacks encoder_fraction"):
+        pixelaux.bench.check_arguments(csv_path=str(old))
 
 
 def test_every_usage_error_exits_2(ckpts, capsys):

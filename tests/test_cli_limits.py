@@ -1,7 +1,8 @@
 """The command line at its limits (issue 17): sizes checked against memory before any
 work, batches sampled in chunks, output paths probed, one-line messages for files that
 are not what they should be, conversions said, temperatures bounded, threads chosen for
-the PyTorch engines, the bench worker importing the caller's package."""
+the PyTorch engines, the bench worker importing the caller's package; the bench's composite
+presets (the flat/pyramid pair of issue 20) and the encoders' share of their time."""
 import os
 import pickle
 import warnings
@@ -267,6 +268,92 @@ def test_bench_worker_imports_the_callers_package_from_the_folder_that_holds_a_c
     result = bench._run_worker(spec)
     assert "error" not in result, result
     assert result["seconds"] > 0
+
+
+#: a toy composite in the form of the ``pyramid-64`` preset: a PixelCNN++ seed level and
+#: small gated levels above it, each reading the level below through a plain U-net
+TOY_PYRAMID = dict(kind="PyramidPixelCNN", channels=3, bits=8, dist="logistic", seed_size=2, size=8,
+                   per_level=[dict(arch="pixelcnnpp", hidden=6, blocks=1, scales=2, nr_mix=2)]
+                   + [dict(arch="gated", hidden=4, blocks=1, nr_mix=2, encoder="unet", encoder_hidden=4)] * 2)
+TOY_FLAT = dict(arch="pixelcnnpp", channels=3, bits=8, hidden=6, blocks=1, scales=2, dropout=0.0, dist="logistic",
+                nr_mix=2, size=8)
+CACHED = ["cached-torch"] + (["cached-cpp"] if pixelaux.native.available() else [])
+
+
+def test_bench_presets_the_flat_and_pyramid_pair_and_the_one_stage_ones_unchanged():
+    """Issue 20.7: ``flat-pp64`` is PixelCNN++ 80/5/3 at 64x64; ``pyramid-64`` is
+    8 -> 16 -> 32 -> 64 whose seed level is that same network and whose upper levels are
+    one gated block of 32 channels; about the same parameters; the 128 pair likewise."""
+    assert bench.PRESETS["bench-32"] == dict(channels=3, bits=8, hidden=64, blocks=8, dist="logistic", nr_mix=10,
+                                             size=32)
+    assert bench.PRESETS["tiny-16"] == dict(channels=3, bits=8, hidden=16, blocks=2, dist="logistic", nr_mix=5, size=16)
+    assert bench.PRESETS["bench-pp32"] == dict(arch="pixelcnnpp", channels=3, bits=8, hidden=80, blocks=5, scales=3,
+                                               dropout=0.0, dist="logistic", nr_mix=10, size=32)
+    for size, sizes in ((64, [8, 16, 32, 64]), (128, [8, 16, 32, 64, 128])):
+        flat, _ = bench.build_model(bench.PRESETS[f"flat-pp{size}"])
+        pyr, got = bench.build_model(bench.PRESETS[f"pyramid-{size}"])
+        assert flat.kind == "PixelCNNpp" and flat.image_size == (size, size) and not flat.training
+        assert (flat.hidden, flat.config["blocks"], flat.scales, flat.config["nr_mix"]) == (80, 5, 3, 10)
+        assert pyr.kind == "PyramidPixelCNN" and got == size and [s[0] for s in pyr.level_sizes] == sizes
+        seed = pyr.levels[0]
+        assert seed.kind == "PixelCNNpp" and {k: seed.config[k] for k in ("hidden", "blocks", "scales", "nr_mix")} \
+            == {k: flat.config[k] for k in ("hidden", "blocks", "scales", "nr_mix")}
+        for level, enc in zip(list(pyr.levels)[1:], pyr.encoders):
+            assert level.kind == "GatedPixelCNN" and (level.hidden, level.config["blocks"]) == (32, 1)
+            assert type(enc).__name__ == "UNetEncoder" and enc.stem.out_channels == 16
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        assert abs(count(pyr) / count(flat) - 1) < 0.05
+        assert len(bench.encoder_modules(pyr)) == len(sizes) - 1 and bench.encoder_modules(flat) == []
+
+
+def test_bench_composite_measures_every_provider_with_the_encoders_share(monkeypatch):
+    """A composite's cached providers time ``pixelaux.sample`` (the clock's hooks change no
+    image), ``forward`` its ``log_prob``, naive is extrapolated per stage; each reports
+    the time inside its encoders, which ran once per level; a one-stage model reports none."""
+    model, _ = bench.build_model(TOY_PYRAMID)
+    ref = pixelaux.sample(model, 2, backend="torch", generator=torch.Generator().manual_seed(0), progress=False)
+    with bench.EncoderClock(model) as clock:
+        got = pixelaux.sample(model, 2, backend="torch", generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(got, ref) and clock.calls == [1, 1] and clock.seconds > 0
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in clock.modules)   # removed on exit
+    base = dict(config=TOY_PYRAMID, batch=2, device="cpu", seed=0, naive_pixels=2, repeat=1, threads=1)
+    with resources.num_threads(torch.get_num_threads()):                  # measure sets the threads
+        res = {p: bench.measure({**base, "provider": p}) for p in ["forward", "naive", *CACHED]}
+        flat = bench.measure({**base, "config": TOY_FLAT, "provider": "naive"})
+    for p, r in res.items():
+        assert 0 < r["encoder_seconds"] < r["seconds"], (p, r)
+    assert res["forward"]["flops"] > 0 and not res["forward"]["extrapolated"]
+    # naive: every stage's forward pass once per pixel: more than 8*8 / 4 whole forward passes
+    assert res["naive"]["extrapolated"] and res["naive"]["flops"] > 8 * 8 / 4 * res["forward"]["flops"]
+    assert all(res[p]["flops"] is None and not res[p]["extrapolated"] for p in CACHED)
+    assert flat["encoder_seconds"] is None and flat["flops"] is None and flat["extrapolated"]
+
+
+def test_bench_command_runs_a_composite_preset_into_a_csv_shared_with_a_flat_one(tmp_path, capsys, monkeypatch):
+    """``pixelaux bench --preset pyramid-64 --providers cached-cpp --csv F`` (toy-sized here),
+    then the flat preset into the same F: one header, ``enc %`` in the composite's table
+    and ``encoder_fraction`` in its rows, empty for the flat model's."""
+    monkeypatch.setitem(bench.PRESETS, "pyramid-64", TOY_PYRAMID)
+    monkeypatch.setitem(bench.PRESETS, "flat-pp64", TOY_FLAT)
+    monkeypatch.setattr(bench, "GEMM_N", 64)
+    monkeypatch.setattr(bench, "_run_worker", bench.measure)              # in this process: no start-up
+    out = tmp_path / "pair.csv"
+    with resources.num_threads(torch.get_num_threads()):
+        for preset in ("pyramid-64", "flat-pp64"):
+            rc, stdout, err = run(["bench", "--preset", preset, "--providers", CACHED[-1], "--batch", 1, 2,
+                                   "--threads", 1, "--csv", out], capsys)
+            assert rc == 0, err
+            table = [line for line in stdout.splitlines() if line.lstrip().startswith(("batch", "1 ", "2 "))]
+            assert len(table) == 6, stdout                              # per batch: header, forward, provider
+            assert all(line.rstrip().endswith("enc %") == (preset == "pyramid-64")
+                       for line in table if "batch" in line), stdout
+    import csv
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(bench.CSV_COLUMNS) and len(rows) == 4
+    assert [r["model"] for r in rows] == ["pyramid-64"] * 2 + ["flat-pp64"] * 2
+    assert all(0 < float(r["encoder_fraction"]) < 1 for r in rows[:2]) and all(r["encoder_fraction"] == ""
+                                                                                 for r in rows[2:])
 
 
 # ----------------------------------------------------------------------------- progress
