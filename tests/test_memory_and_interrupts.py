@@ -105,6 +105,25 @@ def test_cached_estimate_is_the_engines_own_buffers():
             < resources.estimate_sampling_bytes(pp, 4, None, "cached", "cpp")
 
 
+def test_trial_states_are_built_once_per_architecture_and_size(monkeypatch):
+    """``sample()`` estimates its memory on every call; the engine's trial states behind
+    the estimate depend on the architecture and size only, so they are built once."""
+    from pixelaux import engines
+    calls = []
+    real = engines.workspace_bytes
+    monkeypatch.setattr(engines, "workspace_bytes", lambda *a: calls.append(1) or real(*a))
+    m = pixelaux.GatedPixelCNN(hidden=6, blocks=1, nr_mix=2, image_size=8)
+    first = resources.estimate_sampling_bytes(m, 3, None, "cached", "torch")
+    built = len(calls)
+    assert built > 0
+    same = pixelaux.GatedPixelCNN(hidden=6, blocks=1, nr_mix=2, image_size=8)     # other weights, same network
+    assert resources.estimate_sampling_bytes(same, 3, None, "cached", "torch") == first and len(calls) == built
+    assert resources.estimate_sampling_bytes(m, 5, None, "cached", "torch") > first and len(calls) == built
+    resources.estimate_sampling_bytes(m, 3, (16, 8), "cached", "torch")                # another size: new trials
+    wider = pixelaux.GatedPixelCNN(hidden=8, blocks=1, nr_mix=2, image_size=8)         # another network: too
+    assert len(calls) > built and resources.estimate_sampling_bytes(wider, 3, None, "cached", "torch") > first
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak RSS")
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
