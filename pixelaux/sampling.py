@@ -250,10 +250,24 @@ def _sample_chain(model, n, size, uniforms, given, known, kw):
                                          model.known_views(known[0].to(device), known[1].to(device))]
     for i in range(start, -1, -1):
         link = links[i]
-        cond = link.cond(image) if i + 1 < len(links) else None   # once per image
+        cond = None
+        if i + 1 < len(links):                                     # once per image
+            threads = _encoder_threads(link.owner.encoder, n, link.size)
+            with contextlib.nullcontext() if threads is None else resources.num_threads(threads):
+                cond = link.cond(image)
         image = _run_stage(link.stage, n, link.size, uniforms, cond, None if knowns is None else knowns[i],
                            label=_stage_name(link) + f" ({start - i + 1}/{start + 1})", **kw)
     return image
+
+
+def _encoder_threads(encoder, n: int, size) -> int | None:
+    """Intra-op threads for a conditioning encoder between stages on CPU, by the rule of
+    :func:`_stage_threads`: one when its layers are small (``n x width x H x W`` under
+    :data:`resources.SMALL_LAYER_VALUES`), else torch's setting (``None``)."""
+    if model_device(encoder).type != "cpu":
+        return None
+    width = getattr(encoder, "hidden", None) or getattr(getattr(encoder, "stem", None), "out_channels", 64)
+    return 1 if n * width * size[0] * size[1] < resources.SMALL_LAYER_VALUES else None
 
 
 @torch.no_grad()

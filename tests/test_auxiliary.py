@@ -357,3 +357,26 @@ def test_gray_view_transform_matches_to_gray():
     assert torch.equal(t(x), to_gray(x)) and (t.channels, t.bits, t.factor) == (1, 4, 1)
     with pytest.raises(ValueError, match="gray_bits"):
         GrayView(9).bind(3, 8)
+
+
+def test_small_encoders_run_in_one_thread_between_stages():
+    """As the PyTorch engines' small steps: an encoder whose layers are small runs in one
+    intra-op thread (a second one only waits at barriers on a busy machine), and the
+    caller's thread count is restored after; a large one keeps torch's setting."""
+    from pixelaux import sampling
+    m = gray_pyramid()
+    seen = []
+    hook = m.encoder.register_forward_pre_hook(lambda mod, args: seen.append(torch.get_num_threads()))
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pixelaux.sample(m, 2, backend=BACKENDS[-1], generator=gen(0), progress=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(old)
+    enc = m.encoder
+    width = enc.stem.out_channels
+    small = sampling._encoder_threads(enc, 2, (8, 8))
+    large = sampling._encoder_threads(enc, 2 ** 18 // (width * 64) + 1, (8, 8))
+    assert (small, large) == (1, None)
