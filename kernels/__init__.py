@@ -15,8 +15,10 @@ that performs the same buffer updates (the tests compare the two):
                     (split plan, small batches).
 * ``compile_check`` -- compiles, without a GPU, exactly the variants a launch of a
                     preset model compiles (Triton's launch-time specialisation
-                    included) for ``sm_90`` (or another arch) and reports registers,
-                    spills and shared memory per kernel.
+                    included; the gated and the PixelCNN++ kernels, ``pp_row`` /
+                    ``pp_pixel``) for ``sm_90`` (or another arch) and reports
+                    registers, spills and shared memory per variant, with the
+                    Triton and ptxas versions it ran with.
 * ``_jitmath``   -- ``@triton.jit`` helpers (tanh, log1p, round-half-even; the
                     model's input gathered through its input table) written with
                     plain ``tl`` primitives (libdevice does not run under the

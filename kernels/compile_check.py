@@ -1,29 +1,34 @@
 """Compile the kernels for a GPU without one, exactly as a launch would.
 
-    python -m pixelaux.kernels.compile_check --preset bench-32 [--preset pyramid] [--arch 90]
+    python -m pixelaux.kernels.compile_check [--preset bench-32] [--preset bench-pp32] [--arch 90] [--json F]
     # from a source checkout (kernels/ not installed as pixelaux.kernels):
     python -c "from pixelaux.engines.cached_triton import load_kernels as k; k().compile_check(['--preset', 'tiny-16'])"
 
 The interpreter checks the kernels' arithmetic and indexing but not that they
-compile. This runs the real launchers (``launch_row_step``, ``launch_pixel_step``,
-``launch_advance_row``) for a preset's models, batches and image sizes on CPU
-buffers, with Triton's active driver replaced by a stand-in that reports a CUDA
+compile. This runs the real launchers for a preset's models, batches and image
+sizes on CPU buffers (the gated engine's ``launch_row_step``, ``launch_pixel_step``,
+``launch_advance_row``; for a ``PixelCNNpp`` every launch of a row of the highest
+trigger level, ``cached_triton_pp.PPBuffers.row_ops``, which reaches every variant),
+with Triton's active driver replaced by a stand-in that reports a CUDA
 ``sm_<arch>`` target, and every ``kernel[grid](...)`` turned into
 ``kernel.warmup(...)``: Triton's own launch path (its argument binder, so the
 launch-time specialisations are the real ones: pointers 16-byte aligned, integer
 arguments divisible by 16 or equal to 1, ``do_not_specialize``; the same
 constexprs and options, ``num_warps`` and ``enable_fp_fusion``) compiles the variant
 through its frontend, optimiser, LLVM and ptxas and returns it without launching.
-Per variant it reports registers, spill stack and local memory (``cuobjdump``, when
-triton ships it) and shared memory (the compiled metadata). No GPU, no driver: it
-says nothing about speed.
+Per variant it reports registers, spill stack and local memory (``cuobjdump``,
+shipped with triton's NVIDIA backend) and shared memory (the compiled metadata),
+under the Triton that runs it (its version heads the report: register allocation
+and spills differ between Triton releases). No GPU, no driver: it says nothing
+about speed.
 
-Presets: ``bench-32`` and ``tiny-16`` (``pixelaux.bench``), ``default`` (the embedded
+Presets: ``bench-32``, ``tiny-16`` and ``bench-pp32`` (``pixelaux.bench``; the default
+is the two bench presets, ``bench-32`` and ``bench-pp32``), ``default`` (the embedded
 grayscale model: its gray prior and its colour stage with conditioning) and
 ``pyramid`` (the embedded pyramid's levels, 8x8 to 32x32, conditioned above the
 first), each at batches 1, 16 and 256 (the plans differ: channel tiles at small
 batches) for sampling (no known pixels) and teacher forcing (known pixels and the
-returned parameters).
+returned parameters). ``bench-pp32`` (width 80) is minutes of ptxas.
 
 Needs the kernels imported *without* ``TRITON_INTERPRET`` (the variable is read when
 they are decorated).
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -40,24 +46,31 @@ import sys
 import torch
 import triton
 
-from . import pixel_step, row_step
+from . import pixel_step, pp_pixel, pp_row, row_step
 from .layout import CachedBuffers, choose_plan
 
+#: Every kernel a launch can compile: the gated engine's, then the PixelCNN++ engine's.
 KERNELS = ((row_step, "row_init_kernel"), (row_step, "row_block_kernel"), (row_step, "advance_row_kernel"),
            (pixel_step, "pixel_fused_kernel"), (pixel_step, "pixel_conv_kernel"),
-           (pixel_step, "pixel_head_kernel"))
-PRESET_NAMES = ("bench-32", "tiny-16", "default", "pyramid")
+           (pixel_step, "pixel_head_kernel"),
+           (pp_row, "row_init_kernel"), (pp_row, "row_conv_kernel"), (pp_row, "row_deconv_kernel"),
+           (pp_row, "advance_row_kernel"), (pp_pixel, "pixel_init_kernel"), (pp_pixel, "pixel_down_kernel"),
+           (pp_pixel, "pixel_block_kernel"), (pp_pixel, "pixel_deconv_kernel"), (pp_pixel, "pixel_head_kernel"))
+#: The constexprs a report names a variant by (those a launcher passes).
+CONSTS = ("STAGE", "FIRST", "HAS_COND", "HID_P", "OT", "G", "DIST", "C", "E", "KH", "KW", "BLOCK_W", "HAS_KNOWN",
+          "RETURN_PARAMS", "SH", "N", "STRIDE", "ACT", "HAS_SKIP", "GATE", "GR", "BW", "BK", "BN", "CUR_IN_REGS")
+PRESET_NAMES = ("bench-32", "tiny-16", "bench-pp32", "default", "pyramid")
+DEFAULT_PRESETS = ("bench-32", "bench-pp32")
 BATCHES = (1, 16, 256)
 
 
 def preset_stages(name: str):
-    """``[(label, GatedPixelCNN, (H, W), has_cond)]`` of a preset (CPU, eval mode)."""
-    from pixelaux import GatedPixelCNN
-    if name in ("bench-32", "tiny-16"):
-        from pixelaux.bench import PRESETS
-        cfg = dict(PRESETS[name])
-        size = cfg.pop("size")
-        return [(name, GatedPixelCNN(**cfg, image_size=(size, size)).eval(), (size, size), False)]
+    """``[(label, model, (H, W), has_cond)]`` of a preset (CPU, eval mode): each model a
+    ``GatedPixelCNN`` or a ``PixelCNNpp``."""
+    if name in ("bench-32", "tiny-16", "bench-pp32"):
+        from pixelaux.bench import PRESETS, build_model
+        model, size = build_model(PRESETS[name])
+        return [(name, model, (size, size), False)]
     if name == "default":
         from pixelaux import pretrained
         m = pretrained.load("default")
@@ -121,15 +134,19 @@ class _Warmup:
             kernel = self.fn.warmup(*args, grid=grid, **kwargs)
             key = (self.name, kernel.hash)
             if key not in self.results:
-                consts = {k: v for k, v in kwargs.items() if k in (
-                    "STAGE", "FIRST", "HAS_COND", "HID_P", "OT", "G", "DIST", "C", "E", "KH", "BLOCK_W",
-                    "HAS_KNOWN", "RETURN_PARAMS")}
+                consts = {k: v for k, v in kwargs.items() if k in CONSTS}
                 info = dict(kernel=self.name, label=self.label[0], grid=tuple(grid),
                             num_warps=kwargs.get("num_warps", 4), consts=consts)
                 info.update(_resources(kernel.asm["cubin"]))           # reg, stack, shared, local
                 info["shared"] = int(getattr(kernel.metadata, "shared", info.get("shared", 0)))
                 self.results[key] = info
         return launch
+
+
+def _kernel_name(mod, name: str) -> str:
+    """``row_init_kernel`` (gated) or ``pp_row.row_init_kernel`` (PixelCNN++)."""
+    short = mod.__name__.rsplit(".", 1)[-1]
+    return f"{short}.{name}" if short.startswith("pp_") else name
 
 
 @contextlib.contextmanager
@@ -140,7 +157,7 @@ def _compiling(arch, results, label):
     driver.set_active(_Driver(arch))
     try:
         for mod, name, fn in saved:
-            setattr(mod, name, _Warmup(fn, name, results, label))
+            setattr(mod, name, _Warmup(fn, _kernel_name(mod, name), results, label))
         yield
     finally:
         for mod, name, fn in saved:
@@ -148,10 +165,12 @@ def _compiling(arch, results, label):
         driver._active = old
 
 
-def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None) -> dict:
+def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_forcing_only: bool = False) -> dict:
     """Compile what sampling and teacher forcing launch for each stage and batch.
-    ``stages``: ``[(label, model, (H, W), has_cond)]``; ``plans``: optional
-    ``{batch: Plan}``. Returns ``{(kernel, hash): info}``; raises on a compile error."""
+    ``stages``: ``[(label, model, (H, W), has_cond)]``, each model a ``GatedPixelCNN``
+    or a ``PixelCNNpp``; ``plans``: optional ``{batch: Plan}`` (gated models).
+    ``teacher_forcing_only``: the launches with known pixels and returned parameters
+    only. Returns ``{(kernel, hash): info}``; raises on a compile error."""
     from triton.runtime.interpreter import InterpretedFunction
     if isinstance(pixel_step.pixel_fused_kernel, InterpretedFunction):
         raise RuntimeError("the kernels were imported with TRITON_INTERPRET=1: run this without it")
@@ -160,11 +179,15 @@ def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None) -> dict:
         for name, model, (h, w), has_cond in stages:
             for b in batches:
                 label[0] = f"{name} B={b}"
-                plan = (plans or {}).get(b) or choose_plan(b, model.hidden, w, override="")
                 x = torch.zeros(b, model.channels, h, w, dtype=torch.long)
                 cond = torch.zeros(b, model.cond_channels, h, w) if has_cond and model.cond_channels else None
                 u = torch.rand(b, h, w, model.dist.num_uniforms)
-                for known, params in ((None, False), (torch.ones(b, h, w, dtype=torch.bool), True)):
+                modes = ((None, False), (torch.ones(b, h, w, dtype=torch.bool), True))
+                for known, params in modes[1:] if teacher_forcing_only else modes:
+                    if model.kind == "PixelCNNpp":
+                        _launch_pp_row(model, x, known, cond, u, params)
+                        continue
+                    plan = (plans or {}).get(b) or choose_plan(b, model.hidden, w, override="")
                     buf = CachedBuffers(model, x, known, cond, u, 1.0, params, plan=plan)
                     row_step.launch_row_step(buf)
                     pixel_step.launch_pixel_step(buf, min(1, w - 1))
@@ -172,22 +195,68 @@ def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None) -> dict:
     return results
 
 
-def compile_all(configs=None, arch: int = 90, size=(4, 8), batches=(2,), plans=None) -> dict:
-    """``compile_stages`` for ``GatedPixelCNN`` configs (dicts) at one small size."""
-    from pixelaux import GatedPixelCNN
-    stages = [(str(c), GatedPixelCNN(**c).eval(), size, bool(c.get("cond_channels"))) for c in configs]
-    return compile_stages(stages, arch, batches, plans)
+def _launch_pp_row(model, x, known, cond, u, params):
+    """Every launch of a row of the highest trigger level of a ``PixelCNNpp`` (row 0:
+    every scale, every column, so every variant a run compiles)."""
+    from ..engines import cached_triton_pp as pp
+    buf = pp.PPBuffers(model, x, known, cond, u, 1.0, return_params=params)
+    pp.launch(buf.row_ops(model.scales - 1), (pp_row, pp_pixel))
+
+
+def compile_all(configs=None, arch: int = 90, size=(4, 8), batches=(2,), plans=None,
+                teacher_forcing_only: bool = False) -> dict:
+    """``compile_stages`` for model configs (dicts) at one small size: a
+    ``GatedPixelCNN``, or with ``arch="pixelcnnpp"`` a ``PixelCNNpp`` (dropout off)."""
+    from pixelaux import GatedPixelCNN, PixelCNNpp
+    stages = []
+    for c in configs:
+        c = dict(c)
+        if c.pop("arch", "gated") == "pixelcnnpp":
+            model = PixelCNNpp(**dict(dict(dropout=0.0, image_size=size), **c))
+        else:
+            model = GatedPixelCNN(**c)
+        stages.append((str(c), model.eval(), size, bool(c.get("cond_channels"))))
+    return compile_stages(stages, arch, batches, plans, teacher_forcing_only)
+
+
+def spills(info: dict) -> bool:
+    """Whether a compiled variant spills (stack or local memory)."""
+    return info.get("stack", 0) > 0 or info.get("local", 0) > 0
+
+
+def header(arch: int) -> str:
+    """The toolchain the figures belong to: Triton's version and its ptxas."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    version = "ptxas not found"
+    if os.path.exists(ptxas):
+        out = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
+        found = re.findall(r"release (\S+),", out)
+        version = f"ptxas {found[0]}" if found else "ptxas (version unknown)"
+    return f"triton {triton.__version__}, {version}, target sm_{arch}"
 
 
 def report(results: dict) -> tuple[list[str], int]:
-    lines, spills = [], 0
+    """One line per variant (kernel, preset and batch, warps, shared memory in bytes,
+    registers, spill stack and local memory in bytes, its constexprs) and one per
+    kernel (variants, most registers, most shared memory, how many spill);
+    ``(lines, variants that spill)``."""
+    lines, n_spill, per_kernel = [], 0, {}
     for info in results.values():
-        spill = info.get("stack", 0) > 0 or info.get("local", 0) > 0
-        spills += spill
+        spill = spills(info)
+        n_spill += spill
         res = " ".join(f"{k}={info[k]}" for k in ("reg", "stack", "local") if k in info)
-        lines.append(f"{info['kernel']:19s} {info['label']:22s} warps={info['num_warps']} smem={info['shared']:>6} "
+        lines.append(f"{info['kernel']:28s} {info['label']:22s} warps={info['num_warps']} smem={info['shared']:>6} "
                      f"{res or '(no cuobjdump)'} {info['consts']}{'  <-- spills' if spill else ''}")
-    return lines, spills
+        k = per_kernel.setdefault(info["kernel"], dict(n=0, reg=0, smem=0, spill=0))
+        k["n"] += 1
+        k["reg"] = max(k["reg"], info.get("reg", 0))
+        k["smem"] = max(k["smem"], info["shared"])
+        k["spill"] += spill
+    lines.append("per kernel:")
+    for name, k in per_kernel.items():
+        lines.append(f"  {name:28s} {k['n']:>3} variants, registers <= {k['reg']:>3}, "
+                     f"smem <= {k['smem']:>6}, {k['spill']} spill")
+    return lines, n_spill
 
 
 def main(argv=None) -> int:
@@ -195,14 +264,19 @@ def main(argv=None) -> int:
                                              "exactly as the launches of a preset compile them.")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90 (default 90)")
     ap.add_argument("--preset", action="append", choices=PRESET_NAMES, default=None,
-                    help="models to compile for (repeatable; default bench-32)")
+                    help=f"models to compile for (repeatable; default {' and '.join(DEFAULT_PRESETS)})")
     ap.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
+    ap.add_argument("--json", default=None, help="also write every variant's figures to this file")
     args = ap.parse_args(argv)
-    stages = [s for p in (args.preset or ["bench-32"]) for s in preset_stages(p)]
+    print(header(args.arch), flush=True)
+    stages = [s for p in (args.preset or DEFAULT_PRESETS) for s in preset_stages(p)]
     results = compile_stages(stages, arch=args.arch, batches=args.batch)
-    lines, spills = report(results)
+    lines, n_spill = report(results)
     print("\n".join(lines))
-    print(f"{len(results)} variants compiled for sm_{args.arch}, {spills} with spills")
+    print(f"{len(results)} variants compiled for sm_{args.arch}, {n_spill} with spills ({header(args.arch)})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(toolchain=header(args.arch), variants=list(results.values())), f, indent=1, default=str)
     return 0
 
 

@@ -68,6 +68,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..engines.cached_triton import true_fp32
+
 STATE = ("x", "row", "u_cur", "u_win", "ul_win", "ul_row0", "ul_rowbias", "params")
 
 
@@ -256,8 +258,9 @@ class CachedBuffers:
     def fill(self, x, known, cond, uniforms, temperature: float):
         """Load one call's inputs into the buffers in place (their addresses, which a
         captured graph holds, do not change): the image, the known mask, the uniforms,
-        the temperature, the conditioning terms (the prefill, once per image); the row
-        counter back to 0."""
+        the temperature, the conditioning terms (the prefill, once per image, in true
+        float32: ``true_fp32``, TF32 off for cuDNN and matmuls); the row counter back
+        to 0."""
         if self.signature(x, known, cond, self.params is not None)[:3] != (
                 (self.B, self.C, self.H, self.W), self.known is not None, self.has_cond):
             raise ValueError("CachedBuffers.fill: inputs do not match the buffers' shapes / options")
@@ -269,22 +272,27 @@ class CachedBuffers:
         self.temp.fill_(self.temperature)
         self.row.zero_()
         if self.has_cond:
-            cond = cond.to(self.device).float()
-            if cond.dim() == 2:   # global: each block's terms once per image, broadcast below
-                cond = cond[:, :, None, None]
-            ub, ulb = list(self.model.u_blocks), list(self.model.ul_blocks)
-            u_terms = [k.cond_terms(cond) for k in ub]
-            ul_terms = [k.cond_terms(cond) for k in ulb]
-            new = dict(u_h1=torch.stack([_cond_last(t[0]) for t in u_terms]),
-                       u_h2=torch.stack([_cond_last(t[1], True) for t in u_terms]),
-                       ul_h1=torch.stack([_cond_last(t[0]) for t in ul_terms]),
-                       ul_h2=torch.stack([_cond_last(t[1], True) for t in ul_terms]))
-            for name, t in new.items():
-                t = t.expand(-1, -1, self.H, self.W, -1)             # (NB, B, H, W, n)
-                if getattr(self, name) is None:
-                    setattr(self, name, t.contiguous())
-                else:
-                    getattr(self, name).copy_(t)
+            with true_fp32():     # TF32 off: the terms are float32, as the forward's (and the kernels')
+                self._fill_cond(cond)
+
+    def _fill_cond(self, cond):
+        """The conditioning terms of every block, computed once per image (``fill``)."""
+        cond = cond.to(self.device).float()
+        if cond.dim() == 2:   # global: each block's terms once per image, broadcast below
+            cond = cond[:, :, None, None]
+        ub, ulb = list(self.model.u_blocks), list(self.model.ul_blocks)
+        u_terms = [k.cond_terms(cond) for k in ub]
+        ul_terms = [k.cond_terms(cond) for k in ulb]
+        new = dict(u_h1=torch.stack([_cond_last(t[0]) for t in u_terms]),
+                   u_h2=torch.stack([_cond_last(t[1], True) for t in u_terms]),
+                   ul_h1=torch.stack([_cond_last(t[0]) for t in ul_terms]),
+                   ul_h2=torch.stack([_cond_last(t[1], True) for t in ul_terms]))
+        for name, t in new.items():
+            t = t.expand(-1, -1, self.H, self.W, -1)             # (NB, B, H, W, n)
+            if getattr(self, name) is None:
+                setattr(self, name, t.contiguous())
+            else:
+                getattr(self, name).copy_(t)
 
     # -- helpers for the tests -------------------------------------------------
     def state(self) -> dict:

@@ -1,5 +1,6 @@
 """Test helpers: models with random (not near-zero) weights and random inputs."""
 
+import contextlib
 import copy
 import json
 import os
@@ -83,6 +84,19 @@ def forward_errors(params, model, x, cond=None):
     scale = ref.abs().max().clamp(min=1e-30)
     err = lambda p: ((p.detach().to(ref) - ref).abs().max() / scale).item()   # noqa: E731
     return err(params), max(err(p) for p in own)
+
+
+@contextlib.contextmanager
+def tf32_on():
+    """TF32 allowed for CUDA matmuls and cuDNN convolutions (cuDNN's default on a GPU),
+    restored afterwards: a test that code turns it off where it must sets it on first
+    (on the CPU the flags are only read, never used)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def assert_matches_forward(params, model, x, cond=None, name="", factor=FORWARD_FACTOR, floor=FORWARD_FLOOR):

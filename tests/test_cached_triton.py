@@ -25,7 +25,7 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
-from helpers import assert_matches_forward, assert_same_images, param_error, random_cond, random_gated, random_images  # noqa: E402
+from helpers import assert_matches_forward, assert_same_images, param_error, random_cond, random_gated, random_images, tf32_on  # noqa: E402
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.uniforms import ImageUniforms  # noqa: E402
@@ -374,8 +374,9 @@ def test_row_replay_sequencing():
 
 # -- grouped images, channel tiles, wide rows, every model kind -------------------------
 
-def _tie_checked(model, cond, u, temperature, ref, got, params, what):
-    ok, equal, lines = cached_triton.tie_report(model, cond, u, temperature, ref, got, params)
+def _tie_checked(model, u, temperature, ref, got, what):
+    """``ref``, ``got``: ``(images, params)`` of a reference engine and of triton."""
+    ok, equal, lines = cached_triton.tie_report(model, u, temperature, *ref, *got)
     assert ok, f"{what}: {equal:.2%} equal; " + "; ".join(lines)
     return equal
 
@@ -400,8 +401,8 @@ def test_groups_and_tiles_match_cached_torch(batch, plan):
         assert_matches_forward(params, model, x, cond)
     known = (torch.rand(batch, h, w, generator=_gen(1)) < 0.3).to(DEVICE)
     got, params = cached_triton.run(model, x, known, cond, u, 0.9, return_params=True, plan=pl)
-    ref = cached_torch.run(model, x, known, cond, u, 0.9)
-    _tie_checked(model, cond, u, 0.9, ref, got, params, f"batch {batch} {plan or 'fused'}")
+    ref = cached_torch.run(model, x, known, cond, u, 0.9, return_params=True)
+    _tie_checked(model, u, 0.9, ref, (got, params), f"batch {batch} {plan or 'fused'}")
     keep = known[:, None].expand_as(x)
     assert torch.equal(got[keep], x[keep])
 
@@ -423,7 +424,7 @@ def test_rows_wider_than_a_column_tile(plan):
         return
     x0 = torch.zeros_like(x)
     got, params = cached_triton.run(model, x0, None, None, u, 1.0, return_params=True, plan=pl)
-    _tie_checked(model, None, u, 1.0, naive.run(model, x0, None, None, u, 1.0), got, params, "W=70")
+    _tie_checked(model, u, 1.0, naive.run(model, x0, None, None, u, 1.0, return_params=True), (got, params), "W=70")
 
 
 @pytest.mark.parametrize("kind", ["grayscale", "pyramid"])
@@ -511,23 +512,89 @@ def test_plan_choice_and_override():
         K.choose_plan(1, 64, 32, override="tile=3")
 
 
-def test_tie_report_explains_a_flip_at_a_tie():
-    """Two logits equal: the uniform sits exactly at the cdf boundary 0.5, and a pixel
-    flipped there is a tie; a flip elsewhere is not."""
-    model = _model(0, channels=1, bits=1, hidden=2, blocks=0, kernel_size=1, dist="categorical")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-    x = torch.zeros(1, 1, 1, 2, dtype=torch.long)
-    u = torch.full((1, 1, 2, 1), 0.5)
-    params = torch.zeros(1, 2, 1, 2)
-    ref = model.dist.sample(params, u)           # cdf[0] = 0.5 <= 0.5: level 1
+def _one_pixel_categorical(logits_ref, logits_got, u0):
+    """A 1-bit categorical model, two pixels of one image, each engine's parameters given
+    (``(2,)`` logits at the first pixel; the second pixel equal in both), the uniform of
+    the first pixel ``u0``: ``(model, u, (ref, params_ref), params_got)``."""
+    model = _model(0, channels=1, bits=1, hidden=2, blocks=0, kernel_size=1, dist="categorical").cpu()
+    u = torch.tensor([u0, 0.25]).reshape(1, 1, 2, 1)
+    pa = torch.tensor([[logits_ref, [0.0, 1.0]]]).permute(0, 2, 1)[:, :, None, :]    # (1, 2, 1, 2)
+    pb = torch.tensor([[logits_got, [0.0, 1.0]]]).permute(0, 2, 1)[:, :, None, :]
+    ref = model.dist.sample(pa, u)
+    return model, u, (ref, pa), pb
+
+
+def test_tie_report_judges_each_engine_with_its_own_parameters():
+    """Two engines whose parameters differ by float rounding at a pixel whose uniform
+    sits on the bin boundary (logits 1, 1: cdf[0] = 0.5 = u): the reference's pixel is
+    what *its* parameters give and the other's what *its* give, a float tie. The old
+    report judged the reference's pixel with the full forward's parameters, and the
+    other's by replaying it with torch's arithmetic: here the forward gives neither
+    engine's logits, and it called this tie a failure."""
+    eps = 2 ** -20
+    model, u, (ref, pa), pb = _one_pixel_categorical([1.0 + eps, 1.0], [1.0, 1.0 + eps], 0.5)
+    got = model.dist.sample(pb, u)
+    assert ref[0, 0, 0, 0] == 0 and got[0, 0, 0, 0] == 1 and torch.equal(ref[..., 1], got[..., 1])
+    ok, equal, lines = cached_triton.tie_report(model, u, 1.0, ref, pa, got, pb)
+    assert ok and equal == 0.5 and "a float tie" in lines[0] and "(0, 0)" in lines[0], lines
+    # the same images judged with parameters that do not give the reference's pixel
+    ok, _, lines = cached_triton.tie_report(model, u, 1.0, ref, pb, got, pb)
+    assert not ok and "reference's pixel is not what its own parameters give" in lines[0], lines
+
+
+def test_tie_report_accepts_a_flip_of_the_engines_own_arithmetic_only_at_a_boundary():
+    """Identical parameters, and the engine's pixel the other side of the boundary its
+    parameters sit on (its ``exp``/sums are not torch's): a tie, which a replay with
+    torch's arithmetic alone calls a failure. The same flip where the uniform is far
+    from any boundary, or parameters further apart than ``tol``, is not."""
+    model, u, (ref, pa), _ = _one_pixel_categorical([1.0, 1.0], [1.0, 1.0], 0.5)
     flipped = ref.clone()
     flipped[0, 0, 0, 0] = 1 - ref[0, 0, 0, 0]
-    ok, equal, lines = cached_triton.tie_report(model.cpu(), None, u, 1.0, ref, flipped, params)
-    assert not ok and equal == 0.5 and "NOT a tie" in lines[0]
-    ok, equal, lines = cached_triton.tie_report(model.cpu(), None, u, 1.0, ref, ref, params)
+    ok, equal, lines = cached_triton.tie_report(model, u, 1.0, ref, pa, flipped, pa.clone())
+    assert ok and equal == 0.5 and "at a bin boundary" in lines[0], lines
+    ok, equal, lines = cached_triton.tie_report(model, u, 1.0, ref, pa, ref, pa.clone())
     assert ok and equal == 1.0 and lines == []
+
+    model, u, (ref, pa), _ = _one_pixel_categorical([1.0, 1.0], [1.0, 1.0], 0.3)
+    flipped = ref.clone()
+    flipped[0, 0, 0, 0] = 1 - ref[0, 0, 0, 0]
+    ok, _, lines = cached_triton.tie_report(model, u, 1.0, ref, pa, flipped, pa.clone())
+    assert not ok and "NOT a tie" in lines[0] and "engine's pixel is not what its own" in lines[0], lines
+
+    model, u, (ref, pa), pb = _one_pixel_categorical([1.0, 1.0], [1.01, 1.0], 0.5)
+    got = model.dist.sample(pb, u)
+    assert not torch.equal(ref, got)
+    ok, _, lines = cached_triton.tie_report(model, u, 1.0, ref, pa, got, pb)
+    assert not ok and "params differ by more than" in lines[0], lines
+    with pytest.raises(ValueError, match="own parameters"):
+        cached_triton.tie_report(model, u, 1.0, ref, None, got, pb)
+
+
+def test_prefill_runs_in_true_fp32(monkeypatch):
+    """The prefill (``CachedBuffers.fill``: the conditioning convolutions, once per image)
+    runs with TF32 off (``true_fp32``), so on a GPU its terms are float32 as the
+    forward's. On the CPU the flags change no number: this spies on them instead, both
+    on before, off in every ``cond_terms`` call of the prefill, restored after."""
+    from pixelaux.layers import GatedResidualBlock
+    seen = []
+    cond_terms = GatedResidualBlock.cond_terms
+
+    def spy(self, cond):
+        seen.append(cached_triton.tf32_flags())
+        return cond_terms(self, cond)
+
+    monkeypatch.setattr(GatedResidualBlock, "cond_terms", spy)
+    model = _model(0, channels=1, bits=2, hidden=3, blocks=2, kernel_size=3, dist="categorical",
+                   cond_channels=2).cpu()
+    x = torch.zeros(2, 1, 3, 4, dtype=torch.long)
+    cond = torch.randn(2, 2, 3, 4, generator=_gen(0))
+    u = torch.rand(2, 3, 4, 1, generator=_gen(1))
+    with tf32_on():
+        buf = K.CachedBuffers(model, x, None, cond, u, 1.0)
+        assert len(seen) == 4                       # 2 blocks x (u, ul)
+        buf.fill(x, None, cond, u, 1.0)
+        assert len(seen) == 8 and all(f == dict(matmul=False, cudnn=False) for f in seen), seen
+        assert cached_triton.tf32_flags() == dict(matmul=True, cudnn=True)
 
 
 def test_gpu_check_refuses_on_cpu_with_one_line():

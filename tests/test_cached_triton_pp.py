@@ -23,7 +23,7 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
-from helpers import assert_matches_forward, assert_same_images, one_thread, randomize  # noqa: E402,F401
+from helpers import assert_matches_forward, assert_same_images, one_thread, randomize, tf32_on  # noqa: E402,F401
 import pixelaux  # noqa: E402
 from pixelaux.uniforms import ImageUniforms  # noqa: E402
 from pixelaux import engines  # noqa: E402
@@ -363,6 +363,30 @@ def test_runner_routes_pixelcnnpp_to_this_engine():
 
 # -- errors -----------------------------------------------------------------------------
 
+def test_prefill_runs_in_true_fp32(monkeypatch):
+    """The prefill of ``PPBuffers`` (the cond map pooled to every scale and each block's
+    conditioning convolutions, once per image) runs with TF32 off (``true_fp32``), as
+    the gated engine's. On the CPU the flags change no number: this spies on them, both
+    on before, off in every ``cond_terms`` call, restored after."""
+    from pixelaux.layers import GatedResidualBlock
+    seen = []
+    cond_terms = GatedResidualBlock.cond_terms
+
+    def spy(self, cond):
+        seen.append(cached_triton.tf32_flags())
+        return cond_terms(self, cond)
+
+    monkeypatch.setattr(GatedResidualBlock, "cond_terms", spy)
+    model = _model(0, size=(4, 4), channels=1, bits=2, hidden=3, blocks=1, scales=2, dist="categorical",
+                   cond_channels=2)
+    x, cond, u = _inputs(model, 2, (4, 4), 0)
+    with tf32_on():
+        cached_triton_pp.PPBuffers(model, x, None, cond, u, 1.0)
+        assert cached_triton.tf32_flags() == dict(matmul=True, cudnn=True)
+    # u and ul streams of every block: up pass 1 per scale, down pass 2 at scale 0 and 1 at 1
+    assert len(seen) == 2 * (2 + 3) and all(f == dict(matmul=False, cudnn=False) for f in seen), seen
+
+
 def test_unavailable_backend_is_a_clear_error(monkeypatch):
     model = _model(0, channels=1, bits=2, hidden=2, blocks=0, scales=1, dist="categorical")
     x = torch.zeros(1, 1, 4, 4, dtype=torch.long, device=DEVICE)
@@ -397,13 +421,14 @@ def test_kernels_compile_into_the_sessions_own_cache(own_triton_cache):
 @pytest.mark.slow      # ~40 s on 2 cores with the session's own (cold) Triton cache (conftest.py)
 def test_kernels_compile_for_a_gpu_without_one():
     """The interpreter does not compile: compile every variant one row launches for sm_90
-    (Triton's frontend, LLVM, ptxas; no GPU), in a process without TRITON_INTERPRET:
-    every kernel compiles (spills are printed, not judged: at hidden 16 two
-    ``row_conv_kernel`` variants spill 16 bytes). At small widths: every kernel and
-    specialisation (cond, 3 scales, tokens, categorical) compiles in under a minute, where
-    bench-pp32's width 80 takes minutes of ptxas alone; that width's register and spill
-    check (none spill there) is the prepared ``compile_for_gpu`` run of docs/design.md
-    section 2.4."""
+    (Triton's frontend, LLVM, ptxas; no GPU), in a process without TRITON_INTERPRET,
+    through ``kernels/compile_check.py`` (as the gated kernels): every kernel compiles,
+    and its report gives registers, spills and shared memory per variant (spills are
+    printed, not judged: at hidden 16 two ``row_conv_kernel`` variants spill 16 bytes).
+    At small widths: every kernel and specialisation (cond, 3 scales, tokens,
+    categorical) compiles in under a minute, where bench-pp32's width 80 takes minutes
+    of ptxas alone; that preset's check is the prepared run ``python -m
+    pixelaux.kernels.compile_check --preset bench-pp32`` of docs/design.md section 2.4."""
     import os
     import subprocess
     import sys
@@ -417,7 +442,10 @@ def test_kernels_compile_for_a_gpu_without_one():
             "                     dict(channels=1, bits=16, hidden=5, blocks=0, scales=2, dist='categorical',\n"
             "                          embed_dim=40)])\n"
             "print(len(r), 'variants', sorted({n for n, m in r}))\n"
-            "print('spills:', [(n, m) for n, m in r if m.get('stack') or m.get('local')])\n")
+            "print('spills:', [(n, m) for n, m in r if m.get('stack') or m.get('local')])\n"
+            "from pixelaux.kernels.compile_check import header, report\n"
+            "print(header(90))\n"
+            "print('\\n'.join(report(dict(enumerate(m for _, m in r)))[0]))\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
@@ -427,4 +455,8 @@ def test_kernels_compile_for_a_gpu_without_one():
     assert "variants" in out.stdout, out.stdout
     for name in ("row_init_kernel", "row_conv_kernel", "row_deconv_kernel", "advance_row_kernel", "pixel_init_kernel",
                  "pixel_block_kernel", "pixel_down_kernel", "pixel_deconv_kernel", "pixel_head_kernel"):
-        assert name in out.stdout, (name, out.stdout)
+        assert f"pp_row.{name}" in out.stdout or f"pp_pixel.{name}" in out.stdout, (name, out.stdout)
+    # compile_check's report: the toolchain, then registers, spills and shared memory per variant
+    assert f"triton {triton.__version__}, ptxas" in out.stdout, out.stdout
+    variants = [ln for ln in out.stdout.splitlines() if ln.startswith("pp_")]
+    assert variants and all("smem=" in ln and " reg=" in ln and " stack=" in ln for ln in variants), out.stdout

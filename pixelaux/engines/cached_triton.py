@@ -41,7 +41,8 @@ is how the tests run it, slowly, on tiny shapes.
 
 Helpers meant for other Triton engines (e.g. a PixelCNN++ backend): ``triton_error``,
 ``interpreter_enabled``, ``device_status``, ``RunCache`` / ``weights_version``,
-``capture_cuda_graph`` and ``RowProgress``.
+``capture_cuda_graph``, ``RowProgress`` and ``true_fp32`` (TF32 off: the prefill's
+conditioning convolutions and every exactness reference run inside it).
 
 UNTESTED ON HARDWARE (no GPU was available when this was written): everything under
 ``x.device.type == "cuda"`` below (the graph capture and replay, the device guard),
@@ -55,6 +56,7 @@ sm_90 through Triton, LLVM and ptxas (``kernels/compile_check.py``). On a GPU,
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import itertools
 import os
@@ -103,6 +105,28 @@ def interpreter_enabled() -> bool:
         return bool(knobs.runtime.interpret)
     except Exception:
         return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def tf32_flags() -> dict:
+    """Whether TF32 is allowed for CUDA matmuls and for cuDNN convolutions."""
+    return dict(matmul=torch.backends.cuda.matmul.allow_tf32, cudnn=torch.backends.cudnn.allow_tf32)
+
+
+@contextlib.contextmanager
+def true_fp32():
+    """TF32 off for CUDA matmuls and cuDNN convolutions (cuDNN allows it by default on
+    Ampere and Hopper: 10-bit mantissas), restored on exit. The host-side torch work of
+    the Triton engines (the prefill: the conditioning convolutions computed once per
+    image) and every reference an exactness check compares them with run inside it,
+    so both sides are float32 as the kernels are. On the CPU the flags change nothing."""
+    old = tf32_flags()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old["matmul"]
+        torch.backends.cudnn.allow_tf32 = old["cudnn"]
 
 
 # (old private names, kept for callers and tests that patch them)
@@ -361,12 +385,35 @@ class _nullcontext:
 
 
 @torch.no_grad()
-def tie_report(model, cond, uniforms, temperature, ref, got, params_got, tol: float = 1e-4):
-    """Tie-explained comparison of two engines' images (as the C++ engine's tests do):
-    every image where ``got`` differs from ``ref`` must first differ (raster order) at
-    a float tie: ``model``'s parameters on ``ref`` and ``params_got`` agree there to
-    ``tol`` of their scale, and each engine's pixel is what its own parameters give
-    with the shared uniforms. Returns ``(ok, fraction of pixels equal, lines)``."""
+def tie_report(model, uniforms, temperature, ref, params_ref, got, params_got, tol: float = 1e-4):
+    """Tie-explained comparison of two engines' images (docs/design.md section 2.7).
+
+    ``ref``/``got``: ``(B, C, H, W)`` images of a reference engine (``naive`` or
+    ``cached_torch``: they sample with ``model.dist.sample_flat``) and of the engine
+    under test from the same inputs and ``uniforms``; ``params_ref``/``params_got``:
+    each engine's own parameters at every position ``(B, P, H, W)`` (``return_params``).
+    Every image where they differ must first differ (raster order) at a float tie,
+    judged with each engine's *own* parameters at that pixel:
+
+    * the two parameter vectors agree to ``tol`` of their scale (the larger max abs);
+    * the reference's pixel is what its parameters give there, replayed exactly as the
+      reference engine sampled it (``sample_flat`` over the whole batch at that pixel,
+      on the parameters' device);
+    * ``got``'s pixel is what its parameters give there with torch's arithmetic, or
+      what they give with one parameter moved by ``tol`` of the scale either way. The
+      engine under test may sample with arithmetic of its own (the kernels' ``exp`` /
+      ``log`` and tree-ordered sums differ from torch's in the last bits), and where
+      its parameters sit on a bin boundary that lands its pixel on the other side:
+      a tie of the sampling, not a failure.
+
+    Returns ``(ok, fraction of pixels equal, lines)``: one line per differing image."""
+    if params_ref is None or params_got is None:
+        raise ValueError("tie_report needs both engines' own parameters (run them with return_params=True)")
+    if ref.shape != got.shape or params_ref.shape != params_got.shape or params_ref.shape[2:] != ref.shape[2:]:
+        raise ValueError(f"tie_report: shapes do not match: images {tuple(ref.shape)} / {tuple(got.shape)}, "
+                         f"params {tuple(params_ref.shape)} / {tuple(params_got.shape)}")
+    dist = model.dist
+    dev = params_ref.device
     lines, ok = [], True
     diff = (ref != got).any(1)
     for k in range(ref.shape[0]):
@@ -374,16 +421,41 @@ def tie_report(model, cond, uniforms, temperature, ref, got, params_got, tol: fl
         if len(pos) == 0:
             continue
         i, j = divmod(pos[0].item(), ref.shape[3])
-        pa = model(ref[k:k + 1], None if cond is None else cond[k:k + 1])[:, :, i, j]
-        pb = params_got[k:k + 1, :, i, j].to(pa.device)
-        err = ((pa - pb).abs().max() / pa.abs().max().clamp(min=1e-30)).item()
-        u = uniforms[k:k + 1, i, j].to(pa.device)
-        own_a = model.dist.sample_flat(pa, u, temperature)[0]
-        own_b = model.dist.sample_flat(pb, u, temperature)[0]
-        tie = err <= tol and torch.equal(own_a, ref[k, :, i, j]) and torch.equal(own_b, got[k, :, i, j])
+        u_all = uniforms[:, i, j].to(dev)
+        pa = params_ref[k:k + 1, :, i, j]
+        pb = params_got[k:k + 1, :, i, j].to(dev)
+        scale = max(pa.abs().max().item(), pb.abs().max().item(), 1e-30)
+        err = (pa - pb).abs().max().item() / scale
+        want_a, want_b = ref[k, :, i, j].to(dev), got[k, :, i, j].to(dev)
+        # the reference's own sampling call at this pixel: its whole batch
+        own_a = torch.equal(dist.sample_flat(params_ref[:, :, i, j], u_all, temperature)[k], want_a)
+        own_b = _reached(dist, pb, u_all[k:k + 1], temperature, want_b, tol * scale)
+        tie = err <= tol and own_a and own_b is not None
         ok &= tie
+        if tie:
+            why = "a float tie" + ("" if own_b == "exact" else " (at a bin boundary of its own parameters)")
+        else:
+            why = "NOT a tie: " + "; ".join(filter(None, [
+                f"params differ by more than {tol:.0e}" if err > tol else "",
+                "the reference's pixel is not what its own parameters give" if not own_a else "",
+                "the engine's pixel is not what its own parameters give, even moved by "
+                f"{tol:.0e} of their scale" if own_b is None else ""]))
         lines.append(f"image {k} first differs at ({i}, {j}): {ref[k, :, i, j].tolist()} vs "
-                     f"{got[k, :, i, j].tolist()}, params within {err:.1e}: "
-                     f"{'a float tie' if tie else 'NOT a tie'}; {int(diff[k].sum())} pixels differ")
+                     f"{got[k, :, i, j].tolist()}, params within {err:.1e}: {why}; "
+                     f"{int(diff[k].sum())} pixels differ")
     equal = (ref == got).all(1).float().mean().item()
     return ok, equal, lines
+
+
+def _reached(dist, p, u, temperature, want, step):
+    """``"exact"`` when ``sample_flat(p, u)`` is ``want``, ``"boundary"`` when it is with
+    one parameter of ``p`` ``(1, P)`` moved by ``step`` either way, else ``None``."""
+    if torch.equal(dist.sample_flat(p, u, temperature)[0], want):
+        return "exact"
+    n = p.shape[1]
+    moved = p.repeat(2 * n, 1)
+    idx = torch.arange(n, device=p.device)
+    moved[idx, idx] += step
+    moved[n + idx, idx] -= step
+    pix = dist.sample_flat(moved, u.expand(2 * n, -1), temperature)
+    return "boundary" if bool((pix == want).all(1).any()) else None

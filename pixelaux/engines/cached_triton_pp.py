@@ -26,8 +26,9 @@ input, the skip input of the down pass and the input of a stride-2 conv. Per sca
   (``PixelInput.table``: the kernels read the model's input straight from the image
   through it, scaled and token inputs alike), ``row`` ``(1,)`` int32 the row counter,
   ``temp`` ``(1,)``, ``pscr`` ``(B, P)``, ``params`` ``(B, P, H, W)`` with ``return_params``;
-* conditioning (computed once per image, the prefill): per scale and block the two
-  terms of ``cond_terms`` at that scale, ``(B, H_s, W_s, F)`` / ``(B, H_s, W_s, 2F)``.
+* conditioning (computed once per image, the prefill, in true float32: ``true_fp32``,
+  TF32 off): per scale and block the two terms of ``cond_terms`` at that scale,
+  ``(B, H_s, W_s, F)`` / ``(B, H_s, W_s, 2F)``.
 
 **Launches.** Row ``i`` triggers the scales ``s <= level(i)``, ``level(i)`` = the
 largest ``s < S`` with ``i % 2**s == 0``; pixel ``(i, j)`` those with also
@@ -74,8 +75,9 @@ without a launch boundary).
 
 UNTESTED ON HARDWARE: the CUDA path (graphs, speed, block sizes). The tests run the
 same kernels and launch sequence under ``TRITON_INTERPRET=1`` on CPU tensors, and
-``compile_for_gpu`` compiles every variant a run launches for sm_90 without a GPU
-(no register spills at hidden 80, the bench-pp32 width).
+``kernels/compile_check.py`` (``compile_for_gpu`` here, ``--preset bench-pp32``
+there) compiles every variant a run launches for sm_90 without a GPU and reports
+registers, spills and shared memory per variant under the Triton it runs with.
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ import torch
 
 from ..distributions import _check_temperature
 from ..weight_norm import folded
-from .cached_triton import load_kernels, status
+from .cached_triton import load_kernels, status, true_fp32
 from .progress import pixel_progress
 
 USE_CUDA_GRAPHS = os.environ.get("PIXELAUX_TRITON_GRAPHS", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -190,9 +192,8 @@ class PPBuffers:
         self.dul_rt = [[val(s, 1) for _ in range(self.nd[s])] for s in range(S)]
         self.ul_row0 = val(0, 1)
         down = list(m.down_layers)[::-1]                     # indexed by scale
-        conds = m.scale_conds(cond)
-        with torch.no_grad():
-            self._build(m, down, conds)
+        with torch.no_grad(), true_fp32():     # the prefill (cond pools and 1x1 convs): TF32 off
+            self._build(m, down, m.scale_conds(cond))
 
     # -- launch lists ---------------------------------------------------------------------
     def _build(self, m, down, conds):
@@ -364,100 +365,19 @@ class _null:
 
 # -- compiling for a GPU without one -----------------------------------------------------
 
-_KERNEL_NAMES = (("row", ("row_init_kernel", "row_conv_kernel", "row_deconv_kernel", "advance_row_kernel")),
-                 ("pixel", ("pixel_init_kernel", "pixel_down_kernel", "pixel_block_kernel", "pixel_deconv_kernel",
-                            "pixel_head_kernel")))
-
-
-class _CompileDriver:
-    """Triton's active driver, for compiling only: a CUDA target, device 0, stream 0."""
-
-    def __init__(self, arch: int):
-        from triton.backends.compiler import GPUTarget
-        self.target = GPUTarget("cuda", arch, 32)
-
-    def get_current_target(self):
-        return self.target
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def __getattr__(self, name):
-        raise AttributeError(f"the compile-only driver has no {name!r}")
-
-
-def _cubin_resources(cubin) -> dict:
-    """``{"regs": .., "stack": ..}`` of a cubin from ``cuobjdump -res-usage`` (shipped with
-    triton's NVIDIA backend), or ``{}`` where it is missing."""
-    import re
-    import subprocess
-    import tempfile
-
-    import triton
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not cubin or not os.path.exists(tool):
-        return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    for ln in out.splitlines():
-        if "REG:" in ln:
-            found = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", ln))
-            return {"regs": int(found.get("REG", 0)), "stack": int(found.get("STACK", 0)),
-                    "local": int(found.get("LOCAL", 0))}
-    return {}
-
-
 def compile_for_gpu(configs, arch: int = 90, batch: int = 3, size=(8, 8)):
     """Compile every kernel variant that one row of each ``PixelCNNpp(**config)`` launches
-    (the highest trigger level, so every variant) for ``cuda sm_<arch>`` without a GPU:
-    the real launchers on CPU buffers, each ``kernel[grid](...)`` replaced by
-    ``kernel.warmup`` (Triton's frontend, LLVM and ptxas; nothing runs). Needs the kernels
-    imported without ``TRITON_INTERPRET``. Returns ``[(kernel name, metadata)]``, one per
-    variant (``regs``, ``stack`` (spills), ``local`` from ``cuobjdump`` where triton ships it,
-    ``shared``, ``num_warps``)."""
-    from triton.runtime.driver import driver
-
-    import pixelaux
-    row_k, px_k = _kernels()
-    mods = {"row": row_k, "pixel": px_k}
-    results = {}
-
-    class Warmup:
-        def __init__(self, fn, name):
-            self.fn, self.name = fn, name
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                k = self.fn.warmup(*args, grid=grid, **kwargs)
-                if (self.name, k.hash) not in results:
-                    info = dict(consts={c: kwargs[c] for c in ("KH", "ACT", "HAS_SKIP", "GATE", "HAS_COND", "BN", "BK", "GR", "BW") if c in kwargs},
-                                shared=getattr(k.metadata, "shared", None),
-                                num_warps=getattr(k.metadata, "num_warps", None))
-                    info.update(_cubin_resources(k.asm.get("cubin")))
-                    results[(self.name, k.hash)] = info
-            return launch
-
-    saved = [(mods[m], n, getattr(mods[m], n)) for m, names in _KERNEL_NAMES for n in names]
-    old = driver._active
-    driver.set_active(_CompileDriver(arch))
-    try:
-        for mod, n, fn in saved:
-            setattr(mod, n, Warmup(fn, n))
-        for cfg in configs:
-            m = pixelaux.PixelCNNpp(**dict(dict(dropout=0.0, image_size=size), **cfg)).eval()
-            h, w = size
-            x = torch.zeros(batch, m.channels, h, w, dtype=torch.long)
-            cond = torch.zeros(batch, m.cond_channels, h, w) if m.cond_channels else None
-            buf = PPBuffers(m, x, torch.ones(batch, h, w, dtype=torch.bool), cond,
-                            torch.rand(batch, h, w, m.dist.num_uniforms), 1.0, return_params=True)
-            launch(buf.row_ops(m.scales - 1), (row_k, px_k))
-    finally:
-        for mod, n, fn in saved:
-            setattr(mod, n, fn)
-        driver._active = old
-    return [(name, meta) for (name, _), meta in results.items()]
+    with known pixels and returned parameters (the highest trigger level, so every
+    kernel) for ``cuda sm_<arch>`` without a GPU: ``kernels/compile_check.py``, which
+    compiles the gated engine's kernels the same way (the real launchers on CPU
+    buffers, each ``kernel[grid](...)`` replaced by ``kernel.warmup``: Triton's
+    frontend, LLVM and ptxas; nothing runs). Needs the kernels imported without
+    ``TRITON_INTERPRET``. Returns ``[(kernel name, info)]``, one per variant (``reg``,
+    ``stack`` and ``local`` (spills) from ``cuobjdump``, ``shared``, ``num_warps``,
+    the constexprs); ``compile_check.report`` formats them. ``python -m
+    pixelaux.kernels.compile_check --preset bench-pp32`` compiles the bench preset's
+    launches at its real size and batches."""
+    load_kernels()
+    from pixelaux.kernels.compile_check import compile_all
+    res = compile_all([dict(c, arch="pixelcnnpp") for c in configs], arch, size, (batch,), teacher_forcing_only=True)
+    return [(info["kernel"], info) for info in res.values()]
