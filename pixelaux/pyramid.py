@@ -192,10 +192,14 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
         levels, encoders = nn.ModuleList(), nn.ModuleList()
         for k, (size, st) in enumerate(zip(sizes, settings)):
             k_cond = st["hidden"] if st["cond_channels"] is None else st["cond_channels"]
-            levels.append(make_stage(st["arch"], st["scales"], st["kernel_size"], channels=channels, bits=bits,
-                                     hidden=st["hidden"], blocks=st["blocks"], dropout=st["dropout"],
-                                     cond_channels=0 if k == 0 else k_cond, dist=dist, nr_mix=st["nr_mix"],
-                                     image_size=size, **wn))
+            try:
+                levels.append(make_stage(st["arch"], st["scales"], st["kernel_size"], channels=channels, bits=bits,
+                                         hidden=st["hidden"], blocks=st["blocks"], dropout=st["dropout"],
+                                         cond_channels=0 if k == 0 else k_cond, dist=dist, nr_mix=st["nr_mix"],
+                                         image_size=size, **wn))
+            except ValueError as e:       # e.g. a PixelCNN++ level whose size its scales cannot divide
+                where = f"per_level[{k}]" if per_level else f"level {k}"
+                raise ValueError(f"{where} ({size[0]}x{size[1]}): {e}") from None
             if k == 0:
                 continue
             e_hidden = st["hidden"] if st["encoder_hidden"] is None else st["encoder_hidden"]

@@ -233,3 +233,8 @@ def test_per_level_is_checked_and_absent_from_older_configs():
         tiny_model(per_level=[{}, {}, {"blocks": -1}])
     with pytest.raises(ValueError, match=r"per_level\[1\].encoder_blocks sizes the gated U-net"):
         tiny_model(per_level=[{}, {"encoder_blocks": 2}, {}])
+    # a level whose size its network cannot take is named, with its size
+    with pytest.raises(ValueError, match=r"per_level\[0\] \(3x2\): image_size: a PixelCNNpp with scales=2"):
+        tiny_model(per_level=[{"arch": "pixelcnnpp", "scales": 2}, {}, {}])
+    with pytest.raises(ValueError, match=r"level 0 \(3x2\): image_size: a PixelCNNpp with scales=2"):
+        tiny_model(arch="pixelcnnpp", scales=2)
