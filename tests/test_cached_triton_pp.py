@@ -349,6 +349,43 @@ def test_per_level_graph_sequencing():
     assert torch.equal(buf.x, naive.run(model, x0, None, None, u, 1.0))
 
 
+@pytest.mark.parametrize("reference", [True, False], ids=["references", "kernels"])
+def test_later_calls_reuse_the_buffers_and_graphs(reference, monkeypatch):
+    """Issue 21.4: the host side keeps its buffers and row graphs per (model, batch, size,
+    options), like the gated engine: a second call builds and captures nothing, loads its
+    own inputs (image, known pixels, cond, uniforms, temperature) and gives what a fresh
+    run gives; changed weights build anew."""
+    size = (8, 4) if reference else (4, 4)
+    model = _model(7, size=size, channels=3, hidden=4, blocks=1, scales=3 if reference else 2, nr_mix=2,
+                   cond_channels=2)
+    captured = []
+
+    def fake_capture(fn):
+        captured.append(fn)
+        return fn
+
+    monkeypatch.setattr(cached_triton_pp, "_row_capture", lambda device, ref: fake_capture)
+    cached_triton.clear_cache()
+    builds = cached_triton.RUNS.builds
+    outs = []
+    for seed, temperature in ((1, 1.0), (2, 0.7)):
+        x, cond, u = _inputs(model, 2, size, seed=seed)
+        known = torch.rand(2, *size, generator=_gen(seed)) < 0.3
+        got, params = cached_triton_pp.run(model, x, known.to(DEVICE), cond, u, temperature, return_params=True,
+                                           reference=reference)
+        ref = naive.run(model, x, known.to(DEVICE), cond, u, temperature)
+        assert torch.equal(got, ref), seed
+        outs.append((got, params))
+    levels = model.scales
+    assert cached_triton.RUNS.builds == builds + 1 and len(captured) == levels   # built and captured once
+    assert not torch.equal(outs[0][0], outs[1][0]) and not torch.equal(outs[0][1], outs[1][1])
+    with torch.no_grad():
+        model.head.bias.add_(0.5)                                                # new weights: a new entry
+    cached_triton_pp.run(model, x, known.to(DEVICE), cond, u, 1.0, return_params=True, reference=reference)
+    assert cached_triton.RUNS.builds == builds + 2
+    cached_triton.clear_cache()
+
+
 def test_trigger_levels():
     lv = cached_triton_pp.level
     assert [lv(i, 3) for i in range(9)] == [2, 0, 1, 0, 2, 0, 1, 0, 2]

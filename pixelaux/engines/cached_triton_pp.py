@@ -4,8 +4,13 @@ The algorithm of ``cached_torch_pp`` (its readable reference), with every conv o
 row and every block of a pixel a Triton kernel (``kernels/pp_row.py``,
 ``kernels/pp_pixel.py``; a PyTorch reference beside each kernel).
 
-**Buffers** (``PPBuffers``, allocated once per run, on the device, float32 channels
-last). Scale ``s`` has width ``W_s = W >> s``. A *value* (a tensor some 2-row conv
+**Buffers** (``PPBuffers``, on the device, float32 channels last), allocated once per
+(model, batch, size, options) and kept with the row graphs in the engine's run cache
+(``cached_triton.RUNS``, shared with the gated engine: model identity and weight
+versions, LRU): a later call with the same key loads its inputs in place
+(``PPBuffers.fill``: image, known mask, uniforms, temperature, the conditioning terms;
+every state buffer zeroed) and replays the captured graphs, no capture and no
+allocation. Scale ``s`` has width ``W_s = W >> s``. A *value* (a tensor some 2-row conv
 reads) is ``(B, NS, W_s, F)``, row ``r`` of that scale in slot ``r % NS``; the convs
 apply ``concat_elu`` on load, so one buffer is at once a conv window, the residual
 input, the skip input of the down pass and the input of a stride-2 conv. Per scale:
@@ -56,7 +61,9 @@ largest ``s < S`` with ``i % 2**s == 0``; pixel ``(i, j)`` those with also
 and every kernel reads the row from the device counter, so on CUDA row 0 runs
 eagerly (it has the highest level, so it launches, and compiles, every kernel variant:
 nothing may compile during a capture), and the first row of each level is captured
-into a ``torch.cuda.CUDAGraph`` that is then replayed for every row of that level.
+into a ``torch.cuda.CUDAGraph`` that is then replayed for every row of that level, in
+this call and every later call with the same cache entry (its row 0 too, once that
+level's graph exists).
 Chosen over "one graph, triggered-scale count on the device, kernels exit early"
 because that launches (and replays) the work of every scale at every pixel, most of
 it empty programs (``1 - 4**-s`` of the positions of scale ``s`` are not triggered).
@@ -87,7 +94,7 @@ import torch
 
 from ..distributions import _check_temperature
 from ..weight_norm import folded
-from .cached_triton import load_kernels, status, true_fp32
+from .cached_triton import RUNS, load_kernels, status, true_fp32
 from .progress import pixel_progress
 
 USE_CUDA_GRAPHS = os.environ.get("PIXELAUX_TRITON_GRAPHS", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -192,8 +199,50 @@ class PPBuffers:
         self.dul_rt = [[val(s, 1) for _ in range(self.nd[s])] for s in range(S)]
         self.ul_row0 = val(0, 1)
         down = list(m.down_layers)[::-1]                     # indexed by scale
+        self.has_cond = cond is not None
+        self._cond_slots = []                  # (the two tensors the kernels read, block, scale)
         with torch.no_grad(), true_fp32():     # the prefill (cond pools and 1x1 convs): TF32 off
             self._build(m, down, m.scale_conds(cond))
+
+    def _cond_terms(self, blk, conds, s: int):
+        """The two cond terms of ``blk`` at scale ``s`` as the kernels read them (``None``
+        without cond), remembered so that ``fill`` can recompute them in place."""
+        t1, t2 = (_cond_last(t, (self.H >> s, self.W >> s)) for t in blk.cond_terms(conds[s]))
+        if t1 is not None:
+            self._cond_slots.append((t1, t2, blk, s))
+        return t1, t2
+
+    def state_buffers(self) -> list:
+        """Every buffer a run writes (rows, windows, per-row terms, scratch, params)."""
+        out = [self.ul_row0, self.pscr] + ([self.params] if self.params is not None else [])
+        for group in (self.u, self.ul, self.u_c1, self.ul_c1, self.ul_rt, self.du, self.dul, self.du_c1,
+                      self.dul_c1, self.dul_rt):
+            out += [t for per_scale in group for t in per_scale]
+        return out
+
+    @torch.no_grad()
+    def fill(self, x, known, cond, uniforms, temperature: float):
+        """Load one call's inputs into the buffers in place (their addresses, which the
+        captured graphs hold, do not change): image, known mask, uniforms, temperature,
+        the conditioning terms (in true float32); every state buffer zeroed and the row
+        counter back to 0, so the run is that of fresh buffers."""
+        if (tuple(x.shape) != (self.B, self.C, self.H, self.W) or (known is None) != (self.known is None)
+                or (cond is None) == self.has_cond):
+            raise ValueError("PPBuffers.fill: inputs do not match the buffers' shapes / options")
+        self.x.copy_(x)
+        if known is not None:
+            self.known.copy_(known.to(torch.int8))
+        self.uniforms.copy_(uniforms)
+        self.temp.fill_(float(temperature))
+        self.row.zero_()
+        for t in self.state_buffers():
+            t.zero_()
+        if self.has_cond:
+            with true_fp32():
+                conds = self.model.scale_conds(cond)
+                for t1, t2, blk, s in self._cond_slots:
+                    for t, new in zip((t1, t2), blk.cond_terms(conds[s])):
+                        t.copy_(_cond_last(new, (self.H >> s, self.W >> s)))
 
     # -- launch lists ---------------------------------------------------------------------
     def _build(self, m, down, conds):
@@ -218,8 +267,8 @@ class PPBuffers:
                                               out=self.ul[s][0], shift=s)))
             st = m.up_layers[s]
             for k, (ub, lb) in enumerate(zip(st.u_stream, st.ul_stream)):
-                h1, h2 = (_cond_last(t, (self.H >> s, self.W >> s)) for t in ub.cond_terms(conds[s]))
-                g1, g2 = (_cond_last(t, (self.H >> s, self.W >> s)) for t in lb.cond_terms(conds[s]))
+                h1, h2 = self._cond_terms(ub, conds, s)
+                g1, g2 = self._cond_terms(lb, conds, s)
                 ru.append(("row_conv", dict(row=self.row, inp=self.u[s][k], w=_act_taps(ub.conv1),
                                             b=_bias(ub.conv1), out=self.u_c1[s][k], shift=s, cond=h1)))
                 ru.append(("row_conv", dict(row=self.row, inp=self.u_c1[s][k], w=_act_taps(ub.conv2),
@@ -236,8 +285,8 @@ class PPBuffers:
             st = down[s]
             for k, (ub, lb) in enumerate(zip(st.u_stream, st.ul_stream)):
                 sk = n - 1 - k if s == S - 1 else n - k          # the up-pass value it reads (LIFO)
-                h1, h2 = (_cond_last(t, (self.H >> s, self.W >> s)) for t in ub.cond_terms(conds[s]))
-                g1, g2 = (_cond_last(t, (self.H >> s, self.W >> s)) for t in lb.cond_terms(conds[s]))
+                h1, h2 = self._cond_terms(ub, conds, s)
+                g1, g2 = self._cond_terms(lb, conds, s)
                 wu, wl = _split_nin(lb, f)
                 rd.append(("row_conv", dict(row=self.row, inp=self.du[s][k], w=_act_taps(ub.conv1),
                                             b=_bias(ub.conv1) + _bias(ub.nin_skip), out=self.du_c1[s][k],
@@ -304,15 +353,19 @@ def _capture_cuda_graph(fn):  # pragma: no cover - needs a GPU; UNTESTED ON HARD
     return graph.replay
 
 
-def sample_rows(buf, kernels, bar, capture=None, reference=False):
-    """Row 0 eagerly, then each row by replaying its level's captured graph (``capture``)
-    or eagerly (``capture=None``)."""
-    graphs = {}
+def sample_rows(buf, kernels, bar, capture=None, reference=False, graphs=None):
+    """Every row: eagerly (``capture=None``), or by replaying its level's graph from
+    ``graphs`` (``{level: replay}``, kept by the caller across calls), capturing it
+    (``capture``) at the first row of that level that needs it. On the first use of
+    ``graphs`` (empty) row 0 runs eagerly: it compiles every kernel variant, and nothing
+    may compile during a capture. Returns ``graphs``."""
+    graphs = {} if graphs is None else graphs
+    first = not graphs
     for i in range(buf.H):
         lvl = level(i, buf.S)
         ops = buf.row_ops(lvl)
         one_row = lambda ops=ops: launch(ops, kernels, reference)  # noqa: E731
-        if capture is None or i == 0:
+        if capture is None or (i == 0 and first):
             one_row()
         else:
             if lvl not in graphs:
@@ -320,6 +373,21 @@ def sample_rows(buf, kernels, bar, capture=None, reference=False):
             graphs[lvl]()
         bar.update(buf.W)
     return graphs
+
+
+class _Entry:
+    """A run-cache entry: the buffers of one (model, batch, size, options) and its row
+    graphs by trigger level."""
+
+    def __init__(self, buf):
+        self.buf = buf
+        self.graphs = {}
+
+
+def _row_capture(device, reference: bool):
+    """How rows are captured here: CUDA graphs on a GPU (``USE_CUDA_GRAPHS``), else
+    ``None`` (eager: the interpreter, the references). Tests replace it."""
+    return _capture_cuda_graph if device.type == "cuda" and not reference and USE_CUDA_GRAPHS else None
 
 
 @torch.no_grad()
@@ -348,11 +416,23 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     kernels = _kernels()
     cuda = x.device.type == "cuda" and not reference
     with (torch.cuda.device(x.device) if cuda else _null()):
-        buf = PPBuffers(model, x, known, cond, uniforms, temperature, return_params)
+        key = ("pp", str(x.device), tuple(x.shape), known is not None, cond is not None, bool(return_params),
+               bool(reference))
+        fresh = []
+
+        def build():
+            fresh.append(True)
+            return _Entry(PPBuffers(model, x, known, cond, uniforms, temperature, return_params))
+
+        entry = RUNS.get(model, key, build)
+        buf = entry.buf
+        if not fresh:
+            buf.fill(x, known, cond, uniforms, temperature)
         with pixel_progress(h * w, progress, "cached[triton]") as bar:
-            sample_rows(buf, kernels, bar, _capture_cuda_graph if cuda and USE_CUDA_GRAPHS else None, reference)
-    out = buf.x if buf.x.dtype == x.dtype else buf.x.to(x.dtype)
-    return (out, buf.params) if return_params else out
+            sample_rows(buf, kernels, bar, _row_capture(x.device, reference), reference, entry.graphs)
+    # the buffers are reused by the next call: hand back copies
+    out = buf.x.clone() if buf.x.dtype == x.dtype else buf.x.to(x.dtype)
+    return (out, buf.params.clone()) if return_params else out
 
 
 class _null:
