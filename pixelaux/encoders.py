@@ -149,6 +149,17 @@ def _down(hidden: int) -> nn.Conv2d:
     return nn.Conv2d(hidden, hidden, 3, stride=2, padding=1)
 
 
+def _set_sizes(enc, in_channels, in_bits, hidden, blocks, out_channels, out_scales, weight_norm, min_blocks):
+    """The checked sizes of a deep encoder, as its attributes (what ``encoder_spec`` stores)."""
+    enc.weight_norm = check_weight_norm(weight_norm)
+    enc.in_channels = check_int(in_channels, "in_channels", min_value=1)
+    enc.in_bits = check_int(in_bits, "in_bits", min_value=1, max_value=16)
+    enc.hidden = check_int(hidden, "hidden", min_value=1)
+    enc.num_blocks = check_int(blocks, "blocks", min_value=min_blocks)
+    enc.out_channels = check_int(out_channels, "out_channels", min_value=1)
+    enc.out_scales = check_int(out_scales, "out_scales", min_value=1, max_value=8)
+
+
 def _maps(outs: list[torch.Tensor]):
     return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -166,13 +177,7 @@ class GatedEncoder(nn.Module):
     def __init__(self, in_channels: int, in_bits: int, hidden: int, blocks: int, out_channels: int,
                  out_scales: int = 1, weight_norm: bool = False):
         super().__init__()
-        self.weight_norm = check_weight_norm(weight_norm)
-        self.in_channels = check_int(in_channels, "in_channels", min_value=1)
-        self.in_bits = check_int(in_bits, "in_bits", min_value=1, max_value=16)
-        self.hidden = check_int(hidden, "hidden", min_value=1)
-        self.num_blocks = check_int(blocks, "blocks", min_value=0)
-        self.out_channels = check_int(out_channels, "out_channels", min_value=1)
-        self.out_scales = check_int(out_scales, "out_scales", min_value=1, max_value=8)
+        _set_sizes(self, in_channels, in_bits, hidden, blocks, out_channels, out_scales, weight_norm, min_blocks=0)
         self.stem = SameConv2d(self.in_channels, hidden, 3)
         self.blocks = nn.ModuleList(gated_block(hidden, DILATIONS[i % len(DILATIONS)]) for i in range(blocks))
         self.down = nn.ModuleList(_down(hidden) for _ in range(out_scales - 1))
@@ -217,13 +222,7 @@ class GatedUNetEncoder(nn.Module):
     def __init__(self, in_channels: int, in_bits: int, hidden: int, blocks: int, out_channels: int,
                  out_scales: int = 1, depth: int | None = None, weight_norm: bool = False):
         super().__init__()
-        self.weight_norm = check_weight_norm(weight_norm)
-        self.in_channels = check_int(in_channels, "in_channels", min_value=1)
-        self.in_bits = check_int(in_bits, "in_bits", min_value=1, max_value=16)
-        self.hidden = check_int(hidden, "hidden", min_value=1)
-        self.num_blocks = check_int(blocks, "blocks", min_value=1)
-        self.out_channels = check_int(out_channels, "out_channels", min_value=1)
-        self.out_scales = check_int(out_scales, "out_scales", min_value=1, max_value=8)
+        _set_sizes(self, in_channels, in_bits, hidden, blocks, out_channels, out_scales, weight_norm, min_blocks=1)
         depth = max(3, self.out_scales) if depth is None else check_int(depth, "depth", min_value=1, max_value=8)
         if depth < self.out_scales:
             raise ValueError(f"depth must be >= out_scales={self.out_scales} (one resolution per output map), "

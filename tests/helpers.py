@@ -204,3 +204,19 @@ def assert_same_images(model, cond, u, temperature, ref, got, params_got, name="
                      f"backend {got[k, :, i, j].tolist()} (params within {err:.1e}: a float tie), "
                      f"{int(diff[k].sum())} pixels differ after it")
     return lines
+
+
+def spy_tf32_in_cond_terms(monkeypatch) -> list:
+    """Record the TF32 flags (``cached_triton.tf32_flags()``) at every ``cond_terms`` call
+    of a gated block (the engines' prefill): the list they are appended to."""
+    from pixelaux.engines import cached_triton
+    from pixelaux.layers import GatedResidualBlock
+    seen = []
+    cond_terms = GatedResidualBlock.cond_terms
+
+    def spy(self, cond):
+        seen.append(cached_triton.tf32_flags())
+        return cond_terms(self, cond)
+
+    monkeypatch.setattr(GatedResidualBlock, "cond_terms", spy)
+    return seen

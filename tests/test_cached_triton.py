@@ -25,7 +25,8 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
-from helpers import assert_matches_forward, assert_same_images, param_error, random_cond, random_gated, random_images, tf32_on  # noqa: E402
+from helpers import (assert_matches_forward, assert_same_images, param_error, random_cond, random_gated,  # noqa: E402
+                     random_images, spy_tf32_in_cond_terms, tf32_on)
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.uniforms import ImageUniforms  # noqa: E402
@@ -575,15 +576,7 @@ def test_prefill_runs_in_true_fp32(monkeypatch):
     runs with TF32 off (``true_fp32``), so on a GPU its terms are float32 as the
     forward's. On the CPU the flags change no number: this spies on them instead, both
     on before, off in every ``cond_terms`` call of the prefill, restored after."""
-    from pixelaux.layers import GatedResidualBlock
-    seen = []
-    cond_terms = GatedResidualBlock.cond_terms
-
-    def spy(self, cond):
-        seen.append(cached_triton.tf32_flags())
-        return cond_terms(self, cond)
-
-    monkeypatch.setattr(GatedResidualBlock, "cond_terms", spy)
+    seen = spy_tf32_in_cond_terms(monkeypatch)
     model = _model(0, channels=1, bits=2, hidden=3, blocks=2, kernel_size=3, dist="categorical",
                    cond_channels=2).cpu()
     x = torch.zeros(2, 1, 3, 4, dtype=torch.long)

@@ -23,7 +23,8 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
-from helpers import assert_matches_forward, assert_same_images, one_thread, randomize, tf32_on  # noqa: E402,F401
+from helpers import (assert_matches_forward, assert_same_images, one_thread, randomize,  # noqa: E402,F401
+                     spy_tf32_in_cond_terms, tf32_on)
 import pixelaux  # noqa: E402
 from pixelaux.uniforms import ImageUniforms  # noqa: E402
 from pixelaux import engines  # noqa: E402
@@ -404,24 +405,19 @@ def test_prefill_runs_in_true_fp32(monkeypatch):
     """The prefill of ``PPBuffers`` (the cond map pooled to every scale and each block's
     conditioning convolutions, once per image) runs with TF32 off (``true_fp32``), as
     the gated engine's. On the CPU the flags change no number: this spies on them, both
-    on before, off in every ``cond_terms`` call, restored after."""
-    from pixelaux.layers import GatedResidualBlock
-    seen = []
-    cond_terms = GatedResidualBlock.cond_terms
-
-    def spy(self, cond):
-        seen.append(cached_triton.tf32_flags())
-        return cond_terms(self, cond)
-
-    monkeypatch.setattr(GatedResidualBlock, "cond_terms", spy)
+    on before, off in every ``cond_terms`` call (building the buffers, and refilling them
+    for a later call), restored after."""
+    seen = spy_tf32_in_cond_terms(monkeypatch)
     model = _model(0, size=(4, 4), channels=1, bits=2, hidden=3, blocks=1, scales=2, dist="categorical",
                    cond_channels=2)
     x, cond, u = _inputs(model, 2, (4, 4), 0)
     with tf32_on():
-        cached_triton_pp.PPBuffers(model, x, None, cond, u, 1.0)
+        buf = cached_triton_pp.PPBuffers(model, x, None, cond, u, 1.0)
+        # u and ul streams of every block: up pass 1 per scale, down pass 2 at scale 0 and 1 at 1
+        assert len(seen) == 2 * (2 + 3)
+        buf.fill(x, None, cond, u, 1.0)
+        assert len(seen) == 4 * (2 + 3) and all(f == dict(matmul=False, cudnn=False) for f in seen), seen
         assert cached_triton.tf32_flags() == dict(matmul=True, cudnn=True)
-    # u and ul streams of every block: up pass 1 per scale, down pass 2 at scale 0 and 1 at 1
-    assert len(seen) == 2 * (2 + 3) and all(f == dict(matmul=False, cudnn=False) for f in seen), seen
 
 
 def test_unavailable_backend_is_a_clear_error(monkeypatch):
