@@ -11,6 +11,25 @@ over that pixel's ``C`` integer channel values in ``[0, 2**bits)``.
 * ``sample_flat(params, u, temperature)``: the same on ``(N, P)`` and ``(N, U)``,
   returning ``(N, C)``; this is what the per-pixel engines call.
 
+**Truncation** (consistent decoding, ``pixelaux.consistency``): ``log_prob(..., lo=, hi=)``
+and ``sample_flat(..., bounds=)`` give each channel the model's distribution renormalised
+over an interval ``[lo, hi]`` of values. Sampling stays inverse-CDF with the same uniform:
+
+* categorical: the softmax over the levels in ``[lo, hi]`` (the others get probability
+  0), the count of ``cdf <= u``, clamped to ``[lo, hi]``;
+* logistic mixture, *per component*: the component is picked by ``u[0]`` as before; the
+  channel is the component's logistic restricted to the continuous interval of the bins
+  ``[lo, hi]`` (end bins open), by the inverse CDF of ``u`` mapped into that interval:
+  with ``z_a``, ``z_b`` the interval's standardised ends (``-inf`` / ``+inf`` at the end
+  bins), ``q = F(z_a) + u (F(z_b) - F(z_a))``, ``z = logit(q)`` -- computed with the
+  survival function when ``z_a > 0`` (``q = S(z_a) - u (S(z_a) - S(z_b))``, ``z = -logit(q)``)
+  so that a far tail keeps its precision -- then ``round``, clamped to ``[lo, hi]``.
+  So the truncated mixture is ``sum_k pi_k prod_c p_k(x_c | x_<c) / P_k([lo_c, hi_c])``,
+  whose log-probability ``log_prob`` gives exactly (bins' masses from the exact logistic
+  CDF, so a one-value range has probability 1).
+
+With ``lo = 0`` and ``hi = top`` nothing changes: the arithmetic is today's, bit for bit.
+
 Every sampling engine (naive, cached torch / C++ / Triton) maps uniforms to pixels
 with the same arithmetic, written out step by step here.
 """
@@ -44,6 +63,35 @@ def _check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+def _logsig(z):
+    """``log(sigmoid(z))`` as every engine computes it: ``min(z, 0) - log1p(exp(-|z|))``."""
+    return torch.clamp(z, max=0.0) - torch.log1p(torch.exp(-z.abs()))
+
+
+def _log1mexp(d):
+    """``log(1 - exp(d))`` for ``d <= 0``, accurate at both ends."""
+    return torch.where(d > -0.6931471805599453, torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+
+
+def log_interval_mass(za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+    """``log(sigmoid(zb) - sigmoid(za))`` for ``za < zb`` (either may be infinite), stable in
+    both tails (the upper one through the survival function)."""
+    upper = za > 0
+    hi_ = torch.where(upper, -za, zb)          # the larger of the two terms' arguments
+    lo_ = torch.where(upper, -zb, za)
+    a, b = _logsig(hi_), _logsig(lo_)
+    return a + _log1mexp(torch.clamp(b - a, max=0.0))
+
+
+def _truncated_cdf_index(logits, u, lo, hi):
+    """``_inverse_cdf_index`` of the softmax restricted to ``[lo, hi]`` (``logits`` ``(N, L)``)."""
+    levels = torch.arange(logits.shape[-1], device=logits.device)
+    inside = (levels >= lo.unsqueeze(-1)) & (levels <= hi.unsqueeze(-1))
+    cdf = torch.cumsum(torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=-1), dim=-1)
+    k = (cdf <= u.unsqueeze(-1)).sum(dim=-1)
+    return torch.minimum(torch.maximum(k, lo), hi)
+
+
 class Distribution:
     """Shared shape plumbing; subclasses define ``num_params``, ``num_uniforms``,
     ``log_prob_flat`` and ``sample_flat``."""
@@ -55,10 +103,14 @@ class Distribution:
     def levels(self) -> int:
         return 2 ** self.bits
 
-    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
+        """Per-pixel log-probability ``(B, H, W)``; with ``lo``/``hi`` ``(B, C, H, W)`` each
+        channel's distribution truncated to ``[lo, hi]`` (module notes)."""
         b, _, h, w = params.shape
-        xf = x.permute(0, 2, 3, 1).reshape(-1, self.channels)
-        return self.log_prob_flat(_to_flat(params), xf).reshape(b, h, w)
+        flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, self.channels)  # noqa: E731
+        if lo is None:
+            return self.log_prob_flat(_to_flat(params), flat(x)).reshape(b, h, w)
+        return self.log_prob_flat(_to_flat(params), flat(x), flat(lo), flat(hi)).reshape(b, h, w)
 
     def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         b, _, h, w = params.shape
@@ -89,14 +141,25 @@ class Categorical(Distribution):
     def num_uniforms(self) -> int:
         return self.channels
 
-    def log_prob_flat(self, params, x):
-        logp = F.log_softmax(params.float().reshape(-1, self.channels, self.levels), dim=-1)
+    def log_prob_flat(self, params, x, lo=None, hi=None):
+        logits = params.float().reshape(-1, self.channels, self.levels)
+        if lo is not None:
+            levels = torch.arange(self.levels, device=logits.device)
+            inside = (levels >= lo.unsqueeze(-1)) & (levels <= hi.unsqueeze(-1))
+            logits = logits.masked_fill(~inside, float("-inf"))
+        logp = F.log_softmax(logits, dim=-1)
         return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1).sum(-1)
 
-    def sample_flat(self, params, u, temperature: float = 1.0):
+    def sample_flat(self, params, u, temperature: float = 1.0, bounds=None):
         t = _check_temperature(temperature)
         logits = params.float().reshape(-1, self.channels, self.levels) / t
-        return _inverse_cdf_index(logits, u.float())
+        if bounds is None:
+            return _inverse_cdf_index(logits, u.float())
+        out = torch.empty(logits.shape[0], self.channels, dtype=torch.long, device=params.device)
+        for ch in range(self.channels):
+            lo, hi = bounds(ch, out)
+            out[:, ch] = _truncated_cdf_index(logits[:, ch], u[:, ch].float(), lo, hi)
+        return out
 
     def config(self):
         return {"dist": "categorical", "channels": self.channels, "bits": self.bits}
@@ -159,10 +222,27 @@ class DiscretizedLogisticMixture(Distribution):
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         return x.float() * (2.0 / (self.levels - 1)) - 1.0
 
-    def log_prob_flat(self, params, x):
+    def _edges(self, lo, hi):
+        """Standardisable ends, in ``[-1, 1]`` units, of the bins ``[lo, hi]`` ``(N, C, 1)``
+        (``-inf`` / ``+inf`` at the open end bins)."""
+        half = 1.0 / (self.levels - 1)
+        a = torch.where(lo == 0, float("-inf"), self.to_unit(lo) - half)
+        b = torch.where(hi == self.levels - 1, float("inf"), self.to_unit(hi) + half)
+        return a.unsqueeze(-1), b.unsqueeze(-1)
+
+    def log_prob_flat(self, params, x, lo=None, hi=None):
         logits, means, log_scales, coeffs = self.split(params)
         xs = self.to_unit(x)                                     # (N, C)
         mean = self._coupled_means(means, coeffs, xs)            # (N, C, M)
+        if lo is not None:                                       # truncated: exact bin masses
+            inv_s = torch.exp(-log_scales)
+            xa, xb = self._edges(x.long(), x.long())
+            ra, rb = self._edges(lo.long(), hi.long())
+            lp = log_interval_mass((xa - mean) * inv_s, (xb - mean) * inv_s) \
+                - log_interval_mass((ra - mean) * inv_s, (rb - mean) * inv_s)
+            out = torch.logsumexp(lp.sum(1) + F.log_softmax(logits, dim=-1), dim=-1)
+            outside = ((x.long() < lo) | (x.long() > hi)).any(1)
+            return torch.where(outside, float("-inf"), out)
         centered = xs.unsqueeze(-1) - mean
         inv_s = torch.exp(-log_scales)
         half = 1.0 / (self.levels - 1)
@@ -180,7 +260,7 @@ class DiscretizedLogisticMixture(Distribution):
                          torch.where(xi == self.levels - 1, log_one_minus_cdf_min, inner))
         return torch.logsumexp(lp.sum(1) + F.log_softmax(logits, dim=-1), dim=-1)
 
-    def sample_flat(self, params, u, temperature: float = 1.0):
+    def sample_flat(self, params, u, temperature: float = 1.0, bounds=None):
         t = _check_temperature(temperature)
         logits, means, log_scales, coeffs = self.split(params)
         u = u.float()
@@ -199,12 +279,37 @@ class DiscretizedLogisticMixture(Distribution):
                 mean = mean + co[:, pair] * xs[:, cp]
                 pair += 1
             uc = u[:, 1 + ch].clamp(U_EPS, 1.0 - U_EPS)
-            val = mean + torch.exp(log_s[:, ch]) * t * (torch.log(uc) - torch.log1p(-uc))
-            pix = torch.round((val + 1.0) * (top / 2.0)).clamp(0, top)
-            pix = torch.nan_to_num(pix, nan=0.0)
+            if bounds is None:
+                val = mean + torch.exp(log_s[:, ch]) * t * (torch.log(uc) - torch.log1p(-uc))
+                pix = torch.round((val + 1.0) * (top / 2.0)).clamp(0, top)
+                pix = torch.nan_to_num(pix, nan=0.0)
+            else:
+                lo, hi = bounds(ch, pixels)
+                pix = self._truncated_channel(mean, torch.exp(log_s[:, ch]) * t, uc, lo, hi)
             pixels[:, ch] = pix.long()
             xs[:, ch] = pix * (2.0 / top) - 1.0
         return pixels
+
+    def _truncated_channel(self, mean, scale, uc, lo, hi):
+        """One channel of the truncated logistic (module notes), float32 step by step as
+        the compiled engines compute it, in log space so that an interval deep in a tail
+        keeps its precision: ``(N,)`` pixel values as float."""
+        top = self.levels - 1
+        unit = 2.0 / top
+        half = 1.0 / top
+        loF, hiF = lo.float(), hi.float()
+        za = torch.where(lo == 0, float("-inf"), ((loF * unit - 1.0) - half - mean) / scale)
+        zb = torch.where(hi == top, float("inf"), ((hiF * unit - 1.0) + half - mean) / scale)
+        upper = za > 0                    # the interval above the mean: through the survival function
+        small = _logsig(torch.where(upper, -zb, za))        # log of the smaller end's cdf
+        big = _logsig(torch.where(upper, -za, zb))          # and of the larger's
+        ed = torch.exp(small - big)
+        lq = big + torch.log(torch.where(upper, (1.0 - uc) + uc * ed, uc + ed - uc * ed))
+        z = lq - _log1mexp(lq)                              # logit of the cdf (survival) value
+        val = mean + scale * torch.where(upper, -z, z)
+        pix = torch.round((val + 1.0) * (top / 2.0))
+        pix = torch.where(torch.isnan(pix), loF, pix)
+        return torch.minimum(torch.maximum(pix, loF), hiF)
 
     def config(self):
         return {"dist": "logistic", "channels": self.channels, "bits": self.bits, "nr_mix": self.nr_mix}

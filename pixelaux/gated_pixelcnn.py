@@ -131,8 +131,11 @@ class GatedPixelCNN(nn.Module):
             ul = ulb(ul, a=u, cond=cond)
         return self.head(F.elu(ul))
 
-    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Log-likelihood of integer images ``(B, C, H, W)`` in nats, ``(B,)``."""
+    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None, window=None) -> torch.Tensor:
+        """Log-likelihood of integer images ``(B, C, H, W)`` in nats, ``(B,)``; with a
+        ``pixelaux.consistency.Window``, of each channel truncated to its range there
+        (consistent decoding)."""
         x, cond = self.check_inputs(x, cond)
         params = self.forward_unchecked(x, cond)
-        return self.dist.log_prob(params, x).sum(dim=(1, 2))
+        ranges = (None, None) if window is None else window.to(x.device).ranges(x)
+        return self.dist.log_prob(params, x, *ranges).sum(dim=(1, 2))

@@ -176,13 +176,15 @@ def random_pp(seed=0, std=0.2, **cfg):
     return randomize(pixelaux.PixelCNNpp(**cfg), std=std, seed=seed)
 
 
-def assert_same_images(model, cond, u, temperature, ref, got, params_got, name="", tol=1e-4):
+def assert_same_images(model, cond, u, temperature, ref, got, params_got, name="", tol=1e-4, window=None):
     """The exactness contract's second half, for every backend: ``got`` (a cached backend)
     equals ``ref`` (the naive engine) on the same uniforms ``u``, except where a float tie
     flips a pixel; then the rest of that image may follow. So every image that differs
     must first differ at a tie: both parameter sets agree there to ``tol`` of their
     scale and each engine's pixel is what its own parameters give. ``params_got``:
     the backend's parameters at every position ``(B, P, H, W)`` (``return_params``).
+    ``window``: the ``pixelaux.consistency.Window`` both sampled with (each engine's pixel
+    then judged within the range its own earlier pixels leave).
     Returns a report line per differing image (empty when all are equal)."""
     lines = []
     diff = (ref != got).any(1)
@@ -195,8 +197,10 @@ def assert_same_images(model, cond, u, temperature, ref, got, params_got, name="
             pa = model(ref, cond)[k:k + 1, :, i, j]  # pass is not bitwise batch-size invariant
         pb = params_got[k:k + 1, :, i, j].to(pa.device)
         err = ((pa - pb).abs().max() / pa.abs().max().clamp(min=1e-30)).item()
-        own_a = model.dist.sample_flat(pa, u[k:k + 1, i, j], temperature)
-        own_b = model.dist.sample_flat(pb, u[k:k + 1, i, j].to(pb.device), temperature)
+        bounds = (lambda img: None) if window is None else \
+            (lambda img: window[k:k + 1].bounds_at(img[k:k + 1].cpu(), i, j))  # noqa: E731
+        own_a = model.dist.sample_flat(pa, u[k:k + 1, i, j], temperature, bounds(ref))
+        own_b = model.dist.sample_flat(pb, u[k:k + 1, i, j].to(pb.device), temperature, bounds(got))
         assert err <= tol, f"{name}: image {k} differs at ({i}, {j}) with params off by {err:.2e}"
         assert torch.equal(own_a[0], ref[k, :, i, j]) and torch.equal(own_b[0].cpu(), got[k, :, i, j].cpu()), \
             f"{name}: image {k} at ({i}, {j}): a pixel is not what its own parameters give"

@@ -150,8 +150,8 @@ def workspace_bytes(model, x, cond) -> int:
 
 
 @torch.no_grad()
-def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False):
-    """Same contract as ``naive.run``; with ``return_params`` also returns the
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, window=None):
+    """Same contract as ``naive.run`` (``window``: consistent decoding); with ``return_params`` also returns the
     parameters at every position ``(B, P, H, W)`` (teacher forcing when all known)."""
     model = plain(model)     # weight norm folded once per weight version, not per read (weight_norm.py)
     x = x.clone()
@@ -166,7 +166,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
                 params = state.step(i, j)
                 if return_params:
                     params_out[:, :, i, j] = params
-                pix = model.dist.sample_flat(params, uniforms[:, i, j], temperature)
+                bounds = None if window is None else window.bounds_at(x, i, j)
+                pix = model.dist.sample_flat(params, uniforms[:, i, j], temperature, bounds)
                 if known is not None:
                     pix = torch.where(known[:, i, j, None], x[:, :, i, j], pix)
                 x[:, :, i, j] = pix

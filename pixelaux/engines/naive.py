@@ -12,7 +12,8 @@ from .progress import pixel_progress
 
 @torch.no_grad()
 @folded()   # weight-normed weights computed once per call (weight_norm.py), not per pixel
-def run(model, x, known, cond, uniforms, temperature, progress=False, max_pixels=None, return_params=False):
+def run(model, x, known, cond, uniforms, temperature, progress=False, max_pixels=None, return_params=False,
+        window=None):
     """Sample the unknown pixels of ``x`` in raster order.
 
     model: ``GatedPixelCNN`` in eval mode. x: ``(B, C, H, W)`` long, holding the known
@@ -33,7 +34,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, max_pixels
             params = model.forward_unchecked(x, cond)[:, :, i, j]
             if return_params:
                 params_out[:, :, i, j] = params
-            pix = model.dist.sample_flat(params, uniforms[:, i, j].to(x.device), temperature)
+            bounds = None if window is None else window.bounds_at(x, i, j)
+            pix = model.dist.sample_flat(params, uniforms[:, i, j].to(x.device), temperature, bounds)
             if known is not None:
                 pix = torch.where(known[:, i, j, None], x[:, :, i, j], pix)
             x[:, :, i, j] = pix
