@@ -4,8 +4,11 @@
 
     log p(X) >= log p(X_hat) + log p(X | X_hat)
 
-(a lower bound of the model's marginal, equality for the true distribution). An
-:class:`AuxiliaryPixelCNN` is three things:
+(a lower bound of the model's marginal, equality for the true distribution) -- unless
+the model is **consistent** (``consistent=True``, the default for the gray view and the
+average pool): then ``p(X | X_hat)`` is truncated to the images with ``f(X) = X_hat``
+(``pixelaux.consistency``), puts no mass elsewhere, and the sum is the model's exact
+log-likelihood (docs/design.md section 1.4). An :class:`AuxiliaryPixelCNN` is three things:
 
 * ``transform``: ``f`` (``pixelaux.transforms``: the gray view, a 2x average pool, or a
   user's function with the same contract);
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from . import consistency
 from .checks import check_images, check_size
 from .encoders import GatedEncoder, GatedUNetEncoder, ResNetEncoder, UNetEncoder
 from .transforms import CallableTransform, Transform, make_transform
@@ -67,8 +71,8 @@ def build_model(spec, name: str):
     if isinstance(spec, nn.Module):
         return spec
     if isinstance(spec, dict) and set(spec) == {"kind", "config"} and isinstance(spec["config"], dict):
-        from .checkpoint import model_class
-        return model_class(spec["kind"])(**spec["config"])
+        from .checkpoint import from_config
+        return from_config(spec["kind"], spec["config"])
     raise TypeError(f"{name} must be a pixelaux model or {{'kind': ..., 'config': {{...}}}}, "
                     f"got {type(spec).__name__} {spec!r}"[:300])
 
@@ -209,7 +213,7 @@ class AuxiliaryPixelCNN(nn.Module):
     #: names of this model's own part, its prior's part (a stage) and prefix (a composite)
     part_name, prior_name = "conditional", "prior"
 
-    def __init__(self, transform, prior, conditional, encoder=None):
+    def __init__(self, transform, prior, conditional, encoder=None, consistent=None):
         super().__init__()
         prior = build_model(prior, "prior")
         conditional = build_model(conditional, "conditional")
@@ -232,6 +236,36 @@ class AuxiliaryPixelCNN(nn.Module):
         self.prior, self.encoder, self.conditional = prior, encoder, conditional
         self.config = dict(transform=t.spec(), prior=model_spec(prior), conditional=model_spec(conditional),
                            encoder=encoder_spec(encoder))
+        self.consistent = consistency.supports(self.transform) if consistent is None else consistent
+
+    # ---------------------------------------------------------------- consistent decoding
+    @property
+    def consistent(self) -> bool:
+        """Consistent decoding (``pixelaux.consistency``): the conditional stage's values
+        truncated to those that produce the auxiliary image, in scoring (the exact
+        likelihood), training and sampling. In the config only when on: a config without
+        the key (every checkpoint from before it existed) is a model without it."""
+        return self.__dict__.get("_consistent", False)
+
+    @consistent.setter
+    def consistent(self, value):
+        if not isinstance(value, bool):
+            raise TypeError(f"consistent must be True or False, got {value!r}")
+        if value and self.transform is not None and not consistency.supports(self.transform):
+            raise ValueError(f"consistent=True needs the gray-view or average-pool transform (their rounding is "
+                             f"known); the {self.transform.describe()} transform is not")
+        self.__dict__["_consistent"] = value
+        if value:
+            self.config["consistent"] = True
+        else:
+            self.config.pop("consistent", None)
+
+    def window(self, view: torch.Tensor, boxes=None):
+        """The ``pixelaux.consistency.Window`` of the conditional stage given the auxiliary
+        image ``view`` (``boxes``: known pixels' bounds), or None when not consistent."""
+        if not self.consistent or self.transform is None:
+            return None
+        return consistency.transform_window(self.transform, view, boxes)
 
     # ---------------------------------------------------------------- checks
     @staticmethod
@@ -320,7 +354,8 @@ class AuxiliaryPixelCNN(nn.Module):
         for i in reversed(range(len(links))):
             link = links[i]
             cond = link.cond(views[i + 1]) if link.owner is not None else None
-            parts[link.name] = link.stage.log_prob(views[i], cond)
+            window = link.owner.window(views[i + 1]) if link.owner is not None else None
+            parts[link.name] = link.stage.log_prob(views[i], cond, window)
         return parts
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

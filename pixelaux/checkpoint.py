@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import re
@@ -204,6 +205,28 @@ def model_class(kind: str):
                          f"imported: {e}") from e
 
 
+def from_config(kind: str, config: dict) -> nn.Module:
+    """The model a stored ``kind`` / ``config`` describes. An auxiliary-variable model whose
+    config has no ``consistent`` key predates consistent decoding and is built without it
+    (the constructors' default is on, for new models)."""
+    cls = model_class(kind)
+    if "consistent" in inspect.signature(cls.__init__).parameters:
+        config = {"consistent": False, **config}
+    return cls(**config)
+
+
+def set_consistent(model: nn.Module, value: bool) -> nn.Module:
+    """Turn consistent decoding on or off for every auxiliary-variable model in ``model``
+    (a nested prior included); ``ValueError`` where a transform does not support it."""
+    from .auxiliary import is_composite
+    for m in [model, *model.modules()]:
+        if is_composite(m):
+            m.consistent = value
+            if m.prior is not None and is_composite(m.prior):
+                set_consistent(m.prior, value)
+    return model
+
+
 def save(model: nn.Module, path, *, extra: dict | None = None) -> Path:
     """Write ``model`` (weights + kind + config) atomically to the single file ``path``.
 
@@ -243,10 +266,12 @@ def read_header(path) -> dict:
     return _read(path, FORMAT)[0]
 
 
-def load(path, map_location="cpu") -> nn.Module:
+def load(path, map_location="cpu", consistent: bool | None = None) -> nn.Module:
     """Rebuild the model saved at ``path`` and load its weights strictly.
 
-    Returns the model on ``map_location`` in ``eval()`` mode. ``ValueError`` (naming the
+    Returns the model on ``map_location`` in ``eval()`` mode. ``consistent``: None keeps
+    the checkpoint's setting (off for checkpoints from before consistent decoding); True /
+    False turns it on / off for every auxiliary-variable part (``set_consistent``). ``ValueError`` (naming the
     path) for: a missing file, a truncated or corrupted file, a pickle / ``torch.save``
     file (refused without unpickling), an unknown kind, a newer ``format_version``, a
     config the class rejects, and weights that do not fit the config (missing or
@@ -257,16 +282,18 @@ def load(path, map_location="cpu") -> nn.Module:
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {str(path)!r}: 'config' must be a dict, got {config!r}")
     try:
-        cls = model_class(kind)
+        model_class(kind)
     except ValueError as e:
         raise ValueError(f"checkpoint {str(path)!r}: {e}") from e
     try:
-        model = cls(**config)
+        model = from_config(kind, config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint {str(path)!r}: config does not build a {kind}: {e}") from e
     tensors = _tensors(path, header, data)
     check_state_dict(model, tensors, f"checkpoint {str(path)!r}")
     model.load_state_dict(tensors, strict=True)
+    if consistent is not None:
+        set_consistent(model, consistent)
     return model.to(map_location).eval()
 
 

@@ -1093,7 +1093,7 @@ def _train_command(args):
     configuration in --out/config.json and :func:`pixelaux.training.train`."""
     import torch
 
-    from .checkpoint import model_class
+    from .checkpoint import from_config
     from .training import MODEL_FILE, STATE_FILE, train
     if args.print_config and not args.resume:
         resolved, _, _ = _train_config(args)
@@ -1124,7 +1124,7 @@ def _train_command(args):
     train_data, test_data = _train_data(resolved["data"], resolved["model"]["image_size"], labels=bool(classes))
     torch.manual_seed(t["seed"])
     if saved is not None:
-        model = model_class(saved.kind)(**saved.config)   # the weights come from the state
+        model = from_config(saved.kind, saved.config)   # the weights come from the state
     else:
         model = run_config.build_model(resolved["model"])
     if int(os.environ.get("RANK", "0")) == 0:

@@ -70,17 +70,28 @@ def _logsig(z):
 
 def _log1mexp(d):
     """``log(1 - exp(d))`` for ``d <= 0``, accurate at both ends."""
-    return torch.where(d > -0.6931471805599453, torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+    near = d > -0.6931471805599453
+    return torch.where(near, torch.log(-torch.expm1(torch.where(near, d, -1.0))),   # each branch's input kept
+                       torch.log1p(-torch.exp(torch.where(near, -1.0, d))))          # where it is finite
 
 
-def log_interval_mass(za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
-    """``log(sigmoid(zb) - sigmoid(za))`` for ``za < zb`` (either may be infinite), stable in
-    both tails (the upper one through the survival function)."""
-    upper = za > 0
-    hi_ = torch.where(upper, -za, zb)          # the larger of the two terms' arguments
-    lo_ = torch.where(upper, -zb, za)
-    a, b = _logsig(hi_), _logsig(lo_)
-    return a + _log1mexp(torch.clamp(b - a, max=0.0))
+def _log1m_exp_neg_exp(lw):
+    """``log(1 - exp(-w))`` from ``lw = log(w)`` (``w > 0``, may be ``inf``): ``lw`` itself
+    for a tiny ``w`` (no ``1 / w`` in the gradient), 0 for a large one."""
+    small, large = lw < -10.0, lw > 4.0
+    mid = _log1mexp(-torch.exp(torch.clamp(lw, -10.0, 4.0)))
+    tiny = lw - 0.5 * torch.exp(torch.clamp(lw, max=-10.0))
+    return torch.where(small, tiny, torch.where(large, 0.0, mid))
+
+
+def log_interval_mass(za: torch.Tensor, zb: torch.Tensor, log_width: torch.Tensor) -> torch.Tensor:
+    """``log(sigmoid(zb) - sigmoid(za))`` for ``za < zb`` (either may be infinite), with the
+    log of the interval's width ``zb - za`` given on its own (exact, where ``zb - za`` of two
+    large standardised ends would round away, and a bin of a very wide logistic far below
+    float32's range), through ``sigmoid(zb) - sigmoid(za) = sigmoid(zb) sigmoid(-za)
+    (1 - exp(za - zb))``: no difference of nearby numbers, accurate in both tails and for
+    narrow intervals alike, with finite gradients."""
+    return _logsig(zb) + _logsig(-za) + _log1m_exp_neg_exp(log_width)
 
 
 def _truncated_cdf_index(logits, u, lo, hi):
@@ -238,8 +249,14 @@ class DiscretizedLogisticMixture(Distribution):
             inv_s = torch.exp(-log_scales)
             xa, xb = self._edges(x.long(), x.long())
             ra, rb = self._edges(lo.long(), hi.long())
-            lp = log_interval_mass((xa - mean) * inv_s, (xb - mean) * inv_s) \
-                - log_interval_mass((ra - mean) * inv_s, (rb - mean) * inv_s)
+            def mass(a, b):          # log-mass of [a, b] under each component; inf * 0 kept from NaN
+                fin = lambda e: torch.where(torch.isinf(e), 0.0, e)  # noqa: E731
+                za = torch.where(torch.isinf(a), a, (fin(a) - mean) * inv_s)
+                zb = torch.where(torch.isinf(b), b, (fin(b) - mean) * inv_s)
+                open_ = torch.isinf(a) | torch.isinf(b)
+                span = torch.where(open_, 1.0, fin(b) - fin(a))
+                return log_interval_mass(za, zb, torch.where(open_, float("inf"), torch.log(span) - log_scales))
+            lp = mass(xa, xb) - mass(ra, rb)
             out = torch.logsumexp(lp.sum(1) + F.log_softmax(logits, dim=-1), dim=-1)
             outside = ((x.long() < lo) | (x.long() > hi)).any(1)
             return torch.where(outside, float("-inf"), out)
@@ -279,13 +296,13 @@ class DiscretizedLogisticMixture(Distribution):
                 mean = mean + co[:, pair] * xs[:, cp]
                 pair += 1
             uc = u[:, 1 + ch].clamp(U_EPS, 1.0 - U_EPS)
-            if bounds is None:
-                val = mean + torch.exp(log_s[:, ch]) * t * (torch.log(uc) - torch.log1p(-uc))
-                pix = torch.round((val + 1.0) * (top / 2.0)).clamp(0, top)
-                pix = torch.nan_to_num(pix, nan=0.0)
-            else:
+            val = mean + torch.exp(log_s[:, ch]) * t * (torch.log(uc) - torch.log1p(-uc))
+            pix = torch.round((val + 1.0) * (top / 2.0)).clamp(0, top)
+            pix = torch.nan_to_num(pix, nan=0.0)
+            if bounds is not None:            # a full range keeps the arithmetic above, bit for bit
                 lo, hi = bounds(ch, pixels)
-                pix = self._truncated_channel(mean, torch.exp(log_s[:, ch]) * t, uc, lo, hi)
+                cut = self._truncated_channel(mean, torch.exp(log_s[:, ch]) * t, uc, lo, hi)
+                pix = torch.where((lo == 0) & (hi == top), pix, cut)
             pixels[:, ch] = pix.long()
             xs[:, ch] = pix * (2.0 / top) - 1.0
         return pixels

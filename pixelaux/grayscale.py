@@ -59,6 +59,10 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
     map) or ``"gated"`` (``GatedEncoder``: ``encoder_blocks`` gated, dilated residual blocks,
     and with ``arch="pixelcnnpp"`` its own map for each of the ``scales``), each
     ``encoder_hidden`` wide.
+    ``consistent`` (default True; False for checkpoints from before it): the colour stage
+    samples and scores each channel truncated to the values that keep the pixel's gray bin
+    (``pixelaux.consistency``): exact likelihoods, and colorizations whose gray view is
+    always the input's.
     Submodules (state-dict names): ``prior``, ``encoder``, ``colour``.
     """
 
@@ -71,7 +75,7 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
                  cond_channels: int | None = None, image_size=(32, 32),
                  prior_hidden: int | None = None, prior_blocks: int | None = None,
                  arch: str = "gated", scales: int = 3, prior=None, weight_norm: bool = False,
-                 encoder: str = "resnet"):
+                 encoder: str = "resnet", consistent: bool = True):
         nn.Module.__init__(self)
         weight_norm = check_weight_norm(weight_norm)
         arch = check_choice(arch, "arch", ARCHS)
@@ -131,6 +135,7 @@ class GrayscalePixelCNN(AuxiliaryPixelCNN):
             cond_channels=k, hidden=hidden, blocks=blocks, dropout=dropout, image_size=self.image_size, **wn)
         self.check_parts(prior, colour, encoder)
         self.prior, self.encoder, self.colour = prior, encoder, colour
+        self.consistent = consistent
 
     @property
     def conditional(self):

@@ -40,11 +40,13 @@ def list_models() -> list[dict]:
     return out
 
 
-def load(name_or_path, map_location="cpu"):
+def load(name_or_path, map_location="cpu", consistent: bool | None = None):
     """An embedded model by name (``"default"``, ``"pyramid"``; see ``list_models``)
     or a checkpoint file written by ``pixelaux.save`` / ``pixelaux train``.
 
-    Returns the model in ``eval()`` mode on ``map_location``.
+    Returns the model in ``eval()`` mode on ``map_location``. ``consistent``: None keeps
+    the checkpoint's setting (the embedded models predate consistent decoding: off), True
+    turns it on (``pixelaux.checkpoint.load``).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be a model name or a checkpoint path, got {type(name_or_path).__name__}")
@@ -54,8 +56,8 @@ def load(name_or_path, map_location="cpu"):
         path = pretrained_path(name_or_path)
         if not path.exists():
             raise ValueError(f"the embedded model {name_or_path!r} is missing from this install ({path})")
-        return checkpoint.load(path, map_location)
+        return checkpoint.load(path, map_location, consistent)
     if os.path.exists(name_or_path):
-        return checkpoint.load(name_or_path, map_location)
+        return checkpoint.load(name_or_path, map_location, consistent)
     raise ValueError(f"unknown model {str(name_or_path)!r}: not one of the embedded models "
                      f"{sorted(PRETRAINED)} and not an existing checkpoint file")

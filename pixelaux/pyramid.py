@@ -151,8 +151,12 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
     As an auxiliary-variable model: ``conditional = levels[-1]``, ``encoder = encoders[-1]``,
     ``prior`` = the pyramid of ``levels[:-1]`` (a view sharing these modules; ``levels[0]``
     itself for two levels; ``None`` for one level). The modules are held in ``levels`` and
-    ``encoders``, so the state-dict names are those of every earlier checkpoint. Every
-    level is pooled from ``X`` itself (``build_pyramid``), not from the rounded level above.
+    ``encoders``, so the state-dict names are those of every earlier checkpoint.
+    ``consistent`` (default True; False for checkpoints from before it): each level is
+    pooled from the level above (``X_{k+1} = pool(X_k)``) and sampled / scored truncated to
+    the values that pool back to the level below it (``pixelaux.consistency``): exact
+    likelihoods, and upscaled samples that always pool back to their input. Without it,
+    every level is pooled from ``X`` itself (``build_pyramid``) and the likelihood is a bound.
     """
 
     kind = "PyramidPixelCNN"
@@ -163,7 +167,7 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
                  encoder_hidden: int | None = None, dropout: float = 0.0,
                  cond_channels: int | None = None, arch: str = "gated", scales: int = 2,
                  weight_norm: bool = False, encoder: str = "unet", encoder_blocks: int | None = None,
-                 per_level: list | None = None):
+                 per_level: list | None = None, consistent: bool = True):
         nn.Module.__init__(self)
         weight_norm = check_weight_norm(weight_norm)
         channels = check_int(channels, "channels", min_value=1)
@@ -210,6 +214,7 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
             else:
                 encoders.append(UNetEncoder(channels, bits, e_hidden, k_cond, weight_norm=weight_norm))
         self._setup(levels, encoders, sizes, config)
+        self.consistent = consistent
 
     def _setup(self, levels, encoders, sizes, config):
         self.level_sizes = [tuple(s) for s in sizes]
@@ -219,6 +224,7 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
         self.transform = AvgPool(2).bind(self.channels, self.bits) if len(sizes) > 1 else None
         self.levels, self.encoders = levels, encoders
         self.__dict__["_prior"] = None          # built on first use; not a registered submodule
+        self.consistent = bool(config.get("consistent", False))
 
     @property
     def num_levels(self) -> int:
@@ -243,7 +249,9 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
             view._setup(nn.ModuleList(list(self.levels)[:n]), nn.ModuleList(list(self.encoders)[:n - 1]),
                         self.level_sizes[:n], config)
             self.__dict__["_prior"] = view
-        return self.__dict__["_prior"]
+        view = self.__dict__["_prior"]
+        view.consistent = self.consistent         # one setting for the whole pyramid
+        return view
 
     @property
     def conditional(self):
@@ -267,10 +275,16 @@ class PyramidPixelCNN(AuxiliaryPixelCNN):
         return self.cond(self.num_levels - 1, view)
 
     def views(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``[X_0 = x, X_1, ...]`` (largest first), each pooled from ``x`` itself."""
+        """``[X_0 = x, X_1, ...]`` (largest first): each pooled from ``x`` itself, or, when
+        ``consistent``, from the level above (``X_{k+1} = pool(X_k)``, so that each level is
+        a function of the one above it and truncation is exact)."""
+        if self.consistent:
+            return super().views(x)
         return build_pyramid(x, self.num_levels)
 
     def known_views(self, values, mask):
+        if self.consistent:
+            return super().known_views(values, mask)
         vs = build_pyramid(values, self.num_levels)
         return [(v, pool_mask(mask, 2 ** k)) for k, v in enumerate(vs)]
 

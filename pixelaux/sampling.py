@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from . import engines, resources
+from . import consistency, engines, resources
 from .auxiliary import check_chain_size, is_composite, stages
 from .checks import check_cond, check_float, check_images, check_int, check_size, check_tensor_device
 from .engines.progress import stage_label
@@ -93,8 +93,9 @@ def _check_known(known, n: int, channels: int, bits: int, size) -> tuple[torch.T
 
 
 def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature, engine, backend, progress,
-               label=""):
-    """Sample ``n`` images of one ``GatedPixelCNN`` stage (``label`` names its progress bar)."""
+               label="", window=None):
+    """Sample ``n`` images of one ``GatedPixelCNN`` stage (``label`` names its progress bar;
+    ``window``: consistent decoding's ``pixelaux.consistency.Window``, or None)."""
     h, w = size
     device = model_device(stage)
     x = torch.zeros(n, stage.channels, h, w, dtype=torch.long, device=device)
@@ -106,7 +107,8 @@ def _run_stage(stage, n, size, uniforms: ImageUniforms, cond, known, temperature
     run = engines.runner(engine, backend, stage.kind)
     threads = _stage_threads(stage, engine, backend, n, size)
     with contextlib.nullcontext() if threads is None else resources.num_threads(threads), stage_label(label):
-        return run(stage, x, mask, cond, u, temperature, progress=progress)
+        extra = {} if window is None else {"window": window.to(device)}
+        return run(stage, x, mask, cond, u, temperature, progress=progress, **extra)
 
 
 def _stage_name(link) -> str:
@@ -248,16 +250,29 @@ def _sample_chain(model, n, size, uniforms, given, known, kw):
         start -= 1
     knowns = None if known is None else [(v.to(device), m.to(device)) for v, m in
                                          model.known_views(known[0].to(device), known[1].to(device))]
+    boxes = None if known is None else _known_boxes(model, known[0].to(device), known[1].to(device), links)
     for i in range(start, -1, -1):
         link = links[i]
-        cond = None
+        cond = window = None
         if i + 1 < len(links):                                     # once per image
             threads = _encoder_threads(link.owner.encoder, n, link.size)
             with contextlib.nullcontext() if threads is None else resources.num_threads(threads):
                 cond = link.cond(image)
+            window = link.owner.window(image, None if boxes is None else boxes[i])
+        if window is None and boxes is not None and i > 0 and links[i - 1].owner.consistent:
+            window = consistency.box_window(*boxes[i])     # the stage above needs what known pixels allow
         image = _run_stage(link.stage, n, link.size, uniforms, cond, None if knowns is None else knowns[i],
-                           label=_stage_name(link) + f" ({start - i + 1}/{start + 1})", **kw)
+                           label=_stage_name(link) + f" ({start - i + 1}/{start + 1})", window=window, **kw)
     return image
+
+
+def _known_boxes(model, values, mask, links):
+    """Per link, ``(box_lo, box_hi)``: the range each pixel of its image can still take given
+    the known pixels of ``X`` (every transform is monotone, so the views of ``X`` with its
+    unknown pixels at 0 and at the top value bound them)."""
+    top = torch.full_like(values, 2 ** model.bits - 1)
+    full = torch.where(mask[:, None], values, top)
+    return list(zip(model.views(values), model.views(full)))[:len(links)]
 
 
 def _encoder_threads(encoder, n: int, size) -> int | None:

@@ -753,7 +753,7 @@ def _restore(st, path, model, ema, opt, scaler, run, cfg: TrainConfig, place: _P
 class SavedRun:
     """What :func:`read_run` finds in a run directory.
 
-    ``kind`` and ``config``: the model (``pixelaux.checkpoint.model_class(kind)(**config)``
+    ``kind`` and ``config``: the model (``pixelaux.checkpoint.from_config(kind, config)``
     rebuilds it); ``step``: optimizer steps done; ``settings``: the run's
     :class:`TrainConfig`, or ``None`` for a run saved before it was recorded (then
     ``run`` still holds its seed and batch size); ``meta``: the ``meta`` given to
