@@ -4,11 +4,13 @@
 //   pixelaux::pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor
 //   pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms,
 //       Tensor packed, Tensor table, int[] config, float temperature,
-//       bool return_params=False, int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)
+//       bool return_params=False, int mode=0, Tensor(a!)? progress=None, Tensor? window=None,
+//       int[] window_consts=[]) -> (Tensor, Tensor)
 //   pixelaux::pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor
 //   pixelaux::cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
 //       Tensor packed, Tensor table, int[] config, float temperature,
-//       bool return_params=False, int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)
+//       bool return_params=False, int mode=0, Tensor(a!)? progress=None, Tensor? window=None,
+//       int[] window_consts=[]) -> (Tensor, Tensor)
 //   pixelaux::cached_workspace_floats(int[] config, int B, int H, int W, int mode=0,
 //       bool global_cond=False) -> int   (and cached_workspace_floats_pp without the flag)
 //   pixelaux::build_info() -> str
@@ -31,6 +33,10 @@
 // op adds every finished row of every image to progress[0] while it runs, and stops at
 // the next row start once progress[1] != 0 (set from another thread; the op releases
 // the GIL), returning the images as far as they got. The caller polls it.
+// window (consistent decoding, pixelaux/consistency.py): None, or Window.packed(), int32
+// (4, B, C, H, W) = lo_base, hi_base, box_lo, box_hi with 0 <= box_lo <= box_hi <= 2**bits - 1,
+// and window_consts = coef (C ints), div (C ints > 0), block (>= 1, dividing H and W):
+// every sampled channel is drawn from the model's distribution truncated to its range.
 // Categorical sampling follows torch's CPU softmax kernel for its capability
 // (ATEN_CPU_CAPABILITY included; build_info names it).
 // Environment: PIXELAUX_CPU_KERNELS=generic (no AVX2 kernels), PIXELAUX_PROFILE=1
@@ -43,6 +49,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -204,6 +211,50 @@ cpu::PixelTable check_table(const char* op, const at::Tensor& table, int64_t C, 
   return t;
 }
 
+// The window of a sampling op (see the top of the file); window.maps null without one.
+cpu::Window check_window(const char* op, const std::optional<at::Tensor>& window,
+                         at::IntArrayRef consts, const cpu::DistSpec& d, int64_t B, int64_t H,
+                         int64_t W, std::vector<at::Tensor>* keep) {
+  cpu::Window w;
+  if (!window.has_value() || !window->defined()) {
+    TORCH_CHECK_VALUE(consts.empty(), op, "window_consts given without a window");
+    return w;
+  }
+  const int64_t C = d.channels;
+  const at::Tensor& t = *window;
+  check_cpu(t, "window");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, op, "window must be int32 (Window.packed()), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef({4, B, C, H, W}), op, "window must have shape ",
+                    shape_str({4, B, C, H, W}), " (lo_base, hi_base, box_lo, box_hi), got ",
+                    shape_str(t.sizes()));
+  TORCH_CHECK_VALUE((int64_t)consts.size() == 2 * C + 1, op, "window_consts must be coef (", C,
+                    " ints), div (", C, " ints) and block, got ", consts.size(), " ints");
+  const int64_t block = consts[2 * C];
+  TORCH_CHECK_VALUE(block >= 1 && H % block == 0 && W % block == 0, op,
+                    "window block must be >= 1 and divide H and W, got ", block, " for ", H, " x ", W);
+  for (int64_t c = 0; c < C; ++c)  // |coef| bounded: K stays far from int64 overflow
+    TORCH_CHECK_VALUE(consts[C + c] > 0 && std::abs(consts[c]) <= (int64_t(1) << 30), op,
+                      "window div must be > 0 and |coef| <= 2**30, got coef ", consts[c], " and div ",
+                      consts[C + c], " for channel ", c);
+  keep->push_back(t.contiguous());
+  const int32_t* m = keep->back().data_ptr<int32_t>();
+  const int64_t n = B * C * H * W;
+  for (int64_t p = 0; p < n; ++p)  // so that every range lies in [0, 2**bits - 1]
+    TORCH_CHECK_VALUE(0 <= m[2 * n + p] && m[2 * n + p] <= m[3 * n + p] && m[3 * n + p] < d.levels, op,
+                      "window boxes must satisfy 0 <= box_lo <= box_hi <= ", d.levels - 1, ", got [",
+                      m[2 * n + p], ", ", m[3 * n + p], "]");
+  w.maps = m;
+  w.B = B;
+  w.C = C;
+  w.H = H;
+  w.W = W;
+  w.coef = consts.data();
+  w.div = consts.data() + C;
+  w.block = block;
+  return w;
+}
+
 // The progress tensor of a sampling op (see the top of the file), or null.
 int64_t* progress_ptr(const char* op, const std::optional<at::Tensor>& progress) {
   if (!progress.has_value() || !progress->defined()) return nullptr;
@@ -229,7 +280,9 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
                                                  const at::Tensor& packed, const at::Tensor& table,
                                                  at::IntArrayRef config, double temperature,
                                                  bool return_params, int64_t mode,
-                                                 const std::optional<at::Tensor>& progress) {
+                                                 const std::optional<at::Tensor>& progress,
+                                                 const std::optional<at::Tensor>& window,
+                                                 at::IntArrayRef window_consts) {
   const char* op = "pixelaux.cached_sample: ";
   const ModelConfig c = get_config(config);
   SampleInputs in = check_sample_inputs(op, x, known, uniforms, cpu::dist_spec(c), temperature, mode);
@@ -276,6 +329,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   a.temperature = temperature;
   a.mode = (int)mode;
   a.progress = progress_ptr(op, progress);
+  a.window = check_window(op, window, window_consts, cpu::dist_spec(c), B, H, W, &keep);
   cpu::cached_sample(a);
   return {in.x, params};
 }
@@ -307,7 +361,9 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
                                                     const at::Tensor& table,
                                                     at::IntArrayRef config, double temperature,
                                                     bool return_params, int64_t mode,
-                                                    const std::optional<at::Tensor>& progress) {
+                                                    const std::optional<at::Tensor>& progress,
+                                                    const std::optional<at::Tensor>& window,
+                                                    at::IntArrayRef window_consts) {
   const char* op = "pixelaux.cached_sample_pp: ";
   const cpu::pp::Config c = get_pp_config(config);
   SampleInputs in = check_sample_inputs(op, x, known, uniforms, c.d, temperature, mode);
@@ -362,6 +418,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
   a.temperature = temperature;
   a.mode = (int)mode;
   a.progress = progress_ptr(op, progress);
+  a.window = check_window(op, window, window_consts, c.d, B, H, W, &keep);
   cpu::pp::cached_sample(a);
   return {in.x, params};
 }
@@ -413,12 +470,13 @@ TORCH_LIBRARY(pixelaux, m) {
   m.def(
       "cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed, "
       "Tensor table, int[] config, float temperature, bool return_params=False, int mode=0, "
-      "Tensor(a!)? progress=None) -> (Tensor, Tensor)");
+      "Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) -> (Tensor, Tensor)");
   m.def("pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor");
   m.def(
       "cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms, "
       "Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False, "
-      "int mode=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)");
+      "int mode=0, Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) -> "
+      "(Tensor, Tensor)");
   m.def(
       "cached_workspace_floats(int[] config, int B, int H, int W, int mode=0, "
       "bool global_cond=False) -> int",

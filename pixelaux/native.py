@@ -13,19 +13,22 @@ max(embed_dim, 1))``, what a pixel writes into the engine's input buffer):
   weights (see ``pixelaux.engines.cached_cpp.raw_weights``) packed for the engine.
 * ``cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed,
   Tensor table, int[] config, float temperature, bool return_params=False, int mode=0,
-  Tensor(a!)? progress=None) -> (Tensor, Tensor)``: the cached engine over a whole batch
-  (see ``cached_cpp.run``). ``cond``: a map ``(B, cond_channels, H, W)`` or a vector
-  per image ``(B, cond_channels)`` (global: its terms computed once per image).
+  Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) -> (Tensor, Tensor)``:
+  the cached engine over a whole batch (see ``cached_cpp.run``). ``cond``: a map
+  ``(B, cond_channels, H, W)`` or a vector per image ``(B, cond_channels)`` (global: its
+  terms computed once per image).
   ``progress``: an int64 tensor ``[rows done, stop]`` the op updates row by row and
   reads at every row start (it stops once ``stop != 0``); the op releases the GIL, so
-  another thread polls it (``engines.progress.run_native``).
+  another thread polls it (``engines.progress.run_native``). ``window``: consistent
+  decoding, ``Window.packed()`` (int32 ``(4, B, C, H, W)``) with ``window_consts`` = its
+  ``coef``, ``div`` and ``block`` (``engines.cached_cpp.window_args``).
 * ``pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor`` and
   ``cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
   Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False, int mode=0,
-  Tensor(a!)? progress=None) -> (Tensor, Tensor)``: the same for a ``PixelCNNpp``
-  (``config`` with ``scales`` in place of ``kernel_size``; ``cond_terms`` per block
-  ``(B, H_s, W_s, 3F)``, or all ``(B, 1, 1, 3F)`` for a global cond, broadcast; see
-  ``pixelaux.engines.cached_cpp_pp``).
+  Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) -> (Tensor, Tensor)``:
+  the same for a ``PixelCNNpp`` (``config`` with ``scales`` in place of ``kernel_size``;
+  ``cond_terms`` per block ``(B, H_s, W_s, 3F)``, or all ``(B, 1, 1, 3F)`` for a global
+  cond, broadcast; see ``pixelaux.engines.cached_cpp_pp``).
 * ``build_info() -> str``: the kernel family in use (``avx512f``, ``avx2+fma`` or
   ``generic``; ``PIXELAUX_CPU_KERNELS=generic|avx2`` caps it), the torch softmax kernel
   the categorical sampling reproduces (``avx2/sleef``, ``avx512/sleef`` or
@@ -89,14 +92,14 @@ def _register_fakes():
 
     @register("pixelaux::cached_sample")
     def _cached_sample_fake(x, known, cond, uniforms, packed, table, config, temperature,
-                            return_params=False, mode=0, progress=None):
+                            return_params=False, mode=0, progress=None, window=None, window_consts=()):
         b, _, h, w = x.shape
         shape = (b, num_params(config), h, w) if return_params else (0,)
         return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
 
     @register("pixelaux::cached_sample_pp")
     def _cached_sample_pp_fake(x, known, cond_terms, uniforms, packed, table, config, temperature,
-                               return_params=False, mode=0, progress=None):
+                               return_params=False, mode=0, progress=None, window=None, window_consts=()):
         b, _, h, w = x.shape
         shape = (b, num_params(config), h, w) if return_params else (0,)
         return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)

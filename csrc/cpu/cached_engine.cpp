@@ -567,7 +567,12 @@ struct Engine : TeamMember {
       if (a.known && a.known[g * HW + i * W + j]) {
         for (int64_t ch = 0; ch < C; ++ch) pix[ch] = xg[ch * HW];
       } else {
-        sample_pixel(dist, prm, a.uniforms + (g * HW + i * W + j) * c.num_uniforms, t, pix, tmp);
+        // The window reads the cell's earlier pixels from a.x: the rows above were written
+        // before the row barrier, this row's by their images' owners before the team point
+        // of each later pixel (every thread samples every image, each writes its share).
+        const PixelWindow at{&a.window, a.x, g, i, j};
+        sample_pixel(dist, prm, a.uniforms + (g * HW + i * W + j) * c.num_uniforms, t, pix, tmp,
+                     a.window.maps ? &at : nullptr);
         if (mine)
           for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
       }

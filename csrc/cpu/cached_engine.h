@@ -100,6 +100,7 @@ struct SampleArgs {
   PixelTable table;                 // (C, K, per_channel): what a pixel writes into xin
   float* params = nullptr;          // (B, P, H, W) or null
   double temperature = 1.0;
+  Window window;                    // consistent decoding (window.maps null: none)
   // Thread split: 0 auto; 1 images over threads; 2 one team over the output channels
   // of every layer (row starts and pixels); 3 the team splits the row starts, one
   // thread runs the pixels.

@@ -105,6 +105,7 @@ struct SampleArgs {
   PixelTable table;                 // (C, K, per_channel): what a pixel writes into xin
   float* params = nullptr;          // (B, P, H, W) or null
   double temperature = 1.0;
+  Window window;                    // consistent decoding (window.maps null: none)
   int mode = 0;                     // as cpu::SampleArgs::mode
   int threads = 0;                  // 0: at::get_num_threads()
   // [image-rows done, stop flag] or null: the engine adds each finished row of each image

@@ -119,13 +119,16 @@ float reduce_sum(const SoftmaxKernel& k, const float* x, int64_t n) {
 // Index k with cdf[k-1] <= u < cdf[k] of softmax(logits / t): the number of
 // cumulative probabilities <= u, clamped to n-1, with torch's softmax (above) and
 // cumsum (accumulated in double, stored as float). Linear in n: the CDF only grows, so
-// the count stops at the first entry above u.
-int64_t inverse_cdf_index(const float* logits, int64_t n, float t, float u, float* tmp) {
+// the count stops at the first entry above u. The logits outside [lo, hi] are -inf, as
+// distributions._truncated_cdf_index masks them: their exp is exactly 0, so the sum
+// (same lanes, same order) and the CDF are the masked softmax's.
+int64_t inverse_cdf_index(const float* logits, int64_t n, float t, float u, float* tmp,
+                          int64_t lo = 0, int64_t hi = std::numeric_limits<int64_t>::max()) {
   const SoftmaxKernel& k = softmax_kernel();
   float mx = -std::numeric_limits<float>::infinity();
   bool nan = false;
   for (int64_t l = 0; l < n; ++l) {
-    const float v = logits[l] / t;
+    const float v = l < lo || l > hi ? -std::numeric_limits<float>::infinity() : logits[l] / t;
     tmp[l] = v;
     nan |= std::isnan(v);
     mx = std::max(mx, v);
@@ -150,7 +153,60 @@ int64_t inverse_cdf_index(const float* logits, int64_t n, float t, float u, floa
   return std::min(count, n - 1);
 }
 
+// log(sigmoid(z)) as distributions._logsig computes it (NaN stays NaN, as in torch.clamp).
+float logsig(float z) { return std::min(z, 0.f) - std::log1p(std::exp(-std::fabs(z))); }
+
+// log(1 - exp(d)) for d <= 0 (distributions._log1mexp; the float threshold compares as
+// the double one for every float d).
+float log1mexp(float d) {
+  return d > -0.6931471805599453f ? std::log(-std::expm1(d)) : std::log1p(-std::exp(d));
+}
+
+// DiscretizedLogisticMixture._truncated_channel: one channel of the component's logistic
+// (mean, scale) restricted to the bins [lo, hi] of [0, top], by the inverse CDF of uc
+// mapped into the interval, in log space; the pixel value as float.
+float truncated_logistic(float mean, float scale, float uc, int64_t lo, int64_t hi, int64_t top) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float unit = (float)(2.0 / (double)top), half = (float)(1.0 / (double)top);
+  const float half_top = (float)((double)top / 2.0);
+  const float loF = (float)lo, hiF = (float)hi;
+  const float za = lo == 0 ? -inf : ((loF * unit - 1.0f) - half - mean) / scale;
+  const float zb = hi == top ? inf : ((hiF * unit - 1.0f) + half - mean) / scale;
+  const bool upper = za > 0;  // the interval above the mean: through the survival function
+  const float small = logsig(upper ? -zb : za);  // log of the smaller end's cdf
+  const float big = logsig(upper ? -za : zb);    // and of the larger's
+  const float ed = std::exp(small - big);
+  const float lq = big + std::log(upper ? (1.0f - uc) + uc * ed : uc + ed - uc * ed);
+  const float z = lq - log1mexp(lq);  // logit of the cdf (survival) value
+  const float val = mean + scale * (upper ? -z : z);
+  float p = std::nearbyint((val + 1.0f) * half_top);
+  if (std::isnan(p)) p = loF;
+  return std::min(std::max(p, loF), hiF);
+}
+
+// Floor and ceiling of a / d for d > 0 (torch.div(..., rounding_mode="floor")).
+int64_t floor_div(int64_t a, int64_t d) { return a >= 0 ? a / d : -((-a + d - 1) / d); }
+int64_t ceil_div(int64_t a, int64_t d) { return -floor_div(-a, d); }
+
 }  // namespace
+
+void PixelWindow::range(int c, const int64_t* pix, int64_t* lo, int64_t* hi) const {
+  const int64_t C = w->C, H = w->H, W = w->W, f = w->block;
+  int64_t k = 0;
+  for (int cp = 0; cp < c; ++cp) k += w->coef[cp] * pix[cp];
+  if (f > 1) {  // the cell's earlier pixels: its rows above, then the row's columns left of j
+    const int64_t* xc = x + (b * C + c) * H * W;
+    const int64_t i0 = i - i % f, j0 = j - j % f;
+    for (int64_t ii = i0; ii <= i; ++ii)
+      for (int64_t jj = j0; jj < (ii < i ? j0 + f : j); ++jj) k += xc[ii * W + jj];
+  }
+  const int64_t plane = w->B * C * H * W;
+  const int32_t* m = w->maps + ((b * C + c) * H + i) * W + j;
+  const int64_t box_lo = m[2 * plane], box_hi = m[3 * plane];
+  const int64_t l = std::min(std::max(box_lo, ceil_div(m[0] - k, w->div[c])), box_hi);
+  *lo = l;
+  *hi = std::max(std::min(box_hi, floor_div(m[plane] - k, w->div[c])), l);
+}
 
 std::string make_dist_spec(int channels, int bits, int dist, int nr_mix, DistSpec* d) {
   d->channels = channels;
@@ -172,10 +228,14 @@ std::string make_dist_spec(int channels, int bits, int dist, int nr_mix, DistSpe
 }
 
 void sample_pixel(const DistSpec& c, const float* prm, const float* u, float t, int64_t* pix,
-                  float* tmp) {
+                  float* tmp, const PixelWindow* win) {
+  int64_t lo = 0, hi = c.levels - 1;  // the channel's range: all values without a window
   if (c.dist == 0) {
-    for (int ch = 0; ch < c.channels; ++ch)
-      pix[ch] = inverse_cdf_index(prm + ch * c.levels, c.levels, t, u[ch], tmp);
+    for (int ch = 0; ch < c.channels; ++ch) {
+      if (win) win->range(ch, pix, &lo, &hi);
+      const int64_t k = inverse_cdf_index(prm + ch * c.levels, c.levels, t, u[ch], tmp, lo, hi);
+      pix[ch] = std::min(std::max(k, lo), hi);
+    }
     return;
   }
   const int M = c.nr_mix, C = c.channels;
@@ -201,11 +261,17 @@ void sample_pixel(const DistSpec& c, const float* prm, const float* u, float t, 
     ls = std::isnan(ls) ? ls : std::max(ls, kLogScaleMin);
     const float uc = std::min(std::max(u[1 + ch], ulo), uhi);
     const float scale = std::exp(ls) * t;
-    const float logit = std::log(uc) - std::log1p(-uc);
-    const float val = mean + scale * logit;
-    float p = std::nearbyint((val + 1.0f) * half_top);
-    if (std::isnan(p)) p = 0.f;
-    p = std::min(std::max(p, 0.f), top);
+    if (win) win->range(ch, pix, &lo, &hi);
+    float p;
+    if (lo == 0 && hi == c.levels - 1) {  // a full range: the untruncated arithmetic
+      const float logit = std::log(uc) - std::log1p(-uc);
+      const float val = mean + scale * logit;
+      p = std::nearbyint((val + 1.0f) * half_top);
+      if (std::isnan(p)) p = 0.f;
+      p = std::min(std::max(p, 0.f), top);
+    } else {
+      p = truncated_logistic(mean, scale, uc, lo, hi, c.levels - 1);
+    }
     pix[ch] = (int64_t)p;
     xs[ch] = p * unit - 1.0f;
   }

@@ -32,10 +32,35 @@ std::string make_dist_spec(int channels, int bits, int dist, int nr_mix, DistSpe
 // (The categorical's softmax follows the kernel torch runs on this CPU: see sampling.cpp.)
 inline int64_t sample_scratch(const DistSpec& d) { return d.levels > d.nr_mix ? d.levels : d.nr_mix; }
 
+// The window of consistent decoding (pixelaux/consistency.py, Window): channel c of
+// pixel (i, j) of image b takes its values in [lo, hi], by the rule there, from the four
+// maps at (b, c, i, j) and K = sum_{c' < c} coef[c'] x[b, c', i, j] (the pixel's earlier
+// channels) + the earlier pixels (raster order) of its block x block cell, channel c.
+struct Window {
+  const int32_t* maps = nullptr;  // (4, B, C, H, W): lo_base, hi_base, box_lo, box_hi; null: none
+  int64_t B = 0, C = 0, H = 0, W = 0;
+  const int64_t* coef = nullptr;  // C
+  const int64_t* div = nullptr;   // C, all > 0
+  int64_t block = 1;
+};
+
+// The window at pixel (i, j) of image b, the cell's earlier pixels read from the images x
+// (B, C, H, W), where they must already be final.
+struct PixelWindow {
+  const Window* w = nullptr;
+  const int64_t* x = nullptr;
+  int64_t b = 0, i = 0, j = 0;
+  // [lo, hi] of channel c given the pixel's channels pix[0 .. c).
+  void range(int c, const int64_t* pix, int64_t* lo, int64_t* hi) const;
+};
+
 // Samples one pixel from its parameters prm (P floats) and uniforms u (U floats) at
-// temperature t into pix (C values); tmp: sample_scratch(d) floats.
+// temperature t into pix (C values); tmp: sample_scratch(d) floats. With a window, each
+// channel from the model's distribution truncated to its range (distributions.py: a
+// categorical renormalised over [lo, hi]; a logistic channel through _truncated_channel,
+// unless its range is the whole [0, levels - 1]).
 void sample_pixel(const DistSpec& d, const float* prm, const float* u, float t, int64_t* pix,
-                  float* tmp);
+                  float* tmp, const PixelWindow* win = nullptr);
 
 // Which of torch's CPU softmax kernels the sampler reproduces ("avx2", "avx512" or
 // "default"), and with which exp ("sleef" or "libm"), e.g. "avx2/sleef".

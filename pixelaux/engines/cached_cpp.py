@@ -92,6 +92,13 @@ def input_table(model) -> torch.Tensor:
     return model.input.table("cpu").to(torch.float32).contiguous()
 
 
+def window_args(window) -> tuple:
+    """The ops' ``(window, window_consts)`` of a ``consistency.Window`` or None."""
+    if window is None:
+        return None, []
+    return window.to("cpu").packed(), [*map(int, window.coef), *map(int, window.div), int(window.block)]
+
+
 def workspace_bytes(model, x, cond) -> int:
     """Bytes ``run`` allocates beyond the weights for ``x`` ``(B, C, H, W)``: the C++
     engine's scratch as its arenas request it (``cached_workspace_floats``, counted by the
@@ -103,7 +110,7 @@ def workspace_bytes(model, x, cond) -> int:
 
 
 @torch.no_grad()
-def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, mode=0):
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, mode=0, window=None):
     """Sample the unknown pixels of ``x`` in raster order (contract of ``cached_torch.run``).
 
     model: ``GatedPixelCNN`` on the CPU. x: ``(B, C, H, W)`` long, holding the known
@@ -113,6 +120,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     Returns the completed ``x``, or ``(x, params)`` with the distribution parameters
     ``(B, P, H, W)`` at every position when ``return_params`` (teacher forcing when all
     pixels are known). ``mode``: thread split, 0 auto, 1 over images, 2 over channels.
+    ``window``: a ``consistency.Window`` (consistent decoding) or None.
     """
     if not native.available():
         raise RuntimeError(f"the cpp backend is not available: {native.reason()}")
@@ -126,7 +134,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
         cond = cond.to(torch.float32)
     args = (x.long(), known, cond, uniforms.to(torch.float32), packed, input_table(model),
             config_of(model), float(temperature), bool(return_params), int(mode))
-    out, params = run_native(lambda counter: torch.ops.pixelaux.cached_sample(*args, counter),
+    win = window_args(window)
+    out, params = run_native(lambda counter: torch.ops.pixelaux.cached_sample(*args, counter, *win),
                              batch=x.shape[0], height=h, width=w, progress=progress,
                              desc="cached[cpp]")
     return (out, params) if return_params else out

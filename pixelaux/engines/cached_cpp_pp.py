@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import native
-from .cached_cpp import input_table, pack_cached
+from .cached_cpp import input_table, pack_cached, window_args
 from .progress import run_native
 
 
@@ -127,7 +127,7 @@ def workspace_bytes(model, x, cond) -> int:
 
 
 @torch.no_grad()
-def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, mode=0):
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, mode=0, window=None):
     """Sample the unknown pixels of ``x`` in raster order (contract of ``cached_cpp.run``).
 
     model: ``PixelCNNpp`` on the CPU. x: ``(B, C, H, W)`` long, holding the known pixels
@@ -137,7 +137,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     Returns the completed ``x``, or ``(x, params)`` with the distribution parameters
     ``(B, P, H, W)`` at every position when ``return_params`` (teacher forcing when all
     pixels are known). ``mode``: thread split, 0 auto, 1 over images, 2 over channels,
-    3 a team over the row starts with the pixels on one thread.
+    3 a team over the row starts with the pixels on one thread. ``window``: as in
+    ``cached_cpp.run``.
     """
     if not native.available():
         raise RuntimeError(f"the cpp backend is not available: {native.reason()}")
@@ -155,7 +156,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     terms = cond_terms(model, cond)
     args = (x.long(), known, terms, uniforms.to(torch.float32), packed, input_table(model),
             config_of(model), float(temperature), bool(return_params), int(mode))
-    out, params = run_native(lambda counter: torch.ops.pixelaux.cached_sample_pp(*args, counter),
+    win = window_args(window)
+    out, params = run_native(lambda counter: torch.ops.pixelaux.cached_sample_pp(*args, counter, *win),
                              batch=x.shape[0], height=h, width=w, progress=progress,
                              desc="cached[cpp]")
     return (out, params) if return_params else out
