@@ -8,7 +8,7 @@
 the model is **consistent** (``consistent=True``, the default for the gray view and the
 average pool): then ``p(X | X_hat)`` is truncated to the images with ``f(X) = X_hat``
 (``pixelaux.consistency``), puts no mass elsewhere, and the sum is the model's exact
-log-likelihood (docs/design.md section 1.4). An :class:`AuxiliaryPixelCNN` is three things:
+log-likelihood (docs/design.md section 1.8). An :class:`AuxiliaryPixelCNN` is three things:
 
 * ``transform``: ``f`` (``pixelaux.transforms``: the gray view, a 2x average pool, or a
   user's function with the same contract);

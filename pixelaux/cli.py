@@ -143,9 +143,16 @@ def _temperature(text):
     return v
 
 
+def _add_consistent_option(p):
+    p.add_argument("--consistent", action=argparse.BooleanOptionalAction, default=None,
+                   help="consistent decoding (exact likelihoods; samples keep their gray view / lower level): "
+                        "default as the checkpoint says (on for models trained with it, off for older ones)")
+
+
 def _add_sampling_options(p, n_default=16, n_name="--n", model_default="default", out_default="samples.png"):
     p.add_argument("--model", default=model_default,
                    help=f"embedded model name (see `pixelaux models`) or checkpoint path (default: {model_default})")
+    _add_consistent_option(p)
     names = [n_name, "-n"] if n_name == "--n" else [n_name]     # -n: torchrun's parser takes --n as its own
     p.add_argument(*names, dest="n", type=_positive_int, default=n_default,
                    help=f"number of samples (default: {n_default})")
@@ -375,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="bits/dim of images (gray/colour or per-level split)")
     sc.add_argument("images", nargs="+", help="image files")
     sc.add_argument("--model", default="default", help="embedded model name or checkpoint path")
+    _add_consistent_option(sc)
     sc.add_argument("--resize", action="store_true",
                     help="resize each image to the model's image size first (said when done); without it an "
                          "image is scored at its own size if the model can take it")
@@ -408,7 +416,12 @@ def _load(args):
         device = torch.device(args.device)
     except RuntimeError:
         raise CliError(f"--device: not a torch device: {args.device!r}") from None
-    return load(args.model, map_location=device)
+    try:
+        return load(args.model, map_location=device, consistent=getattr(args, "consistent", None))
+    except ValueError as e:
+        if "consistent" not in str(e):
+            raise
+        raise CliError(f"--consistent: {e}") from None
 
 
 def _sample_kwargs(args):

@@ -1,6 +1,6 @@
 """Consistent decoding: each channel of each pixel drawn from the model's distribution
 truncated to the values that can still produce the given auxiliary variable
-(docs/design.md section 1.4; issue 20).
+(docs/design.md section 1.8; issue 20).
 
 An auxiliary variable ``X_hat = f(X)`` (the gray view, a pooled level) is a function of
 the image. Both built-in transforms are an integer sum rounded by a divisor:
