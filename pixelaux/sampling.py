@@ -255,9 +255,7 @@ def _sample_chain(model, n, size, uniforms, given, known, kw):
         link = links[i]
         cond = window = None
         if i + 1 < len(links):                                     # once per image
-            threads = _encoder_threads(link.owner.encoder, n, link.size)
-            with contextlib.nullcontext() if threads is None else resources.num_threads(threads):
-                cond = link.cond(image)
+            cond = _encode(link, image)
             window = link.owner.window(image, None if boxes is None else boxes[i])
         if window is None and boxes is not None and i > 0 and links[i - 1].owner.consistent:
             window = consistency.box_window(*boxes[i])     # the stage above needs what known pixels allow
@@ -273,6 +271,22 @@ def _known_boxes(model, values, mask, links):
     top = torch.full_like(values, 2 ** model.bits - 1)
     full = torch.where(mask[:, None], values, top)
     return list(zip(model.views(values), model.views(full)))[:len(links)]
+
+
+def _encode(link, image: torch.Tensor):
+    """``link``'s conditioning map(s) of the auxiliary ``image``, computed once per batch,
+    with :func:`_encoder_threads`. When it runs on torch's threads (large layers), the
+    image goes in channels-last, oneDNN's faster layout for these narrow convs (the bench
+    pyramid's encoders at batch 16: 80-88 -> 45-56 ms; benchmarks/results/pyramid.md);
+    the maps come back contiguous, as every engine reads them."""
+    threads = _encoder_threads(link.owner.encoder, image.shape[0], link.size)
+    if threads == 1:
+        with resources.num_threads(1):
+            return link.cond(image)
+    if image.device.type == "cpu":
+        image = image.contiguous(memory_format=torch.channels_last)
+    out = link.cond(image)
+    return tuple(o.contiguous() for o in out) if isinstance(out, (tuple, list)) else out.contiguous()
 
 
 def _encoder_threads(encoder, n: int, size) -> int | None:
