@@ -27,6 +27,48 @@ def log1p(x):
 
 
 @triton.jit
+def expm1(x):
+    """``torch.expm1``: a degree-9 Taylor polynomial for ``|x| < 0.5`` (truncation below
+    1e-8 relative), else ``exp(x) - 1`` (exact subtraction there: no cancellation)."""
+    p = x * (1.0 / 362880.0) + (1.0 / 40320.0)
+    p = p * x + (1.0 / 5040.0)
+    p = p * x + (1.0 / 720.0)
+    p = p * x + (1.0 / 120.0)
+    p = p * x + (1.0 / 24.0)
+    p = p * x + (1.0 / 6.0)
+    p = p * x + 0.5
+    p = p * x + 1.0
+    return tl.where(tl.abs(x) < 0.5, x * p, tl.exp(x) - 1.0)
+
+
+@triton.jit
+def logsig(z):
+    """``pixelaux.distributions._logsig``: ``log(sigmoid(z)) = min(z, 0) - log1p(exp(-|z|))``
+    (NaN propagates, as ``torch.clamp``)."""
+    return tl.minimum(z, 0.0, propagate_nan=tl.PropagateNan.ALL) - log1p(tl.exp(-tl.abs(z)))
+
+
+@triton.jit
+def log1mexp(d):
+    """``pixelaux.distributions._log1mexp``: ``log(1 - exp(d))`` for ``d <= 0``."""
+    return tl.where(d > -0.6931471805599453, tl.log(-expm1(d)), log1p(-tl.exp(d)))
+
+
+@triton.jit
+def floor_div(a, d):
+    """``floor(a / d)`` of integers, ``d > 0`` (Triton's ``//`` truncates toward zero)."""
+    q = a // d
+    return tl.where(q * d > a, q - 1, q)
+
+
+@triton.jit
+def ceil_div(a, d):
+    """``ceil(a / d)`` of integers, ``d > 0``."""
+    q = a // d
+    return tl.where(q * d < a, q + 1, q)
+
+
+@triton.jit
 def round_half_even(v):
     """``torch.round``: to the nearest integer, ties to even (exact; inf stays inf)."""
     f = tl.floor(v)

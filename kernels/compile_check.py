@@ -27,8 +27,9 @@ is the two bench presets, ``bench-32`` and ``bench-pp32``), ``default`` (the emb
 grayscale model: its gray prior and its colour stage with conditioning) and
 ``pyramid`` (the embedded pyramid's levels, 8x8 to 32x32, conditioned above the
 first), each at batches 1, 16 and 256 (the plans differ: channel tiles at small
-batches) for sampling (no known pixels) and teacher forcing (known pixels and the
-returned parameters). ``bench-pp32`` (width 80) is minutes of ptxas.
+batches) for sampling (no known pixels), teacher forcing (known pixels and the
+returned parameters) and consistent decoding (sampling with a window of block 2, the
+sampler's largest variant). ``bench-pp32`` (width 80) is minutes of ptxas.
 
 Needs the kernels imported *without* ``TRITON_INTERPRET`` (the variable is read when
 they are decorated).
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -58,7 +60,8 @@ KERNELS = ((row_step, "row_init_kernel"), (row_step, "row_block_kernel"), (row_s
            (pp_pixel, "pixel_block_kernel"), (pp_pixel, "pixel_deconv_kernel"), (pp_pixel, "pixel_head_kernel"))
 #: The constexprs a report names a variant by (those a launcher passes).
 CONSTS = ("STAGE", "FIRST", "HAS_COND", "HID_P", "OT", "G", "DIST", "C", "E", "KH", "KW", "BLOCK_W", "HAS_KNOWN",
-          "RETURN_PARAMS", "SH", "N", "STRIDE", "ACT", "HAS_SKIP", "GATE", "GR", "BW", "BK", "BN", "CUR_IN_REGS")
+          "RETURN_PARAMS", "HAS_WINDOW", "BLOCK", "SH", "N", "STRIDE", "ACT", "HAS_SKIP", "GATE", "GR", "BW", "BK",
+          "BN", "CUR_IN_REGS")
 PRESET_NAMES = ("bench-32", "tiny-16", "bench-pp32", "default", "pyramid")
 DEFAULT_PRESETS = ("bench-32", "bench-pp32")
 BATCHES = (1, 16, 256)
@@ -166,7 +169,8 @@ def _compiling(arch, results, label):
 
 
 def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_forcing_only: bool = False) -> dict:
-    """Compile what sampling and teacher forcing launch for each stage and batch.
+    """Compile what sampling, teacher forcing and consistent decoding launch for each
+    stage and batch.
     ``stages``: ``[(label, model, (H, W), has_cond)]``, each model a ``GatedPixelCNN``
     or a ``PixelCNNpp``; ``plans``: optional ``{batch: Plan}`` (gated models).
     ``teacher_forcing_only``: the launches with known pixels and returned parameters
@@ -182,24 +186,31 @@ def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_
                 x = torch.zeros(b, model.channels, h, w, dtype=torch.long)
                 cond = torch.zeros(b, model.cond_channels, h, w) if has_cond and model.cond_channels else None
                 u = torch.rand(b, h, w, model.dist.num_uniforms)
-                modes = ((None, False), (torch.ones(b, h, w, dtype=torch.bool), True))
-                for known, params in modes[1:] if teacher_forcing_only else modes:
+                modes = ((None, False, None), (torch.ones(b, h, w, dtype=torch.bool), True, None),
+                         (None, False, _window(x, model.bits)))
+                for known, params, window in modes[1:2] if teacher_forcing_only else modes:
                     if model.kind == "PixelCNNpp":
-                        _launch_pp_row(model, x, known, cond, u, params)
+                        _launch_pp_row(model, x, known, cond, u, params, window)
                         continue
                     plan = (plans or {}).get(b) or choose_plan(b, model.hidden, w, override="")
-                    buf = CachedBuffers(model, x, known, cond, u, 1.0, params, plan=plan)
+                    buf = CachedBuffers(model, x, known, cond, u, 1.0, params, plan=plan, window=window)
                     row_step.launch_row_step(buf)
                     pixel_step.launch_pixel_step(buf, min(1, w - 1))
                     row_step.launch_advance_row(buf)
     return results
 
 
-def _launch_pp_row(model, x, known, cond, u, params):
+def _window(x, bits):
+    """A window of block 2 (consistent decoding: the sampler's block loop compiled in)."""
+    from pixelaux.consistency import box_window, full_boxes
+    return dataclasses.replace(box_window(*full_boxes(x.shape, bits)), block=2)
+
+
+def _launch_pp_row(model, x, known, cond, u, params, window=None):
     """Every launch of a row of the highest trigger level of a ``PixelCNNpp`` (row 0:
     every scale, every column, so every variant a run compiles)."""
     from ..engines import cached_triton_pp as pp
-    buf = pp.PPBuffers(model, x, known, cond, u, 1.0, return_params=params)
+    buf = pp.PPBuffers(model, x, known, cond, u, 1.0, return_params=params, window=window)
     pp.launch(buf.row_ops(model.scales - 1), (pp_row, pp_pixel))
 
 

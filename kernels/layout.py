@@ -35,6 +35,8 @@ State (written by the kernels):
 * ``params``     ``(B, P, H, W)``: the head's output, with ``return_params`` only.
 * ``pscr``       ``(B, P)``: the head's output at the current pixel (scratch read
   back by the sampling).
+* ``window``     a ``cached_triton.WindowBuffer`` (consistent decoding: the packed
+  ``(4, B, C, H, W)`` int32 window and its ``(coef, div)``) or None.
 
 The buffers are allocated once per (model, batch, size, options) and refilled in place
 per call (``fill``), so a CUDA graph of their launches stays valid across calls.
@@ -68,7 +70,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..engines.cached_triton import true_fp32
+from ..engines.cached_triton import WindowBuffer, true_fp32
 
 STATE = ("x", "row", "u_cur", "u_win", "ul_win", "ul_row0", "ul_rowbias", "params")
 
@@ -181,7 +183,7 @@ class CachedBuffers:
     """Everything the row and pixel kernels of one sampling run read and write."""
 
     def __init__(self, model, x, known, cond, uniforms, temperature: float, return_params: bool = False,
-                 plan: Plan | None = None, fp_fusion: bool = False):
+                 plan: Plan | None = None, fp_fusion: bool = False, window=None):
         b, c, h, w = x.shape
         dev = x.device
         dist = model.dist
@@ -196,11 +198,7 @@ class CachedBuffers:
         self.top = 2 ** model.bits - 1
         self.plan = plan if plan is not None else choose_plan(b, model.hidden, w)
         self.fp_fusion = bool(fp_fusion)
-        if type(dist).__name__ == "Categorical":
-            self.DIST, self.L, self.NSEG = 0, dist.levels, dist.channels
-        else:
-            self.DIST, self.L = 1, dist.nr_mix
-            self.NSEG = 1 + 2 * c + c * (c - 1) // 2      # logits, means, log-scales, coeffs
+        self.DIST, self.L = (0, dist.levels) if type(dist).__name__ == "Categorical" else (1, dist.nr_mix)
         nb, hid, kh = self.NB, self.HID, self.KH
 
         with torch.no_grad():
@@ -246,7 +244,8 @@ class CachedBuffers:
             self.params = torch.zeros(b, self.P, h, w, device=dev) if return_params else None
             self.dummy = torch.zeros(1, device=dev)
             self.u_h1 = self.u_h2 = self.ul_h1 = self.ul_h2 = None
-        self.fill(x, known, cond, uniforms, temperature)
+            self.window = None if window is None else WindowBuffer(window, x.shape, dev)
+        self.fill(x, known, cond, uniforms, temperature, window)
 
     def signature(self, x, known, cond, return_params: bool) -> tuple:
         """What must match for these buffers (and a graph of their launches) to serve a
@@ -255,14 +254,15 @@ class CachedBuffers:
         return (tuple(x.shape), known is not None, has_cond, bool(return_params))
 
     @torch.no_grad()
-    def fill(self, x, known, cond, uniforms, temperature: float):
+    def fill(self, x, known, cond, uniforms, temperature: float, window=None):
         """Load one call's inputs into the buffers in place (their addresses, which a
         captured graph holds, do not change): the image, the known mask, the uniforms,
-        the temperature, the conditioning terms (the prefill, once per image, in true
-        float32: ``true_fp32``, TF32 off for cuDNN and matmuls); the row counter back
-        to 0."""
+        the temperature, the window, the conditioning terms (the prefill, once per
+        image, in true float32: ``true_fp32``, TF32 off for cuDNN and matmuls); the row
+        counter back to 0."""
         if self.signature(x, known, cond, self.params is not None)[:3] != (
-                (self.B, self.C, self.H, self.W), self.known is not None, self.has_cond):
+                (self.B, self.C, self.H, self.W), self.known is not None, self.has_cond) \
+                or (window is None) != (self.window is None):
             raise ValueError("CachedBuffers.fill: inputs do not match the buffers' shapes / options")
         self.temperature = float(temperature)
         self.x.copy_(x)
@@ -271,6 +271,8 @@ class CachedBuffers:
         self.uniforms.copy_(uniforms)
         self.temp.fill_(self.temperature)
         self.row.zero_()
+        if window is not None:
+            self.window.fill(window)
         if self.has_cond:
             with true_fp32():     # TF32 off: the terms are float32, as the forward's (and the kernels')
                 self._fill_cond(cond)

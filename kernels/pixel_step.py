@@ -47,6 +47,13 @@ Per pixel ``(i, j)`` (``i`` from the device row counter, ``j`` an argument):
      then per channel the coupled mean, ``u`` clamped to ``[1e-5, 1 - 1e-5]``,
      ``mean + exp(max(log_s, -7)) * T * (log(u) - log1p(-u))``, rounded half to
      even onto the bin grid, clamped, NaN -> 0;
+   * consistent decoding (``HAS_WINDOW``: a ``pixelaux.consistency.Window``, packed):
+     channel by channel, the range ``[lo, hi]`` its rule gives (``window_range``: from
+     the pixel's earlier channels and, for ``BLOCK > 1``, the earlier pixels of its
+     block, read back from ``x``), then the truncated distribution: the categorical
+     softmax over ``[lo, hi]`` only, or the logistic's inverse CDF in log space
+     (``truncated_logistic``, a channel whose range is all of ``[0, top]`` untruncated), as
+     ``sample_flat(..., bounds)``;
 5. known pixels override the sample; the pixel is written into ``x``.
 
 Float policy of the sampling part (compiled Triton is not the interpreter's
@@ -73,12 +80,13 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._jitmath import log1p, model_input, round_half_even, tanh
+from ._jitmath import ceil_div, floor_div, log1mexp, log1p, logsig, model_input, round_half_even, tanh
 from .layout import act_interleaved, deinterleave
 
 LOG_SCALE_MIN = tl.constexpr(-7.0)     # pixelaux.distributions.LOG_SCALE_MIN
 U_EPS = tl.constexpr(1e-5)             # pixelaux.distributions.U_EPS
 NEG_INF = tl.constexpr(float("-inf"))
+POS_INF = tl.constexpr(float("inf"))
 
 
 @triton.jit
@@ -156,14 +164,108 @@ def conv_px(ring_ptr, w_ptr, cur, bidx, bm, i, jj, W, o0,
 
 
 @triton.jit
-def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
-                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr,
+def level_logits(pidx, l0, ym, temp, lo, hi, L_B: tl.constexpr, TRUNC: tl.constexpr):
+    """``logits / T`` of the levels ``l0 .. l0+L_B-1`` (``categorical_index``); with ``TRUNC``
+    ``-inf`` outside ``[lo, hi]``."""
+    z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
+    if TRUNC:
+        lev = l0 + tl.arange(0, L_B)[None, None, :]
+        z = tl.where((lev >= lo[:, :, None]) & (lev <= hi[:, :, None]), z, NEG_INF)
+    return z
+
+
+@triton.jit
+def categorical_index(pidx, u, ym, lo, hi, temp, G: tl.constexpr, CN: tl.constexpr, L: tl.constexpr,
+                      L_B: tl.constexpr, TRUNC: tl.constexpr):
+    """Inverse CDF of ``softmax(logits / T)`` for ``[G, CN]`` channels: ``pidx`` ``[G, CN, L_B]``
+    the addresses of levels ``0 .. L_B-1`` (level ``l0 + l`` at ``pidx + l0``), ``u`` ``[G, CN]``,
+    ``ym`` the mask of the loads. Levels in chunks of ``L_B`` (both powers of two: no chunk is
+    partial); the max and the normaliser accumulate per lane over the chunks and are reduced
+    once, only the cdf's carry is per chunk. With ``TRUNC`` the softmax over the levels
+    ``[lo, hi]`` (``[G, CN]``) only and the index clamped to them
+    (``distributions._truncated_cdf_index``). Returns ``[G, CN]`` int64."""
+    tl.static_assert(L % L_B == 0)
+    mx = tl.full([G, CN, L_B], NEG_INF, tl.float32)
+    for l0 in range(0, L, L_B):                       # pass 1: max of logits / T
+        z = level_logits(pidx, l0, ym, temp, lo, hi, L_B, TRUNC)
+        mx = tl.maximum(mx, z)
+    mx = tl.max(mx, axis=2)[:, :, None]
+    tot = tl.zeros([G, CN, L_B], dtype=tl.float64)
+    for l0 in range(0, L, L_B):                       # pass 2: the softmax normaliser
+        z = level_logits(pidx, l0, ym, temp, lo, hi, L_B, TRUNC)
+        tot += tl.exp(z - mx).to(tl.float64)
+    tot = tl.sum(tot, axis=2).to(tl.float32)[:, :, None]      # summed in float64, rounded once
+    carry = tl.zeros([G, CN], dtype=tl.float64)
+    below = tl.zeros([G, CN, L_B], dtype=tl.int32)
+    for l0 in range(0, L, L_B):                       # pass 3: count cdf <= u
+        z = level_logits(pidx, l0, ym, temp, lo, hi, L_B, TRUNC)
+        pr = tl.math.div_rn(tl.exp(z - mx), tot).to(tl.float64)
+        cdf = tl.cumsum(pr, axis=2) + carry[:, :, None]       # float64, as torch's CPU cumsum
+        below += (cdf.to(tl.float32) <= u[:, :, None]).to(tl.int32)
+        carry += tl.sum(pr, axis=2)
+    k = tl.sum(below, axis=2)
+    if TRUNC:
+        k = tl.minimum(tl.maximum(k, lo), hi)
+    else:
+        k = tl.minimum(k, L - 1)
+    return k.to(tl.int64)
+
+
+@triton.jit
+def truncated_logistic(mean, scale, uc, lo, hi, to_unit, half_top, TOP: tl.constexpr):
+    """One channel of the truncated logistic, ``DiscretizedLogisticMixture._truncated_channel``
+    step by step (log space; through the survival function above the mean): ``[G]``
+    pixel values as float."""
+    loF = lo.to(tl.float32)
+    hiF = hi.to(tl.float32)
+    half = to_unit * 0.5                                  # 1 / top, exactly as float32
+    za = tl.where(lo == 0, NEG_INF, tl.math.div_rn(((loF * to_unit - 1.0) - half) - mean, scale))
+    zb = tl.where(hi == TOP, POS_INF, tl.math.div_rn(((hiF * to_unit - 1.0) + half) - mean, scale))
+    upper = za > 0
+    small = logsig(tl.where(upper, -zb, za))              # log of the smaller end's cdf
+    big = logsig(tl.where(upper, -za, zb))                # and of the larger's
+    ed = tl.exp(small - big)
+    lq = big + tl.log(tl.where(upper, (1.0 - uc) + uc * ed, uc + ed - uc * ed))
+    z = lq - log1mexp(lq)                                 # logit of the cdf (survival) value
+    val = mean + scale * tl.where(upper, -z, z)
+    pf = round_half_even((val + 1.0) * half_top)
+    pf = tl.where(pf != pf, loF, pf)
+    return tl.minimum(tl.maximum(pf, loF), hiF)
+
+
+@triton.jit
+def window_range(win_ptr, wc_ptr, x_ptr, plane, off, bm, k, i, jj, W, c, C: tl.constexpr, BLOCK: tl.constexpr):
+    """``[lo, hi]`` (``[G]`` int32) of channel ``c`` of pixel ``(i, j)`` by the rule of
+    ``pixelaux.consistency``. ``off`` ``[G]``: the pixel's channel-``c`` offsets in a
+    ``(B, C, H, W)`` map: the image ``x`` and each map of the packed window ``(4, B, C, H,
+    W)`` int32 (``plane = B*C*H*W``); ``k`` ``[G]``: the earlier channels' part of ``K``;
+    ``wc_ptr`` ``(2, C)`` int32: ``coef``, ``div``."""
+    if BLOCK > 1:     # K += the earlier pixels (raster order) of the cell, sampled or known already
+        n = (i % BLOCK) * BLOCK + jj % BLOCK              # the pixel's place in its cell
+        cell = off - (i % BLOCK) * W - jj % BLOCK
+        for t in range(BLOCK * BLOCK - 1):
+            m = tl.where(t < n, bm, False)                # (scalar & vector: not in the interpreter)
+            k += tl.load(x_ptr + cell + (t // BLOCK) * W + t % BLOCK, mask=m, other=0).to(tl.int32)
+    lo_base = tl.load(win_ptr + off, mask=bm, other=0)
+    hi_base = tl.load(win_ptr + plane + off, mask=bm, other=0)
+    box_lo = tl.load(win_ptr + 2 * plane + off, mask=bm, other=0)
+    box_hi = tl.load(win_ptr + 3 * plane + off, mask=bm, other=0)     # (padding rows: [0, 0])
+    d = tl.load(wc_ptr + C + c)
+    lo = tl.minimum(tl.maximum(box_lo, ceil_div(lo_base - k, d)), box_hi)
+    hi = tl.minimum(box_hi, floor_div(hi_base - k, d))
+    return lo, tl.maximum(hi, lo)
+
+
+@triton.jit
+def head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
+                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr, win_ptr, wc_ptr,
                 C: tl.constexpr, C_P: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
                 G: tl.constexpr, P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr,
-                DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
-                NSEG: tl.constexpr, NSEG_P: tl.constexpr, TOP: tl.constexpr,
-                HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
-    """The head, the sampling and the write-back for the images ``bidx`` at ``(i, j)``."""
+                DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr, TOP: tl.constexpr,
+                HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """The head, the sampling and the write-back for the images ``bidx`` at ``(i, j)``;
+    with ``HAS_WINDOW`` each channel truncated to its window (``window_range``)."""
     ch = tl.arange(0, HID_P)
     cm = ch < HID
     HW = tl.full([], 0, tl.int64) + H * W   # (P * HW overflows int32 at 2**16 levels)
@@ -185,42 +287,34 @@ def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
     uni = uni_ptr + pix_off * U                           # [G]
     cidx = tl.arange(0, C_P)
     cmask = cidx < C
+    if HAS_WINDOW:           # (window_range)
+        wplane = HW * C * B
+        woff = bidx * C * HW + i * W + jj                 # [G]: channel 0 of (b, i, j) in a (B, C, H, W) map
+        kc = tl.zeros([G], dtype=tl.int32)                # sum of coef[c'] x[c'] over the channels sampled
     if DIST == 0:
-        # categorical: C independent softmaxes over L levels, in chunks of L_B levels (both
-        # powers of two: no chunk is partial); z[g, c, l] = logit of level l0 + l of
-        # channel c of image g, divided by T. The max and the normaliser accumulate per
-        # lane over the chunks and are reduced once; only the cdf's carry is per chunk.
-        tl.static_assert(L % L_B == 0)
+        # categorical: C independent softmaxes over L levels; z[g, c, l] = logit of level
+        # l0 + l of channel c of image g, divided by T
         lb = tl.arange(0, L_B)
-        ym = (bm[:, None] & cmask[None, :])[:, :, None]
-        pidx = scr[:, None, None] + cidx[None, :, None] * L + lb[None, None, :]      # + l0
-        u = tl.load(uni[:, None] + cidx[None, :], mask=bm[:, None] & cmask[None, :], other=0.0)
-        mx = tl.full([G, C_P, L_B], NEG_INF, tl.float32)
-        for l0 in range(0, L, L_B):                       # pass 1: max of logits / T
-            mx = tl.maximum(mx, tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp))
-        mx = tl.max(mx, axis=2)[:, :, None]
-        tot = tl.zeros([G, C_P, L_B], dtype=tl.float64)
-        for l0 in range(0, L, L_B):                       # pass 2: the softmax normaliser
-            z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
-            tot += tl.exp(z - mx).to(tl.float64)
-        tot = tl.sum(tot, axis=2).to(tl.float32)[:, :, None]      # summed in float64, rounded once
-        carry = tl.zeros([G, C_P], dtype=tl.float64)
-        below = tl.zeros([G, C_P, L_B], dtype=tl.int32)
-        for l0 in range(0, L, L_B):                       # pass 3: count cdf <= u
-            z = tl.math.div_rn(tl.load(pidx + l0, mask=ym, other=0.0), temp)
-            pr = tl.math.div_rn(tl.exp(z - mx), tot).to(tl.float64)
-            cdf = tl.cumsum(pr, axis=2) + carry[:, :, None]       # float64, as torch's CPU cumsum
-            below += (cdf.to(tl.float32) <= u[:, :, None]).to(tl.int32)
-            carry += tl.sum(pr, axis=2)
-        pix = tl.minimum(tl.sum(below, axis=2), L - 1).to(tl.int64)
+        if HAS_WINDOW:       # channel by channel: a channel's range depends on the earlier ones
+            pix = tl.zeros([G, C_P], dtype=tl.int64)
+            for c in tl.static_range(C):
+                lo, hi = window_range(win_ptr, wc_ptr, x_ptr, wplane, woff + c * HW, bm, kc, i, jj, W, c, C, BLOCK)
+                uc = tl.load(uni + c, mask=bm, other=0.0)
+                pc = tl.reshape(categorical_index(scr[:, None, None] + c * L + lb[None, None, :], uc[:, None],
+                                                  bm[:, None, None], lo[:, None], hi[:, None], temp, G, 1, L, L_B,
+                                                  True), [G])
+                kc += tl.load(wc_ptr + c) * pc.to(tl.int32)
+                pix = tl.where(cidx[None, :] == c, pc[:, None], pix)
+        else:
+            ym = (bm[:, None] & cmask[None, :])[:, :, None]
+            pidx = scr[:, None, None] + cidx[None, :, None] * L + lb[None, None, :]
+            u = tl.load(uni[:, None] + cidx[None, :], mask=bm[:, None] & cmask[None, :], other=0.0)
+            pix = categorical_index(pidx, u, ym, 0, 0, temp, G, C_P, L, L_B, False)
     else:
-        # discretized logistic mixture: y[g, seg, m] = parameter seg*L + m, segments
+        # discretized logistic mixture: parameter seg*L + m of the scratch rows, segments
         # [logits, means (C), log-scales (C), coeffs (C(C-1)/2)], L = nr_mix
         mi = tl.arange(0, L_B)
-        sg = tl.arange(0, NSEG_P)
         lm = mi < L
-        ym = bm[:, None, None] & (sg < NSEG)[None, :, None] & lm[None, None, :]
-        y = tl.load(scr[:, None, None] + sg[None, :, None] * L + mi[None, None, :], mask=ym, other=0.0)
         logits = tl.load(scr[:, None] + mi[None, :], mask=bm[:, None] & lm[None, :], other=0.0)
         z = tl.where(lm[None, :], tl.math.div_rn(logits, temp), NEG_INF)
         pr = tl.exp(z - tl.max(z, axis=1)[:, None])
@@ -229,17 +323,17 @@ def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
         cdf = tl.cumsum(pr, axis=1)
         u0 = tl.load(uni, mask=bm, other=0.0)
         comp = tl.minimum(tl.sum(tl.where(lm[None, :] & (cdf <= u0[:, None]), 1, 0), axis=1), L - 1)
-        # every segment at the chosen component
-        picked = tl.sum(tl.where(mi[None, None, :] == comp[:, None, None], y, 0.0), axis=2)   # [G, NSEG_P]
+        # the segments at the chosen component: gathered, [G] (one image per lane, not all
+        # of them in every thread's registers as reductions of a [G, segments, L] tile are)
         xs = tl.zeros([G, C_P], dtype=tl.float32)         # the rounded channels in [-1, 1]
         pix = tl.zeros([G, C_P], dtype=tl.int64)
         for c in tl.static_range(C):
-            mean = tl.sum(tl.where(sg[None, :] == 1 + c, picked, 0.0), axis=1)
-            log_s = tl.maximum(tl.sum(tl.where(sg[None, :] == 1 + C + c, picked, 0.0), axis=1),
+            mean = tl.load(scr + (1 + c) * L + comp, mask=bm, other=0.0)
+            log_s = tl.maximum(tl.load(scr + (1 + C + c) * L + comp, mask=bm, other=0.0),
                                LOG_SCALE_MIN, propagate_nan=tl.PropagateNan.ALL)
             for cp in tl.static_range(c):
                 pair = c * (c - 1) // 2 + cp
-                co = tl.sum(tl.where(sg[None, :] == 1 + 2 * C + pair, picked, 0.0), axis=1)
+                co = tl.load(scr + (1 + 2 * C + pair) * L + comp, mask=bm, other=0.0)
                 mean = mean + tanh(co) * tl.sum(tl.where(cidx[None, :] == cp, xs, 0.0), axis=1)
             uc = tl.load(uni + 1 + c, mask=bm, other=0.5)
             uc = tl.minimum(tl.maximum(uc, U_EPS), 1.0 - U_EPS)
@@ -247,6 +341,11 @@ def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
             pf = round_half_even((val + 1.0) * half_top)
             pf = tl.minimum(tl.maximum(pf, 0.0), TOP * 1.0)
             pf = tl.where(val != val, 0.0, pf)             # nan_to_num
+            if HAS_WINDOW:   # a range short of [0, top]: truncated (a full one keeps the above, as the Python)
+                lo, hi = window_range(win_ptr, wc_ptr, x_ptr, wplane, woff + c * HW, bm, kc, i, jj, W, c, C, BLOCK)
+                cut = truncated_logistic(mean, tl.exp(log_s) * temp, uc, lo, hi, to_unit, half_top, TOP)
+                pf = tl.where((lo == 0) & (hi == TOP), pf, cut)
+                kc += tl.load(wc_ptr + c) * pf.to(tl.int32)
             xs = tl.where(cidx[None, :] == c, pf[:, None] * to_unit - 1.0, xs)
             pix = tl.where(cidx[None, :] == c, pf.to(tl.int64)[:, None], pix)
     # -- known pixels override; write the pixel --------------------------------------
@@ -259,7 +358,7 @@ def head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
 
 
 @triton.jit(do_not_specialize=["j"])
-def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
+def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, win_ptr, wc_ptr, row_ptr, temp_ptr, j,
                        NB, B, H, W, L_IN, half_top, to_unit,
                        ulwin_ptr, row0_ptr, rowbias_ptr, h2_ptr,
                        w_h_ptr, b_h_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wh_ptr, bh_ptr,
@@ -267,8 +366,8 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
                        HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr, T0_B: tl.constexpr,
                        BK1: tl.constexpr, BK2: tl.constexpr, P: tl.constexpr, PB: tl.constexpr,
                        U: tl.constexpr, DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
-                       NSEG: tl.constexpr, NSEG_P: tl.constexpr, TOP: tl.constexpr,
-                       HAS_COND: tl.constexpr, HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
+                       TOP: tl.constexpr, HAS_COND: tl.constexpr, HAS_KNOWN: tl.constexpr,
+                       RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr):
     """The whole pixel for ``G`` images per program (the fused plan)."""
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
     bm = bidx < B
@@ -307,9 +406,10 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
         ca, cb = tl.split(tl.reshape(c2, [G, HID_P, 2]))      # gate halves
         ul = ul + ca * tl.sigmoid(cb)
         ul = tl.where(cm[None, :], ul, 0.0)
-    head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
-                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr,
-                C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, NSEG, NSEG_P, TOP, HAS_KNOWN, RETURN_PARAMS)
+    head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
+                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr, win_ptr, wc_ptr,
+                C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, TOP, HAS_KNOWN, RETURN_PARAMS,
+                HAS_WINDOW, BLOCK)
 
 
 @triton.jit(do_not_specialize=["j", "blk"])
@@ -377,14 +477,14 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
 
 
 @triton.jit(do_not_specialize=["j"])
-def pixel_head_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
+def pixel_head_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, win_ptr, wc_ptr, row_ptr, temp_ptr, j,
                       B, H, W, L_IN, half_top, to_unit, row0_ptr, ulcur_ptr, w_h_ptr, b_h_ptr, wh_ptr, bh_ptr,
                       FIRST: tl.constexpr, C: tl.constexpr, C_P: tl.constexpr, E: tl.constexpr,
                       KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr,
                       T0_B: tl.constexpr,
                       P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr, DIST: tl.constexpr,
-                      L: tl.constexpr, L_B: tl.constexpr, NSEG: tl.constexpr, NSEG_P: tl.constexpr,
-                      TOP: tl.constexpr, HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
+                      L: tl.constexpr, L_B: tl.constexpr, TOP: tl.constexpr, HAS_KNOWN: tl.constexpr,
+                      RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr):
     """Head, sampling and write-back (the split plan's last launch of a pixel); with
     ``FIRST`` (no blocks) it computes the first layer itself."""
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
@@ -399,9 +499,10 @@ def pixel_head_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, 
     else:
         ul = tl.load(ulcur_ptr + bidx[:, None] * HID + ch[None, :],
                      mask=bm[:, None] & (ch < HID)[None, :], other=0.0)
-    head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
-                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr,
-                C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, NSEG, NSEG_P, TOP, HAS_KNOWN, RETURN_PARAMS)
+    head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
+                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr, win_ptr, wc_ptr,
+                C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, TOP, HAS_KNOWN, RETURN_PARAMS,
+                HAS_WINDOW, BLOCK)
 
 
 # -- launcher -------------------------------------------------------------------------
@@ -438,11 +539,20 @@ def _meta(buf) -> dict:
     hid_p = pl.hid_p
     c_p = p2(buf.C)
     l_b, pb = sampling_chunks(buf.DIST, buf.L, c_p, buf.P, hid_p)
-    nseg_p = 1 if buf.DIST == 0 else p2(buf.NSEG)
     ot = pl.pixel_tile
     bk = lambda out_t: max(16, min(2 * hid_p, 4096 // out_t))
     return dict(C_P=c_p, HID_P=hid_p, G=pl.group, T0_B=max(16, min(p2(buf.KH * buf.CIN), 4096 // hid_p)),
-                BK1=bk(ot), BK2=bk(2 * ot), PB=pb, L_B=l_b, NSEG_P=nseg_p, OT=ot)
+                BK1=bk(ot), BK2=bk(2 * ot), PB=pb, L_B=l_b, OT=ot)
+
+
+def window_meta(window) -> dict:
+    """The constexprs of ``head_sample`` for a ``WindowBuffer`` (``cached_triton``) or None."""
+    return dict(HAS_WINDOW=window is not None, BLOCK=window.block if window is not None else 1)
+
+
+def window_args(window, dummy) -> tuple:
+    """The window's two pointer arguments: the packed maps and ``(coef, div)``."""
+    return (window.packed, window.consts) if window is not None else (dummy, dummy)
 
 
 def launch_pixel_step(buf, j: int):
@@ -454,15 +564,16 @@ def launch_pixel_step(buf, j: int):
     groups = triton.cdiv(buf.B, pl.group)
     common = dict(C=buf.C, E=buf.E, KH=buf.KH, HID=buf.HID, HID_P=z["HID_P"], G=z["G"], T0_B=z["T0_B"])
     samp = dict(C_P=z["C_P"], P=buf.P, PB=z["PB"], U=buf.U, DIST=buf.DIST, L=buf.L, L_B=z["L_B"],
-                NSEG=buf.NSEG, NSEG_P=z["NSEG_P"], TOP=buf.top, HAS_KNOWN=buf.known is not None,
-                RETURN_PARAMS=buf.params is not None)
+                TOP=buf.top, HAS_KNOWN=buf.known is not None,
+                RETURN_PARAMS=buf.params is not None, **window_meta(buf.window))
+    win, wc = window_args(buf.window, d)
     known = buf.known if buf.known is not None else d
     params = buf.params if buf.params is not None else d
     h2 = buf.ul_h2 if buf.has_cond else d
     opts = dict(num_warps=pl.pixel_warps, enable_fp_fusion=buf.fp_fusion)
     if pl.fused:
         pixel_fused_kernel[(groups,)](
-            buf.x, buf.table, known, buf.uniforms, params, buf.pscr, buf.row, buf.temp, j,
+            buf.x, buf.table, known, buf.uniforms, params, buf.pscr, win, wc, buf.row, buf.temp, j,
             buf.NB, buf.B, buf.H, buf.W, buf.L_IN, buf.top / 2.0, 2.0 / buf.top,
             buf.ul_win, buf.ul_row0, buf.ul_rowbias, h2,
             buf.w_h0, buf.b_h0, buf.w_ul1, buf.b_ul1, buf.w_ul2, buf.b_ul2, buf.w_head, buf.b_head,
@@ -478,7 +589,7 @@ def launch_pixel_step(buf, j: int):
                 STAGE=stage, FIRST=(k == 0 and stage == 1), OT=z["OT"], BK1=z["BK1"], BK2=z["BK2"],
                 HAS_COND=buf.has_cond, **common, **opts)
     pixel_head_kernel[(groups,)](
-        buf.x, buf.table, known, buf.uniforms, params, buf.pscr, buf.row, buf.temp, j,
+        buf.x, buf.table, known, buf.uniforms, params, buf.pscr, win, wc, buf.row, buf.temp, j,
         buf.B, buf.H, buf.W, buf.L_IN, buf.top / 2.0, 2.0 / buf.top, buf.ul_row0, buf.ul_cur,
         buf.w_h0, buf.b_h0, buf.w_head, buf.b_head, FIRST=buf.NB == 0, **common, **samp, **opts)
 
@@ -522,7 +633,8 @@ def pixel_step_reference(buf, j: int):
     params = m.head(F.elu(ul)[:, :, None, None])[:, :, 0, 0]
     if buf.params is not None:
         buf.params[:, :, i, j] = params
-    pix = buf.dist.sample_flat(params, buf.uniforms[:, i, j], buf.temperature)
+    bounds = None if buf.window is None else buf.window.window().bounds_at(buf.x, i, j)
+    pix = buf.dist.sample_flat(params, buf.uniforms[:, i, j], buf.temperature, bounds)
     if buf.known is not None:
         pix = torch.where(buf.known[:, i, j, None] != 0, buf.x[:, :, i, j], pix)
     buf.x[:, :, i, j] = pix

@@ -24,8 +24,9 @@ from the device counter, the column an argument (not specialised on).
   shared uniforms with the arithmetic of ``pixelaux.distributions.sample_flat``
   (categorical: inverse CDF of ``softmax(logits / T)``; logistic mixture: the
   component by the same inverse CDF, the coupled means, the logistic inverse CDF,
-  rounding half to even onto the bin grid, clamping, NaN -> 0), known pixels and
-  the write-back into the integer image.
+  rounding half to even onto the bin grid, clamping, NaN -> 0; with a window, each
+  channel truncated to the range of consistent decoding: ``pixel_step.head_sample``),
+  known pixels and the write-back into the integer image.
 
 Float policy (as ``kernels/pixel_step.py``): launches pass ``enable_fp_fusion=False``;
 the sampling divides with ``tl.math.div_rn``; ``max(log_s, -7)`` propagates NaN.
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .pixel_step import head_sample, sampling_chunks
+from .pixel_step import head_sample, sampling_chunks, window_args, window_meta
 from .pp_row import _act_dot, _image, _p2, concat_elu_halves, conv_acc, image_conv
 
 GROUP = 16                             # images per program (the M of every pixel dot)
@@ -171,22 +172,23 @@ def pixel_deconv_kernel(row_ptr, q, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_pt
 
 
 @triton.jit(do_not_specialize=["j"])
-def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, row_ptr, temp_ptr, j,
+def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, win_ptr, wc_ptr, row_ptr, temp_ptr, j,
                       B, H, W, half_top, to_unit, in_ptr, NS_IN, wh_ptr, bh_ptr,
                       C: tl.constexpr, C_P: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
                       G: tl.constexpr, P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr,
-                      DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
-                      NSEG: tl.constexpr, NSEG_P: tl.constexpr, TOP: tl.constexpr,
-                      HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr):
+                      DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr, TOP: tl.constexpr,
+                      HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                      BLOCK: tl.constexpr):
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
     bm = bidx < B
     i = tl.load(row_ptr).to(tl.int64)
     temp = tl.load(temp_ptr)
     jj = tl.full([], 0, tl.int64) + j
     ul = _load_val(in_ptr, bidx, bm, i % NS_IN, NS_IN, W, jj, HID, HID_P)
-    head_sample(ul, bidx, bm, i, jj, H, W, temp, half_top, to_unit,
-                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr,
-                C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, NSEG, NSEG_P, TOP, HAS_KNOWN, RETURN_PARAMS)
+    head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
+                x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr, win_ptr, wc_ptr,
+                C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, TOP, HAS_KNOWN, RETURN_PARAMS,
+                HAS_WINDOW, BLOCK)
 
 
 # -- launchers ------------------------------------------------------------------------
@@ -261,29 +263,26 @@ def head_meta(dist, channels: int, hidden: int) -> dict:
     c_p = _p2(channels)
     hid_p = max(16, _p2(hidden))
     P = dist.num_params
-    if type(dist).__name__ == "Categorical":
-        L, nseg, d, nseg_p = dist.levels, dist.channels, 0, 1
-    else:
-        L, d = dist.nr_mix, 1
-        nseg = 1 + 2 * channels + channels * (channels - 1) // 2
-        nseg_p = _p2(nseg)
+    L, d = (dist.levels, 0) if type(dist).__name__ == "Categorical" else (dist.nr_mix, 1)
     l_b, pb = sampling_chunks(d, L, c_p, P, hid_p)
     return dict(C=channels, C_P=c_p, HID=hidden, HID_P=hid_p, G=GROUP, P=P, PB=pb, U=dist.num_uniforms,
-                DIST=d, L=L, L_B=l_b, NSEG=nseg, NSEG_P=nseg_p, TOP=2 ** dist.bits - 1)
+                DIST=d, L=L, L_B=l_b, TOP=2 ** dist.bits - 1)
 
 
-def launch_pixel_head(x, known, uniforms, params, pscr, row, temp, j, inp, wh, bh, dist, fp_fusion=False):
+def launch_pixel_head(x, known, uniforms, params, pscr, row, temp, j, inp, wh, bh, dist, window=None,
+                      fp_fusion=False):
     """Head, sampling and write-back at ``(i, j)``: ``inp`` ``(B, NS, W, HID)`` the final
     ``ul``; ``wh`` ``(HID, P)``; ``known`` ``(B, H, W)`` int8 or None; ``params``
-    ``(B, P, H, W)`` or None; ``pscr`` ``(B, P)`` scratch; ``temp`` ``(1,)``."""
+    ``(B, P, H, W)`` or None; ``pscr`` ``(B, P)`` scratch; ``temp`` ``(1,)``; ``window`` a
+    ``cached_triton.WindowBuffer`` (consistent decoding) or None."""
     b, c, h, w = x.shape
     meta = head_meta(dist, c, inp.shape[-1])
     top = meta["TOP"]
     d = pscr
     pixel_head_kernel[_groups(b)](
         x, known if known is not None else d, uniforms, params if params is not None else d, pscr,
-        row, temp, j, b, h, w, top / 2.0, 2.0 / top, inp, inp.shape[1], wh, bh,
-        HAS_KNOWN=known is not None, RETURN_PARAMS=params is not None, **meta,
+        *window_args(window, d), row, temp, j, b, h, w, top / 2.0, 2.0 / top, inp, inp.shape[1], wh, bh,
+        HAS_KNOWN=known is not None, RETURN_PARAMS=params is not None, **window_meta(window), **meta,
         enable_fp_fusion=fp_fusion)
 
 
@@ -349,13 +348,15 @@ def pixel_deconv_reference(row, q, inp, w, b, out, shift, fp_fusion=False):
 
 
 @torch.no_grad()
-def pixel_head_reference(x, known, uniforms, params, pscr, row, temp, j, inp, wh, bh, dist, fp_fusion=False):
+def pixel_head_reference(x, known, uniforms, params, pscr, row, temp, j, inp, wh, bh, dist, window=None,
+                         fp_fusion=False):
     i = int(row[0])
     y = F.elu(inp[:, i % inp.shape[1], j]) @ wh + bh
     pscr.copy_(y)
     if params is not None:
         params[:, :, i, j] = y
-    pix = dist.sample_flat(y, uniforms[:, i, j], float(temp[0]))
+    bounds = None if window is None else window.window().bounds_at(x, i, j)
+    pix = dist.sample_flat(y, uniforms[:, i, j], float(temp[0]), bounds)
     if known is not None:
         pix = torch.where(known[:, i, j, None] != 0, x[:, :, i, j], pix)
     x[:, :, i, j] = pix

@@ -1,4 +1,4 @@
-"""Consistent decoding (pixelaux.consistency, docs/design.md section 1.4): the ranges, the
+"""Consistent decoding (pixelaux.consistency, docs/design.md section 1.8): the ranges, the
 truncated distributions, and every engine sampling them, against the naive reference."""
 import importlib.util
 import itertools
@@ -159,9 +159,15 @@ def _stage(family, cfg, seed=0):
     return random_pp(seed=seed, **cfg) if family == "pp" else random_gated(seed=seed, **cfg)
 
 
-@pytest.mark.parametrize("backend", _backends())
-@pytest.mark.parametrize("case", range(len(STAGE_CASES)))
-@pytest.mark.parametrize("with_known", [False, True])
+#: every case for the CPU backends; under Triton's interpreter (3-11 s a case) one of each
+#: family and distribution, with known pixels, the rest of its window logic being shared
+#: with those (``head_sample``) and covered by the two Triton tests below
+TRITON_CASES = (0, 2, 3, 4)
+ENGINE_CASES = [(b, c, k) for b in _backends() for c in range(len(STAGE_CASES)) for k in (False, True)
+                if b != "triton" or (c in TRITON_CASES and k)]
+
+
+@pytest.mark.parametrize("backend,case,with_known", ENGINE_CASES)
 def test_every_engine_samples_the_window_as_naive_and_inside_it(backend, case, with_known):
     family, cfg, kind = STAGE_CASES[case]
     model = _stage(family, cfg, seed=case)
@@ -188,3 +194,95 @@ def test_every_engine_samples_the_window_as_naive_and_inside_it(backend, case, w
             assert torch.equal(avg_pool_round(img, 2), avg_pool_round(x0, 2))
         if known is not None:
             assert torch.equal(img[known[:, None].expand_as(img)], x0[known[:, None].expand_as(img)])
+
+
+@pytest.mark.skipif(not engines.cpp_status()[0], reason="the C++ extension is not built")
+@pytest.mark.parametrize("family", ["gated", "pp"])
+def test_cpp_thread_modes_sample_the_window_as_one_thread(family, monkeypatch):
+    """Every thread split of the C++ engines (1 images over threads, 2 a team over the
+    channels and the pixels, 3 a team over the row starts) reads a block's earlier pixels
+    as they are when a pixel samples its pool window: the images of one thread, bitwise."""
+    from pixelaux.engines import cached_cpp, cached_cpp_pp
+    from pixelaux.resources import num_threads
+    monkeypatch.setenv("PIXELAUX_TEAM_GIVE_UP", "0")      # a busy machine must not shrink the team
+    cfg = dict(channels=3, bits=5, hidden=32, blocks=1, nr_mix=2)  # two panels of hidden channels: teams of 2
+    model = _stage(family, dict(cfg, scales=2) if family == "pp" else cfg, seed=3)
+    run = cached_cpp_pp.run if family == "pp" else cached_cpp.run
+    b, h, w = 2, 8, 8
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randint(0, 2 ** model.bits, (b, model.channels, h, w), generator=g)
+    known = torch.rand(b, h, w, generator=g) < 0.3
+    window = stage_window(model, "pool", x0, known)
+    u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
+    x = torch.where(known[:, None], x0, 0)
+    ref = run(model, x, known, None, u, 1.0, mode=0, window=window)
+    assert torch.equal(avg_pool_round(ref, 2), avg_pool_round(x0, 2))
+    with num_threads(2):
+        for mode in (1, 2, 3):
+            assert torch.equal(run(model, x, known, None, u, 1.0, mode=mode, window=window), ref), f"mode {mode}"
+
+
+needs_triton = pytest.mark.skipif("triton" not in _backends(), reason="triton (or its interpreter) not available")
+
+
+@needs_triton
+def test_triton_references_sample_the_window_as_naive():
+    """The kernels' PyTorch references (``pixel_step_reference``, ``pixel_head_reference``)
+    on the engines' buffers: a window with known pixels, both families."""
+    from pixelaux.engines import cached_triton, cached_triton_pp
+    K = cached_triton.load_kernels()
+    for family, cfg, kind in (STAGE_CASES[1], STAGE_CASES[3]):
+        model = _stage(family, cfg, seed=1)
+        b, h, w = 2, 4, 4
+        g = torch.Generator().manual_seed(20)
+        x0 = torch.randint(0, 2 ** model.bits, (b, model.channels, h, w), generator=g)
+        known = torch.rand(b, h, w, generator=g) < 0.3
+        window = stage_window(model, kind, x0, known)
+        cond = torch.randn(b, model.cond_channels, h, w, generator=g) if model.cond_channels else None
+        u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
+        x = torch.where(known[:, None], x0, 0)
+        if family == "pp":
+            got, params = cached_triton_pp.run(model, x, known, cond, u, 1.0, return_params=True, reference=True,
+                                               window=window)
+        else:
+            buf = K.CachedBuffers(model, x, known, cond, u, 1.0, return_params=True, window=window)
+            for _ in range(h):
+                K.row_step_reference(buf)
+                for j in range(w):
+                    K.pixel_step_reference(buf, j)
+                buf.row += 1
+            got, params = buf.x, buf.params
+        ref = naive.run(model, x, known, cond, u, 1.0, window=window)
+        assert_same_images(model, cond, u, 1.0, ref, got, params, name=f"{family} references", window=window)
+        lo, hi = window.ranges(got)
+        assert ((got >= lo) & (got <= hi)).all()
+
+
+@needs_triton
+def test_triton_window_refilled_per_call_in_the_split_plan():
+    """A categorical RGB stage under gray windows (channels coupled by the luma weights) in
+    the split plan: the cached buffers serve a second window (refilled in place), not a
+    call without a window or with another block size (each a new entry)."""
+    from pixelaux.engines import cached_triton
+    K = cached_triton.load_kernels()
+    model = _stage("gated", dict(channels=3, bits=3, hidden=20, blocks=1, dist="categorical"), seed=2)
+    b, h, w = 2, 2, 4
+    plan = K.choose_plan(b, model.hidden, w, override="pixel_tile=16")
+    assert not plan.fused
+    g = torch.Generator().manual_seed(21)
+    u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
+    x = torch.zeros(b, 3, h, w, dtype=torch.long)
+    cached_triton.clear_cache()
+    builds0 = cached_triton.RUNS.builds
+    windows = [gray_window(to_gray(x0, 3, 2), 3, 3, 2) for x0 in (torch.randint(0, 8, x.shape, generator=g)
+                                                                  for _ in range(2))]
+    windows += [None, pool_window(avg_pool_round(torch.randint(0, 8, x.shape, generator=g), 2), 2, 3)]
+    for window, builds in zip(windows, (1, 1, 2, 3)):
+        got, params = cached_triton.run(model, x, None, None, u, 1.0, return_params=True, plan=plan, window=window)
+        assert cached_triton.RUNS.builds == builds0 + builds and len(cached_triton.RUNS) == builds
+        ref = naive.run(model, x, None, None, u, 1.0, window=window)
+        assert_same_images(model, None, u, 1.0, ref, got, params, name="triton split", window=window)
+        if window is not None:
+            lo, hi = window.ranges(got)
+            assert ((got >= lo) & (got <= hi)).all()
+    cached_triton.clear_cache()

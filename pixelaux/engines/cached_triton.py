@@ -39,10 +39,15 @@ Where it runs: CUDA tensors with triton installed; CPU tensors only under Triton
 interpreter (``TRITON_INTERPRET=1`` set before the kernels are first imported), which
 is how the tests run it, slowly, on tiny shapes.
 
+**Consistent decoding** (``window``, a ``pixelaux.consistency.Window``): the sampling
+truncates each channel to the range the window's rule gives (``head_sample``); the
+window is loaded into a ``WindowBuffer`` in place per call like the other inputs, and
+the cache key says whether there is one (and its ``block``, a constexpr).
+
 Helpers meant for other Triton engines (e.g. a PixelCNN++ backend): ``triton_error``,
 ``interpreter_enabled``, ``device_status``, ``RunCache`` / ``weights_version``,
-``capture_cuda_graph``, ``RowProgress`` and ``true_fp32`` (TF32 off: the prefill's
-conditioning convolutions and every exactness reference run inside it).
+``capture_cuda_graph``, ``RowProgress``, ``WindowBuffer`` and ``true_fp32`` (TF32 off:
+the prefill's conditioning convolutions and every exactness reference run inside it).
 
 UNTESTED ON HARDWARE (no GPU was available when this was written): everything under
 ``x.device.type == "cuda"`` below (the graph capture and replay, the device guard),
@@ -66,6 +71,7 @@ from pathlib import Path
 
 import torch
 
+from ..consistency import Window
 from ..distributions import _check_temperature
 from ..weight_norm import folded
 from .progress import pixel_progress
@@ -257,6 +263,34 @@ def clear_cache():
     RUNS.clear()
 
 
+class WindowBuffer:
+    """A ``pixelaux.consistency.Window`` as the kernels read it, on the device and refilled
+    in place per call (a captured graph holds the addresses): ``packed`` ``(4, B, C, H, W)``
+    int32 (``Window.packed``), ``consts`` ``(2, C)`` int32 (``coef``, ``div``); ``block``
+    is a constexpr of the kernels (part of a run cache's key)."""
+
+    def __init__(self, window: Window, shape, device):
+        self.block = window.block
+        self.packed = torch.empty((4, *shape), dtype=torch.int32, device=device)
+        self.consts = torch.empty(2, shape[1], dtype=torch.int32, device=device)
+        self.fill(window)
+
+    def fill(self, window: Window):
+        c = self.consts.shape[1]
+        if (tuple(window.lo_base.shape) != tuple(self.packed.shape[1:]) or window.block != self.block
+                or len(window.coef) != c or len(window.div) != c or min(window.div) < 1):
+            raise ValueError(f"window: maps {tuple(window.lo_base.shape)}, {len(window.coef)} coefs, divisors "
+                             f"{window.div}, block {window.block} do not fit images {tuple(self.packed.shape[1:])}"
+                             f" (block {self.block}, divisors >= 1)")
+        self.packed.copy_(window.packed())
+        self.consts.copy_(torch.tensor([window.coef, window.div], dtype=torch.int32))
+
+    def window(self) -> Window:
+        """The ``Window`` back, on the device (the kernels' PyTorch references sample with it)."""
+        coef, div = self.consts.tolist()
+        return Window(*self.packed.long(), tuple(coef), tuple(div), self.block)
+
+
 class RowProgress:
     """Counts rows on a progress bar as they *finish*: on CUDA an event is recorded
     after each row's launches and the bar moves when it completes (polled while
@@ -322,27 +356,29 @@ def _sample_rows(K, run_or_buf, bar, capture=None, track=None):
     return run
 
 
-def _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan):
+def _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan, window=None):
     """The cached buffers (and graph) for this call, filled with its inputs."""
     key = (str(x.device), tuple(x.shape), known is not None,
            cond is not None and len(model.u_blocks) > 0 and model.u_blocks[0].cond_c1 is not None,
-           bool(return_params), plan.key() if plan is not None else None, FP_FUSION)
+           bool(return_params), plan.key() if plan is not None else None, FP_FUSION,
+           None if window is None else window.block)
     fresh = []
 
     def build():
         fresh.append(True)
         return _Run(K.CachedBuffers(model, x, known, cond, uniforms, temperature, return_params,
-                                    plan=plan, fp_fusion=FP_FUSION))
+                                    plan=plan, fp_fusion=FP_FUSION, window=window))
 
     run = RUNS.get(model, key, build)
     if not fresh:
-        run.buf.fill(x, known, cond, uniforms, temperature)
+        run.buf.fill(x, known, cond, uniforms, temperature, window)
     return run
 
 
 @torch.no_grad()
 @folded()   # weight-normed weights computed once per call (weight_norm.py)
-def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, plan=None):
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, plan=None,
+        window=None):
     """Sample the unknown pixels of ``x`` in raster order with the Triton kernels.
 
     Same contract as ``cached_torch.run``: model ``GatedPixelCNN`` (eval mode, on
@@ -352,6 +388,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     uniforms ``(B, H, W, U)`` float32. Returns the completed ``x`` (a new tensor), or
     ``(x, params)`` with ``params`` ``(B, P, H, W)`` when ``return_params``.
     ``plan``: a ``kernels.layout.Plan`` (default: ``choose_plan`` for the batch).
+    ``window``: a ``pixelaux.consistency.Window`` of ``x``'s shape (consistent decoding) or None.
     Raises ``RuntimeError`` when the backend cannot run here (see ``status``).
     """
     ok, why = status(x.device)
@@ -366,7 +403,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
         return (out, params) if return_params else out
     cuda = x.device.type == "cuda"
     with torch.cuda.device(x.device) if cuda else _nullcontext():
-        entry = _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan)
+        entry = _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan, window)
         buf = entry.buf
         with pixel_progress(h * w, progress, "cached[triton]") as bar:
             track = RowProgress(bar, w, cuda=cuda and progress)
@@ -385,7 +422,7 @@ class _nullcontext:
 
 
 @torch.no_grad()
-def tie_report(model, uniforms, temperature, ref, params_ref, got, params_got, tol: float = 1e-4):
+def tie_report(model, uniforms, temperature, ref, params_ref, got, params_got, tol: float = 1e-4, window=None):
     """Tie-explained comparison of two engines' images (docs/design.md section 2.7).
 
     ``ref``/``got``: ``(B, C, H, W)`` images of a reference engine (``naive`` or
@@ -405,6 +442,10 @@ def tie_report(model, uniforms, temperature, ref, params_ref, got, params_got, t
       ``log`` and tree-ordered sums differ from torch's in the last bits), and where
       its parameters sit on a bin boundary that lands its pixel on the other side:
       a tie of the sampling, not a failure.
+
+    ``window``: the ``pixelaux.consistency.Window`` both engines sampled with (consistent
+    decoding); each engine's pixel is then replayed with the bounds its own earlier
+    pixels leave (``Window.bounds_at`` on its own image).
 
     Returns ``(ok, fraction of pixels equal, lines)``: one line per differing image."""
     if params_ref is None or params_got is None:
@@ -428,8 +469,10 @@ def tie_report(model, uniforms, temperature, ref, params_ref, got, params_got, t
         err = (pa - pb).abs().max().item() / scale
         want_a, want_b = ref[k, :, i, j].to(dev), got[k, :, i, j].to(dev)
         # the reference's own sampling call at this pixel: its whole batch
-        own_a = torch.equal(dist.sample_flat(params_ref[:, :, i, j], u_all, temperature)[k], want_a)
-        own_b = _reached(dist, pb, u_all[k:k + 1], temperature, want_b, tol * scale)
+        bounds = None if window is None else window.to(dev).bounds_at(ref.to(dev), i, j)
+        own_a = torch.equal(dist.sample_flat(params_ref[:, :, i, j], u_all, temperature, bounds)[k], want_a)
+        own_b = _reached(dist, pb, u_all[k:k + 1], temperature, want_b, tol * scale,
+                         None if window is None else (window.to(dev), got.to(dev), k, i, j))
         tie = err <= tol and own_a and own_b is not None
         ok &= tie
         if tie:
@@ -447,15 +490,22 @@ def tie_report(model, uniforms, temperature, ref, params_ref, got, params_got, t
     return ok, equal, lines
 
 
-def _reached(dist, p, u, temperature, want, step):
+def _reached(dist, p, u, temperature, want, step, at=None):
     """``"exact"`` when ``sample_flat(p, u)`` is ``want``, ``"boundary"`` when it is with
-    one parameter of ``p`` ``(1, P)`` moved by ``step`` either way, else ``None``."""
-    if torch.equal(dist.sample_flat(p, u, temperature)[0], want):
+    one parameter of ``p`` ``(1, P)`` moved by ``step`` either way, else ``None``. ``at``:
+    ``(window, image, k, i, j)``, sampling truncated as image ``k`` at ``(i, j)`` was."""
+    def bounds(rows):
+        if at is None:
+            return None
+        window, img, k, i, j = at
+        return window[[k] * rows].bounds_at(img[[k] * rows], i, j)
+
+    if torch.equal(dist.sample_flat(p, u, temperature, bounds(1))[0], want):
         return "exact"
     n = p.shape[1]
     moved = p.repeat(2 * n, 1)
     idx = torch.arange(n, device=p.device)
     moved[idx, idx] += step
     moved[n + idx, idx] -= step
-    pix = dist.sample_flat(moved, u.expand(2 * n, -1), temperature)
+    pix = dist.sample_flat(moved, u.expand(2 * n, -1), temperature, bounds(2 * n))
     return "boundary" if bool((pix == want).all(1).any()) else None

@@ -8,8 +8,9 @@ row and every block of a pixel a Triton kernel (``kernels/pp_row.py``,
 (model, batch, size, options) and kept with the row graphs in the engine's run cache
 (``cached_triton.RUNS``, shared with the gated engine: model identity and weight
 versions, LRU): a later call with the same key loads its inputs in place
-(``PPBuffers.fill``: image, known mask, uniforms, temperature, the conditioning terms;
-every state buffer zeroed) and replays the captured graphs, no capture and no
+(``PPBuffers.fill``: image, known mask, uniforms, temperature, the consistent-decoding
+window (whether there is one is part of the key), the conditioning terms; every state
+buffer zeroed) and replays the captured graphs, no capture and no
 allocation. Scale ``s`` has width ``W_s = W >> s``. A *value* (a tensor some 2-row conv
 reads) is ``(B, NS, W_s, F)``, row ``r`` of that scale in slot ``r % NS``; the convs
 apply ``concat_elu`` on load, so one buffer is at once a conv window, the residual
@@ -30,7 +31,8 @@ input, the skip input of the down pass and the input of a stride-2 conv. Per sca
 * the image ``x`` ``(B, C, H, W)`` int64 and the input table ``(C, 2**bits, E)``
   (``PixelInput.table``: the kernels read the model's input straight from the image
   through it, scaled and token inputs alike), ``row`` ``(1,)`` int32 the row counter,
-  ``temp`` ``(1,)``, ``pscr`` ``(B, P)``, ``params`` ``(B, P, H, W)`` with ``return_params``;
+  ``temp`` ``(1,)``, ``pscr`` ``(B, P)``, ``params`` ``(B, P, H, W)`` with ``return_params``,
+  ``window`` (a ``WindowBuffer``) with a window;
 * conditioning (computed once per image, the prefill, in true float32: ``true_fp32``,
   TF32 off): per scale and block the two terms of ``cond_terms`` at that scale,
   ``(B, H_s, W_s, F)`` / ``(B, H_s, W_s, 2F)``.
@@ -94,7 +96,7 @@ import torch
 
 from ..distributions import _check_temperature
 from ..weight_norm import folded
-from .cached_triton import RUNS, load_kernels, status, true_fp32
+from .cached_triton import RUNS, WindowBuffer, load_kernels, status, true_fp32
 from .progress import pixel_progress
 
 USE_CUDA_GRAPHS = os.environ.get("PIXELAUX_TRITON_GRAPHS", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -164,7 +166,8 @@ class PPBuffers:
     """Everything the kernels of one sampling run of a ``PixelCNNpp`` read and write, and
     the launch lists of a row (``row_ops``) and a pixel (``pixel_ops``)."""
 
-    def __init__(self, model, x, known, cond, uniforms, temperature, return_params=False, fp_fusion=False):
+    def __init__(self, model, x, known, cond, uniforms, temperature, return_params=False, fp_fusion=False,
+                 window=None):
         b, c, h, w = x.shape
         dev = x.device
         m = self.model = model
@@ -176,6 +179,7 @@ class PPBuffers:
         self.table = m.input.table(dev)           # (C, 2**bits, E): the input encoding
         self.x = x.clone().contiguous()
         self.known = None if known is None else known.to(device=dev, dtype=torch.int8).contiguous()
+        self.window = None if window is None else WindowBuffer(window, x.shape, dev)
         self.uniforms = uniforms.to(device=dev, dtype=torch.float32).contiguous()
         self.row = torch.zeros(1, dtype=torch.int32, device=dev)
         self.temp = torch.full((1,), float(temperature), dtype=torch.float32, device=dev)
@@ -221,17 +225,19 @@ class PPBuffers:
         return out
 
     @torch.no_grad()
-    def fill(self, x, known, cond, uniforms, temperature: float):
+    def fill(self, x, known, cond, uniforms, temperature: float, window=None):
         """Load one call's inputs into the buffers in place (their addresses, which the
         captured graphs hold, do not change): image, known mask, uniforms, temperature,
-        the conditioning terms (in true float32); every state buffer zeroed and the row
-        counter back to 0, so the run is that of fresh buffers."""
+        window, the conditioning terms (in true float32); every state buffer zeroed and
+        the row counter back to 0, so the run is that of fresh buffers."""
         if (tuple(x.shape) != (self.B, self.C, self.H, self.W) or (known is None) != (self.known is None)
-                or (cond is None) == self.has_cond):
+                or (cond is None) == self.has_cond or (window is None) != (self.window is None)):
             raise ValueError("PPBuffers.fill: inputs do not match the buffers' shapes / options")
         self.x.copy_(x)
         if known is not None:
             self.known.copy_(known.to(torch.int8))
+        if window is not None:
+            self.window.fill(window)
         self.uniforms.copy_(uniforms)
         self.temp.fill_(float(temperature))
         self.row.zero_()
@@ -314,7 +320,7 @@ class PPBuffers:
         self.head = ("pixel_head", dict(x=self.x, known=self.known, uniforms=self.uniforms, params=self.params,
                                         pscr=self.pscr, row=self.row, temp=self.temp, inp=self.dul[0][-1],
                                         wh=m.head.weight.detach().float()[:, :, 0, 0].t().contiguous(),
-                                        bh=_bias(m.head), dist=self.dist))
+                                        bh=_bias(m.head), dist=self.dist, window=self.window))
 
     def row_ops(self, lvl: int):
         """The launches of one row of level ``lvl``: ``[(op, kwargs, column or None)]``."""
@@ -392,7 +398,8 @@ def _row_capture(device, reference: bool):
 
 @torch.no_grad()
 @folded()   # weight-normed weights computed once per call (weight_norm.py)
-def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, reference=False):
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, reference=False,
+        window=None):
     """Sample the unknown pixels of ``x`` in raster order with the Triton kernels.
 
     Same contract as ``cached_torch.run``: model ``PixelCNNpp`` (eval mode, on ``x``'s
@@ -401,6 +408,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     Returns the completed ``x`` (a new tensor), or ``(x, params)`` with ``params``
     ``(B, P, H, W)`` when ``return_params``. ``reference=True`` runs the same buffers and
     launch sequence with the kernels' PyTorch references (any device, for tests).
+    ``window``: a ``pixelaux.consistency.Window`` of ``x``'s shape (consistent decoding) or None.
     """
     if not reference:
         ok, why = status(x.device)
@@ -417,17 +425,17 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     cuda = x.device.type == "cuda" and not reference
     with (torch.cuda.device(x.device) if cuda else _null()):
         key = ("pp", str(x.device), tuple(x.shape), known is not None, cond is not None, bool(return_params),
-               bool(reference))
+               bool(reference), None if window is None else window.block)
         fresh = []
 
         def build():
             fresh.append(True)
-            return _Entry(PPBuffers(model, x, known, cond, uniforms, temperature, return_params))
+            return _Entry(PPBuffers(model, x, known, cond, uniforms, temperature, return_params, window=window))
 
         entry = RUNS.get(model, key, build)
         buf = entry.buf
         if not fresh:
-            buf.fill(x, known, cond, uniforms, temperature)
+            buf.fill(x, known, cond, uniforms, temperature, window)
         with pixel_progress(h * w, progress, "cached[triton]") as bar:
             sample_rows(buf, kernels, bar, _row_capture(x.device, reference), reference, entry.graphs)
     # the buffers are reused by the next call: hand back copies
