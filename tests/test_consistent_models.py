@@ -161,3 +161,24 @@ def test_training_through_the_truncated_likelihood_has_finite_gradients(name):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_the_embedded_models_with_consistency_keep_their_inputs(backend):
+    """The embedded models loaded with ``consistent=True``: colorizations keep the gray view
+    and super-resolved images pool back to the given level, for every pixel."""
+    if backend == "cpp" and not pixelaux.engines.cpp_status()[0]:
+        pytest.skip("the C++ extension is not built")
+    from pixelaux.data import natural_patches
+    x = natural_patches("test", 32)[:2].long()
+    default = pixelaux.load("default", consistent=True)
+    gray = to_gray(x, 8, 4)
+    out = pixelaux.sample(default, 2, cond=gray, backend=backend, generator=torch.Generator().manual_seed(0),
+                          progress=False)
+    assert torch.equal(to_gray(out, 8, 4), gray)
+    pyramid = pixelaux.load("pyramid", consistent=True)
+    low = avg_pool_round(avg_pool_round(x, 2), 2)                     # the 8x8 level
+    up = pixelaux.sample(pyramid, 2, cond=low, backend=backend, generator=torch.Generator().manual_seed(1),
+                         progress=False)
+    assert torch.equal(avg_pool_round(avg_pool_round(up, 2), 2), low)
+    assert torch.equal(pyramid.views(up)[2], low)
