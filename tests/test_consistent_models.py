@@ -106,11 +106,15 @@ def test_consistent_scoring_beats_the_bound_on_every_image(name):
     assert torch.isfinite(exact).all()
 
 
+CPU_BACKENDS = ["torch"] + (["cpp"] if pixelaux.engines.cpp_status()[0] else [])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("with_known", [False, True])
-def test_samples_keep_their_auxiliary_images_for_every_pixel(name, with_known):
+def test_samples_keep_their_auxiliary_images_for_every_pixel(name, with_known, backend):
     """Colorization keeps the gray view, super-resolution pools back to its input, and
-    completion keeps the known pixels, for 100% of pixels (torch backend)."""
+    completion keeps the known pixels, for 100% of pixels."""
     model = MODELS[name]()
     g = torch.Generator().manual_seed(7)
     n, (h, w) = 3, model.image_size
@@ -121,12 +125,12 @@ def test_samples_keep_their_auxiliary_images_for_every_pixel(name, with_known):
         mask = torch.rand(n, 1, h, w, generator=g) < 0.4
         known = torch.where(mask, x0, -1)
     # the auxiliary image one level down, given (colorization / super-resolution)
-    out = pixelaux.sample(model, n, cond=views[1], known=known, backend="torch", generator=g, progress=False)
+    out = pixelaux.sample(model, n, cond=views[1], known=known, backend=backend, generator=g, progress=False)
     assert torch.equal(model.views(out)[1], views[1])
     if known is not None:
         assert torch.equal(out[known >= 0], x0[known >= 0])
     # from scratch: every level consistent with the one below (checked by re-scoring: finite)
-    free = pixelaux.sample(model, n, known=known, backend="torch", generator=g, progress=False)
+    free = pixelaux.sample(model, n, known=known, backend=backend, generator=g, progress=False)
     if known is not None:
         assert torch.equal(free[known >= 0], x0[known >= 0])
     with torch.no_grad():
