@@ -483,3 +483,15 @@ def test_argument_parsing_lives_in_cli_only_and_cli_imports_no_private_names():
     private = [f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                for a in n.names if a.name.startswith("_") and not a.name.startswith("__")]
     assert private == []
+
+
+def test_consistent_option_turns_truncation_on_and_off(ckpts, tmp_path, capsys):
+    """The test checkpoints are new models (consistent): --no-consistent scores the bound,
+    --consistent the exact likelihood, lower on the same image (the colour part gains)."""
+    img = write_png(tmp_path / "i.png", np.random.RandomState(4).randint(0, 256, (8, 8, 3)))
+    bpd = {}
+    for flag in ("--consistent", "--no-consistent"):
+        rc, out, _ = run(["score", img, "--model", ckpts["gray"], flag], capsys)
+        assert rc == 0
+        bpd[flag] = float(out.split(": ")[1].split()[0])
+    assert bpd["--consistent"] < bpd["--no-consistent"]
