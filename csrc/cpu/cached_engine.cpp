@@ -620,7 +620,7 @@ struct Engine : TeamMember {
 }  // namespace
 
 void cached_sample(const SampleArgs& a) {
-  const TeamPlan plan = plan_teams(a.B, a.mode, a.cfg->hidden, a.threads);
+  const TeamPlan plan = plan_teams(a.B, a.mode, a.cfg->hidden, a.W, a.threads);
   std::vector<Workspace> ws(plan.G);
   for (int g = 0; g < plan.G; ++g) {
     const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
@@ -633,7 +633,7 @@ void cached_sample(const SampleArgs& a) {
 }
 
 int64_t workspace_floats(const SampleArgs& a) {
-  const TeamPlan plan = plan_teams(a.B, a.mode, a.cfg->hidden, a.threads);
+  const TeamPlan plan = plan_teams(a.B, a.mode, a.cfg->hidden, a.W, a.threads);
   int64_t total = 0;
   for (int g = 0; g < plan.G; ++g) {
     const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;

@@ -795,7 +795,7 @@ struct Engine : TeamMember {
 
 void cached_sample(const SampleArgs& a) {
   const Config& c = *a.cfg;
-  const TeamPlan plan = plan_teams(a.B, a.mode, c.hidden, a.threads);
+  const TeamPlan plan = plan_teams(a.B, a.mode, c.hidden, a.W, a.threads);
   std::vector<Workspace> ws(plan.G);
   for (int g = 0; g < plan.G; ++g) {
     const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
@@ -808,7 +808,7 @@ void cached_sample(const SampleArgs& a) {
 
 int64_t workspace_floats(const SampleArgs& a) {
   const Config& c = *a.cfg;
-  const TeamPlan plan = plan_teams(a.B, a.mode, c.hidden, a.threads);
+  const TeamPlan plan = plan_teams(a.B, a.mode, c.hidden, a.W, a.threads);
   int64_t total = 0;
   for (int g = 0; g < plan.G; ++g) {
     const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;

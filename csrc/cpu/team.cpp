@@ -106,7 +106,14 @@ bool profile_enabled() {
   return on;
 }
 
-TeamPlan plan_teams(int64_t B, int mode, int hidden, int threads) {
+// Auto mode's smallest team work: a team pays a barrier per layer and pixel, and on 2 cores at
+// batch 1 it lost to one thread for every hidden-32 stage (1.2-3.0x), for hidden 64 (1.07x,
+// bench-32) and for hidden 80 on 8-pixel rows (1.3x), and won only for hidden 80 on 64-pixel
+// rows (0.92x; benchmarks/results/cpu_engine.md, "Threads at batch 1").
+constexpr int kTeamMinHidden = 80;
+constexpr int64_t kTeamMinWidth = 16;
+
+TeamPlan plan_teams(int64_t B, int mode, int hidden, int64_t W, int threads) {
   int T = threads > 0 ? threads : at::get_num_threads();
 #if !AT_PARALLEL_OPENMP
   T = 1;  // the team barriers need the chunks of at::parallel_for to run concurrently
@@ -124,6 +131,7 @@ TeamPlan plan_teams(int64_t B, int mode, int hidden, int threads) {
   } else {
     p.G = (int)B;  // teams of T / B threads over the output channels (each team shrinks
     p.S = T / p.G; // to one thread if the machine is too busy for its barriers)
+    if (hidden < kTeamMinHidden || W < kTeamMinWidth) p.S = 1;  // too little work per barrier
   }
   // No more threads in a team than it has panels of hidden channels to share.
   p.S = std::max(1, std::min<int>(p.S, (hidden + kPanel - 1) / kPanel));

@@ -127,8 +127,9 @@ struct TeamPlan {
 };
 
 // mode: 0 auto, 1 images over threads, 2 one team over the output channels, 3 the team
-// splits the row starts, one thread runs the pixels. hidden: the channels a team shares.
-TeamPlan plan_teams(int64_t B, int mode, int hidden, int threads);
+// splits the row starts, one thread runs the pixels. hidden: the channels a team shares;
+// W: the row width.
+TeamPlan plan_teams(int64_t B, int mode, int hidden, int64_t W, int threads);
 
 // Runs run(g, rank, size, pixel_team, barrier) for every thread of every team, teams
 // concurrently (or every team alone, one after the other, if fewer threads come).
