@@ -119,7 +119,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     per image) or None. uniforms: ``(B, H, W, U)`` float32.
     Returns the completed ``x``, or ``(x, params)`` with the distribution parameters
     ``(B, P, H, W)`` at every position when ``return_params`` (teacher forcing when all
-    pixels are known). ``mode``: thread split, 0 auto, 1 over images, 2 over channels.
+    pixels are known). ``mode``: thread split, 0 auto, 1 over images, 2 over channels,
+    3 a team over the row starts with the pixels on one thread.
     ``window``: a ``consistency.Window`` (consistent decoding) or None.
     """
     if not native.available():
