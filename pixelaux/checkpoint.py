@@ -219,11 +219,9 @@ def set_consistent(model: nn.Module, value: bool) -> nn.Module:
     """Turn consistent decoding on or off for every auxiliary-variable model in ``model``
     (a nested prior included); ``ValueError`` where a transform does not support it."""
     from .auxiliary import is_composite
-    for m in [model, *model.modules()]:
+    for m in model.modules():         # nested priors are submodules; a pyramid's own levels follow it
         if is_composite(m):
             m.consistent = value
-            if m.prior is not None and is_composite(m.prior):
-                set_consistent(m.prior, value)
     return model
 
 
