@@ -13,6 +13,10 @@
 //       int[] window_consts=[]) -> (Tensor, Tensor)
 //   pixelaux::cached_workspace_floats(int[] config, int B, int H, int W, int mode=0,
 //       bool global_cond=False) -> int   (and cached_workspace_floats_pp without the flag)
+//   pixelaux::pack_unet_encoder(Tensor[] weights, int[] config) -> Tensor
+//   pixelaux::unet_encode(Tensor lower, Tensor packed, int[] config) -> Tensor
+//       the pyramid's UNetEncoder (cpu/unet_encoder.h), config = [in_channels, in_bits,
+//       hidden, out_channels]: lower int64 (B, in_channels, h, w) -> float32 (B, out, 2h, 2w)
 //   pixelaux::build_info() -> str
 //
 // config = [channels, bits, hidden, blocks, kernel_size, cond_channels,
@@ -57,6 +61,7 @@
 
 #include "cpu/cached_engine.h"
 #include "cpu/cached_engine_pp.h"
+#include "cpu/unet_encoder.h"
 
 namespace pixelaux {
 namespace {
@@ -454,6 +459,47 @@ int64_t cached_workspace_floats_pp(at::IntArrayRef config, int64_t B, int64_t H,
   return cpu::pp::workspace_floats(a);
 }
 
+cpu::UNetConfig get_unet_config(at::IntArrayRef config) {
+  cpu::UNetConfig c;
+  const std::string err = cpu::parse_unet_config(config.data(), (int64_t)config.size(), &c);
+  TORCH_CHECK_VALUE(err.empty(), "pixelaux: ", err);
+  return c;
+}
+
+at::Tensor pack_unet_encoder(at::TensorList weights, at::IntArrayRef config) {
+  const cpu::UNetConfig c = get_unet_config(config);
+  std::vector<at::Tensor> keep;
+  const auto ptrs = check_raw("pixelaux.pack_unet_encoder: ", weights, cpu::unet_raw_specs(c), &keep);
+  const cpu::UNetLayout lay = cpu::make_unet_layout(c);
+  at::Tensor out = at::empty({lay.total}, at::TensorOptions().dtype(at::kFloat));
+  cpu::pack_unet(c, lay, ptrs, out.data_ptr<float>());
+  return out;
+}
+
+at::Tensor unet_encode(const at::Tensor& lower, const at::Tensor& packed, at::IntArrayRef config) {
+  const char* op = "pixelaux.unet_encode: ";
+  const cpu::UNetConfig c = get_unet_config(config);
+  const cpu::UNetLayout lay = cpu::make_unet_layout(c);
+  check_cpu(lower, "lower");
+  TORCH_CHECK_TYPE(lower.scalar_type() == at::kLong, op, "lower must be int64 (torch.long) pixels, got ",
+                   lower.scalar_type());
+  TORCH_CHECK_VALUE(lower.dim() == 4 && lower.size(1) == c.cin && lower.size(0) > 0 && lower.size(2) > 0 &&
+                        lower.size(3) > 0,
+                    op, "lower must have shape (B, ", c.cin, ", h, w), non-empty, got ",
+                    shape_str(lower.sizes()));
+  const int64_t B = lower.size(0), h = lower.size(2), w = lower.size(3);
+  TORCH_CHECK_VALUE(h <= 16384 && w <= 16384, op, "lower is too large, got shape ", shape_str(lower.sizes()));
+  const at::Tensor low = lower.contiguous();
+  const int64_t levels = int64_t(1) << c.bits;
+  const int64_t lo = low.min().item<int64_t>(), hi = low.max().item<int64_t>();
+  TORCH_CHECK_VALUE(lo >= 0 && hi < levels, op, "lower must hold pixels in [0, ", levels - 1, "] (", c.bits,
+                    "-bit), got range [", lo, ", ", hi, "]");
+  const at::Tensor p = check_packed(op, "pack_unet_encoder", packed, lay.total);
+  at::Tensor out = at::empty({B, c.cout, 2 * h, 2 * w}, at::TensorOptions().dtype(at::kFloat));
+  cpu::unet_encode(c, lay, p.data_ptr<float>(), low.data_ptr<int64_t>(), B, h, w, out.data_ptr<float>());
+  return out;
+}
+
 std::string build_info() {
   std::ostringstream o;
   o << "kernels=" << cpu::kernel_isa() << " softmax=" << cpu::softmax_flavour()
@@ -483,6 +529,8 @@ TORCH_LIBRARY(pixelaux, m) {
         &pixelaux::cached_workspace_floats);
   m.def("cached_workspace_floats_pp(int[] config, int B, int H, int W, int mode=0) -> int",
         &pixelaux::cached_workspace_floats_pp);
+  m.def("pack_unet_encoder(Tensor[] weights, int[] config) -> Tensor");
+  m.def("unet_encode(Tensor lower, Tensor packed, int[] config) -> Tensor");
   m.def("build_info() -> str", &pixelaux::build_info);
 }
 
@@ -491,6 +539,8 @@ TORCH_LIBRARY_IMPL(pixelaux, CPU, m) {
   m.impl("cached_sample", &pixelaux::cached_sample);
   m.impl("pack_pixelcnnpp", &pixelaux::pack_pixelcnnpp);
   m.impl("cached_sample_pp", &pixelaux::cached_sample_pp);
+  m.impl("pack_unet_encoder", &pixelaux::pack_unet_encoder);
+  m.impl("unet_encode", &pixelaux::unet_encode);
 }
 
 // A plain Python module: importing pixelaux._C loads the library, which registers the

@@ -31,11 +31,11 @@ counts each stage's forward pass ``h*w`` times. One more figure, from the same t
 run:
 
 * ``enc %`` (CSV ``encoder_fraction``): the share of the provider's time spent in the
-  conditioning encoders, measured with forward hooks on the encoder modules
-  (:class:`EncoderClock`: ``time.perf_counter`` around each encoder's forward, the device
-  synchronized first on CUDA). The hooks only read the clock, so the sampled images are
-  those without them. The cond terms that a stage computes from the map (its 1x1
-  convs) count with the stage. Empty for one-stage models.
+  conditioning encoders (:class:`EncoderClock`: ``time.perf_counter`` around each
+  encoder's run, the device synchronized first on CUDA; sampling may run an encoder in
+  C++). The clock only reads the time, so the sampled images are those without it.
+  The cond terms that a stage computes from the map (its 1x1 convs) count with the
+  stage. Empty for one-stage models.
 
 The flat/pyramid pair ``flat-pp64`` / ``pyramid-64`` (and ``flat-pp128`` / ``pyramid-128``)
 is issue 20's speed claim side by side, run one after the other into the same ``--csv``
@@ -148,18 +148,20 @@ def encoder_modules(model) -> list:
 
 
 class EncoderClock:
-    """Forward hooks on :func:`encoder_modules` of ``model`` while entered: ``calls[k]``,
-    how many times encoder ``k`` ran, and ``seconds``, the wall time spent inside the
-    encoders (``time.perf_counter`` around each forward; on CUDA the device is
-    synchronized first, so the time is the encoder's). The hooks only read the clock and
-    return nothing: the model computes what it computes without them. ``reset()`` zeroes
-    both."""
+    """The time spent in the conditioning encoders of ``model`` while entered: ``calls[k]``,
+    how many times encoder ``k`` (of :func:`encoder_modules`) ran, and ``seconds``, the wall
+    time inside them (``time.perf_counter``; on CUDA the device is synchronized first, so
+    the time is the encoder's). Two clocks, never both for one call: sampling's
+    ``sampling._encode`` (wrapped while entered; it may run an encoder in C++, outside its
+    module), and forward hooks on the encoder modules for the calls outside it
+    (``log_prob``). Both only read the clock: the model computes what it computes without
+    them. ``reset()`` zeroes both figures."""
 
     def __init__(self, model, device="cpu"):
         import torch
         self.modules = encoder_modules(model)
         self.cuda = torch.device(device).type == "cuda"
-        self._handles, self._started = [], {}
+        self._handles, self._started, self._inside, self._unwrap = [], {}, 0, None
         self.reset()
 
     def reset(self):
@@ -172,14 +174,34 @@ class EncoderClock:
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    def _count(self, module, seconds: float):
+        for k, m in enumerate(self.modules):
+            if m is module:
+                self.calls[k] += 1
+        self.seconds += seconds
+
     def __enter__(self):
+        from . import sampling
+        encode = sampling._encode
+
+        def timed_encode(link, image):
+            start = self._now()
+            self._inside += 1
+            try:
+                return encode(link, image)
+            finally:
+                self._inside -= 1
+                self._count(link.owner.encoder, self._now() - start)
+        sampling._encode = timed_encode
+        self._unwrap = lambda: setattr(sampling, "_encode", encode)
         for k, module in enumerate(self.modules):
             def start(mod, args, k=k):
-                self._started[k] = self._now()
+                if not self._inside:
+                    self._started[k] = self._now()
 
             def stop(mod, args, out, k=k):
-                self.seconds += self._now() - self._started.pop(k)
-                self.calls[k] += 1
+                if k in self._started:
+                    self._count(mod, self._now() - self._started.pop(k))
             self._handles += [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
         return self
 
@@ -187,6 +209,9 @@ class EncoderClock:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._unwrap is not None:
+            self._unwrap()
+            self._unwrap = None
         return False
 
 
@@ -200,6 +225,7 @@ def _naive_chain(model, b: int, size: int, naive_pixels: int, gen, device):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from . import sampling
     from .auxiliary import chain
     from .engines import runner
     from .uniforms import ImageUniforms
@@ -229,7 +255,7 @@ def _naive_chain(model, b: int, size: int, naive_pixels: int, gen, device):
         total = 0.0
         for link, view, x0, u, k, scale in work:
             t0 = time.perf_counter()
-            cond = None if view is None else link.cond(view)
+            cond = None if view is None else sampling._encode(link, view)    # as pixelaux.sample runs it
             _sync(device)
             t1 = time.perf_counter()
             run(link.stage, x0, None, cond, u, 1.0, max_pixels=k)

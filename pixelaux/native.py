@@ -114,5 +114,15 @@ def _register_fakes():
         ctx = torch.library.get_ctx()
         return weights[0].new_empty((ctx.new_dynamic_size(),), dtype=torch.float32)
 
+    @register("pixelaux::pack_unet_encoder")
+    def _pack_unet_fake(weights, config):
+        ctx = torch.library.get_ctx()
+        return weights[0].new_empty((ctx.new_dynamic_size(),), dtype=torch.float32)
+
+    @register("pixelaux::unet_encode")
+    def _unet_encode_fake(lower, packed, config):
+        b, _, h, w = lower.shape
+        return lower.new_empty((b, int(config[3]), 2 * h, 2 * w), dtype=torch.float32)
+
 
 _load()

@@ -22,6 +22,7 @@ import torch
 from . import consistency, engines, resources
 from .auxiliary import check_chain_size, is_composite, stages
 from .checks import check_cond, check_float, check_images, check_int, check_size, check_tensor_device
+from .engines import unet_encoder_cpp
 from .engines.progress import stage_label
 from .uniforms import ImageUniforms
 
@@ -195,17 +196,28 @@ def sample(model, n: int, *, size=None, engine: str = "cached", backend: str = "
                            model_device(model), f"pixelaux.sample(n={n}, size={size}, engine={engine!r})", n=n)
     uniforms = ImageUniforms(n, generator, offset=offset)
     kw = dict(temperature=temperature, engine=engine, backend=backend, progress=progress)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if not is_composite(model):
             known = _check_known(known, n, model.channels, model.bits, size)
             cond = check_cond(cond, "cond", batch=n, channels=model.cond_channels, size=size,
                               device=model_device(model), scales=getattr(model, "scales", 1))
             return _run_stage(model, n, size, uniforms, cond, known, **kw)
         return _sample_chain(model, n, size, uniforms, cond, known, kw)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """``model`` in eval mode inside; afterwards each module is back in its own mode. Only
+    the modules in training mode are touched (``model.eval()`` and ``model.train()`` set
+    every module, which costs a few ms per call on a model of hundreds of modules)."""
+    training = [m for m in model.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield model
     finally:
-        model.train(was_training)
+        for m in training:
+            m.training = True
 
 
 def _given_level(model, links, n, given, size):
@@ -274,11 +286,14 @@ def _known_boxes(model, values, mask, links):
 
 
 def _encode(link, image: torch.Tensor):
-    """``link``'s conditioning map(s) of the auxiliary ``image``, computed once per batch,
-    with :func:`_encoder_threads`. When it runs on torch's threads (large layers), the
+    """``link``'s conditioning map(s) of the auxiliary ``image``, computed once per batch:
+    a ``UNetEncoder`` on CPU in C++ (``engines/unet_encoder_cpp.py``, 2-3x faster than
+    oneDNN on these narrow convs), any other encoder in torch with :func:`_encoder_threads`. When it runs on torch's threads (large layers), the
     image goes in channels-last, oneDNN's faster layout for these narrow convs (the bench
     pyramid's encoders at batch 16: 80-88 -> 45-56 ms; benchmarks/results/pyramid.md);
     the maps come back contiguous, as every engine reads them."""
+    if unet_encoder_cpp.supports(link.owner.encoder, image, link.size):
+        return unet_encoder_cpp.encode(link.owner.encoder, image)
     threads = _encoder_threads(link.owner.encoder, image.shape[0], link.size)
     if threads == 1:
         with resources.num_threads(1):
@@ -323,9 +338,7 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
     elif cond is not None:
         raise ValueError(f"cond must be None for a {kind}: its auxiliary inputs are computed from the images, "
                          f"got {type(cond).__name__}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         chunks = []
         for s in range(0, x.shape[0], batch_size):
             xb = x[s:s + batch_size].to(device)
@@ -337,6 +350,4 @@ def bits_per_dim(model, images: torch.Tensor, cond=None, *, parts: bool = False,
             else:
                 chunks.append(model.bits_per_dim(xb))
         out = {k: torch.cat([c[k] for c in chunks]).cpu() for k in chunks[0]}
-    finally:
-        model.train(was_training)
     return out if parts else out["total"]

@@ -205,20 +205,35 @@ def _composites():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_encoders_run_once_per_level_per_sample_call(backend):
+def test_encoders_run_once_per_level_per_sample_call(backend, monkeypatch):
     """Issue 20.2: the encoder of a level runs once per ``sample`` call, on the whole batch
-    (not once per pixel, row or image), innermost level first, on every backend."""
+    (not once per pixel, row or image), innermost level first, on every backend: counted
+    at ``sampling._encode``, where sampling computes every map (in C++ for a UNet
+    encoder on CPU, else the module's forward), and at the modules' forward, which runs
+    only there."""
+    from pixelaux import sampling
+    encode = sampling._encode
     for name, (m, levels) in _composites().items():
         encoders = [link.owner.encoder for link in chain(m) if link.owner is not None]
         assert len({id(e) for e in encoders}) == levels, name
-        seen = []
-        hooks = [e.register_forward_hook(lambda mod, args, out, k=k: seen.append((k, args[0].shape[0])))
+        seen, forwards, inside = [], [], []
+
+        def recorded(link, image):
+            seen.append(([id(e) for e in encoders].index(id(link.owner.encoder)), image.shape[0]))
+            inside.append(1)
+            try:
+                return encode(link, image)
+            finally:
+                inside.pop()
+        monkeypatch.setattr(sampling, "_encode", recorded)
+        hooks = [e.register_forward_hook(lambda mod, args, out, k=k: forwards.append((k, bool(inside))))
                  for k, e in enumerate(encoders)]
         try:
             for n in (1, 3):
                 seen.clear()
                 pixelaux.sample(m, n, backend=backend, generator=gen(0), progress=False)
                 assert seen == [(k, n) for k in reversed(range(levels))], (name, n, seen)
+                assert all(within for _, within in forwards), (name, forwards)
         finally:
             for h in hooks:
                 h.remove()

@@ -189,7 +189,7 @@ def family_check():
     """Teacher forcing of a gated and a PixelCNNpp model with the kernel family of this
     process, which it returns (``build_info``) with both models' errors: hidden 20 (a
     full 16-lane panel and a partial one: the masked tails of every vector kernel), odd
-    sizes, a global cond."""
+    sizes, a global cond; and the pyramid's UNet encoder op against its module."""
     g = torch.Generator().manual_seed(0)
     cfg = dict(channels=3, bits=8, hidden=20, blocks=1, nr_mix=2, cond_channels=2, std=0.1)
     lines = [native.info().split()[0]]
@@ -204,6 +204,10 @@ def family_check():
             assert torch.equal(out, x)
             err, own = assert_matches_forward(params, model, x, cond, model.kind)
             lines.append(f"{model.kind} {err:.1e} {own:.1e}")
+        from test_unet_encoder_cpp import unet_check
+        err = unet_check()
+        assert err < 1e-5, err
+        lines.append(f"UNetEncoder {err:.1e}")
     return lines
 
 
@@ -272,7 +276,7 @@ def test_each_kernel_family_is_selected_and_matches_the_forward(family, family_r
         assert family_runs[family].returncode == 0, err[-3000:]
         lines = out.splitlines()
     assert lines[0] == f"kernels={want}", lines
-    assert [line.split()[0] for line in lines[1:]] == ["GatedPixelCNN", "PixelCNNpp"], lines
+    assert [line.split()[0] for line in lines[1:]] == ["GatedPixelCNN", "PixelCNNpp", "UNetEncoder"], lines
 
 
 def test_op_schema_and_fake_tensor():
