@@ -73,16 +73,20 @@ void fill_bias(const Padded& d, const float* bias) {
     for (int64_t x = 0; x < d.cols; ++x) std::memcpy(d.at(y, x), bias, d.ch * sizeof(float));
 }
 
-// dst interior += conv3x3(src) (same padding): per output row and kernel row, one GEMM
-// over the row's pixels whose A rows (3 neighbouring pixels) overlap.
+// dst interior += conv3x3(src) (same padding): one GEMM per kernel row r over every
+// position p = y * (W + 2) + x of the padded rows (A row p: pixels x - 1 .. x + 1 of row
+// y + r - 1, overlapping rows at stride Cin), the two border columns included: their
+// sums land in dst's border columns, which are zeroed again afterwards.
 void conv3x3_acc(const Padded& src, const UNetConv& cv, const float* packed, const Padded& dst) {
-  const int M = (int)dst.cols;
-  for (int64_t y = 0; y < dst.rows; ++y)
-    for (int r = 0; r < 3; ++r) {
-      const PackedMat Wm = packed_mat(packed, cv.row[r]);
-      const float* a = src.p + (y + r) * src.stride();  // pixel x - 1 of row y + r - 1
-      gemm_acc(M, a, src.ch, Wm, 0, Wm.NP, dst.at(y, 0), dst.ch);
-    }
+  const int64_t M = dst.rows * (dst.cols + 2) - 2;
+  for (int r = 0; r < 3; ++r) {
+    const PackedMat Wm = packed_mat(packed, cv.row[r]);
+    gemm_acc((int)M, src.p + r * src.stride(), src.ch, Wm, 0, Wm.NP, dst.at(0, 0), dst.ch);
+  }
+  for (int64_t y = 0; y < dst.rows; ++y) {
+    std::memset(dst.at(y, -1), 0, dst.ch * sizeof(float));
+    std::memset(dst.at(y, dst.cols), 0, dst.ch * sizeof(float));
+  }
 }
 
 // x = x + conv2(elu(conv1(elu(x)))) in place, with two scratch buffers t, u of x's shape.
