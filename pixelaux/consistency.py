@@ -82,8 +82,15 @@ class Window:
                       self.coef, self.div, self.block)
 
     def packed(self, dtype=torch.int32) -> torch.Tensor:
-        """``(4, B, C, H, W)``: lo_base, hi_base, box_lo, box_hi (what the compiled engines read)."""
-        return torch.stack([self.lo_base, self.hi_base, self.box_lo, self.box_hi]).to(dtype).contiguous()
+        """``(4, B, C, H, W)``: lo_base, hi_base, box_lo, box_hi (what the compiled engines read);
+        a ``ValueError`` if a value does not fit ``dtype`` (never for images of up to 16 bits)."""
+        maps = torch.stack([self.lo_base, self.hi_base, self.box_lo, self.box_hi])
+        if not dtype.is_floating_point and maps.numel():
+            info = torch.iinfo(dtype)
+            lo, hi = int(maps.min()), int(maps.max())
+            if lo < info.min or hi > info.max:
+                raise ValueError(f"the window's bounds [{lo}, {hi}] do not fit {dtype}")
+        return maps.to(dtype).contiguous()
 
     def _clip(self, k, c, lo_base, hi_base, box_lo, box_hi):
         lo = torch.maximum(box_lo, ceil_div(lo_base - k, self.div[c]))

@@ -23,7 +23,8 @@ What is counted:
   per-image blocks: twice their size while it runs).
 * Composite models (any nesting of auxiliary-variable models): the maximum over the
   stages of their chain, each with what is alive while it runs (the conditioning
-  network's activations and output, the image of the stage below).
+  network's activations and output, the image of the stage below, a consistent stage's
+  window of value ranges).
 
 Set ``PIXELAUX_MEMORY_CHECK=0`` to skip the check (e.g. with plenty of swap).
 """
@@ -86,6 +87,12 @@ def _encoder_floats(encoder, h: int, w: int) -> int:
 
 def _images_bytes(channels: int, h: int, w: int) -> int:
     return 2 * _I64 * channels * h * w          # the stage's image and the engine's copy
+
+
+def _window_bytes(channels: int, h: int, w: int) -> int:
+    """A consistent stage's window (``consistency.Window``): four int64 maps and the
+    engines' packed int32 copy of them, per image."""
+    return (4 * _I64 + 4 * 4) * channels * h * w
 
 
 def held_bytes(obj, skip: torch.nn.Module | None = None) -> int:
@@ -234,6 +241,8 @@ def estimate_sampling_bytes(model, n: int, size=None, engine: str = "cached", ba
                 below = links[i + 1]
                 b += _images_bytes(below.channels, *below.size)
                 b += _F32 * _encoder_floats(link.owner.encoder, hk, wk)
+                if getattr(link.owner, "consistent", False):
+                    b += _window_bytes(link.channels, hk, wk)
             if f + n * b > fixed + n * per_image:
                 fixed, per_image = f, b
     else:

@@ -73,6 +73,28 @@ def test_known_pixels_narrow_the_ranges_through_their_boxes():
     assert (lo[0, 0, 0, 0], hi[0, 0, 0, 0]) == (6, 7)
 
 
+def test_packed_window_refuses_bounds_that_do_not_fit_int32():
+    q = torch.full((1, 1, 2, 2), 3)
+    w = pool_window(q, 2, 3)
+    assert w.packed().dtype == torch.int32 and torch.equal(w.packed().long(), w.packed(torch.int64))
+    w.hi_base = w.hi_base + 2 ** 31
+    with pytest.raises(ValueError, match="do not fit torch.int32"):
+        w.packed()
+
+
+def test_memory_estimate_counts_a_consistent_stage_window():
+    """A consistent pyramid's estimate is its inconsistent twin's plus the window (four
+    int64 maps and the int32 copy) of its largest stage, per image."""
+    from pixelaux import resources
+    from pixelaux.pyramid import PyramidPixelCNN
+    m = PyramidPixelCNN(channels=3, image_size=16, seed_size=4, hidden=8, blocks=1, nr_mix=2, consistent=True)
+    est = lambda: [resources.estimate_sampling_bytes(m, k, None, "cached", "torch") for k in (1, 2)]  # noqa: E731
+    on = est()
+    m.consistent = False
+    off = est()
+    assert (on[1] - on[0]) - (off[1] - off[0]) == 48 * 3 * 16 * 16
+
+
 # ------------------------------------------------------------------ the distributions
 @pytest.mark.parametrize("dist", [DiscretizedLogisticMixture(1, 4, 3), Categorical(1, 4)])
 @pytest.mark.parametrize("rng", [(0, 15), (3, 9), (0, 2), (14, 15), (5, 5)])
