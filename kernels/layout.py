@@ -198,7 +198,7 @@ class CachedBuffers:
         self.top = 2 ** model.bits - 1
         self.plan = plan if plan is not None else choose_plan(b, model.hidden, w)
         self.fp_fusion = bool(fp_fusion)
-        self.DIST, self.L = (0, dist.levels) if type(dist).__name__ == "Categorical" else (1, dist.nr_mix)
+        self.DIST, self.L = dist.engine_spec
         nb, hid, kh = self.NB, self.HID, self.KH
 
         with torch.no_grad():

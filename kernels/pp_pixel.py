@@ -263,7 +263,7 @@ def head_meta(dist, channels: int, hidden: int) -> dict:
     c_p = _p2(channels)
     hid_p = max(16, _p2(hidden))
     P = dist.num_params
-    L, d = (dist.levels, 0) if type(dist).__name__ == "Categorical" else (dist.nr_mix, 1)
+    d, L = dist.engine_spec
     l_b, pb = sampling_chunks(d, L, c_p, P, hid_p)
     return dict(C=channels, C_P=c_p, HID=hidden, HID_P=hid_p, G=GROUP, P=P, PB=pb, U=dist.num_uniforms,
                 DIST=d, L=L, L_B=l_b, TOP=2 ** dist.bits - 1)

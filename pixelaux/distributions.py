@@ -131,6 +131,15 @@ class Distribution:
     def config(self) -> dict:
         raise NotImplementedError
 
+    @property
+    def engine_spec(self) -> tuple[int, int]:
+        """``(kind, L)``, how the compiled engines (C++, Triton) sample this distribution:
+        kind 0 is a categorical over ``L = levels`` values per channel, kind 1 a mixture of
+        ``L`` discretized logistics. The one place a distribution tells them what it is: a
+        distribution they cannot sample says so here instead of being run as another."""
+        raise NotImplementedError(f"the compiled engines (backend 'cpp' and 'triton') do not sample "
+                                  f"{type(self).__name__}; use backend='torch'")
+
 
 class Categorical(Distribution):
     """Independent softmax over ``2**bits`` values per channel.
@@ -174,6 +183,10 @@ class Categorical(Distribution):
 
     def config(self):
         return {"dist": "categorical", "channels": self.channels, "bits": self.bits}
+
+    @property
+    def engine_spec(self) -> tuple[int, int]:
+        return 0, self.levels
 
 
 class DiscretizedLogisticMixture(Distribution):
@@ -331,10 +344,24 @@ class DiscretizedLogisticMixture(Distribution):
     def config(self):
         return {"dist": "logistic", "channels": self.channels, "bits": self.bits, "nr_mix": self.nr_mix}
 
+    @property
+    def engine_spec(self) -> tuple[int, int]:
+        return 1, self.nr_mix
+
+
+#: The output distributions by the name a model's ``dist`` argument and config use.
+#: Adding one: its class here (``num_params``, ``num_uniforms``, ``log_prob_flat``,
+#: ``sample_flat``, ``config``; the torch engines then sample it), this entry and its
+#: name among the config file's choices (``run_config.py``, which stays torch-free); for
+#: the compiled engines also ``engine_spec`` and its sampler in ``csrc/cpu/sampling.cpp``
+#: and the Triton heads (docs/design.md 1.2).
+DISTRIBUTIONS = {
+    "logistic": lambda channels, bits, nr_mix: DiscretizedLogisticMixture(channels, bits, nr_mix),
+    "categorical": lambda channels, bits, nr_mix: Categorical(channels, bits),
+}
+
 
 def make_distribution(dist: str, channels: int, bits: int, nr_mix: int = 10) -> Distribution:
-    if dist == "logistic":
-        return DiscretizedLogisticMixture(channels, bits, nr_mix)
-    if dist == "categorical":
-        return Categorical(channels, bits)
-    raise ValueError(f"dist must be 'logistic' or 'categorical', got {dist!r}")
+    if dist not in DISTRIBUTIONS:
+        raise ValueError(f"dist must be {' or '.join(map(repr, DISTRIBUTIONS))}, got {dist!r}")
+    return DISTRIBUTIONS[dist](channels, bits, nr_mix)

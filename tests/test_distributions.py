@@ -80,3 +80,16 @@ def test_bad_temperature(t):
     dist = Categorical(1, 2)
     with pytest.raises((ValueError, TypeError), match="temperature"):
         dist.sample_flat(torch.zeros(1, 4), torch.rand(1, 1), temperature=t)
+
+
+def test_engine_spec_is_how_the_compiled_engines_know_a_distribution():
+    """The C++ and Triton engines read ``dist.engine_spec`` (no class names): the two
+    built-in distributions give their kind and size, any other one refuses clearly."""
+    from pixelaux.distributions import Distribution
+    assert Categorical(1, 4).engine_spec == (0, 16)
+    assert DiscretizedLogisticMixture(3, 8, 5).engine_spec == (1, 5)
+
+    class Beta(Distribution):
+        pass
+    with pytest.raises(NotImplementedError, match="do not sample Beta; use backend='torch'"):
+        Beta().engine_spec

@@ -77,3 +77,26 @@ def test_completion_keeps_known_pixels_and_matches_naive(temperature):
     got = cached_torch.run(model, x, known, None, u, temperature)
     assert torch.equal(got, ref)
     assert torch.equal(got.permute(0, 2, 3, 1)[known], x.permute(0, 2, 3, 1)[known])
+
+
+def test_a_backend_is_one_registry_entry(monkeypatch):
+    """``resolve``, ``runner`` and ``workspace_bytes`` find a backend in ``engines.REGISTRY``
+    alone: a new entry is selectable, its stage kinds and status are honoured."""
+    import dataclasses
+
+    from pixelaux import engines
+    fake = engines.Backend("fake", "Fake", {"GatedPixelCNN": "cached_torch"}, {"GatedPixelCNN": "cached_torch"},
+                           lambda device: (True, ""))
+    monkeypatch.setitem(engines.REGISTRY, "fake", fake)
+    assert engines.resolve("cached", "fake", "cpu") == ("cached", "fake")
+    assert engines.runner("cached", "fake") is cached_torch.run
+    model = random_gated(seed=0, channels=1, bits=3, hidden=4, blocks=1, nr_mix=2, image_size=(3, 3))
+    x = torch.zeros(2, 1, 3, 3, dtype=torch.long)
+    assert engines.workspace_bytes("fake", model, x, None) == cached_torch.workspace_bytes(model, x, None)
+    with pytest.raises(ValueError, match=r"backend='fake' does not run PixelCNNpp models"):
+        engines.resolve("cached", "fake", "cpu", kinds=("PixelCNNpp",))
+    monkeypatch.setitem(engines.REGISTRY, "fake", dataclasses.replace(fake, status=lambda device: (False, "no chip")))
+    with pytest.raises(RuntimeError, match="backend='fake' is not available: no chip"):
+        engines.resolve("cached", "fake", "cpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        engines.resolve("cached", "nope", "cpu")

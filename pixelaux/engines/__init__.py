@@ -11,28 +11,17 @@ same order, so the same seed gives the same images whichever is used.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 logger = logging.getLogger("pixelaux")
 
 ENGINES = ("naive", "cached")
-BACKENDS = ("auto", "torch", "cpp", "triton")
-#: The sampling-stage kinds (``model.kind``) each cached backend can run.
-STAGE_KINDS = {
-    "torch": ("GatedPixelCNN", "PixelCNNpp"),
-    "cpp": ("GatedPixelCNN", "PixelCNNpp"),
-    "triton": ("GatedPixelCNN", "PixelCNNpp"),
-}
-_warned = set()
-
-
-def _warn_once(key: str, message: str):
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def cpp_status() -> tuple[bool, str]:
@@ -48,6 +37,53 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
     return cached_triton.status(device)
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A cached backend: ``modules[kind]`` is the module (in this package) whose
+    ``run`` samples a stage of that kind, and ``workspace[kind]`` the one whose
+    ``workspace_bytes`` counts what that ``run`` allocates; ``status(device)`` says whether
+    it can run here and why not; ``auto_on``: the device types where ``auto`` prefers it.
+    Adding a backend is one entry of :data:`REGISTRY` and its modules."""
+    name: str
+    label: str                  # in messages: "the C++ backend"
+    modules: dict
+    workspace: dict
+    status: Callable[[torch.device], tuple[bool, str]]
+    auto_on: tuple = ()
+    devices: tuple | None = None  # the device types it runs on (None: any it says it can)
+
+    def kinds(self) -> tuple:
+        return tuple(self.modules)
+
+    def module(self, kind: str, table: str = "modules"):
+        return importlib.import_module(f".{getattr(self, table)[kind]}", __name__)
+
+
+_BOTH = ("GatedPixelCNN", "PixelCNNpp")
+#: The cached backends; ``auto`` takes the first whose ``auto_on`` has the model's device
+#: type and that can run here, else torch.
+REGISTRY = {
+    "torch": Backend("torch", "torch", dict.fromkeys(_BOTH, "cached_torch"), dict.fromkeys(_BOTH, "cached_torch"),
+                     lambda device: (True, "")),
+    "cpp": Backend("cpp", "C++", {"GatedPixelCNN": "cached_cpp", "PixelCNNpp": "cached_cpp_pp"},
+                   {"GatedPixelCNN": "cached_cpp", "PixelCNNpp": "cached_cpp_pp"},
+                   lambda device: cpp_status(), auto_on=("cpu",), devices=("cpu",)),
+    "triton": Backend("triton", "Triton", {"GatedPixelCNN": "cached_triton", "PixelCNNpp": "cached_triton_pp"},
+                      # its buffers follow the torch reference's (docs/design.md 2.6)
+                      dict.fromkeys(_BOTH, "cached_torch"), triton_status, auto_on=("cuda",)),
+}
+BACKENDS = ("auto", *REGISTRY)
+#: The sampling-stage kinds (``model.kind``) each cached backend can run.
+STAGE_KINDS = {name: b.kinds() for name, b in REGISTRY.items()}
+_warned = set()
+
+
+def _warn_once(key: str, message: str):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 def resolve(engine: str, backend: str, device, kinds=("GatedPixelCNN",)) -> tuple[str, str | None]:
     """Check ``engine``/``backend`` and return ``(engine, backend)`` with ``auto``
     replaced by the backend that will run (``None`` for the naive engine). ``kinds``:
@@ -59,41 +95,33 @@ def resolve(engine: str, backend: str, device, kinds=("GatedPixelCNN",)) -> tupl
         raise TypeError(f"backend must be a str, one of {BACKENDS}, got {type(backend).__name__}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto" and backend not in REGISTRY:
+        raise ValueError(f"backend must be one of {('auto', *REGISTRY)}, got {backend!r}")
     device = torch.device(device)
     if engine == "naive":
         return engine, None
-    unsupported = lambda b: [k for k in kinds if k not in STAGE_KINDS[b]]  # noqa: E731
+    unsupported = lambda b: [k for k in kinds if k not in REGISTRY[b].kinds()]  # noqa: E731
     if backend == "auto":
-        if device.type == "cuda":
-            ok, why = triton_status(device)
-            if ok and not unsupported("triton"):
-                return engine, "triton"
+        for b in REGISTRY.values():
+            if device.type not in b.auto_on:
+                continue
+            ok, why = b.status(device)
+            if ok and not unsupported(b.name):
+                return engine, b.name
             if ok:
-                why = f"it does not run {', '.join(unsupported('triton'))} yet"
-            _warn_once("triton", f"pixelaux: Triton backend unavailable ({why}); using the torch backend")
-            return engine, "torch"
-        if device.type == "cpu":
-            ok, why = cpp_status()
-            if ok and not unsupported("cpp"):
-                return engine, "cpp"
-            if not ok:
-                _warn_once("cpp", f"pixelaux: C++ backend unavailable ({why}); using the torch backend")
+                why = f"it does not run {', '.join(unsupported(b.name))} yet"
+            _warn_once(b.name, f"pixelaux: {b.label} backend unavailable ({why}); using the torch backend")
         return engine, "torch"
     if unsupported(backend):
         raise ValueError(f"backend={backend!r} does not run {', '.join(unsupported(backend))} models; "
-                         f"backends that do: {[b for b in STAGE_KINDS if not unsupported(b)]}")
-    if backend == "cpp":
-        ok, why = cpp_status()
-        if not ok:
-            raise RuntimeError(f"backend='cpp' is not available: {why}")
-        if device.type != "cpu":
-            raise ValueError(f"backend='cpp' runs on CPU models, got a model on {device}")
-    if backend == "triton":
-        ok, why = triton_status(device)
-        if not ok:
-            raise RuntimeError(f"backend='triton' is not available: {why}")
+                         f"backends that do: {[b for b in REGISTRY if not unsupported(b)]}")
+    ok, why = REGISTRY[backend].status(device)
+    if not ok:
+        raise RuntimeError(f"backend={backend!r} is not available: {why}")
+    devices = REGISTRY[backend].devices
+    if devices is not None and device.type not in devices:
+        raise ValueError(f"backend={backend!r} runs on {' or '.join(d.upper() for d in devices)} models, "
+                         f"got a model on {device}")
     return engine, backend
 
 
@@ -102,29 +130,12 @@ def runner(engine: str, backend: str | None, kind: str = "GatedPixelCNN"):
     kind ``kind``."""
     if engine == "naive":
         from .naive import run
-    elif backend == "torch":
-        from .cached_torch import run
-    elif backend == "cpp" and kind == "PixelCNNpp":
-        from .cached_cpp_pp import run
-    elif backend == "cpp":
-        from .cached_cpp import run
-    elif backend == "triton" and kind == "PixelCNNpp":
-        from .cached_triton_pp import run
-    elif backend == "triton":
-        from .cached_triton import run
-    else:  # pragma: no cover - resolve() rejects these
-        raise ValueError(f"unknown backend {backend!r}")
-    return run
+        return run
+    return REGISTRY[backend].module(kind).run
 
 
 def workspace_bytes(backend: str, model, x, cond) -> int:
     """Bytes a cached backend allocates to sample ``x`` ``(B, C, H, W)`` of one stage with
     ``cond``, beyond the weights, as its own allocating code counts them (each backend's
     ``workspace_bytes``; ``resources.estimate_sampling_bytes`` extrapolates from trials)."""
-    if backend == "cpp" and model.kind == "PixelCNNpp":
-        from .cached_cpp_pp import workspace_bytes as count
-    elif backend == "cpp":
-        from .cached_cpp import workspace_bytes as count
-    else:           # triton: its buffers follow the torch reference's (docs/design.md 2.6)
-        from .cached_torch import workspace_bytes as count
-    return count(model, x, cond)
+    return REGISTRY[backend].module(model.kind, "workspace").workspace_bytes(model, x, cond)

@@ -41,7 +41,7 @@ def config_of(model) -> list[int]:
     cfg = model.config
     return [int(cfg["channels"]), int(cfg["bits"]), int(cfg["hidden"]), int(cfg["blocks"]),
             int(cfg["kernel_size"]), int(cfg["cond_channels"]),
-            0 if cfg["dist"] == "categorical" else 1, int(cfg["nr_mix"]), int(model.input.embed_dim)]
+            model.dist.engine_spec[0], int(cfg["nr_mix"]), int(model.input.embed_dim)]
 
 
 def raw_weights(model) -> list[torch.Tensor]:
