@@ -77,6 +77,10 @@ def run_native(call, *, batch: int, height: int, width: int, progress: bool, des
     * the worker calls the op only once the calling thread is past ``Thread.start()``
       (which an interrupt can end too, whether the thread started or not), and not at all
       if it was interrupted before (the worker then ends, whether it started or not);
+      the worker reaches the op's tensors only through a dict that such a caller empties
+      before it raises: a thread cut short before its bootstrap is not one the exit waits
+      for, and if it held the last reference to a tensor it would free it while the
+      interpreter finalizes (the SIGABRT above, seen about once in ten interrupted CLI runs);
     * the handlers are loops around a ``try``, entered with no call in between (a pending
       interrupt is raised at a call or a loop's backward jump): a second Ctrl-C while
       they wait is ignored, the op ends within a row anyway and the first exception is
@@ -84,7 +88,9 @@ def run_native(call, *, batch: int, height: int, width: int, progress: bool, des
     """
     counter = torch.zeros(2, dtype=torch.int64)
     threads = torch.get_num_threads()
-    state = {}
+    # The worker reaches the op and its tensors only through `state` (its closure holds no
+    # tensor): a start that an interrupt cut short takes them back before raising (below).
+    state = {"call": call, "counter": counter}
     go = _thread.allocate_lock()      # held by the caller until the worker may call the op
     go.acquire()
     ended = _thread.allocate_lock()   # held until the worker is done with the op
@@ -97,7 +103,7 @@ def run_native(call, *, batch: int, height: int, width: int, progress: bool, des
                     return
             if not state.get("cancelled"):
                 torch.set_num_threads(threads)  # OpenMP's thread count is per calling thread
-                state["out"] = call(counter)
+                state["out"] = state["call"](state["counter"])
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             state["error"] = e
         finally:
@@ -125,6 +131,11 @@ def run_native(call, *, batch: int, height: int, width: int, progress: bool, des
             while True:                   # (the handlers below are loops: see the docstring)
                 try:
                     state["cancelled"] = True   # a worker that did start returns without the op
+                    # ... and without the tensors: it may not be known to the interpreter's
+                    # exit yet (cut short before its bootstrap), and freeing a tensor there,
+                    # with the interpreter finalizing, would end it inside torch's C++.
+                    state.pop("call", None)
+                    state.pop("counter", None)
                     if go.locked():
                         go.release()
                     break
