@@ -287,11 +287,12 @@ def _known_boxes(model, values, mask, links):
 
 def _encode(link, image: torch.Tensor):
     """``link``'s conditioning map(s) of the auxiliary ``image``, computed once per batch:
-    a ``UNetEncoder`` on CPU in C++ (``engines/unet_encoder_cpp.py``, 2-3x faster than
-    oneDNN on these narrow convs), any other encoder in torch with :func:`_encoder_threads`. When it runs on torch's threads (large layers), the
-    image goes in channels-last, oneDNN's faster layout for these narrow convs (the bench
-    pyramid's encoders at batch 16: 80-88 -> 45-56 ms; benchmarks/results/pyramid.md);
-    the maps come back contiguous, as every engine reads them."""
+    a ``UNetEncoder`` on CPU in C++ (``engines/unet_encoder_cpp.py``, 1.5-3.6x faster
+    than oneDNN on its narrow convs), any other encoder in torch with
+    :func:`_encoder_threads`. When that runs on torch's threads (large layers), the image
+    goes in channels-last, oneDNN's faster layout for narrow convs (the bench pyramid's
+    encoders at batch 16: 80-88 -> 45-56 ms; benchmarks/results/pyramid.md); the maps
+    come back contiguous, as every engine reads them."""
     if unet_encoder_cpp.supports(link.owner.encoder, image, link.size):
         return unet_encoder_cpp.encode(link.owner.encoder, image)
     threads = _encoder_threads(link.owner.encoder, image.shape[0], link.size)

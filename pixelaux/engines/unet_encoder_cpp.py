@@ -5,7 +5,8 @@ per batch. In torch its narrow convs (16-32 channels), its ELUs and the buffers 
 allocates afresh on every call cost about as much as sampling a small upper level;
 ``torch.ops.pixelaux.unet_encode`` runs the same module on the engines' GEMM kernels
 (``csrc/cpu/unet_encoder.h``: channels-last, zero-bordered buffers kept per thread, a
-3x3 conv as three GEMMs per row): about 2-3x faster than oneDNN here
+3x3 conv as three GEMMs over the padded image): 1.5x faster than oneDNN at batch 1 and
+2.4-3.6x at batch 16 on the bench pyramid's level-64 encoder
 (``benchmarks/results/pyramid.md``).
 
 The map equals the module's forward to float rounding (a different sum order; tested
