@@ -3,9 +3,9 @@
 // batch before a level is sampled (docs/design.md section 2.5). Torch-free.
 //
 // The module, step by step, with every activation channels-last in a zero-bordered
-// buffer ((rows + 2) x (cols + 2) x hidden), so that a 3x3 "same" conv is, per output
-// row, three GEMMs (one per kernel row) whose A rows overlap: pixel x of row y + dy and
-// its two right neighbours are 3 * Cin contiguous floats (gemm_acc's lda < K):
+// buffer ((rows + 2) x (cols + 2) x hidden), so that a 3x3 "same" conv is three GEMMs
+// (one per kernel row) over every padded position, whose A rows overlap: a pixel and its
+// two right neighbours are 3 * Cin contiguous floats (gemm_acc's lda < K):
 //
 //   h = nearest-upsample(scale(lower))          (scaled as scale_pixels)
 //   e = res(stem(h))                            res(x) = x + conv2(elu(conv1(elu(x))))
