@@ -49,6 +49,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -61,6 +62,7 @@
 
 #include "cpu/cached_engine.h"
 #include "cpu/cached_engine_pp.h"
+#include "cpu/team.h"
 #include "cpu/unet_encoder.h"
 
 namespace pixelaux {
@@ -495,7 +497,13 @@ at::Tensor unet_encode(const at::Tensor& lower, const at::Tensor& packed, at::In
   TORCH_CHECK_VALUE(lo >= 0 && hi < levels, op, "lower must hold pixels in [0, ", levels - 1, "] (", c.bits,
                     "-bit), got range [", lo, ", ", hi, "]");
   const at::Tensor p = check_packed(op, "pack_unet_encoder", packed, lay.total);
-  at::Tensor out = at::empty({B, c.cout, 2 * h, 2 * w}, at::TensorOptions().dtype(at::kFloat));
+  // The map's memory comes from the engines' block pool (cpu/team.h) and goes back to it
+  // when the tensor is freed: the next level or call of the same size faults no page in.
+  int64_t capacity = 0;
+  float* buf = cpu::take_block(B * c.cout * 4 * h * w, &capacity);
+  at::Tensor out = at::from_blob(
+      buf, {B, c.cout, 2 * h, 2 * w}, [capacity](void* q) { cpu::give_block(static_cast<float*>(q), capacity); },
+      at::TensorOptions().dtype(at::kFloat));
   cpu::unet_encode(c, lay, p.data_ptr<float>(), low.data_ptr<int64_t>(), B, h, w, out.data_ptr<float>());
   return out;
 }

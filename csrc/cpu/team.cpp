@@ -1,6 +1,9 @@
 // Threads of the CPU engines (see team.h).
 #include "team.h"
 
+#include <map>
+#include <mutex>
+
 #include <cstring>
 #include <new>
 
@@ -138,13 +141,51 @@ TeamPlan plan_teams(int64_t B, int mode, int hidden, int64_t W, int threads) {
   return p;
 }
 
+namespace {
+std::mutex pool_mutex;
+std::multimap<int64_t, float*> pool;  // capacity in floats -> block
+int64_t pool_floats = 0;
+}  // namespace
+
+float* take_block(int64_t n, int64_t* capacity) {
+  n = std::max<int64_t>(16, (n + 15) / 16 * 16);
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    auto it = pool.lower_bound(n);
+    if (it != pool.end() && it->first <= 2 * n) {  // about this size: no block twice too big
+      float* p = it->second;
+      *capacity = it->first;
+      pool_floats -= it->first;
+      pool.erase(it);
+      return p;
+    }
+  }
+  float* p = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * n));
+  if (!p) throw std::bad_alloc();
+  *capacity = n;
+  return p;
+}
+
+void give_block(float* p, int64_t capacity) {
+  if (!p) return;
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    if (pool_floats + capacity <= kPoolFloats) {
+      pool.emplace(capacity, p);
+      pool_floats += capacity;
+      return;
+    }
+  }
+  std::free(p);
+}
+
 void Arena::allocate() {
   int64_t total = 0;
   for (auto& r : req) total += r.second;
-  float* m = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * total));
-  if (!m) throw std::bad_alloc();
+  int64_t capacity = 0;
+  float* m = take_block(total, &capacity);
   std::memset(m, 0, sizeof(float) * total);
-  mem.reset(m);
+  mem = std::unique_ptr<float, BlockDeleter>(m, BlockDeleter{capacity});
   int64_t off = 0;
   for (auto& r : req) {
     *r.first = m + off;
