@@ -84,13 +84,16 @@ class Window:
     def packed(self, dtype=torch.int32) -> torch.Tensor:
         """``(4, B, C, H, W)``: lo_base, hi_base, box_lo, box_hi (what the compiled engines read);
         a ``ValueError`` if a value does not fit ``dtype`` (never for images of up to 16 bits)."""
-        maps = torch.stack([self.lo_base, self.hi_base, self.box_lo, self.box_hi])
-        if not dtype.is_floating_point and maps.numel():
+        maps = (self.lo_base, self.hi_base, self.box_lo, self.box_hi)
+        if not dtype.is_floating_point and self.lo_base.numel():
             info = torch.iinfo(dtype)
-            lo, hi = int(maps.min()), int(maps.max())
+            lo, hi = min(int(m.min()) for m in maps), max(int(m.max()) for m in maps)
             if lo < info.min or hi > info.max:
                 raise ValueError(f"the window's bounds [{lo}, {hi}] do not fit {dtype}")
-        return maps.to(dtype).contiguous()
+        out = torch.empty((4, *self.lo_base.shape), dtype=dtype, device=self.lo_base.device)
+        for k, m in enumerate(maps):       # straight into dtype (no int64 stack of the four)
+            out[k].copy_(m)
+        return out
 
     def _clip(self, k, c, lo_base, hi_base, box_lo, box_hi):
         lo = torch.maximum(box_lo, ceil_div(lo_base - k, self.div[c]))
@@ -150,11 +153,17 @@ def full_boxes(shape, bits: int, device=None) -> tuple[torch.Tensor, torch.Tenso
             torch.full(shape, 2 ** bits - 1, dtype=torch.long, device=device))
 
 
+def _free_boxes(shape, bits: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`full_boxes` as broadcast views (no pixel known: nothing to store per pixel)."""
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    return zero.expand(shape), (zero + (2 ** bits - 1)).expand(shape)
+
+
 def gray_window(gray: torch.Tensor, channels: int, bits: int, gray_bits: int, boxes=None) -> Window:
     """The window of the colour images whose gray view (``to_gray(x, bits, gray_bits)``)
     is ``gray`` ``(B, 1, H, W)``; ``boxes``: ``(box_lo, box_hi)`` ``(B, C, H, W)`` or None."""
     b, _, h, w = gray.shape
-    box_lo, box_hi = boxes if boxes is not None else full_boxes((b, channels, h, w), bits, gray.device)
+    box_lo, box_hi = boxes if boxes is not None else _free_boxes((b, channels, h, w), bits, gray.device)
     d = 2 ** (bits - gray_bits)
     g = gray.long()[:, 0]
     if channels == 1:
@@ -163,7 +172,10 @@ def gray_window(gray: torch.Tensor, channels: int, bits: int, gray_bits: int, bo
         weights = LUMA_WEIGHTS
         s_lo, s_hi = round_window(g * d, 1000)[0], round_window(g * d + d - 1, 1000)[1]
     wt = torch.tensor(weights, dtype=torch.long, device=gray.device).view(1, channels, 1, 1)
-    later_hi, later_lo = _suffix(wt * box_hi, 1), _suffix(wt * box_lo, 1)
+    if boxes is None:          # the same sums, per channel only
+        later_hi, later_lo = _suffix(wt * (2 ** bits - 1), 1), torch.zeros_like(wt)
+    else:
+        later_hi, later_lo = _suffix(wt * box_hi, 1), _suffix(wt * box_lo, 1)
     return Window(s_lo[:, None] - later_hi, s_hi[:, None] - later_lo, box_lo.long(), box_hi.long(),
                   tuple(weights), tuple(weights), 1)
 
@@ -174,15 +186,23 @@ def pool_window(parent: torch.Tensor, factor: int, bits: int, boxes=None) -> Win
     b, c, h, w = parent.shape
     f = factor
     shape = (b, c, h * f, w * f)
-    box_lo, box_hi = boxes if boxes is not None else full_boxes(shape, bits, parent.device)
     s_lo, s_hi = round_window(parent.long(), f * f)
+    up = lambda t: t[:, :, :, None, :, None].expand(b, c, h, f, w, f).reshape(shape)  # noqa: E731
+    if boxes is None:
+        # Nothing known: a pixel's later pixels in its block (raster order) may each take
+        # any value, so the sum of their boxes is top times their count, the same in
+        # every block.
+        box_lo, box_hi = _free_boxes(shape, bits, parent.device)
+        k = torch.arange(f * f, device=parent.device).view(f, f)
+        later_hi = ((f * f - 1 - k) * (2 ** bits - 1)).repeat(h, w)
+        return Window(up(s_lo) - later_hi, up(s_hi), box_lo, box_hi, (0,) * c, (1,) * c, f)
+    box_lo, box_hi = boxes
 
     def later(box):            # per pixel: the sum of the boxes of its block's later pixels
         cells = box.long().reshape(b, c, h, f, w, f).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, w, f * f)
         s = _suffix(cells, -1)
         return s.reshape(b, c, h, w, f, f).permute(0, 1, 2, 4, 3, 5).reshape(shape)
 
-    up = lambda t: t.repeat_interleave(f, 2).repeat_interleave(f, 3)  # noqa: E731
     return Window(up(s_lo) - later(box_hi), up(s_hi) - later(box_lo), box_lo.long(), box_hi.long(),
                   (0,) * c, (1,) * c, f)
 

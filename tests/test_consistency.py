@@ -73,6 +73,25 @@ def test_known_pixels_narrow_the_ranges_through_their_boxes():
     assert (lo[0, 0, 0, 0], hi[0, 0, 0, 0]) == (6, 7)
 
 
+@pytest.mark.parametrize("which", ["pool2", "pool3", "gray1", "gray3"])
+def test_windows_without_known_pixels_equal_those_with_full_boxes(which):
+    """With no pixel known the windows are built from per-block (pool) or per-channel
+    (gray) sums and broadcast boxes; they equal the general construction's with boxes
+    that allow every value."""
+    from pixelaux.consistency import full_boxes
+    g = torch.Generator().manual_seed(0)
+    if which.startswith("pool"):
+        f = int(which[-1])
+        q = torch.randint(0, 256, (2, 3, 4, 5), generator=g)
+        fast, slow = pool_window(q, f, 8), pool_window(q, f, 8, full_boxes((2, 3, 4 * f, 5 * f), 8))
+    else:
+        c = int(which[-1])
+        gray = torch.randint(0, 16, (2, 1, 5, 6), generator=g)
+        fast, slow = gray_window(gray, c, 8, 4), gray_window(gray, c, 8, 4, full_boxes((2, c, 5, 6), 8))
+    assert torch.equal(fast.packed(), slow.packed()) and (fast.coef, fast.div, fast.block) == \
+        (slow.coef, slow.div, slow.block)
+
+
 def test_packed_window_refuses_bounds_that_do_not_fit_int32():
     q = torch.full((1, 1, 2, 2), 3)
     w = pool_window(q, 2, 3)
