@@ -85,8 +85,7 @@ def test_a_backend_is_one_registry_entry(monkeypatch):
     import dataclasses
 
     from pixelaux import engines
-    fake = engines.Backend("fake", "Fake", {"GatedPixelCNN": "cached_torch"}, {"GatedPixelCNN": "cached_torch"},
-                           lambda device: (True, ""))
+    fake = engines.Backend("fake", "Fake", {"GatedPixelCNN": "cached_torch"}, lambda device: (True, ""))
     monkeypatch.setitem(engines.REGISTRY, "fake", fake)
     assert engines.resolve("cached", "fake", "cpu") == ("cached", "fake")
     assert engines.runner("cached", "fake") is cached_torch.run

@@ -40,37 +40,37 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
 @dataclass(frozen=True)
 class Backend:
     """A cached backend: ``modules[kind]`` is the module (in this package) whose
-    ``run`` samples a stage of that kind, and ``workspace[kind]`` the one whose
-    ``workspace_bytes`` counts what that ``run`` allocates; ``status(device)`` says whether
+    ``run`` samples a stage of that kind, and ``workspace[kind]`` (default: the same
+    module) the one whose ``workspace_bytes`` counts what that ``run`` allocates;
+    ``status(device)`` says whether
     it can run here and why not; ``auto_on``: the device types where ``auto`` prefers it.
     Adding a backend is one entry of :data:`REGISTRY` and its modules."""
     name: str
     label: str                  # in messages: "the C++ backend"
     modules: dict
-    workspace: dict
     status: Callable[[torch.device], tuple[bool, str]]
+    workspace: dict | None = None
     auto_on: tuple = ()
     devices: tuple | None = None  # the device types it runs on (None: any it says it can)
 
     def kinds(self) -> tuple:
         return tuple(self.modules)
 
-    def module(self, kind: str, table: str = "modules"):
-        return importlib.import_module(f".{getattr(self, table)[kind]}", __name__)
+    def module(self, kind: str, workspace: bool = False):
+        table = self.workspace if workspace and self.workspace is not None else self.modules
+        return importlib.import_module(f".{table[kind]}", __name__)
 
 
 _BOTH = ("GatedPixelCNN", "PixelCNNpp")
 #: The cached backends; ``auto`` takes the first whose ``auto_on`` has the model's device
 #: type and that can run here, else torch.
 REGISTRY = {
-    "torch": Backend("torch", "torch", dict.fromkeys(_BOTH, "cached_torch"), dict.fromkeys(_BOTH, "cached_torch"),
-                     lambda device: (True, "")),
+    "torch": Backend("torch", "torch", dict.fromkeys(_BOTH, "cached_torch"), lambda device: (True, "")),
     "cpp": Backend("cpp", "C++", {"GatedPixelCNN": "cached_cpp", "PixelCNNpp": "cached_cpp_pp"},
-                   {"GatedPixelCNN": "cached_cpp", "PixelCNNpp": "cached_cpp_pp"},
                    lambda device: cpp_status(), auto_on=("cpu",), devices=("cpu",)),
+    # its buffers follow the torch reference's (docs/design.md 2.6): that module counts them
     "triton": Backend("triton", "Triton", {"GatedPixelCNN": "cached_triton", "PixelCNNpp": "cached_triton_pp"},
-                      # its buffers follow the torch reference's (docs/design.md 2.6)
-                      dict.fromkeys(_BOTH, "cached_torch"), triton_status, auto_on=("cuda",)),
+                      triton_status, workspace=dict.fromkeys(_BOTH, "cached_torch"), auto_on=("cuda",)),
 }
 BACKENDS = ("auto", *REGISTRY)
 #: The sampling-stage kinds (``model.kind``) each cached backend can run.
@@ -138,4 +138,4 @@ def workspace_bytes(backend: str, model, x, cond) -> int:
     """Bytes a cached backend allocates to sample ``x`` ``(B, C, H, W)`` of one stage with
     ``cond``, beyond the weights, as its own allocating code counts them (each backend's
     ``workspace_bytes``; ``resources.estimate_sampling_bytes`` extrapolates from trials)."""
-    return REGISTRY[backend].module(model.kind, "workspace").workspace_bytes(model, x, cond)
+    return REGISTRY[backend].module(model.kind, workspace=True).workspace_bytes(model, x, cond)
