@@ -9,8 +9,8 @@ import pixelaux
 from helpers import (num_threads, assert_matches_forward, assert_same_images, one_thread, param_error,  # noqa: F401
                      random_gated, random_pp)
 from pixelaux import engines, native
+from pixelaux.layers import GatedResidualBlock
 from pixelaux.engines import cached_torch, naive
-from pixelaux.engines.cached_torch_pp import PixelCNNppState
 
 CPP = native.available()
 CUDA = torch.cuda.is_available()
@@ -76,12 +76,9 @@ def test_cached_torch_teacher_forcing_with_a_vector(make):
         out, params = cached_torch.run(m, x, known, vec, u, 1.0, return_params=True)
     assert torch.equal(out, x)
     assert_matches_forward(params, m, x, vec)
-    if m.kind == "GatedPixelCNN":
-        state = cached_torch.CachedState(m, x, vec)
-        terms = [t for pair in state.u_cond + state.ul_cond for t in pair]
-    else:
-        state = PixelCNNppState(m, x, vec)
-        terms = [t for scale in state.up_cond + state.down_cond for stream in scale for pair in stream for t in pair]
+    state = cached_torch.State(m, x, vec)
+    terms = [t for pair in state.cond.values() for t in pair]
+    assert len(state.cond) == sum(isinstance(mod, GatedResidualBlock) for mod in m.modules())   # every block
     assert terms and all(t.stride(2) == 0 and t.stride(3) == 0 for t in terms)
 
 

@@ -30,6 +30,7 @@ import torch
 
 from .. import native
 from ..weight_norm import folded, source_key
+from .plan import plan_of
 from .progress import run_native
 
 _PACKED = weakref.WeakKeyDictionary()
@@ -45,21 +46,9 @@ def config_of(model) -> list[int]:
 
 
 def raw_weights(model) -> list[torch.Tensor]:
-    """The model's weights in the order ``pack_gated_pixelcnn`` expects (a weight-normed
-    conv's ``.weight`` is its folded ``g * V / ||V||``)."""
-    w = [model.u_init.weight, model.u_init.bias, model.ul_init_v.weight, model.ul_init_v.bias,
-         model.ul_init_h.weight, model.ul_init_h.bias]
-    for blk in model.u_blocks:
-        w += [blk.conv1.weight, blk.conv1.bias, blk.conv2.weight, blk.conv2.bias]
-        if blk.cond_c1 is not None:
-            w += [blk.cond_c1.weight, blk.cond_c2.weight]
-    for blk in model.ul_blocks:
-        w += [blk.conv1.weight, blk.conv1.bias, blk.nin_skip.weight, blk.nin_skip.bias,
-              blk.conv2.weight, blk.conv2.bias]
-        if blk.cond_c1 is not None:
-            w += [blk.cond_c1.weight, blk.cond_c2.weight]
-    w += [model.head.weight, model.head.bias]
-    return w
+    """The model's weights in the order ``pack_gated_pixelcnn`` expects: the sampling plan's
+    (``plan.Plan.weights``; a weight-normed conv's ``.weight`` is its folded ``g * V / ||V||``)."""
+    return plan_of(model).weight_tensors(model)
 
 
 def pack_cached(model, raw, pack, config) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 
 from .. import native
 from .cached_cpp import input_table, pack_cached, window_args
+from .plan import plan_of
 from .progress import run_native
 
 
@@ -35,47 +36,11 @@ def config_of(model) -> list[int]:
             model.dist.engine_spec[0], int(cfg["nr_mix"]), int(model.input.embed_dim)]
 
 
-def weight_names(model) -> list[str]:
-    """The parameter names, in the order ``pack_pixelcnnpp`` expects."""
-    S, nb = model.scales, model.blocks
-    names = []
-
-    def conv(name):
-        names.extend([name + ".weight", name + ".bias"])
-
-    for name in ("u_init", "ul_init_v", "ul_init_h"):
-        conv(name)
-    for s in range(S):
-        for k in range(nb):
-            for part in ("conv1", "conv2"):
-                conv(f"up_layers.{s}.u_stream.{k}.{part}")
-        for k in range(nb):
-            for part in ("conv1", "nin_skip", "conv2"):
-                conv(f"up_layers.{s}.ul_stream.{k}.{part}")
-    for t in range(S):
-        n = nb if t == 0 else nb + 1
-        for stream in ("u_stream", "ul_stream"):
-            for k in range(n):
-                for part in ("conv1", "nin_skip", "conv2"):
-                    conv(f"down_layers.{t}.{stream}.{k}.{part}")
-    for t in range(S - 1):
-        conv(f"downsize_u.{t}")
-        conv(f"downsize_ul.{t}")
-    for t in range(S - 1):
-        conv(f"upsize_u.{t}")
-        conv(f"upsize_ul.{t}")
-    conv("head")
-    return names
-
-
 def raw_weights(model) -> list[torch.Tensor]:
-    """The weights named by ``weight_names``, read from the modules (a weight-normed
-    conv's ``.weight`` is its folded ``g * V / ||V||``, not a parameter)."""
-    out = []
-    for n in weight_names(model):
-        module, attr = n.rsplit(".", 1)
-        out.append(getattr(model.get_submodule(module), attr))
-    return out
+    """The weights in the order ``pack_pixelcnnpp`` expects: the sampling plan's without the
+    ``cond`` modules (their terms are computed here, ``cond_terms``); a weight-normed conv's
+    ``.weight`` is its folded ``g * V / ||V||``."""
+    return plan_of(model).weight_tensors(model, cond=False)
 
 
 def packed_weights(model) -> torch.Tensor:

@@ -1,22 +1,22 @@
-"""The cached engine, written plainly in PyTorch (docs/design.md section 2).
+"""The cached engine, written plainly in PyTorch: the readable executor of a sampling plan.
 
-The readable reference of the algorithm; runs on any device. For a
-``GatedPixelCNN`` with ``kh`` rows of context per conv and image width ``W``:
+``engines/plan.py`` describes a model family's cached computation (its buffers and the
+steps that fill them, by scale); this module walks it with torch ops, on any device, for
+every family (docs/design.md 2.3):
 
 * the pixels are written into one padded input buffer ``xin`` as they are sampled;
-* every conv over the ``u`` or ``ul`` stream keeps a window of the last ``kh`` rows of
-  its input (``act(u)``, ``act(c1)``, ...), preallocated, shifted up by one row when a
-  new row starts: ``O(blocks * hidden * kh * W)`` per image;
-* when row ``i`` starts, the ``u`` stream of the whole row is computed (it depends on
-  rows ``< i`` only), and with it every per-row term of the ``ul`` stream: the
-  down-shifted part of its first layer and each block's 1x1 projection of ``u``;
-* then for each column ``j``, the ``ul`` stream at that single position is computed
-  from the windows, the head gives the distribution, the pixel is sampled from the
-  shared uniforms and written into ``xin``.
+* every conv input keeps a window of its last ``kh`` rows at its scale, preallocated,
+  moved on one row when a row of that scale starts: ``O(blocks * hidden * kh * W)``;
+* when row ``i`` starts, the row steps of every scale ``s`` with ``i % 2**s == 0``: the
+  whole row of the ``u`` stream (it depends on rows ``< i`` only) and every per-row term
+  of the ``ul`` stream (the down-shifted part of its first layer, each block's 1x1
+  projection of ``u``, the conditioning), each conv a ``conv2d`` over its window;
+* at pixel ``(i, j)``, the pixel steps of every scale with ``i``, ``j`` divisible by
+  ``2**s``: the ``ul`` stream at that position from the windows (a ``linear`` over the
+  taps), the head; the pixel is sampled from the shared uniforms and written into ``xin``.
 
-The conditioning terms of every block are computed once per image; for a global
-``cond`` (a vector per image, ``(B, K)``) from the vector itself, ``(B, 2C, 1, 1)``
-per block, and broadcast over the positions (``expand``, no copy).
+The conditioning terms of every block are computed once per image (for a global ``cond``,
+a vector per image ``(B, K)``, from the vector itself, and broadcast over the positions).
 """
 from __future__ import annotations
 
@@ -26,114 +26,230 @@ import torch.nn.functional as F
 from ..inputs import encode_pixels
 from ..layers import concat_elu
 from ..weight_norm import folded, plain
-from .cached_torch_pp import PixelCNNppState
+from . import plan as P
 from .progress import pixel_progress
 
 
-def cond_terms(blk, cond, h: int, w: int):
-    """A block's ``(h1, h2)`` for a map ``(B, K, h, w)`` or a vector ``(B, K)``, as maps
-    ``(B, *, h, w)``; from a vector they are computed once per image and broadcast."""
-    if cond is None or cond.dim() == 4:
-        return blk.cond_terms(cond)
-    t1, t2 = blk.cond_terms(cond[:, :, None, None])
-    if t1 is None:
-        return t1, t2
-    return t1.expand(-1, -1, h, w), t2.expand(-1, -1, h, w)
+def _flat(w: torch.Tensor) -> torch.Tensor:
+    """A conv weight as a matrix ``(Cout, Cin*kh*kw)`` matching a flattened window."""
+    return w.reshape(w.shape[0], -1)
 
 
-def _flat(conv):
-    """A conv's weight as a matrix ``(Cout, Cin*kh*kw)`` matching a flattened window."""
-    return conv.weight.reshape(conv.weight.shape[0], -1), conv.bias
+class RowWindow:
+    """The last ``rows`` rows of one conv input (``plan.Window``), ``(B, C, rows, left + W_s + right)``:
+    column ``c`` of the scale lives at index ``left + c``."""
+
+    def __init__(self, spec: P.Window, b: int, width: int, device):
+        self.left = spec.left
+        self.t = torch.zeros(b, spec.channels, spec.rows, spec.left + width + spec.right, device=device)
+
+    def next_row(self):
+        """Every row moves up one; the new current row is zeros."""
+        self.t[:, :, :-1] = self.t[:, :, 1:].clone()
+        self.t[:, :, -1] = 0.0
+
+    def set_row(self, row):
+        """Write a whole current row ``(B, C, W_s)``."""
+        self.t[:, :, -1, self.left:self.left + row.shape[2]] = row
+
+    def set(self, q, value):
+        """Write position ``q`` of the current row, ``value`` ``(B, C)``."""
+        self.t[:, :, -1, self.left + q] = value
+
+    def taps(self, q0, n):
+        """Padded columns ``q0 .. q0+n-1`` of every row, flattened ``(B, C*rows*n)`` (conv weight order)."""
+        return self.t[:, :, :, q0:q0 + n].reshape(self.t.shape[0], -1)
 
 
-class CachedState:
-    """Preallocated buffers of one sampling run of a ``GatedPixelCNN``."""
+def cond_maps(model, cond) -> list:
+    """The conditioning input at every scale: ``(B, K, H_s, W_s)``, ``(B, K, 1, 1)`` for a
+    vector per image (broadcast), or None."""
+    if model.kind == "PixelCNNpp":
+        return model.scale_conds(cond)
+    return [cond[:, :, None, None] if cond is not None and cond.dim() == 2 else cond]
+
+
+class State:
+    """Preallocated buffers of one sampling run of a stage model, and its plan's steps."""
 
     def __init__(self, model, x, cond):
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         dev = x.device
-        self.model, self.b, self.h, self.w = model, b, h, w
-        self.kh, self.pw = model.kh, (model.kw - 1) // 2
-        hid = model.hidden
+        self.model, self.plan = model, P.plan_of(model)
+        self.modules = dict(model.named_modules())
+        self.b, self.h, self.w = b, h, w
+        kh, pw = self.plan.kh, self.plan.pw
         # Input buffer: kh rows of top padding, pw columns each side; the ones channel
         # marks the image (the model's extra input channel), zeros are padding.
         cin = model.input.width
-        self.xin = torch.zeros(b, cin, self.kh + h, w + 2 * self.pw, device=dev)
-        self.xin[:, cin - 1, self.kh:, self.pw:self.pw + w] = 1.0
+        self.xin = torch.zeros(b, cin, kh + h, w + 2 * pw, device=dev)
+        self.xin[:, cin - 1, kh:, pw:pw + w] = 1.0
         self.table = model.input.table(dev)       # (C, K, E): what a sampled value writes
-        # Row windows (a shift register of the last kh rows of each conv input).
-        n = len(model.u_blocks)
-        self.u_win = [[torch.zeros(b, 2 * hid, self.kh, w + 2 * self.pw, device=dev) for _ in range(2)]
-                      for _ in range(n)]
-        self.ul_win = [[torch.zeros(b, 2 * hid, self.kh, w + self.kh - 1, device=dev) for _ in range(2)]
-                       for _ in range(n)]
-        # Conditioning terms, once per image: (h1, h2) per block and stream.
-        self.u_cond = [cond_terms(blk, cond, h, w) for blk in model.u_blocks]
-        self.ul_cond = [cond_terms(blk, cond, h, w) for blk in model.ul_blocks]
-        self.ul_flat = [(_flat(blk.conv1), _flat(blk.conv2)) for blk in model.ul_blocks]
-        self.init_h = _flat(model.ul_init_h)
-        self.head = _flat(model.head)
+        self.windows = {s.name: RowWindow(s, b, w >> s.scale, dev) for s in self.plan.windows}
+        self.by_scale = [[self.windows[s.name] for s in self.plan.windows if s.scale == k]
+                         for k in range(self.plan.scales)]
+        self.holders = {s.name: torch.zeros(b, s.channels, 2, w >> s.scale, device=dev) for s in self.plan.holders}
+        self.values = {}
+        # Conditioning terms, once per image: (h1, h2) maps at the block's scale.
+        conds = cond_maps(model, cond)
+        self.cond = {}
+        for name, s in self.plan.cond_blocks:
+            t1, t2 = self.modules[name].cond_terms(conds[s])
+            if t1.shape[2:] != (h >> s, w >> s):             # global cond: broadcast
+                t1, t2 = t1.expand(-1, -1, h >> s, w >> s), t2.expand(-1, -1, h >> s, w >> s)
+            self.cond[name] = (t1, t2)
+        # A split 1x1 projection of concat_elu(cat(u, ul)): the u part per row, the ul part per pixel.
+        self.split = {}
+        for steps in (st for _, st in self.plan.row_steps):
+            for step in steps:
+                if isinstance(step, P.RowTerm) and step.split:
+                    wt = self.modules[step.block].nin_skip.weight[:, :, 0, 0]    # (F, 4F): [u, ul, -u, -ul]
+                    f = wt.shape[0]
+                    self.split[step.block] = (torch.cat([wt[:, :f], wt[:, 2 * f:3 * f]], 1),
+                                              torch.cat([wt[:, f:2 * f], wt[:, 3 * f:]], 1))
 
-    # -- per row ---------------------------------------------------------------------
+    def _module(self, name):
+        return self.modules[name]
+
+    # -- shared block arithmetic ---------------------------------------------------------
     @staticmethod
-    def _push_row(win, row):
-        """Shift a window up one row and write ``row`` ``(B, Cin, W)`` as its last row."""
-        win[:, :, :-1] = win[:, :, 1:].clone()
-        pad = (win.shape[3] - row.shape[2]) // 2
-        win[:, :, -1, pad:pad + row.shape[2]] = row
+    def _nin_row(weight, bias, x):
+        """A 1x1 projection of a whole row ``(B, K, W)`` -> ``(B, N, W)``."""
+        out = torch.einsum("nk,bkw->bnw", weight, x)
+        return out if bias is None else out + bias[None, :, None]
 
+    def _row_block(self, step: P.RowBlock, p: int):
+        blk = self._module(step.block)
+        w1, w2 = (self.windows[n] for n in step.windows)
+        h1, h2 = self.cond.get(step.block, (None, None))
+        x = self.values[step.x]
+        c1_row = None
+        if step.skip is not None:
+            c1_row = self._nin_row(blk.nin_skip.weight[:, :, 0, 0], blk.nin_skip.bias, concat_elu(self.values[step.skip]))
+        if h1 is not None:
+            c1_row = h1[:, :, p] if c1_row is None else c1_row + h1[:, :, p]
+        w1.set_row(concat_elu(x))
+        c1 = F.conv2d(w1.t, blk.conv1.weight, blk.conv1.bias)[:, :, 0]
+        if c1_row is not None:
+            c1 = c1 + c1_row
+        w2.set_row(concat_elu(c1))
+        c2 = F.conv2d(w2.t, blk.conv2.weight, blk.conv2.bias)[:, :, 0]
+        if h2 is not None:
+            c2 = c2 + h2[:, :, p]
+        g_a, g_b = c2.chunk(2, dim=1)
+        self.values[step.out] = x + g_a * torch.sigmoid(g_b)
+
+    def _row_term(self, step: P.RowTerm, p: int):
+        nin = self._module(step.block).nin_skip
+        weight = self.split[step.block][0] if step.split else nin.weight[:, :, 0, 0]
+        term = self._nin_row(weight, nin.bias, concat_elu(self.values[step.src]))
+        h1 = self.cond.get(step.block, (None, None))[0]
+        self.values[step.out] = term if h1 is None else term + h1[:, :, p]
+
+    def _pixel_block(self, step: P.PixelBlock, p: int, q: int):
+        blk = self._module(step.block)
+        w1, w2 = (self.windows[n] for n in step.windows)
+        h2 = self.cond.get(step.block, (None, None))[1]
+        x = self.values[step.x]
+        bias = self.values[step.term][:, :, q]
+        if step.skip is not None:
+            bias = bias + F.linear(concat_elu(self.values[step.skip]), self.split[step.block][1])
+        w1.set(q, concat_elu(x))
+        c1 = F.linear(w1.taps(q, _kw(blk.conv1)), _flat(blk.conv1.weight), blk.conv1.bias) + bias
+        w2.set(q, concat_elu(c1))
+        c2 = F.linear(w2.taps(q, _kw(blk.conv2)), _flat(blk.conv2.weight), blk.conv2.bias)
+        if h2 is not None:
+            c2 = c2 + h2[:, :, p, q]
+        g_a, g_b = c2.chunk(2, dim=1)
+        self.values[step.out] = x + g_a * torch.sigmoid(g_b)
+
+    # -- per row -------------------------------------------------------------------------
     def start_row(self, i: int):
-        """Vertical stream of row ``i`` and the per-row terms of the horizontal stream."""
-        m, kh = self.model, self.kh
-        zeros = torch.zeros(self.b, m.hidden, self.w, device=self.xin.device)
-        # First layer, down-shifted: row i reads image rows i-kh .. i-1 (zero at row 0).
-        u = F.conv2d(self.xin[:, :, i:i + kh], m.u_init.weight, m.u_init.bias)[:, :, 0] if i > 0 else zeros
-        self.ul_row0 = (F.conv2d(self.xin[:, :, kh + i - 1:kh + i], m.ul_init_v.weight, m.ul_init_v.bias)[:, :, 0]
-                        if i > 0 else zeros)
-        self.ul_row_bias = []
-        for blk, (w1, w2), (h1, h2), lw in zip(m.u_blocks, self.u_win, self.u_cond, self.ul_win):
-            self._push_row(w1, concat_elu(u))
-            c1 = F.conv2d(w1, blk.conv1.weight, blk.conv1.bias)[:, :, 0]
-            if h1 is not None:
-                c1 = c1 + h1[:, :, i]
-            self._push_row(w2, concat_elu(c1))
-            c2 = F.conv2d(w2, blk.conv2.weight, blk.conv2.bias)[:, :, 0]
-            if h2 is not None:
-                c2 = c2 + h2[:, :, i]
-            g_a, g_b = c2.chunk(2, dim=1)
-            u = u + g_a * torch.sigmoid(g_b)
-            # The horizontal windows move on to row i; its row starts empty.
-            for win in lw:
-                win[:, :, :-1] = win[:, :, 1:].clone()
-                win[:, :, -1] = 0.0
-            self.ul_row_bias.append(u)
-        for k, (ulb, (h1, _)) in enumerate(zip(m.ul_blocks, self.ul_cond)):
-            bias = ulb.nin_skip(concat_elu(self.ul_row_bias[k]).unsqueeze(2))[:, :, 0]
-            self.ul_row_bias[k] = bias + h1[:, :, i] if h1 is not None else bias
+        """The row steps of every scale whose row starts at image row ``i``."""
+        for s in range(self.plan.scales):
+            if i % (1 << s) == 0:
+                for win in self.by_scale[s]:
+                    win.next_row()
+        for s, steps in self.plan.row_steps:
+            if i % (1 << s) == 0:
+                for step in steps:
+                    self._row_step(step, i, i >> s)
 
-    # -- per pixel -------------------------------------------------------------------
+    def _row_step(self, step, i: int, p: int):
+        m, v, kh = self.model, self.values, self.plan.kh
+        if isinstance(step, P.InputRow):
+            if i == 0:
+                zeros = torch.zeros(self.b, self.plan.hidden, self.w, device=self.xin.device)
+                v[step.out], v[step.out_ul] = zeros, zeros
+                return
+            uc, ulc = self._module(step.u_conv), self._module(step.ul_conv)
+            v[step.out] = F.conv2d(self.xin[:, :, i:i + kh], uc.weight, uc.bias)[:, :, 0]
+            v[step.out_ul] = F.conv2d(self.xin[:, :, kh + i - 1:kh + i], ulc.weight, ulc.bias)[:, :, 0]
+        elif isinstance(step, P.DownRow):
+            conv = self._module(step.conv)
+            v[step.out] = F.conv2d(self.windows[step.src].t, conv.weight, conv.bias, stride=(1, 2))[:, :, 0]
+        elif isinstance(step, P.FromUp):
+            v[step.out] = self.holders[step.src][:, :, p % 2]
+        elif isinstance(step, P.RowBlock):
+            self._row_block(step, p)
+        elif isinstance(step, P.RowTerm):
+            self._row_term(step, p)
+        elif isinstance(step, P.Keep):
+            self.windows[step.window].set_row(v[step.src])
+        elif isinstance(step, P.UpRow):
+            deconv, dst = self._module(step.conv), self.holders[step.dst]
+            y = F.conv_transpose2d(v[step.src].unsqueeze(2), deconv.weight, deconv.bias, stride=2)
+            dst.copy_(y[:, :, :, 1:1 + dst.shape[3]])
+        else:
+            raise TypeError(f"not a row step: {step!r}")
+
+    # -- per pixel -----------------------------------------------------------------------
     def step(self, i: int, j: int) -> torch.Tensor:
         """Distribution parameters ``(B, P)`` at pixel ``(i, j)``."""
-        m, kh = self.model, self.kh
-        ul = self.ul_row0[:, :, j]
-        if j > 0:   # right-shifted (kh, 1) conv over image rows i-kh+1 .. i at column j-1
-            window = self.xin[:, :, i + 1:i + kh + 1, self.pw + j - 1]
-            ul = ul + F.linear(window.reshape(self.b, -1), *self.init_h)
-        for (w1, w2), ((m1, b1), (m2, b2)), bias, (_, h2) in zip(
-                self.ul_win, self.ul_flat, self.ul_row_bias, self.ul_cond):
-            w1[:, :, -1, kh - 1 + j] = concat_elu(ul)
-            c1 = F.linear(w1[:, :, :, j:j + kh].reshape(self.b, -1), m1, b1) + bias[:, :, j]
-            w2[:, :, -1, kh - 1 + j] = concat_elu(c1)
-            c2 = F.linear(w2[:, :, :, j:j + kh].reshape(self.b, -1), m2, b2)
-            if h2 is not None:
-                c2 = c2 + h2[:, :, i, j]
-            g_a, g_b = c2.chunk(2, dim=1)
-            ul = ul + g_a * torch.sigmoid(g_b)
-        return F.linear(F.elu(ul), *self.head)
+        params = None
+        for s, steps in self.plan.pixel_steps:
+            if i % (1 << s) == 0 and j % (1 << s) == 0:
+                for step in steps:
+                    out = self._pixel_step(step, i, j, i >> s, j >> s)
+                    params = out if out is not None else params
+        return params
+
+    def _pixel_step(self, step, i: int, j: int, p: int, q: int):
+        v = self.values
+        if isinstance(step, P.InputPixel):
+            ul = v[step.row][:, :, j]
+            if j > 0:   # right-shifted (kh, 1) conv over image rows i-kh+1 .. i at column j-1
+                conv, kh = self._module(step.conv), self.plan.kh
+                window = self.xin[:, :, i + 1:i + kh + 1, self.plan.pw + j - 1]
+                ul = ul + F.linear(window.reshape(self.b, -1), _flat(conv.weight), conv.bias)
+            v[step.out] = ul
+        elif isinstance(step, P.DownPixel):
+            conv = self._module(step.conv)
+            v[step.out] = F.linear(self.windows[step.src].taps(2 * q, 2), _flat(conv.weight), conv.bias)
+        elif isinstance(step, P.FromUp):
+            v[step.out] = self.holders[step.src][:, :, p % 2, q]
+        elif isinstance(step, P.PixelBlock):
+            self._pixel_block(step, p, q)
+        elif isinstance(step, P.Keep):
+            self.windows[step.window].set(q, v[step.src])
+        elif isinstance(step, P.UpPixel):
+            deconv = self._module(step.conv)
+            y = torch.einsum("zk,knac->znac", v[step.src], deconv.weight) + deconv.bias[None, :, None, None]
+            self.holders[step.dst][:, :, :, 2 * q:2 * q + 2] = y
+        elif isinstance(step, P.Head):
+            head = self._module(step.conv)
+            return F.linear(F.elu(v[step.src]), _flat(head.weight), head.bias)
+        else:
+            raise TypeError(f"not a pixel step: {step!r}")
+        return None
 
     def write(self, i: int, j: int, pixel: torch.Tensor):
         """Write integer pixels ``(B, C)`` at ``(i, j)`` into the input buffer."""
-        self.xin[:, :-1, self.kh + i, self.pw + j] = encode_pixels(self.table, pixel)
+        self.xin[:, :-1, self.plan.kh + i, self.plan.pw + j] = encode_pixels(self.table, pixel)
+
+
+def _kw(conv) -> int:
+    return conv.weight.shape[3]
 
 
 @torch.no_grad()
@@ -143,7 +259,7 @@ def workspace_bytes(model, x, cond) -> int:
     its first row started; ``resources.held_bytes`` counts what it holds)."""
     from ..resources import held_bytes, num_threads
     with num_threads(1), folded():    # weight norm: folded copies counted, no copy of the model kept
-        state = PixelCNNppState(model, x, cond) if model.kind == "PixelCNNpp" else CachedState(model, x, cond)
+        state = State(model, x, cond)
         state.start_row(0)
         state.step(0, 0)
         return x.nbytes + held_bytes(state, skip=model)
@@ -156,7 +272,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     model = plain(model)     # weight norm folded once per weight version, not per read (weight_norm.py)
     x = x.clone()
     b, _, h, w = x.shape
-    state = PixelCNNppState(model, x, cond) if model.kind == "PixelCNNpp" else CachedState(model, x, cond)
+    state = State(model, x, cond)
     params_out = torch.empty(b, model.dist.num_params, h, w, device=x.device) if return_params else None
     uniforms = uniforms.to(x.device)
     with pixel_progress(h * w, progress, "cached[torch]") as bar:
