@@ -35,7 +35,7 @@ State (written by the kernels):
 * ``params``     ``(B, P, H, W)``: the head's output, with ``return_params`` only.
 * ``pscr``       ``(B, P)``: the head's output at the current pixel (scratch read
   back by the sampling).
-* ``window``     a ``cached_triton.WindowBuffer`` (consistent decoding: the packed
+* ``window``     a ``WindowBuffer`` (below) (consistent decoding: the packed
   ``(4, B, C, H, W)`` int32 window and its ``(coef, div)``) or None.
 
 The buffers are allocated once per (model, batch, size, options) and refilled in place
@@ -70,9 +70,38 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..engines.cached_triton import WindowBuffer, true_fp32
+from ..float_policy import true_fp32
 
 STATE = ("x", "row", "u_cur", "u_win", "ul_win", "ul_row0", "ul_rowbias", "params")
+
+
+class WindowBuffer:
+    """A ``pixelaux.consistency.Window`` as the kernels read it, on the device and refilled
+    in place per call (a captured graph holds the addresses): ``packed`` ``(4, B, C, H, W)``
+    int32 (``Window.packed``), ``consts`` ``(2, C)`` int32 (``coef``, ``div``); ``block``
+    is a constexpr of the kernels (part of a run cache's key)."""
+
+    def __init__(self, window, shape, device):
+        self.block = window.block
+        self.window_cls = type(window)   # consistency.Window, not imported: kernels/ sits below it
+        self.packed = torch.empty((4, *shape), dtype=torch.int32, device=device)
+        self.consts = torch.empty(2, shape[1], dtype=torch.int32, device=device)
+        self.fill(window)
+
+    def fill(self, window):
+        c = self.consts.shape[1]
+        if (tuple(window.lo_base.shape) != tuple(self.packed.shape[1:]) or window.block != self.block
+                or len(window.coef) != c or len(window.div) != c or min(window.div) < 1):
+            raise ValueError(f"window: maps {tuple(window.lo_base.shape)}, {len(window.coef)} coefs, divisors "
+                             f"{window.div}, block {window.block} do not fit images {tuple(self.packed.shape[1:])}"
+                             f" (block {self.block}, divisors >= 1)")
+        self.packed.copy_(window.packed())
+        self.consts.copy_(torch.tensor([window.coef, window.div], dtype=torch.int32))
+
+    def window(self):
+        """The ``Window`` back, on the device (the kernels' PyTorch references sample with it)."""
+        coef, div = self.consts.tolist()
+        return self.window_cls(*self.packed.long(), tuple(coef), tuple(div), self.block)
 
 
 @dataclass(frozen=True)

@@ -542,14 +542,15 @@ def plot(rows, path):
 
 def main(argv=None) -> int:
     """``python -m pixelaux.bench --worker SPEC`` runs one measurement (the subprocess of
-    :func:`run_benchmark`); any other arguments are those of ``pixelaux bench``, which
-    :mod:`pixelaux.cli` parses."""
+    :func:`run_benchmark`). The benchmark's command line is ``pixelaux bench``
+    (:mod:`pixelaux.cli`, which imports this module, not the other way round)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        print(json.dumps(measure(json.loads(argv[1]))))
-        return 0
-    from .cli import main as cli_main
-    return cli_main(["bench", *argv])
+    if argv[:1] != ["--worker"] or len(argv) != 2:
+        print("usage: python -m pixelaux.bench --worker SPEC (the benchmark's own subprocess); "
+              "run the benchmark with `pixelaux bench ...`", file=sys.stderr)
+        return 2
+    print(json.dumps(measure(json.loads(argv[1]))))
+    return 0
 
 
 if __name__ == "__main__":

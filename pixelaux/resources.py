@@ -30,13 +30,13 @@ Set ``PIXELAUX_MEMORY_CHECK=0`` to skip the check (e.g. with plenty of swap).
 """
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import math
 import os
 
 import torch
+
+from .engines.footprint import held_bytes, num_threads  # noqa: F401 (this module's names, as before)
 
 __all__ = ["InsufficientMemoryError", "estimate_sampling_bytes", "available_bytes", "check_memory",
            "format_bytes"]
@@ -95,35 +95,6 @@ def _window_bytes(channels: int, h: int, w: int) -> int:
     return (4 * _I64 + 4 * 4) * channels * h * w
 
 
-def held_bytes(obj, skip: torch.nn.Module | None = None) -> int:
-    """Bytes of the distinct tensor storages that ``obj`` holds: through its attributes,
-    lists, tuples and dicts, not through modules, and not those of ``skip``'s weights
-    (a state's views of the model's parameters)."""
-    weights = set() if skip is None else {t.untyped_storage().data_ptr()
-                                           for t in itertools.chain(skip.parameters(), skip.buffers())}
-    seen, total, todo, visited = set(), 0, [obj], set()
-    while todo:
-        o = todo.pop()
-        if isinstance(o, torch.Tensor):
-            st = o.untyped_storage()
-            key = st.data_ptr()
-            if key not in weights and key not in seen:
-                seen.add(key)
-                total += st.nbytes()
-        elif isinstance(o, torch.nn.Module) or id(o) in visited:
-            continue
-        elif isinstance(o, (list, tuple, set)):
-            visited.add(id(o))
-            todo.extend(o)
-        elif isinstance(o, dict):
-            visited.add(id(o))
-            todo.extend(o.values())
-        elif hasattr(o, "__dict__") and type(o).__module__.startswith(("pixelaux", "kernels")):
-            visited.add(id(o))
-            todo.extend(vars(o).values())
-    return total
-
-
 def _trial_conds(stage, b: int, h: int, w: int, device) -> list:
     """The ``cond`` shapes a stage can be given (a map, a vector per image), for a trial
     of ``b`` images: the estimate takes the larger."""
@@ -138,18 +109,6 @@ def _trial_conds(stage, b: int, h: int, w: int, device) -> list:
 #: one, and on a machine whose cores are busy every OpenMP barrier waits for a
 #: descheduled thread (training, the naive and the torch sampling engines)
 SMALL_LAYER_VALUES = 2 ** 18
-
-
-@contextlib.contextmanager
-def num_threads(n: int):
-    """``n`` intra-op threads inside the block, the previous count restored after (the
-    trials here run in one: on a busy machine more threads only spin)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 #: ``_cached_stage_bytes`` by (kind, config, h, w, backend, device): the buffers depend on

@@ -82,7 +82,7 @@ def cond_terms(model, cond) -> list[torch.Tensor]:
 def workspace_bytes(model, x, cond) -> int:
     """As ``cached_cpp.workspace_bytes``, plus the conditioning terms computed here in
     Python for every block (``cond_terms``: maps, or one row per image for a vector)."""
-    from ..resources import held_bytes, num_threads
+    from .footprint import held_bytes, num_threads
     b, _, h, w = x.shape
     floats = torch.ops.pixelaux.cached_workspace_floats_pp(config_of(model), b, h, w, 0)
     table = 0 if model.input.embed_dim else input_table(model).nbytes

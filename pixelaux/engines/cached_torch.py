@@ -176,7 +176,7 @@ class State:
                     self._row_step(step, i, i >> s)
 
     def _row_step(self, step, i: int, p: int):
-        m, v, kh = self.model, self.values, self.plan.kh
+        v, kh = self.values, self.plan.kh
         if isinstance(step, P.InputRow):
             if i == 0:
                 zeros = torch.zeros(self.b, self.plan.hidden, self.w, device=self.xin.device)
@@ -256,8 +256,8 @@ def _kw(conv) -> int:
 def workspace_bytes(model, x, cond) -> int:
     """Bytes ``run`` allocates for ``x`` and ``cond``: its copy of ``x`` and every buffer of
     the state it builds, with the values it keeps per row (the state is built here and
-    its first row started; ``resources.held_bytes`` counts what it holds)."""
-    from ..resources import held_bytes, num_threads
+    its first row started; ``footprint.held_bytes`` counts what it holds)."""
+    from .footprint import held_bytes, num_threads
     with num_threads(1), folded():    # weight norm: folded copies counted, no copy of the model kept
         state = State(model, x, cond)
         state.start_row(0)

@@ -41,12 +41,12 @@ is how the tests run it, slowly, on tiny shapes.
 
 **Consistent decoding** (``window``, a ``pixelaux.consistency.Window``): the sampling
 truncates each channel to the range the window's rule gives (``head_sample``); the
-window is loaded into a ``WindowBuffer`` in place per call like the other inputs, and
+window is loaded into a ``kernels.layout.WindowBuffer`` in place per call like the other inputs, and
 the cache key says whether there is one (and its ``block``, a constexpr).
 
 Helpers meant for other Triton engines (e.g. a PixelCNN++ backend): ``triton_error``,
 ``interpreter_enabled``, ``device_status``, ``RunCache`` / ``weights_version``,
-``capture_cuda_graph``, ``RowProgress``, ``WindowBuffer`` and ``true_fp32`` (TF32 off:
+``capture_cuda_graph``, ``RowProgress`` and ``true_fp32`` (``float_policy``; TF32 off:
 the prefill's conditioning convolutions and every exactness reference run inside it).
 
 UNTESTED ON HARDWARE (no GPU was available when this was written): everything under
@@ -61,7 +61,6 @@ sm_90 through Triton, LLVM and ptxas (``kernels/compile_check.py``). On a GPU,
 from __future__ import annotations
 
 import collections
-import contextlib
 import importlib.util
 import itertools
 import os
@@ -71,7 +70,6 @@ from pathlib import Path
 
 import torch
 
-from ..consistency import Window
 from ..distributions import _check_temperature
 from ..weight_norm import folded
 from .progress import pixel_progress
@@ -113,26 +111,7 @@ def interpreter_enabled() -> bool:
         return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def tf32_flags() -> dict:
-    """Whether TF32 is allowed for CUDA matmuls and for cuDNN convolutions."""
-    return dict(matmul=torch.backends.cuda.matmul.allow_tf32, cudnn=torch.backends.cudnn.allow_tf32)
-
-
-@contextlib.contextmanager
-def true_fp32():
-    """TF32 off for CUDA matmuls and cuDNN convolutions (cuDNN allows it by default on
-    Ampere and Hopper: 10-bit mantissas), restored on exit. The host-side torch work of
-    the Triton engines (the prefill: the conditioning convolutions computed once per
-    image) and every reference an exactness check compares them with run inside it,
-    so both sides are float32 as the kernels are. On the CPU the flags change nothing."""
-    old = tf32_flags()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old["matmul"]
-        torch.backends.cudnn.allow_tf32 = old["cudnn"]
+from ..float_policy import tf32_flags, true_fp32  # noqa: E402,F401 (the engines' and tests' names)
 
 
 # (old private names, kept for callers and tests that patch them)
@@ -261,34 +240,6 @@ RUNS = RunCache()
 def clear_cache():
     """Free the cached buffers and graphs of the Triton engine."""
     RUNS.clear()
-
-
-class WindowBuffer:
-    """A ``pixelaux.consistency.Window`` as the kernels read it, on the device and refilled
-    in place per call (a captured graph holds the addresses): ``packed`` ``(4, B, C, H, W)``
-    int32 (``Window.packed``), ``consts`` ``(2, C)`` int32 (``coef``, ``div``); ``block``
-    is a constexpr of the kernels (part of a run cache's key)."""
-
-    def __init__(self, window: Window, shape, device):
-        self.block = window.block
-        self.packed = torch.empty((4, *shape), dtype=torch.int32, device=device)
-        self.consts = torch.empty(2, shape[1], dtype=torch.int32, device=device)
-        self.fill(window)
-
-    def fill(self, window: Window):
-        c = self.consts.shape[1]
-        if (tuple(window.lo_base.shape) != tuple(self.packed.shape[1:]) or window.block != self.block
-                or len(window.coef) != c or len(window.div) != c or min(window.div) < 1):
-            raise ValueError(f"window: maps {tuple(window.lo_base.shape)}, {len(window.coef)} coefs, divisors "
-                             f"{window.div}, block {window.block} do not fit images {tuple(self.packed.shape[1:])}"
-                             f" (block {self.block}, divisors >= 1)")
-        self.packed.copy_(window.packed())
-        self.consts.copy_(torch.tensor([window.coef, window.div], dtype=torch.int32))
-
-    def window(self) -> Window:
-        """The ``Window`` back, on the device (the kernels' PyTorch references sample with it)."""
-        coef, div = self.consts.tolist()
-        return Window(*self.packed.long(), tuple(coef), tuple(div), self.block)
 
 
 class RowProgress:

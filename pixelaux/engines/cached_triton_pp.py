@@ -96,7 +96,8 @@ import torch
 
 from ..distributions import _check_temperature
 from ..weight_norm import folded
-from .cached_triton import RUNS, WindowBuffer, load_kernels, status, true_fp32
+from ..float_policy import true_fp32
+from .cached_triton import RUNS, load_kernels, status
 from .progress import pixel_progress
 
 USE_CUDA_GRAPHS = os.environ.get("PIXELAUX_TRITON_GRAPHS", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -179,7 +180,7 @@ class PPBuffers:
         self.table = m.input.table(dev)           # (C, 2**bits, E): the input encoding
         self.x = x.clone().contiguous()
         self.known = None if known is None else known.to(device=dev, dtype=torch.int8).contiguous()
-        self.window = None if window is None else WindowBuffer(window, x.shape, dev)
+        self.window = None if window is None else load_kernels().layout.WindowBuffer(window, x.shape, dev)
         self.uniforms = uniforms.to(device=dev, dtype=torch.float32).contiguous()
         self.row = torch.zeros(1, dtype=torch.int32, device=dev)
         self.temp = torch.full((1,), float(temperature), dtype=torch.float32, device=dev)
