@@ -6,7 +6,7 @@ On one CUDA GPU, in at most ``--budget`` seconds (8 minutes, cold Triton cache):
 
 1. versions: torch, Triton, CUDA, driver, device, SM count, clocks, TF32 flags;
 2. exactness at the timed shapes, every torch reference in true fp32 (TF32 off,
-   ``cached_triton.true_fp32``; the engine's own prefill runs in it too): teacher
+   ``float_policy.true_fp32``; the engine's own prefill runs in it too): teacher
    forcing of bench-32 (``bench32`` and ``teacher_forcing_inputs``: the model's own
    init, well scaled), cached-torch then triton, each within ``TF_GATE`` = 1e-5 of the
    parameter scale of the float32 forward (the float64 forward's distance is

@@ -274,7 +274,7 @@ def launch_pixel_head(x, known, uniforms, params, pscr, row, temp, j, inp, wh, b
     """Head, sampling and write-back at ``(i, j)``: ``inp`` ``(B, NS, W, HID)`` the final
     ``ul``; ``wh`` ``(HID, P)``; ``known`` ``(B, H, W)`` int8 or None; ``params``
     ``(B, P, H, W)`` or None; ``pscr`` ``(B, P)`` scratch; ``temp`` ``(1,)``; ``window`` a
-    ``cached_triton.WindowBuffer`` (consistent decoding) or None."""
+    ``layout.WindowBuffer`` (consistent decoding) or None."""
     b, c, h, w = x.shape
     meta = head_meta(dist, c, inp.shape[-1])
     top = meta["TOP"]

@@ -1,7 +1,7 @@
 """The cached engine of a ``PixelCNNpp`` on CPU, the whole loop in C++ (docs/design.md section 2).
 
-Same algorithm, contract and buffer names as ``cached_torch_pp`` (the readable
-reference); the Python side only packs the model's weights (once per weight version,
+Same algorithm, contract and buffer names as the sampling plan (``plan.pixelcnnpp_plan``;
+``cached_torch`` walks it, the readable reference); the Python side only packs the model's weights (once per weight version,
 cached), computes the conditioning terms of every block once per image, and calls one
 op, ``torch.ops.pixelaux.cached_sample_pp``, that samples the whole batch:
 

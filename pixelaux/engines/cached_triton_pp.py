@@ -1,6 +1,6 @@
 """Triton backend of the cached engine for a ``PixelCNNpp`` (docs/design.md section 2).
 
-The algorithm of ``cached_torch_pp`` (its readable reference), with every conv of a
+The algorithm of the sampling plan ``plan.pixelcnnpp_plan`` (``cached_torch``, its readable executor), with every conv of a
 row and every block of a pixel a Triton kernel (``kernels/pp_row.py``,
 ``kernels/pp_pixel.py``; a PyTorch reference beside each kernel).
 
