@@ -8,11 +8,13 @@ no TF32). A batch that is not a multiple of ``G`` masks the rows of its last gro
 Two launch plans (``layout.Plan``), same arithmetic:
 
 * **fused** (``pixel_fused_kernel``, grid ``(cdiv(B, G),)``, one launch per pixel):
-  one program computes every output channel of every layer for its images, so the
-  current tap of each conv (``concat_elu`` of the value just computed) stays in
-  registers and goes straight into the dot; it is also stored into the ring buffer
-  for the later pixels, but never read back here (no barrier). The cached taps
-  (earlier columns and rows) are read from the rings in chunks of ``BK`` channels.
+  one program computes every output channel of every layer for its images. The
+  current tap of each conv (``concat_elu`` of the value just computed) is stored into
+  the ring buffer (for the later pixels) and, after a CTA barrier, read back with the
+  cached taps (earlier columns and rows), ``BK`` channels a dot, so no weight tile is
+  wider than ``[BK, OUT]`` (at most 4096 floats). (A dot of the whole current tap from
+  registers needs a ``[2*HID, OUT]`` tile: 16384 floats at bench-32's width, which
+  Triton 3.6 held in registers, 255 of them with 1.2 KB of spill stack per variant.)
 * **split** (``pixel_conv_kernel`` + ``pixel_head_kernel``, ``2 * blocks + 1``
   launches per pixel): for small batches, each conv's output channels are tiled
   over ``cdiv(HID, OT)`` programs (grid ``(cdiv(B, G), tiles)``), so one pixel uses
@@ -130,22 +132,35 @@ def first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, 
 @triton.jit
 def conv_px(ring_ptr, w_ptr, cur, bidx, bm, i, jj, W, o0,
             OUT: tl.constexpr, OUT_T: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
-            KH: tl.constexpr, BK: tl.constexpr):
+            KH: tl.constexpr, BK: tl.constexpr, G: tl.constexpr, CUR_IN_RING: tl.constexpr):
     """Down-right-shifted ``(KH, KH)`` conv at ``(i, j)`` for images ``bidx``, outputs
     ``o0 .. o0+OUT_T`` of ``OUT``. ``cur`` ``[G, 2*HID_P]``: the current tap (interleaved
     activations at ``(i, j)``), in registers; the other ``KH*KH - 1`` taps are read from
     the ring ``(B, KH, W, 2*HID)`` of this block's conv input, ``BK`` channels a dot.
-    Tap matrices ``(KH*KH, 2*HID, OUT)``. Returns ``[G, OUT_T]``."""
+    With ``CUR_IN_RING`` the current tap is read back from the ring too (the caller
+    stored it and passed a CTA barrier), ``BK`` channels a dot like the others, so no
+    weight tile is wider than ``[BK, OUT_T]``; ``cur`` is then unused. Tap matrices
+    ``(KH*KH, 2*HID, OUT)``. Returns ``[G, OUT_T]``."""
     K2: tl.constexpr = 2 * HID
     K2P: tl.constexpr = 2 * HID_P
     on = o0 + tl.arange(0, OUT_T)
     om = on < OUT
-    n2 = tl.arange(0, K2P)
-    wc = tl.load(w_ptr + ((KH * KH - 1) * K2 + n2[:, None]) * OUT + on[None, :],
-                 mask=(n2 < K2)[:, None] & om[None, :], other=0.0)
-    acc = tl.dot(cur, wc, input_precision="ieee")
     plane = KH * W * K2
     kb = tl.arange(0, BK)
+    if CUR_IN_RING:       # the current tap first, as below, in chunks of BK channels
+        acc = tl.zeros([G, OUT_T], dtype=tl.float32)
+        base = ring_ptr + bidx[:, None] * plane + ((i % KH) * W + jj) * K2
+        for k0 in range(0, K2P, BK):
+            km = (k0 + kb) < K2
+            a = tl.load(base + k0 + kb[None, :], mask=bm[:, None] & km[None, :], other=0.0)
+            wt = tl.load(w_ptr + ((KH * KH - 1) * K2 + k0 + kb[:, None]) * OUT + on[None, :],
+                         mask=km[:, None] & om[None, :], other=0.0)
+            acc += tl.dot(a, wt, input_precision="ieee")
+    else:
+        n2 = tl.arange(0, K2P)
+        wc = tl.load(w_ptr + ((KH * KH - 1) * K2 + n2[:, None]) * OUT + on[None, :],
+                     mask=(n2 < K2)[:, None] & om[None, :], other=0.0)
+        acc = tl.dot(cur, wc, input_precision="ieee")
     for t in range(KH * KH - 1):
         r = t // KH
         s = t % KH
@@ -389,17 +404,19 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
         win1 = ulwin_ptr + (kk * 2 + 0) * B * plane
         win2 = ulwin_ptr + (kk * 2 + 1) * B * plane
         a_ul = act2d(ul, G, HID_P)                    # the current tap, kept in registers
-        tl.store(win1 + here, a_ul, mask=am)          # for the later pixels only
+        tl.store(win1 + here, a_ul, mask=am)          # for this conv (read back in chunks) and later pixels
+        tl.debug_barrier()                            # the CTA's stores visible to its loads
         c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, 0,
-                     HID, HID_P, HID, HID_P, KH, BK1)
+                     HID, HID_P, HID, HID_P, KH, BK1, G, True)
         c1 += tl.load(b1_ptr + kk * HID + ch, mask=cm, other=0.0)[None, :]
         c1 += tl.load(rowbias_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + ch[None, :],
                       mask=bm[:, None] & cm[None, :], other=0.0)
         c1 = tl.where(cm[None, :], c1, 0.0)
         a_c1 = act2d(c1, G, HID_P)
         tl.store(win2 + here, a_c1, mask=am)
+        tl.debug_barrier()
         c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), a_c1, bidx, bm, i, jj, W, 0,
-                     K2, 2 * HID_P, HID, HID_P, KH, BK2)
+                     K2, 2 * HID_P, HID, HID_P, KH, BK2, G, True)
         c2 += tl.load(b2_ptr + kk * K2 + n2, mask=n2 < K2, other=0.0)[None, :]
         if HAS_COND:
             c2 += tl.load(h2_ptr + (kk * B * H * W + pix_off[:, None]) * K2 + n2[None, :], mask=am, other=0.0)
@@ -452,7 +469,7 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
         own2 = bm[:, None] & (n2 >= 2 * o0)[None, :] & (n2 < 2 * o0 + 2 * OT)[None, :] & (n2 < K2)[None, :]
         tl.store(win1 + bidx[:, None] * plane + slot_off + n2[None, :], a_ul, mask=own2)
         c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, o0,
-                     HID, OT, HID, HID_P, KH, BK1)
+                     HID, OT, HID, HID_P, KH, BK1, G, False)
         c1 += tl.load(b1_ptr + kk * HID + to, mask=tm, other=0.0)[None, :]
         c1 += tl.load(rowbias_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + to[None, :],
                       mask=bm[:, None] & tm[None, :], other=0.0)
@@ -463,7 +480,7 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
         a_c1 = tl.load(win2 + bidx[:, None] * plane + slot_off + n2[None, :],
                        mask=bm[:, None] & (n2 < K2)[None, :], other=0.0)     # written by stage 1
         c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), a_c1, bidx, bm, i, jj, W, 2 * o0,
-                     K2, 2 * OT, HID, HID_P, KH, BK2)
+                     K2, 2 * OT, HID, HID_P, KH, BK2, G, False)
         c2 += tl.load(b2_ptr + kk * K2 + t2, mask=t2m, other=0.0)[None, :]
         if HAS_COND:
             pix_off = (bidx * H + i) * W + jj
