@@ -114,8 +114,9 @@ def assert_matches_forward(params, model, x, cond=None, name="", factor=FORWARD_
     return err, own
 
 
-# Configurations every engine is tested on: odd sizes, both distributions, 1 and 3
-# channels, kernel 1/3/5, 0..3 blocks, with and without conditioning.
+# Gated configurations with odd options: both distributions, 1 and 3 channels, kernel
+# 1/3/5, 0..3 blocks, with and without conditioning (the gate test of test_engines.py;
+# every engine's conformance grid is test_conformance.py's CASES).
 ENGINE_CONFIGS = [
     dict(channels=3, bits=8, hidden=12, blocks=2, nr_mix=3, dist="logistic"),
     dict(channels=1, bits=4, hidden=8, blocks=3, kernel_size=5, dist="categorical"),
@@ -123,7 +124,6 @@ ENGINE_CONFIGS = [
     dict(channels=3, bits=5, hidden=6, blocks=0, kernel_size=1, nr_mix=2, dist="logistic"),
     dict(channels=3, bits=8, hidden=10, blocks=2, kernel_size=3, nr_mix=4, cond_channels=2),
 ]
-ENGINE_SIZES = [(7, 5), (6, 11)]
 
 
 def single_thread():

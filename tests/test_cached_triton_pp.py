@@ -9,13 +9,10 @@ Runs the kernels under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
   row slot parity, the first row and column);
 * the launch plan with the kernels' references (fast, no interpreter): teacher
   forcing and the naive engine's images on larger random configs;
-* engine level: teacher forcing equals the full forward pass (as close to its
-  float64 result as torch's float32 one, ``helpers.assert_matches_forward``) and the
-  same uniforms give the same images as the naive engine, over 1 / 3 channels, both
-  distributions, scales 1-3, 0 / 1 blocks, conditioning, known pixels, temperature,
-  and a batch that is not a multiple of the group size;
-* token inputs (``embed_dim > 0``): the first-layer kernels with wide input tables,
-  and same-seed images / teacher forcing at the engine level;
+* engine level: a batch that is not a multiple of the group size (teacher forcing and
+  the naive engine's images over every input kind, as for every backend, are in
+  ``test_conformance.py``);
+* token inputs (``embed_dim > 0``): the first-layer kernels with wide input tables;
 * the per-level CUDA-graph sequencing (with a stand-in for the capture), routing and errors.
 """
 import pytest
@@ -23,10 +20,9 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
-from helpers import (assert_matches_forward, assert_same_images, one_thread, randomize,  # noqa: E402,F401
+from helpers import (assert_matches_forward, one_thread, randomize,  # noqa: E402,F401
                      spy_tf32_in_cond_terms, tf32_on)
 import pixelaux  # noqa: E402
-from pixelaux.uniforms import ImageUniforms  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.engines import cached_triton, cached_triton_pp, naive  # noqa: E402
 
@@ -244,74 +240,6 @@ def test_plan_with_references_matches_forward_and_naive(cfg, size, batch):
 
 
 # -- engine level (the kernels) ----------------------------------------------------------
-
-ENGINE_CASES = [
-    # (config, size, batch)
-    (dict(channels=1, bits=4, hidden=5, blocks=1, scales=2, dist="categorical"), (4, 4), 2),
-    (dict(channels=3, bits=8, hidden=6, blocks=1, scales=3, nr_mix=2, cond_channels=2), (4, 4), 1),
-    (dict(channels=3, bits=8, hidden=4, blocks=0, scales=3, nr_mix=2), (4, 4), 3),
-    (dict(channels=1, bits=8, hidden=8, blocks=1, scales=1, nr_mix=2, dist="logistic"), (4, 4), 1),
-]
-IDS = ["cat1-s2-b1-hid5", "log3-s3-b1-cond", "log3-s3-b0", "log1-s1-b1"]
-
-
-@pytest.mark.parametrize("cfg,size,batch", ENGINE_CASES, ids=IDS)
-def test_teacher_forcing_and_same_images_as_naive(cfg, size, batch):
-    model = _model(3, size=size, **cfg)
-    x, cond, u = _inputs(model, batch, size, seed=4)
-    known = torch.ones(batch, *size, dtype=torch.bool, device=DEVICE)
-    x_before = x.clone()
-    out, params = cached_triton_pp.run(model, x, known, cond, u, 1.0, return_params=True)
-    assert torch.equal(x, x_before)                 # the input is not modified
-    assert out.dtype == torch.long and torch.equal(out, x)
-    assert params.shape == (batch, model.dist.num_params, *size)
-    assert_matches_forward(params, model, x, cond)
-    x0 = torch.zeros_like(x)
-    ref = naive.run(model, x0, None, cond, u, 1.0)
-    got = cached_triton_pp.run(model, x0, None, cond, u, 1.0)
-    mismatch = (ref != got).float().mean().item()
-    assert mismatch <= 1e-3, f"{mismatch:.2%} of pixels differ"
-    assert ref.float().std() > 0                    # samples are not constant
-
-
-def test_known_pixels_and_temperature_match_naive():
-    model = _model(6, channels=3, bits=8, hidden=4, blocks=0, scales=2, nr_mix=3)
-    x, _, u = _inputs(model, 2, (4, 4), seed=9)
-    known = (torch.rand(2, 4, 4, generator=_gen(3)) < 0.5).to(DEVICE)
-    got = cached_triton_pp.run(model, x, known, None, u, 0.7)
-    assert torch.equal(got, naive.run(model, x, known, None, u, 0.7))
-    assert torch.equal(got.permute(0, 2, 3, 1)[known], x.permute(0, 2, 3, 1)[known])
-
-
-TOKEN_CASES = [
-    # (config, batch, known pixels)
-    (dict(channels=1, bits=9, hidden=4, blocks=1, scales=2, dist="categorical", embed_dim=3), 1, True),
-    (dict(channels=3, bits=8, hidden=4, blocks=0, scales=2, nr_mix=2, embed_dim=2), 1, False),
-]
-
-
-@pytest.mark.parametrize("cfg,batch,with_known", TOKEN_CASES, ids=["cat1-e3-known", "log3-e2"])
-def test_token_inputs_same_seed_images_and_teacher_forcing(cfg, batch, with_known):
-    """Token inputs: the images of ``pixelaux.sample``'s naive engine from a seed equal the
-    Triton kernels' from the same uniforms (up to float ties), known pixels kept, and the
-    parameters the kernels sampled with are the full forward's on those images (what
-    teacher forcing returns: a parameter reads only the pixels before it)."""
-    size = (4, 4)
-    model = _model(5, size=size, **cfg)
-    known, mask, x0 = None, None, torch.zeros(batch, model.channels, *size, dtype=torch.long, device=DEVICE)
-    if with_known:
-        known = torch.full((batch, model.channels, *size), -1, dtype=torch.long)
-        known[:, :, 1, 1:3] = torch.randint(0, 2 ** model.bits, (batch, model.channels, 2), generator=_gen(2))
-        mask = (known[:, 0] >= 0).to(DEVICE)
-        x0 = known.clamp(min=0).to(DEVICE)
-    ref = pixelaux.sample(model, batch, engine="naive", generator=_gen(4), known=known, progress=False)
-    u = ImageUniforms(batch, _gen(4)).draw(*size, model.dist.num_uniforms)
-    got, params = cached_triton_pp.run(model, x0, mask, None, u, 1.0, return_params=True)
-    assert_matches_forward(params, model, got)
-    assert_same_images(model, None, u, 1.0, ref, got, params, "tokens")
-    assert ref.float().std() > 0
-    if with_known:
-        assert torch.equal(got[:, :, 1, 1:3].cpu(), known[:, :, 1, 1:3])
 
 
 def test_batch_of_two_groups_matches_naive():

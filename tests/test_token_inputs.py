@@ -1,15 +1,14 @@
 """Token inputs (``embed_dim``): each value's learned table row instead of its scaled
-intensity, for priors over discrete codes (issue 11, item 3). The model side and the
-plain-torch reference engines; the C++ and Triton backends have their own tests."""
+intensity, for priors over discrete codes (issue 11, item 3). The model side; every
+backend samples them in ``test_conformance.py`` (the ``tokens*`` cases), the kernels'
+own token paths are in the per-backend files."""
 import copy
 
 import pytest
 import torch
 
 import pixelaux
-from helpers import (assert_causal, assert_matches_forward, one_thread, random_gated, random_images,  # noqa: F401
-                     random_pp, single_thread)
-from pixelaux.engines import cached_torch, naive
+from helpers import assert_causal, one_thread, random_gated, random_images, random_pp  # noqa: F401 (fixture)
 from pixelaux.inputs import PixelInput, encode_pixels
 
 pytestmark = pytest.mark.usefixtures("one_thread")     # tiny models: a second thread only spin-waits
@@ -58,39 +57,6 @@ def test_token_models_are_causal(name):
     x = random_images(model, 1, 4, 4, seed=2)
     cond = torch.randn(1, model.cond_channels, 4, 4) if model.cond_channels else None
     assert_causal(model, x, cond, model.bits)
-
-
-@pytest.mark.parametrize("name", sorted(TOKEN_MODELS))
-def test_torch_engine_matches_naive_and_the_full_forward(name):
-    model = TOKEN_MODELS[name]()
-    n, h, w = 3, 4, 6
-    cond = torch.randn(n, model.cond_channels) if model.cond_channels else None   # global cond
-    u = torch.rand(n, h, w, model.dist.num_uniforms)
-    x0 = torch.zeros(n, model.channels, h, w, dtype=torch.long)
-    with single_thread():
-        ref = naive.run(model, x0, None, cond, u, 1.0)
-        got, params = cached_torch.run(model, x0, None, cond, u, 1.0, return_params=True)
-        assert_matches_forward(params, model, ref, cond, name)
-    assert torch.equal(got, ref)
-    assert len(ref.unique()) > 4                                      # samples are not constant
-
-
-def test_sixteen_bit_codes_sample_exactly():
-    """2**16 codes (the largest ``bits``): sampled by the torch engine as by naive, and
-    completion keeps known codes."""
-    model = random_gated(seed=7, channels=1, bits=16, hidden=4, blocks=1, dist="categorical",
-                         embed_dim=3, std=0.5)
-    assert model.input.embed.weight.shape == (2 ** 16, 3)
-    n, h, w = 2, 3, 4
-    x = random_images(model, n, h, w, seed=1)
-    known = torch.rand(n, h, w) < 0.4
-    u = torch.rand(n, h, w, 1)
-    with single_thread():
-        ref = naive.run(model, x, known, None, u, 1.0)
-        got = cached_torch.run(model, x, known, None, u, 1.0)
-    assert torch.equal(got, ref)
-    assert torch.equal(got.permute(0, 2, 3, 1)[known], x.permute(0, 2, 3, 1)[known])
-    assert ref.max() > 2 ** 12                                         # the high codes are reached
 
 
 def test_token_model_trains_and_round_trips_through_a_checkpoint(tmp_path):
