@@ -1,12 +1,7 @@
 // The CPU cached sampling engine of a PixelCNNpp (see cached_engine_pp.h).
 #include "cached_engine_pp.h"
 
-#include <algorithm>
-#include <chrono>
-#include <cstdio>
 #include <cstring>
-
-#include "team.h"
 
 namespace pixelaux {
 namespace cpu {
@@ -17,30 +12,8 @@ namespace pp {
 // ------------------------------------------------------------------------------------
 
 std::string parse_config(const int64_t* v, int64_t n, Config* c) {
-  if (n != kConfigLen)
-    return "config must have " + std::to_string(kConfigLen) +
-           " ints [channels, bits, hidden, blocks, scales, cond_channels, dist, nr_mix, "
-           "embed_dim], got " + std::to_string(n);
-  const char* names[kConfigLen] = {"channels", "bits", "hidden", "blocks",
-                                   "scales", "cond_channels", "dist", "nr_mix", "embed_dim"};
-  const int64_t lo[kConfigLen] = {1, 1, 1, 0, 1, 0, 0, 1, 0};
-  const int64_t hi[kConfigLen] = {kMaxChannels, 16, 16384, 4096, kMaxScales, 16384, 1, 4096,
-                                   kMaxEmbedDim};
-  for (int i = 0; i < kConfigLen; ++i)
-    if (v[i] < lo[i] || v[i] > hi[i])
-      return std::string("config ") + names[i] + " must be in [" + std::to_string(lo[i]) + ", " +
-             std::to_string(hi[i]) + "], got " + std::to_string(v[i]);
-  c->channels = (int)v[0];
-  c->bits = (int)v[1];
-  c->hidden = (int)v[2];
-  c->blocks = (int)v[3];
-  c->scales = (int)v[4];
-  c->cond_channels = (int)v[5];
-  c->dist = (int)v[6];
-  c->nr_mix = (int)v[7];
-  c->embed_dim = (int)v[8];
-  c->per_channel = std::max(c->embed_dim, 1);
-  c->cin = c->channels * c->per_channel + 1;
+  const std::string err = parse_config_ints(v, n, "scales", kMaxScales, c, &c->scales);
+  if (!err.empty()) return err;
   return make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
 }
 
@@ -280,31 +253,25 @@ struct ScaleBuffers {
   std::vector<const float*> cond_up_u, cond_up_ul, cond_down_u, cond_down_ul;  // [block]
 };
 
-struct Workspace {
-  int64_t b0 = 0, Bt = 0;
-  Arena arena;
-  float *xin = nullptr, *ul_row0 = nullptr, *c1 = nullptr, *c2 = nullptr, *uact = nullptr,
-        *eh = nullptr, *hp = nullptr, *xcur = nullptr, *tmp = nullptr;
+struct Workspace : WorkspaceBase {
+  float *ul_row0 = nullptr, *c1 = nullptr, *c2 = nullptr, *uact = nullptr;
   std::vector<ScaleBuffers> sc;
 };
 
 // With allocate=false only the arena's requests are made (workspace_floats counts them).
 void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt, int team,
                     Workspace* ws, bool allocate = true) {
-  const int64_t F = c.hidden, H = a.H, W = a.W, S = c.scales, nb = c.blocks, cin = c.cin;
+  const int64_t F = c.hidden, H = a.H, W = a.W, S = c.scales, nb = c.blocks;
   const int64_t M0 = Bt * W;
   Arena& ar = ws->arena;
   ws->b0 = b0;
   ws->Bt = Bt;
-  ar.want(&ws->xin, Bt * (H + 2) * (W + 2) * cin);
+  want_input(c, H, W, 2, 1, ws);  // the input convs' kernel rows 2, columns 3
   ar.want(&ws->ul_row0, M0 * F);
   ar.want(&ws->c1, M0 * F);
   ar.want(&ws->c2, M0 * 2 * F);
   ar.want(&ws->uact, M0 * 2 * F);
-  ar.want(&ws->eh, 2 * Bt * F);  // by pixel parity: the head of one pixel may still read it
-  ar.want(&ws->hp, (int64_t)team * Bt * c.d.num_params);  // per thread: every thread runs the head
-  ar.want(&ws->xcur, (int64_t)team * Bt * cin);           // per thread: the pixel just sampled
-  ar.want(&ws->tmp, (int64_t)team * sample_scratch(c.d));
+  want_head(c, team, ws);
   ws->sc.resize(S);
   auto wins = [&](std::vector<RowWindow>& v, int64_t n, int64_t width, int64_t ch) {
     v.resize(n);
@@ -363,62 +330,23 @@ void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt
   }
   if (!allocate) return;
   ar.allocate();
-  // The input buffer: 2 rows of top padding, 1 column each side; per position the
-  // encoded pixel (C * per_channel floats), then the ones channel, which marks the image
-  // (zeros are padding).
-  for (int64_t b = 0; b < Bt; ++b)
-    for (int64_t i = 0; i < H; ++i)
-      for (int64_t j = 0; j < W; ++j)
-        ws->xin[((b * (H + 2) + 2 + i) * (W + 2) + 1 + j) * cin + cin - 1] = 1.f;
-  for (int64_t r = 0; r < (int64_t)team * Bt; ++r) ws->xcur[r * cin + cin - 1] = 1.f;
+  init_ones(c, H, W, team, ws);
 }
 
 // ------------------------------------------------------------------------------------
 // The engine of one team (one or more threads sharing a group of images)
 // ------------------------------------------------------------------------------------
 
-struct Engine : TeamMember {
-  const SampleArgs& a;
-  const Config& c;
-  const Layout& L;
-  Workspace& ws;
-  const int64_t H, W, Bt, F, F2, S, nb, P, C, cin;
-  const int64_t xrow, xstride;  // floats per xin row / per image
-  float* tmp;
+struct Engine : EngineBase<SampleArgs, Workspace> {
+  const int64_t S;
 
   Engine(const SampleArgs& args, Workspace& w, Barrier& b, int rank_, int size_, bool pixel_team_)
-      : TeamMember(b, rank_, size_, pixel_team_, args.cfg->hidden, args.cfg->d.num_params, w.Bt,
-                   args.W),
-        a(args), c(*args.cfg), L(*args.lay), ws(w), H(args.H), W(args.W), Bt(w.Bt),
-        F(c.hidden), F2(2 * c.hidden), S(c.scales), nb(c.blocks), P(c.d.num_params),
-        C(c.channels), cin(c.cin), xrow((args.W + 2) * c.cin), xstride((args.H + 2) * xrow) {
-    tmp = ws.tmp + (int64_t)rank * sample_scratch(c.d);
-    hp = ws.hp + (int64_t)rank * Bt * P;
-    xcur = ws.xcur + (int64_t)rank * Bt * cin;
-    progress = args.progress;
-  }
-  float* hp;        // this thread's head output (Bt, P)
-  float* xcur;      // this thread's copy of the pixel just sampled, (Bt, cin) as in xin
-  int64_t npix = 0; // pixels run (the parity of the head's input buffer)
+      : EngineBase(args, w, b, rank_, size_, pixel_team_), S(c.scales) {}
 
-  PackedMat mat(const MatSlot& m) const { return packed_mat(a.packed, m); }
-  const float* vec(const VecSlot& v) const { return a.packed + v.off; }
-  float* xin(int64_t b, int64_t xr, int64_t xc) const {
-    return ws.xin + b * xstride + xr * xrow + xc * cin;
-  }
+  void run() { run_rows(*this, " (PixelCNNpp)"); }
 
   // ---- row helpers (this thread's output channels c0 .. c0+nown of share sh) --------
 
-  // C[m, c0:c0+nown] = bias[c0:...] (or 0) for m in [0, M), row stride ldc.
-  static void init_rows(const Share& sh, float* Cp, int64_t M, int64_t ldc, const float* bias) {
-    for (int64_t m = 0; m < M; ++m) {
-      float* d = Cp + m * ldc + sh.c0;
-      if (bias)
-        std::memcpy(d, bias + sh.c0, sizeof(float) * sh.nown);
-      else
-        std::memset(d, 0, sizeof(float) * sh.nown);
-    }
-  }
   // Both halves of (M, 2F) rows from a 2F bias.
   void init_rows2(const Share& sh, float* Cp, int64_t M, const float* bias) const {
     for (int64_t m = 0; m < M; ++m) {
@@ -716,107 +644,22 @@ struct Engine : TeamMember {
           }
       }
     }
-    // One barrier before the head; then every thread runs the whole head and samples
-    // every image itself (the same arithmetic, so the same pixels), keeping the pixel in
-    // its own xcur for the next pixel's first GEMM, and writes its share of the images
-    // to xin / x / params (read after the row barrier).
-    float* ul = ws.sc[0].ul;
-    float* eh = ws.eh + (npix++ & 1) * Bt * F;
-    for (int64_t b = 0; b < Bt; ++b) elu(ul + b * F + sh.c0, sh.nown, eh + b * F + sh.c0);
-    if (pixel_team) team_point();  // eh complete (and the team may shrink to rank 0 here)
-    if (quit) return;
-    {
-      const float* hb = vec(L.headb);
-      for (int64_t b = 0; b < Bt; ++b) std::memcpy(hp + b * P, hb, sizeof(float) * P);
-      gemm_acc((int)Bt, eh, F, mat(L.head), 0, L.head.NP, hp, P);
-    }
-    const float t = (float)a.temperature;
-    const int64_t HW = H * W;
-    for (int64_t b = 0; b < Bt; ++b) {
-      const int64_t g = ws.b0 + b;
-      const float* prm = hp + b * P;
-      int64_t pix[kMaxChannels];
-      int64_t* xg = a.x + g * C * HW + i * W + j;
-      const bool mine = b >= ps.sb0 && b < ps.sb1;
-      if (a.known && a.known[g * HW + i * W + j]) {
-        for (int64_t ch = 0; ch < C; ++ch) pix[ch] = xg[ch * HW];
-      } else {
-        // The window reads the cell's earlier pixels from a.x: the rows above were written
-        // before the row barrier, this row's by their images' owners before the team point
-        // of each later pixel (every thread samples every image, each writes its share).
-        const PixelWindow at{&a.window, a.x, g, i, j};
-        sample_pixel(c.d, prm, a.uniforms + (g * HW + i * W + j) * c.d.num_uniforms, t, pix, tmp,
-                     a.window.maps ? &at : nullptr);
-        if (mine)
-          for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
-      }
-      // Known or sampled, the pixel's input channels come from the model's table, so
-      // they are the very floats its forward pass reads.
-      float* xc = xcur + b * cin;
-      a.table.write((int)C, pix, xc);
-      if (!mine) continue;
-      std::memcpy(xin(b, i + 2, 1 + j), xc, sizeof(float) * (cin - 1));
-      if (a.params) {
-        float* pd = a.params + g * P * HW + i * W + j;
-        for (int64_t q = 0; q < P; ++q) pd[q * HW] = prm[q];
-      }
-    }
-  }
-
-  void run() {
-    double t_row = 0, t_pix = 0;
-    since = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < H && !quit; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      if (!pixel_team && i > 0) team_point();  // row i-1 sampled by rank 0
-      if (pixel_team && i > 0) sync();  // row i-1 complete in xin
-      if (quit || stop_point()) break;  // stop_point: the caller asked to stop
-      start_row(i);
-      if (!pixel_team) sync();  // every share of the row terms is ready
-      const auto t1 = std::chrono::steady_clock::now();
-      if (pixel_team || rank == 0)
-        for (int64_t j = 0; j < W && !quit; ++j) pixel(i, j);
-      if (!quit) row_done();
-      const auto t2 = std::chrono::steady_clock::now();
-      t_row += std::chrono::duration<double>(t1 - t0).count();
-      t_pix += std::chrono::duration<double>(t2 - t1).count();
-    }
-    if (profile_enabled() && !quit)
-      std::fprintf(stderr,
-                   "pixelaux profile (PixelCNNpp): team of %d%s, rank %d, %lld images: rows %.4f s, "
-                   "pixels %.4f s%s\n",
-                   team.size, pixel_team || team.size == 1 ? "" : " (row starts only)", rank,
-                   (long long)Bt, t_row, t_pix,
-                   gave_up ? " (the others were late: rank 0 went on alone)" : "");
+    head_and_sample(i, j, ws.sc[0].ul);
   }
 };
 
 }  // namespace
 
 void cached_sample(const SampleArgs& a) {
-  const Config& c = *a.cfg;
-  const TeamPlan plan = plan_teams(a.B, a.mode, c.hidden, a.W, a.threads);
-  std::vector<Workspace> ws(plan.G);
-  for (int g = 0; g < plan.G; ++g) {
-    const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
-    make_workspace(c, a, b0, b1 - b0, plan.S, &ws[g]);
-  }
-  run_teams(plan, [&](int g, int rank, int size, bool pixel_team, Barrier& bar) {
-    Engine(a, ws[g], bar, rank, size, pixel_team).run();
+  sample_teams<Engine, Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
+    make_workspace(*a.cfg, a, b0, Bt, team, ws);
   });
 }
 
 int64_t workspace_floats(const SampleArgs& a) {
-  const Config& c = *a.cfg;
-  const TeamPlan plan = plan_teams(a.B, a.mode, c.hidden, a.W, a.threads);
-  int64_t total = 0;
-  for (int g = 0; g < plan.G; ++g) {
-    const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
-    Workspace ws;
-    make_workspace(c, a, b0, b1 - b0, plan.S, &ws, /*allocate=*/false);
-    total += ws.arena.requested();
-  }
-  return total;
+  return count_team_floats<Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
+    make_workspace(*a.cfg, a, b0, Bt, team, ws, /*allocate=*/false);
+  });
 }
 
 }  // namespace pp
