@@ -23,13 +23,8 @@ std::string parse_config(const int64_t* v, int64_t n, ModelConfig* c) {
 Layout make_layout(const ModelConfig& c) {
   LayoutBuilder lb;
   Layout L;
-  const int F = c.hidden, kh = c.kh, k = c.kw, cin = c.cin, cc = c.cond_channels;
-  for (int r = 0; r < kh; ++r) L.u0.push_back(lb.mat(k * cin, F));
-  L.u0b = lb.vec(F);
-  L.ulv = lb.mat(k * cin, F);
-  L.ulvb = lb.vec(F);
-  for (int r = 0; r < kh; ++r) L.ulh.push_back(lb.mat(cin, F));
-  L.ulhb = lb.vec(F);
+  const int F = c.hidden, kh = c.kh, k = c.kw, cc = c.cond_channels;
+  lay_out_inputs(c, k, &lb, &L);
   for (int stream = 0; stream < 2; ++stream) {
     const int kwin = stream == 0 ? k : kh;  // u: centred k columns; ul: kh columns to the left
     for (int b = 0; b < c.blocks; ++b) {
@@ -57,14 +52,9 @@ Layout make_layout(const ModelConfig& c) {
 }
 
 std::vector<RawSpec> raw_weight_specs(const ModelConfig& c) {
-  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cin = c.cin, cc = c.cond_channels;
+  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cc = c.cond_channels;
   std::vector<RawSpec> s;
-  s.push_back({"u_init.weight", {F, cin, kh, k}});
-  s.push_back({"u_init.bias", {F}});
-  s.push_back({"ul_init_v.weight", {F, cin, 1, k}});
-  s.push_back({"ul_init_v.bias", {F}});
-  s.push_back({"ul_init_h.weight", {F, cin, kh, 1}});
-  s.push_back({"ul_init_h.bias", {F}});
+  input_raw_specs(c, c.kw, &s);
   for (int b = 0; b < c.blocks; ++b) {
     const std::string p = "u_blocks." + std::to_string(b) + ".";
     s.push_back({p + "conv1.weight", {F, 2 * F, kh, k}});
@@ -97,30 +87,15 @@ std::vector<RawSpec> raw_weight_specs(const ModelConfig& c) {
 void pack_weights(const ModelConfig& c, const Layout& L, const std::vector<const float*>& raw,
                   float* out) {
   std::memset(out, 0, sizeof(float) * L.total);
-  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cin = c.cin, cc = c.cond_channels;
-  size_t i = 0;
-  auto next = [&]() { return raw[i++]; };
-  {
-    ConvW w{next(), F, cin, kh, k};
-    for (int r = 0; r < kh; ++r) fill_row(out, L.u0[r], w, r, 0);
-    fill_vec(out, L.u0b, next());
-  }
-  {
-    ConvW w{next(), F, cin, 1, k};
-    fill_row(out, L.ulv, w, 0, 0);
-    fill_vec(out, L.ulvb, next());
-  }
-  {
-    ConvW w{next(), F, cin, kh, 1};
-    for (int r = 0; r < kh; ++r) fill_row(out, L.ulh[r], w, r, 0);
-    fill_vec(out, L.ulhb, next());
-  }
+  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cc = c.cond_channels;
+  const float* const* next = raw.data();
+  pack_inputs(c, L, next, out);
   for (int b = 0; b < c.blocks; ++b) {
     const BlockLayout& B = L.ub[b];
-    ConvW w1{next(), F, 2 * F, kh, k};
-    const float* b1 = next();
-    ConvW w2{next(), 2 * F, 2 * F, kh, k};
-    const float* b2 = next();
+    ConvW w1{*next++, F, 2 * F, kh, k};
+    const float* b1 = *next++;
+    ConvW w2{*next++, 2 * F, 2 * F, kh, k};
+    const float* b2 = *next++;
     for (int r = 0; r < kh; ++r) {
       fill_row(out, B.c1[r], w1, r, 0);
       fill_row(out, B.c2a[r], w2, r, 0);
@@ -129,7 +104,7 @@ void pack_weights(const ModelConfig& c, const Layout& L, const std::vector<const
     fill_vec(out, B.b1, b1);
     fill_vec(out, B.b2, b2);
     if (cc) {
-      ConvW c1{next(), F, 2 * cc, 1, 1}, c2{next(), 2 * F, cc, 1, 1};
+      ConvW c1{*next++, F, 2 * cc, 1, 1}, c2{*next++, 2 * F, cc, 1, 1};
       fill_row(out, B.cc1, c1, 0, 0);
       fill_row(out, B.cc2a, c2, 0, 0);
       fill_row(out, B.cc2b, c2, 0, (int)F);
@@ -137,12 +112,12 @@ void pack_weights(const ModelConfig& c, const Layout& L, const std::vector<const
   }
   for (int b = 0; b < c.blocks; ++b) {
     const BlockLayout& B = L.ulb[b];
-    ConvW w1{next(), F, 2 * F, kh, kh};
-    const float* b1 = next();
-    ConvW wn{next(), F, 2 * F, 1, 1};
-    const float* bn = next();
-    ConvW w2{next(), 2 * F, 2 * F, kh, kh};
-    const float* b2 = next();
+    ConvW w1{*next++, F, 2 * F, kh, kh};
+    const float* b1 = *next++;
+    ConvW wn{*next++, F, 2 * F, 1, 1};
+    const float* bn = *next++;
+    ConvW w2{*next++, 2 * F, 2 * F, kh, kh};
+    const float* b2 = *next++;
     for (int r = 0; r < kh; ++r) {
       fill_row(out, B.c1[r], w1, r, 0);
       fill_row(out, B.c2a[r], w2, r, 0);
@@ -152,16 +127,16 @@ void pack_weights(const ModelConfig& c, const Layout& L, const std::vector<const
     for (int o = 0; o < F; ++o) out[B.b1.off + o] = b1[o] + bn[o];
     fill_vec(out, B.b2, b2);
     if (cc) {
-      ConvW c1{next(), F, 2 * cc, 1, 1}, c2{next(), 2 * F, cc, 1, 1};
+      ConvW c1{*next++, F, 2 * cc, 1, 1}, c2{*next++, 2 * F, cc, 1, 1};
       fill_row(out, B.cc1, c1, 0, 0);
       fill_row(out, B.cc2a, c2, 0, 0);
       fill_row(out, B.cc2b, c2, 0, (int)F);
     }
   }
   {
-    ConvW w{next(), c.d.num_params, F, 1, 1};
+    ConvW w{*next++, c.d.num_params, F, 1, 1};
     fill_row(out, L.head, w, 0, 0);
-    fill_vec(out, L.headb, next());
+    fill_vec(out, L.headb, *next++);
   }
 }
 
@@ -292,33 +267,9 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
         concat_elu(row, (int)cc, ws.condce + m * 2 * cc, ws.condce + m * 2 * cc + cc);
       }
     }
-    // First layer of the horizontal stream: down-shifted (1, k) conv of row i-1, and
-    // the rows above the current one of the right-shifted (kh, 1) conv (column j-1).
-    {
-      const float* bv = vec(L.ulvb);
-      const float* bh = vec(L.ulhb);
-      for (int64_t b = 0; b < Bt; ++b)
-        for (int64_t j = 0; j < W; ++j) {
-          float* d = ws.ul_row0 + (b * W + j) * F;
-          for (int q = c0; q < c0 + nown; ++q)
-            d[q] = (i > 0 ? bv[q] : 0.f) + (j > 0 ? bh[q] : 0.f);
-        }
-      const PackedMat ulv = mat(L.ulv);
-      for (int64_t b = 0; b < Bt; ++b) {
-        if (i > 0) gemm_acc((int)W, xin(b, kh + i - 1, 0), cin, ulv, fp0, fp1, ws.ul_row0 + b * W * F, F);
-        if (W > 1)
-          for (int64_t r = 0; r + 1 < kh; ++r)
-            gemm_acc((int)W - 1, xin(b, i + 1 + r, pw), cin, mat(L.ulh[r]), fp0, fp1,
-                     ws.ul_row0 + (b * W + 1) * F, F);
-      }
-    }
+    input_ul_row(i, ws.ul_row0);  // the horizontal stream's first layer, rows above
     if (nb == 0) return;
-    // Vertical stream, first layer: u[i] reads image rows i-kh .. i-1 (zero at row 0).
-    init_rows(rs, ws.u, M, F, i > 0 ? vec(L.u0b) : nullptr);
-    if (i > 0)
-      for (int64_t b = 0; b < Bt; ++b)
-        for (int64_t r = 0; r < kh; ++r)
-          gemm_acc((int)W, xin(b, i + r, 0), cin, mat(L.u0[r]), fp0, fp1, ws.u + b * W * F, F);
+    input_u_row(i, ws.u);  // the vertical stream's first layer
     const int s_i = slot(i);
     auto act_u_to = [&](float* ring_row) {
       for (int64_t b = 0; b < Bt; ++b)
@@ -355,14 +306,7 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
       }
       sync();
       // conv2 over act(c1) rows, + conditioning, then the gate
-      {
-        const float* b2 = vec(UB.b2);
-        for (int64_t m = 0; m < M; ++m) {
-          float* d = ws.c2u + m * F2;
-          std::memcpy(d + c0, b2 + c0, sizeof(float) * nown);
-          std::memcpy(d + F + c0, b2 + F + c0, sizeof(float) * nown);
-        }
-      }
+      init_rows2(rs, ws.c2u, M, vec(UB.b2));
       if (gc) {
         add_gcond(ws.c2u, F2, 0, blk, F, 2);
       } else if (cc) {
@@ -396,14 +340,7 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
         add_gcond(p1, F, 1, blk, 0, 1);
       else if (cc)
         gemm_acc((int)M, ws.condce, 2 * cc, mat(HB.cc1), fp0, fp1, p1, F);
-      {
-        const float* b2 = vec(HB.b2);
-        for (int64_t m = 0; m < M; ++m) {
-          float* d = p2 + m * F2;
-          std::memcpy(d + c0, b2 + c0, sizeof(float) * nown);
-          std::memcpy(d + F + c0, b2 + F + c0, sizeof(float) * nown);
-        }
-      }
+      init_rows2(rs, p2, M, vec(HB.b2));
       if (gc) {
         add_gcond(p2, F2, 1, blk, F, 2);
       } else if (cc) {
@@ -435,10 +372,7 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
   void pixel(int64_t i, int64_t j) {
     const int fp0 = ps.fp0, fp1 = ps.fp1, c0 = ps.c0, nown = ps.nown;
     float* ul = ws.ul;
-    for (int64_t b = 0; b < Bt; ++b)
-      std::memcpy(ul + b * F + c0, ws.ul_row0 + (b * W + j) * F + c0, sizeof(float) * nown);
-    if (j > 0)  // right-shifted (kh, 1) conv, current row: the pixel at column j-1
-      gemm_acc((int)Bt, xcur, cin, mat(L.ulh[kh - 1]), fp0, fp1, ul, F);
+    input_ul_pixel(j, ws.ul_row0, ul);
     const int s_i = slot(i);
     for (int64_t blk = 0; blk < nb; ++blk) {
       const BlockLayout& HB = L.ulb[blk];

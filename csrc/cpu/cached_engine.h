@@ -46,13 +46,7 @@ struct BlockLayout {
   VecSlot b1, b2;                     // b1: conv1 bias (+ nin bias); b2: conv2 bias (2F)
 };
 
-struct Layout {
-  std::vector<MatSlot> u0;   // u_init per kernel row (K = k * cin)
-  VecSlot u0b;
-  MatSlot ulv;               // ul_init_v (K = k * cin)
-  VecSlot ulvb;
-  std::vector<MatSlot> ulh;  // ul_init_h per kernel row (K = cin)
-  VecSlot ulhb;
+struct Layout : InputLayers {  // the input layers first, then:
   std::vector<BlockLayout> ub, ulb;
   MatSlot head;
   VecSlot headb;

@@ -38,13 +38,8 @@ BlockLayout block_layout(LayoutBuilder& lb, int F, int kw, bool nin, bool nin_ul
 Layout make_layout(const Config& c) {
   LayoutBuilder lb;
   Layout L;
-  const int F = c.hidden, cin = c.cin, S = c.scales, nb = c.blocks;
-  for (int r = 0; r < 2; ++r) L.u0[r] = lb.mat(3 * cin, F);
-  L.u0b = lb.vec(F);
-  L.ulv = lb.mat(3 * cin, F);
-  L.ulvb = lb.vec(F);
-  for (int r = 0; r < 2; ++r) L.ulh[r] = lb.mat(cin, F);
-  L.ulhb = lb.vec(F);
+  const int F = c.hidden, S = c.scales, nb = c.blocks;
+  lay_out_inputs(c, 3, &lb, &L);
   L.up_u.resize(S);
   L.up_ul.resize(S);
   L.down_u.resize(S);
@@ -87,7 +82,7 @@ Layout make_layout(const Config& c) {
 }
 
 std::vector<RawSpec> raw_weight_specs(const Config& c) {
-  const int64_t F = c.hidden, cin = c.cin, S = c.scales, nb = c.blocks;
+  const int64_t F = c.hidden, S = c.scales, nb = c.blocks;
   std::vector<RawSpec> s;
   auto conv = [&](const std::string& name, int64_t cout, int64_t ci, int64_t kh, int64_t kw) {
     s.push_back({name + ".weight", {cout, ci, kh, kw}});
@@ -98,9 +93,7 @@ std::vector<RawSpec> raw_weight_specs(const Config& c) {
     if (skip) conv(p + "nin_skip", F, 2 * skip, 1, 1);
     conv(p + "conv2", 2 * F, 2 * F, 2, kw);
   };
-  conv("u_init", F, cin, 2, 3);
-  conv("ul_init_v", F, cin, 1, 3);
-  conv("ul_init_h", F, cin, 2, 1);
+  input_raw_specs(c, 3, &s);
   for (int64_t t = 0; t < S; ++t) {
     const std::string p = "up_layers." + std::to_string(t) + ".";
     for (int64_t k = 0; k < nb; ++k) block(p + "u_stream." + std::to_string(k) + ".", 3, 0);
@@ -163,23 +156,9 @@ void pack_block(float* out, const BlockLayout& B, int64_t F, int64_t kw, int64_t
 void pack_weights(const Config& c, const Layout& L, const std::vector<const float*>& raw,
                   float* out) {
   std::memset(out, 0, sizeof(float) * L.total);
-  const int64_t F = c.hidden, cin = c.cin, S = c.scales, nb = c.blocks;
+  const int64_t F = c.hidden, S = c.scales, nb = c.blocks;
   const float* const* next = raw.data();
-  {
-    ConvW w{*next++, F, cin, 2, 3};
-    for (int r = 0; r < 2; ++r) fill_row(out, L.u0[r], w, r, 0);
-    fill_vec(out, L.u0b, *next++);
-  }
-  {
-    ConvW w{*next++, F, cin, 1, 3};
-    fill_row(out, L.ulv, w, 0, 0);
-    fill_vec(out, L.ulvb, *next++);
-  }
-  {
-    ConvW w{*next++, F, cin, 2, 1};
-    for (int r = 0; r < 2; ++r) fill_row(out, L.ulh[r], w, r, 0);
-    fill_vec(out, L.ulhb, *next++);
-  }
+  pack_inputs(c, L, next, out);
   for (int64_t s = 0; s < S; ++s) {
     for (int64_t k = 0; k < nb; ++k) pack_block(out, L.up_u[s][k], F, 3, 0, false, next);
     for (int64_t k = 0; k < nb; ++k) pack_block(out, L.up_ul[s][k], F, 2, F, false, next);
@@ -347,14 +326,6 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
 
   // ---- row helpers (this thread's output channels c0 .. c0+nown of share sh) --------
 
-  // Both halves of (M, 2F) rows from a 2F bias.
-  void init_rows2(const Share& sh, float* Cp, int64_t M, const float* bias) const {
-    for (int64_t m = 0; m < M; ++m) {
-      float* d = Cp + m * F2;
-      std::memcpy(d + sh.c0, bias + sh.c0, sizeof(float) * sh.nown);
-      std::memcpy(d + F + sh.c0, bias + F + sh.c0, sizeof(float) * sh.nown);
-    }
-  }
   // act(x) of the (Bt * Ws, F) row x into column 1+q of the window's row p (and into
   // the (Bt * Ws, 2F) buffer dst when given).
   void act_row(const Share& sh, const float* x, int64_t Ws, const RowWindow* win, int64_t p,
@@ -444,35 +415,14 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
   // ---- per row ----------------------------------------------------------------------
   void start_row(int64_t i) {
     const Share& sh = rs;
-    // First layer of ul: the down-shifted (1, 3) conv of image row i-1, and the row i-1
-    // tap of the right-shifted (2, 1) conv (column j-1).
-    {
-      const float* bv = vec(L.ulvb);
-      const float* bh = vec(L.ulhb);
-      for (int64_t b = 0; b < Bt; ++b)
-        for (int64_t j = 0; j < W; ++j) {
-          float* d = ws.ul_row0 + (b * W + j) * F;
-          for (int q = sh.c0; q < sh.c0 + sh.nown; ++q)
-            d[q] = (i > 0 ? bv[q] : 0.f) + (j > 0 ? bh[q] : 0.f);
-        }
-      for (int64_t b = 0; b < Bt; ++b) {
-        if (i > 0) gemm_acc((int)W, xin(b, i + 1, 0), cin, mat(L.ulv), sh.fp0, sh.fp1, ws.ul_row0 + b * W * F, F);
-        if (W > 1)
-          gemm_acc((int)W - 1, xin(b, i + 1, 1), cin, mat(L.ulh[0]), sh.fp0, sh.fp1,
-                   ws.ul_row0 + (b * W + 1) * F, F);
-      }
-    }
+    input_ul_row(i, ws.ul_row0);  // ul's first layer, rows above
     int top = 0;  // the coarsest scale of this row
     while (top + 1 < S && i % (int64_t(1) << (top + 1)) == 0) ++top;
     for (int s = 0; s <= top; ++s) {  // up pass, scales ascending
       ScaleBuffers& sb = ws.sc[s];
       const int64_t p = i >> s, Ws = sb.Ws, Ms = Bt * Ws;
-      if (s == 0) {  // u reads image rows i-2, i-1 (zero at row 0)
-        init_rows(sh, sb.u, Ms, F, i > 0 ? vec(L.u0b) : nullptr);
-        if (i > 0)
-          for (int64_t b = 0; b < Bt; ++b)
-            for (int r = 0; r < 2; ++r)
-              gemm_acc((int)W, xin(b, i + r, 0), cin, mat(L.u0[r]), sh.fp0, sh.fp1, sb.u + b * W * F, F);
+      if (s == 0) {  // u's first layer: image rows i-2, i-1
+        input_u_row(i, sb.u);
       } else {  // stride-2 conv over rows 2p-1, 2p of scale s-1
         init_rows(sh, sb.u, Ms, F, vec(L.down_u_bias[s]));
         conv_rows(sh, ws.sc[s - 1].last_u_win, 2 * p - 1, 0, 2, L.down_u_conv[s].data(), Ws, 2, sb.u, F);
@@ -590,11 +540,8 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
     for (int s = 0; s <= top; ++s) {  // up pass, scales ascending
       ScaleBuffers& sb = ws.sc[s];
       const int64_t p = i >> s, q = j >> s;
-      if (s == 0) {
-        for (int64_t b = 0; b < Bt; ++b)
-          std::memcpy(sb.ul + b * F + sh.c0, ws.ul_row0 + (b * W + j) * F + sh.c0, sizeof(float) * sh.nown);
-        if (j > 0)  // right-shifted (2, 1) conv, current row: the pixel at column j-1
-          gemm_acc((int)Bt, xcur, cin, mat(L.ulh[1]), sh.fp0, sh.fp1, sb.ul, F);
+      if (s == 0) {  // ul's first layer
+        input_ul_pixel(j, ws.ul_row0, sb.ul);
       } else {  // stride-2 conv over the 2x2 window (2p-1 .. 2p, 2q-1 .. 2q) of scale s-1
         const RowWindow& lw = ws.sc[s - 1].last_ul_win;
         init_rows(sh, sb.ul, Bt, F, vec(L.down_ul_bias[s]));

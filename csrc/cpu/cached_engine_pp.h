@@ -52,13 +52,7 @@ struct BlockLayout {
   VecSlot b1, b2;  // b1: conv1 bias + nin bias; b2: conv2 bias (2F)
 };
 
-struct Layout {
-  MatSlot u0[2];   // u_init (2, 3) per kernel row
-  VecSlot u0b;
-  MatSlot ulv;     // ul_init_v (1, 3)
-  VecSlot ulvb;
-  MatSlot ulh[2];  // ul_init_h (2, 1) per kernel row
-  VecSlot ulhb;
+struct Layout : InputLayers {  // the input layers (k = 3) first, then:
   // [scale][block]; a scale's down blocks in the order they run
   std::vector<std::vector<BlockLayout>> up_u, up_ul, down_u, down_ul;
   // into scale s from s-1 (index s, 1 .. S-1): stride-2 convs per kernel row

@@ -34,6 +34,47 @@ std::string parse_config_ints(const int64_t* v, int64_t n, const char* topology_
   return "";
 }
 
+void lay_out_inputs(const EngineConfig& c, int k, LayoutBuilder* lb, InputLayers* L) {
+  const int F = c.hidden, cin = c.cin, kh = (k + 1) / 2;
+  L->kh = kh;
+  L->k = k;
+  for (int r = 0; r < kh; ++r) L->u0.push_back(lb->mat(k * cin, F));
+  L->u0b = lb->vec(F);
+  L->ulv = lb->mat(k * cin, F);
+  L->ulvb = lb->vec(F);
+  for (int r = 0; r < kh; ++r) L->ulh.push_back(lb->mat(cin, F));
+  L->ulhb = lb->vec(F);
+}
+
+void input_raw_specs(const EngineConfig& c, int k, std::vector<RawSpec>* s) {
+  const int64_t F = c.hidden, cin = c.cin, kh = (k + 1) / 2;
+  s->push_back({"u_init.weight", {F, cin, kh, k}});
+  s->push_back({"u_init.bias", {F}});
+  s->push_back({"ul_init_v.weight", {F, cin, 1, k}});
+  s->push_back({"ul_init_v.bias", {F}});
+  s->push_back({"ul_init_h.weight", {F, cin, kh, 1}});
+  s->push_back({"ul_init_h.bias", {F}});
+}
+
+void pack_inputs(const EngineConfig& c, const InputLayers& L, const float* const*& next, float* out) {
+  const int64_t F = c.hidden, cin = c.cin, kh = L.kh, k = L.k;
+  {
+    ConvW w{*next++, F, cin, kh, k};
+    for (int r = 0; r < kh; ++r) fill_row(out, L.u0[r], w, r, 0);
+    fill_vec(out, L.u0b, *next++);
+  }
+  {
+    ConvW w{*next++, F, cin, 1, k};
+    fill_row(out, L.ulv, w, 0, 0);
+    fill_vec(out, L.ulvb, *next++);
+  }
+  {
+    ConvW w{*next++, F, cin, kh, 1};
+    for (int r = 0; r < kh; ++r) fill_row(out, L.ulh[r], w, r, 0);
+    fill_vec(out, L.ulhb, *next++);
+  }
+}
+
 void want_input(const EngineConfig& c, int64_t H, int64_t W, int64_t pad_top, int64_t pad_side,
                 WorkspaceBase* ws) {
   ws->pad_top = pad_top;

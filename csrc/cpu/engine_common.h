@@ -46,6 +46,27 @@ struct EngineConfig {
 std::string parse_config_ints(const int64_t* v, int64_t n, const char* topology_name,
                               int64_t topology_max, EngineConfig* c, int* topology);
 
+// The input layers of both streams, the first weights of both models' packed order:
+// u_init, a (kh, k) conv over the image rows above; ul_init_v, a (1, k) conv over the row
+// above; ul_init_h, a (kh, 1) conv over the column to the left (kh = (k + 1) / 2; a
+// PixelCNNpp has k = 3). Kernel row r = kh - 1 is the current row.
+struct InputLayers {
+  int kh = 0, k = 0;
+  std::vector<MatSlot> u0;   // u_init per kernel row (K = k * cin)
+  VecSlot u0b;
+  MatSlot ulv;               // ul_init_v (K = k * cin)
+  VecSlot ulvb;
+  std::vector<MatSlot> ulh;  // ul_init_h per kernel row (K = cin)
+  VecSlot ulhb;
+};
+
+// Their slots, the next in lb (an engine's Layout derives from InputLayers).
+void lay_out_inputs(const EngineConfig& c, int k, LayoutBuilder* lb, InputLayers* L);
+// Their raw weights (the model's u_init, ul_init_v, ul_init_h: weight, bias each).
+void input_raw_specs(const EngineConfig& c, int k, std::vector<RawSpec>* specs);
+// Packs them from the raw list (advancing next past them).
+void pack_inputs(const EngineConfig& c, const InputLayers& L, const float* const*& next, float* out);
+
 // The arguments of a sampling call that do not depend on the model's topology.
 struct SampleArgsBase {
   const float* packed = nullptr;
@@ -139,6 +160,59 @@ struct EngineBase : TeamMember {
         std::memset(d, 0, sizeof(float) * sh.nown);
     }
   }
+  // Both halves of (M, 2F) rows from a 2F bias (this thread's channels of each).
+  void init_rows2(const Share& sh, float* Cp, int64_t M, const float* bias) const {
+    for (int64_t m = 0; m < M; ++m) {
+      float* d = Cp + m * F2;
+      std::memcpy(d + sh.c0, bias + sh.c0, sizeof(float) * sh.nown);
+      std::memcpy(d + F + sh.c0, bias + F + sh.c0, sizeof(float) * sh.nown);
+    }
+  }
+
+  // ---- the input layers (InputLayers), read from xin ----------------------------------
+
+  // ul's input layer at every position of row i, all but the current row's tap:
+  // ul_row0 (Bt * W, F) = the down-shifted (1, k) conv of image row i-1 + the rows above
+  // of the right-shifted (kh, 1) conv (column j-1). This thread's share rs.
+  void input_ul_row(int64_t i, float* ul_row0) const {
+    const int64_t kh = L.kh, pw = ws.pad_side;
+    const float* bv = vec(L.ulvb);
+    const float* bh = vec(L.ulhb);
+    for (int64_t b = 0; b < Bt; ++b)
+      for (int64_t j = 0; j < W; ++j) {
+        float* d = ul_row0 + (b * W + j) * F;
+        for (int q = rs.c0; q < rs.c0 + rs.nown; ++q)
+          d[q] = (i > 0 ? bv[q] : 0.f) + (j > 0 ? bh[q] : 0.f);
+      }
+    const PackedMat ulv = mat(L.ulv);
+    for (int64_t b = 0; b < Bt; ++b) {
+      if (i > 0) gemm_acc((int)W, xin(b, kh + i - 1, 0), cin, ulv, rs.fp0, rs.fp1, ul_row0 + b * W * F, F);
+      if (W > 1)
+        for (int64_t r = 0; r + 1 < kh; ++r)
+          gemm_acc((int)W - 1, xin(b, i + 1 + r, pw), cin, mat(L.ulh[r]), rs.fp0, rs.fp1,
+                   ul_row0 + (b * W + 1) * F, F);
+    }
+  }
+
+  // u's input layer at row i into u (Bt * W, F): the (kh, k) conv over image rows
+  // i-kh .. i-1 (zero at row 0). This thread's share rs.
+  void input_u_row(int64_t i, float* u) const {
+    init_rows(rs, u, Bt * W, F, i > 0 ? vec(L.u0b) : nullptr);
+    if (i > 0)
+      for (int64_t b = 0; b < Bt; ++b)
+        for (int64_t r = 0; r < L.kh; ++r)
+          gemm_acc((int)W, xin(b, i + r, 0), cin, mat(L.u0[r]), rs.fp0, rs.fp1, u + b * W * F, F);
+  }
+
+  // ul's input layer at pixel (i, j) into ul (Bt, F): its row term plus the current row's
+  // tap of the right-shifted (kh, 1) conv, the pixel at column j-1 (xcur). Share ps.
+  void input_ul_pixel(int64_t j, const float* ul_row0, float* ul) const {
+    for (int64_t b = 0; b < Bt; ++b)
+      std::memcpy(ul + b * F + ps.c0, ul_row0 + (b * W + j) * F + ps.c0, sizeof(float) * ps.nown);
+    if (j > 0) gemm_acc((int)Bt, xcur, cin, mat(L.ulh[L.kh - 1]), ps.fp0, ps.fp1, ul, F);
+  }
+
+  // ---- the head -----------------------------------------------------------------------
 
   // The end of pixel (i, j), once ul (the last hidden layer, (Bt, F)) is complete in this
   // thread's share ps: elu(ul), the head, the sampling, the write-back.
