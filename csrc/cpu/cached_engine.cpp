@@ -362,13 +362,10 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
     }
   }
 
-  // Horizontal stream at pixel (i, j), the head, the sampling.
+  // Horizontal stream at pixel (i, j), then the head and the sampling (head_and_sample).
   //
   // Team synchronisation: two barriers per block (act(ul) and act(c1) complete before
-  // the GEMMs that read every channel), one before the head. Every thread then runs
-  // the whole head and samples every image itself (the same arithmetic, so the same
-  // pixels), keeping the pixel in its own xcur for the next pixel's first GEMM, and
-  // writes its share of the images to xin / x / params (read after the row barrier).
+  // the GEMMs that read every channel), one before the head.
   void pixel(int64_t i, int64_t j) {
     const int fp0 = ps.fp0, fp1 = ps.fp1, c0 = ps.c0, nown = ps.nown;
     float* ul = ws.ul;
