@@ -72,9 +72,11 @@ using cpu::ModelConfig;
 
 constexpr int64_t kMaxRowPositions = int64_t(1) << 30;  // B * W and H (int GEMM sizes)
 
-ModelConfig get_config(at::IntArrayRef config) {
-  ModelConfig c;
-  const std::string err = cpu::parse_config(config.data(), (int64_t)config.size(), &c);
+// The checked config of an engine (cpu::ModelConfig or cpu::pp::Config).
+template <class Config>
+Config get_config(at::IntArrayRef config) {
+  Config c;
+  const std::string err = parse_config(config.data(), (int64_t)config.size(), &c);
   TORCH_CHECK_VALUE(err.empty(), "pixelaux: ", err);
   return c;
 }
@@ -117,14 +119,21 @@ std::vector<const float*> check_raw(const char* op, at::TensorList weights,
   return ptrs;
 }
 
-at::Tensor pack_gated_pixelcnn(at::TensorList weights, at::IntArrayRef config) {
-  const ModelConfig c = get_config(config);
+// The packed weights of an engine's model: its raw weights checked against its
+// raw_weight_specs, packed by its pack_weights into its layout.
+template <class Config>
+at::Tensor pack_model(const char* op, at::TensorList weights, at::IntArrayRef config) {
+  const Config c = get_config<Config>(config);
   std::vector<at::Tensor> keep;
-  const auto ptrs = check_raw("pixelaux.pack_gated_pixelcnn: ", weights, cpu::raw_weight_specs(c), &keep);
-  const cpu::Layout lay = cpu::make_layout(c);
+  const auto ptrs = check_raw(op, weights, raw_weight_specs(c), &keep);
+  const auto lay = make_layout(c);
   at::Tensor out = at::empty({lay.total}, at::TensorOptions().dtype(at::kFloat));
-  cpu::pack_weights(c, lay, ptrs, out.data_ptr<float>());
+  pack_weights(c, lay, ptrs, out.data_ptr<float>());
   return out;
+}
+
+at::Tensor pack_gated_pixelcnn(at::TensorList weights, at::IntArrayRef config) {
+  return pack_model<ModelConfig>("pixelaux.pack_gated_pixelcnn: ", weights, config);
 }
 
 // The checked inputs shared by the sampling ops.
@@ -280,6 +289,32 @@ at::Tensor params_tensor(bool return_params, int64_t B, int64_t P, int64_t H, in
                        : at::empty({0}, at::TensorOptions().dtype(at::kFloat));
 }
 
+// Fills the engine-independent arguments of a sampling op (checking table, progress and
+// window, in this order); returns the params output ((B, P, H, W), or empty).
+at::Tensor fill_sample_args(const char* op, const cpu::EngineConfig& c, const SampleInputs& in,
+                            const at::Tensor& packed, const at::Tensor& table, double temperature,
+                            bool return_params, int64_t mode,
+                            const std::optional<at::Tensor>& progress,
+                            const std::optional<at::Tensor>& window, at::IntArrayRef window_consts,
+                            std::vector<at::Tensor>* keep, cpu::SampleArgsBase* a) {
+  const int64_t B = in.B, H = in.H, W = in.W;
+  at::Tensor params = params_tensor(return_params, B, c.d.num_params, H, W);
+  a->table = check_table(op, table, c.channels, c.d.levels, c.per_channel, keep);
+  a->packed = packed.data_ptr<float>();
+  a->B = B;
+  a->H = H;
+  a->W = W;
+  a->x = in.x.data_ptr<int64_t>();
+  a->known = in.known.defined() ? in.known.data_ptr<bool>() : nullptr;
+  a->uniforms = in.uniforms.data_ptr<float>();
+  a->params = return_params ? params.data_ptr<float>() : nullptr;
+  a->temperature = temperature;
+  a->mode = (int)mode;
+  a->progress = progress_ptr(op, progress);
+  a->window = check_window(op, window, window_consts, c.d, B, H, W, keep);
+  return params;
+}
+
 std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& known,
                                                  const std::optional<at::Tensor>& cond,
@@ -291,8 +326,8 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& window,
                                                  at::IntArrayRef window_consts) {
   const char* op = "pixelaux.cached_sample: ";
-  const ModelConfig c = get_config(config);
-  SampleInputs in = check_sample_inputs(op, x, known, uniforms, cpu::dist_spec(c), temperature, mode);
+  const ModelConfig c = get_config<ModelConfig>(config);
+  SampleInputs in = check_sample_inputs(op, x, known, uniforms, c.d, temperature, mode);
   const int64_t B = in.B, H = in.H, W = in.W;
   // cond: the conditioning map, or a vector per image (global)
   at::Tensor cd;
@@ -318,46 +353,21 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   const cpu::Layout lay = cpu::make_layout(c);
   const at::Tensor pk = check_packed(op, "pack_gated_pixelcnn", packed, lay.total);
   std::vector<at::Tensor> keep;
-  at::Tensor params = params_tensor(return_params, B, c.num_params, H, W);
   cpu::SampleArgs a;
-  a.table = check_table(op, table, c.channels, c.levels, c.per_channel, &keep);
   a.cfg = &c;
   a.lay = &lay;
-  a.packed = pk.data_ptr<float>();
-  a.B = B;
-  a.H = H;
-  a.W = W;
-  a.x = in.x.data_ptr<int64_t>();
-  a.known = in.known.defined() ? in.known.data_ptr<bool>() : nullptr;
   a.cond = cd.defined() ? cd.data_ptr<float>() : nullptr;
   a.cond_global = cond_global;
-  a.uniforms = in.uniforms.data_ptr<float>();
-  a.params = return_params ? params.data_ptr<float>() : nullptr;
-  a.temperature = temperature;
-  a.mode = (int)mode;
-  a.progress = progress_ptr(op, progress);
-  a.window = check_window(op, window, window_consts, cpu::dist_spec(c), B, H, W, &keep);
+  at::Tensor params = fill_sample_args(op, c, in, pk, table, temperature, return_params, mode,
+                                       progress, window, window_consts, &keep, &a);
   cpu::cached_sample(a);
   return {in.x, params};
 }
 
 // ---- PixelCNNpp ----------------------------------------------------------------------
 
-cpu::pp::Config get_pp_config(at::IntArrayRef config) {
-  cpu::pp::Config c;
-  const std::string err = cpu::pp::parse_config(config.data(), (int64_t)config.size(), &c);
-  TORCH_CHECK_VALUE(err.empty(), "pixelaux: ", err);
-  return c;
-}
-
 at::Tensor pack_pixelcnnpp(at::TensorList weights, at::IntArrayRef config) {
-  const cpu::pp::Config c = get_pp_config(config);
-  std::vector<at::Tensor> keep;
-  const auto ptrs = check_raw("pixelaux.pack_pixelcnnpp: ", weights, cpu::pp::raw_weight_specs(c), &keep);
-  const cpu::pp::Layout lay = cpu::pp::make_layout(c);
-  at::Tensor out = at::empty({lay.total}, at::TensorOptions().dtype(at::kFloat));
-  cpu::pp::pack_weights(c, lay, ptrs, out.data_ptr<float>());
-  return out;
+  return pack_model<cpu::pp::Config>("pixelaux.pack_pixelcnnpp: ", weights, config);
 }
 
 std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
@@ -372,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
                                                     const std::optional<at::Tensor>& window,
                                                     at::IntArrayRef window_consts) {
   const char* op = "pixelaux.cached_sample_pp: ";
-  const cpu::pp::Config c = get_pp_config(config);
+  const cpu::pp::Config c = get_config<cpu::pp::Config>(config);
   SampleInputs in = check_sample_inputs(op, x, known, uniforms, c.d, temperature, mode);
   const int64_t B = in.B, H = in.H, W = in.W, f = int64_t(1) << (c.scales - 1);
   TORCH_CHECK_VALUE(H % f == 0 && W % f == 0, op, "a PixelCNNpp with scales=", c.scales,
@@ -410,22 +420,10 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
     }
   }
   const at::Tensor pk = check_packed(op, "pack_pixelcnnpp", packed, lay.total);
-  a.table = check_table(op, table, c.channels, c.d.levels, c.per_channel, &keep);
-  at::Tensor params = params_tensor(return_params, B, c.d.num_params, H, W);
   a.cfg = &c;
   a.lay = &lay;
-  a.packed = pk.data_ptr<float>();
-  a.B = B;
-  a.H = H;
-  a.W = W;
-  a.x = in.x.data_ptr<int64_t>();
-  a.known = in.known.defined() ? in.known.data_ptr<bool>() : nullptr;
-  a.uniforms = in.uniforms.data_ptr<float>();
-  a.params = return_params ? params.data_ptr<float>() : nullptr;
-  a.temperature = temperature;
-  a.mode = (int)mode;
-  a.progress = progress_ptr(op, progress);
-  a.window = check_window(op, window, window_consts, c.d, B, H, W, &keep);
+  at::Tensor params = fill_sample_args(op, c, in, pk, table, temperature, return_params, mode,
+                                       progress, window, window_consts, &keep, &a);
   cpu::pp::cached_sample(a);
   return {in.x, params};
 }
@@ -433,11 +431,12 @@ std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
 // Scratch floats of cached_sample / cached_sample_pp for B images of H x W (thread split
 // `mode`, the current thread count): the arenas' requests, counted without allocating.
 // global_cond: cond is a vector per image (its terms once per image, smaller scratch).
-int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode,
-                                bool global_cond) {
-  const ModelConfig c = get_config(config);
-  const cpu::Layout lay = cpu::make_layout(c);
-  cpu::SampleArgs a;
+template <class Config, class Args>
+int64_t workspace_floats_of(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode,
+                            bool global_cond) {
+  const Config c = get_config<Config>(config);
+  const auto lay = make_layout(c);
+  Args a;
   a.cfg = &c;
   a.lay = &lay;
   a.B = B;
@@ -445,20 +444,16 @@ int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, in
   a.W = W;
   a.mode = (int)mode;
   a.cond_global = global_cond;
-  return cpu::workspace_floats(a);
+  return workspace_floats(a);
+}
+
+int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode,
+                                bool global_cond) {
+  return workspace_floats_of<ModelConfig, cpu::SampleArgs>(config, B, H, W, mode, global_cond);
 }
 
 int64_t cached_workspace_floats_pp(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode) {
-  const cpu::pp::Config c = get_pp_config(config);
-  const cpu::pp::Layout lay = cpu::pp::make_layout(c);
-  cpu::pp::SampleArgs a;
-  a.cfg = &c;
-  a.lay = &lay;
-  a.B = B;
-  a.H = H;
-  a.W = W;
-  a.mode = (int)mode;
-  return cpu::pp::workspace_floats(a);
+  return workspace_floats_of<cpu::pp::Config, cpu::pp::SampleArgs>(config, B, H, W, mode, false);
 }
 
 cpu::UNetConfig get_unet_config(at::IntArrayRef config) {

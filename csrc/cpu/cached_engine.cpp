@@ -1,12 +1,7 @@
 // The CPU cached sampling engine of a GatedPixelCNN (see cached_engine.h).
 #include "cached_engine.h"
 
-#include <algorithm>
-#include <chrono>
-#include <cstdio>
 #include <cstring>
-
-#include "team.h"
 
 namespace pixelaux {
 namespace cpu {
@@ -16,58 +11,20 @@ namespace cpu {
 // ------------------------------------------------------------------------------------
 
 std::string parse_config(const int64_t* v, int64_t n, ModelConfig* c) {
-  if (n != kConfigLen)
-    return "config must have " + std::to_string(kConfigLen) +
-           " ints [channels, bits, hidden, blocks, kernel_size, cond_channels, dist, nr_mix, "
-           "embed_dim], got " + std::to_string(n);
-  const char* names[kConfigLen] = {"channels", "bits", "hidden", "blocks",
-                                   "kernel_size", "cond_channels", "dist", "nr_mix", "embed_dim"};
-  const int64_t lo[kConfigLen] = {1, 1, 1, 0, 1, 0, 0, 1, 0};
-  const int64_t hi[kConfigLen] = {kMaxChannels, 16, 16384, 4096, kMaxKernelSize, 16384, 1, 4096,
-                                   kMaxEmbedDim};
-  for (int i = 0; i < kConfigLen; ++i)
-    if (v[i] < lo[i] || v[i] > hi[i])
-      return std::string("config ") + names[i] + " must be in [" + std::to_string(lo[i]) + ", " +
-             std::to_string(hi[i]) + "], got " + std::to_string(v[i]);
-  c->channels = (int)v[0];
-  c->bits = (int)v[1];
-  c->hidden = (int)v[2];
-  c->blocks = (int)v[3];
-  c->kernel_size = (int)v[4];
-  c->cond_channels = (int)v[5];
-  c->dist = (int)v[6];
-  c->nr_mix = (int)v[7];
-  c->embed_dim = (int)v[8];
-  c->per_channel = std::max(c->embed_dim, 1);
+  const std::string err = parse_config_ints(v, n, "kernel_size", kMaxKernelSize, c, &c->kernel_size);
+  if (!err.empty()) return err;
   if (c->kernel_size % 2 != 1) return "config kernel_size must be odd, got " + std::to_string(v[4]);
   c->kw = c->kernel_size;
   c->kh = (c->kernel_size + 1) / 2;
   c->pw = (c->kernel_size - 1) / 2;
-  c->cin = c->channels * c->per_channel + 1;
-  DistSpec d;
-  const std::string err = make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &d);
-  c->levels = d.levels;
-  c->num_params = d.num_params;
-  c->num_uniforms = d.num_uniforms;
-  return err;
-}
-
-DistSpec dist_spec(const ModelConfig& c) {
-  DistSpec d;
-  make_dist_spec(c.channels, c.bits, c.dist, c.nr_mix, &d);
-  return d;
+  return make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
 }
 
 Layout make_layout(const ModelConfig& c) {
   LayoutBuilder lb;
   Layout L;
-  const int F = c.hidden, kh = c.kh, k = c.kw, cin = c.cin, cc = c.cond_channels;
-  for (int r = 0; r < kh; ++r) L.u0.push_back(lb.mat(k * cin, F));
-  L.u0b = lb.vec(F);
-  L.ulv = lb.mat(k * cin, F);
-  L.ulvb = lb.vec(F);
-  for (int r = 0; r < kh; ++r) L.ulh.push_back(lb.mat(cin, F));
-  L.ulhb = lb.vec(F);
+  const int F = c.hidden, kh = c.kh, k = c.kw, cc = c.cond_channels;
+  lay_out_inputs(c, k, &lb, &L);
   for (int stream = 0; stream < 2; ++stream) {
     const int kwin = stream == 0 ? k : kh;  // u: centred k columns; ul: kh columns to the left
     for (int b = 0; b < c.blocks; ++b) {
@@ -88,21 +45,16 @@ Layout make_layout(const ModelConfig& c) {
       (stream == 0 ? L.ub : L.ulb).push_back(B);
     }
   }
-  L.head = lb.mat(F, (int)c.num_params);
-  L.headb = lb.vec((int)c.num_params);
+  L.head = lb.mat(F, (int)c.d.num_params);
+  L.headb = lb.vec((int)c.d.num_params);
   L.total = lb.total;
   return L;
 }
 
 std::vector<RawSpec> raw_weight_specs(const ModelConfig& c) {
-  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cin = c.cin, cc = c.cond_channels;
+  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cc = c.cond_channels;
   std::vector<RawSpec> s;
-  s.push_back({"u_init.weight", {F, cin, kh, k}});
-  s.push_back({"u_init.bias", {F}});
-  s.push_back({"ul_init_v.weight", {F, cin, 1, k}});
-  s.push_back({"ul_init_v.bias", {F}});
-  s.push_back({"ul_init_h.weight", {F, cin, kh, 1}});
-  s.push_back({"ul_init_h.bias", {F}});
+  input_raw_specs(c, c.kw, &s);
   for (int b = 0; b < c.blocks; ++b) {
     const std::string p = "u_blocks." + std::to_string(b) + ".";
     s.push_back({p + "conv1.weight", {F, 2 * F, kh, k}});
@@ -127,38 +79,23 @@ std::vector<RawSpec> raw_weight_specs(const ModelConfig& c) {
       s.push_back({p + "cond_c2.weight", {2 * F, cc, 1, 1}});
     }
   }
-  s.push_back({"head.weight", {c.num_params, F, 1, 1}});
-  s.push_back({"head.bias", {c.num_params}});
+  s.push_back({"head.weight", {c.d.num_params, F, 1, 1}});
+  s.push_back({"head.bias", {c.d.num_params}});
   return s;
 }
 
 void pack_weights(const ModelConfig& c, const Layout& L, const std::vector<const float*>& raw,
                   float* out) {
   std::memset(out, 0, sizeof(float) * L.total);
-  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cin = c.cin, cc = c.cond_channels;
-  size_t i = 0;
-  auto next = [&]() { return raw[i++]; };
-  {
-    ConvW w{next(), F, cin, kh, k};
-    for (int r = 0; r < kh; ++r) fill_row(out, L.u0[r], w, r, 0);
-    fill_vec(out, L.u0b, next());
-  }
-  {
-    ConvW w{next(), F, cin, 1, k};
-    fill_row(out, L.ulv, w, 0, 0);
-    fill_vec(out, L.ulvb, next());
-  }
-  {
-    ConvW w{next(), F, cin, kh, 1};
-    for (int r = 0; r < kh; ++r) fill_row(out, L.ulh[r], w, r, 0);
-    fill_vec(out, L.ulhb, next());
-  }
+  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cc = c.cond_channels;
+  const float* const* next = raw.data();
+  pack_inputs(c, L, next, out);
   for (int b = 0; b < c.blocks; ++b) {
     const BlockLayout& B = L.ub[b];
-    ConvW w1{next(), F, 2 * F, kh, k};
-    const float* b1 = next();
-    ConvW w2{next(), 2 * F, 2 * F, kh, k};
-    const float* b2 = next();
+    ConvW w1{*next++, F, 2 * F, kh, k};
+    const float* b1 = *next++;
+    ConvW w2{*next++, 2 * F, 2 * F, kh, k};
+    const float* b2 = *next++;
     for (int r = 0; r < kh; ++r) {
       fill_row(out, B.c1[r], w1, r, 0);
       fill_row(out, B.c2a[r], w2, r, 0);
@@ -167,7 +104,7 @@ void pack_weights(const ModelConfig& c, const Layout& L, const std::vector<const
     fill_vec(out, B.b1, b1);
     fill_vec(out, B.b2, b2);
     if (cc) {
-      ConvW c1{next(), F, 2 * cc, 1, 1}, c2{next(), 2 * F, cc, 1, 1};
+      ConvW c1{*next++, F, 2 * cc, 1, 1}, c2{*next++, 2 * F, cc, 1, 1};
       fill_row(out, B.cc1, c1, 0, 0);
       fill_row(out, B.cc2a, c2, 0, 0);
       fill_row(out, B.cc2b, c2, 0, (int)F);
@@ -175,12 +112,12 @@ void pack_weights(const ModelConfig& c, const Layout& L, const std::vector<const
   }
   for (int b = 0; b < c.blocks; ++b) {
     const BlockLayout& B = L.ulb[b];
-    ConvW w1{next(), F, 2 * F, kh, kh};
-    const float* b1 = next();
-    ConvW wn{next(), F, 2 * F, 1, 1};
-    const float* bn = next();
-    ConvW w2{next(), 2 * F, 2 * F, kh, kh};
-    const float* b2 = next();
+    ConvW w1{*next++, F, 2 * F, kh, kh};
+    const float* b1 = *next++;
+    ConvW wn{*next++, F, 2 * F, 1, 1};
+    const float* bn = *next++;
+    ConvW w2{*next++, 2 * F, 2 * F, kh, kh};
+    const float* b2 = *next++;
     for (int r = 0; r < kh; ++r) {
       fill_row(out, B.c1[r], w1, r, 0);
       fill_row(out, B.c2a[r], w2, r, 0);
@@ -190,16 +127,16 @@ void pack_weights(const ModelConfig& c, const Layout& L, const std::vector<const
     for (int o = 0; o < F; ++o) out[B.b1.off + o] = b1[o] + bn[o];
     fill_vec(out, B.b2, b2);
     if (cc) {
-      ConvW c1{next(), F, 2 * cc, 1, 1}, c2{next(), 2 * F, cc, 1, 1};
+      ConvW c1{*next++, F, 2 * cc, 1, 1}, c2{*next++, 2 * F, cc, 1, 1};
       fill_row(out, B.cc1, c1, 0, 0);
       fill_row(out, B.cc2a, c2, 0, 0);
       fill_row(out, B.cc2b, c2, 0, (int)F);
     }
   }
   {
-    ConvW w{next(), c.num_params, F, 1, 1};
+    ConvW w{*next++, c.d.num_params, F, 1, 1};
     fill_row(out, L.head, w, 0, 0);
-    fill_vec(out, L.headb, next());
+    fill_vec(out, L.headb, *next++);
   }
 }
 
@@ -211,10 +148,8 @@ namespace {
 // layer, ul_c1_row / ul_c2_row the per-row terms of the ul blocks' convs.
 // condrow / condce: cond and concat_elu(cond) per position of the row (a map cond) or
 // per image (a global cond); gcond: a global cond's terms per image, see global_cond_terms.
-struct Workspace {
-  int64_t b0 = 0, Bt = 0;
-  Arena arena;
-  float *xin, *condrow, *condce, *gcond, *u, *c1u, *c2u, *uact, *ul_row0, *ul, *eh, *hp, *xcur, *tmp;
+struct Workspace : WorkspaceBase {
+  float *condrow, *condce, *gcond, *u, *c1u, *c2u, *uact, *ul_row0, *ul;
   std::vector<float*> u_win1, u_win2, ul_win1, ul_win2;  // rings: [blk * kh + slot]
   std::vector<float*> ul_c1_row, ul_c2_row;             // [blk]
 };
@@ -222,8 +157,7 @@ struct Workspace {
 // With allocate=false only the arena's requests are made (workspace_floats counts them).
 void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int64_t Bt, int team,
                     bool cond_global, Workspace* ws, bool allocate = true) {
-  const int64_t F = c.hidden, kh = c.kh, pw = c.pw, cin = c.cin, cc = c.cond_channels,
-                nb = c.blocks, P = c.num_params;
+  const int64_t F = c.hidden, kh = c.kh, pw = c.pw, cc = c.cond_channels, nb = c.blocks;
   const int64_t M = Bt * W;
   Arena& ar = ws->arena;
   auto want = [&](float** p, int64_t n) { ar.want(p, n); };
@@ -235,7 +169,7 @@ void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int6
   ws->ul_win2.assign(nb * kh, nullptr);
   ws->ul_c1_row.assign(nb, nullptr);
   ws->ul_c2_row.assign(nb, nullptr);
-  want(&ws->xin, Bt * (H + kh) * (W + 2 * pw) * cin);
+  want_input(c, H, W, kh, pw, ws);
   const int64_t cond_rows = cond_global ? Bt : M;  // a global cond: one row per image
   want(&ws->condrow, cond_rows * cc);
   want(&ws->condce, cond_rows * 2 * cc);
@@ -246,10 +180,7 @@ void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int6
   want(&ws->uact, M * 2 * F);
   want(&ws->ul_row0, M * F);
   want(&ws->ul, Bt * F);
-  want(&ws->eh, 2 * Bt * F);  // by pixel parity: the head of one pixel may still read it
-  want(&ws->hp, (int64_t)team * Bt * P);     // per thread: every thread runs the head
-  want(&ws->xcur, (int64_t)team * Bt * cin);  // per thread: the pixel just sampled
-  want(&ws->tmp, (int64_t)team * sample_scratch(dist_spec(c)));
+  want_head(c, team, ws);
   for (int64_t i = 0; i < nb * kh; ++i) {
     want(&ws->u_win1[i], Bt * (W + 2 * pw) * 2 * F);
     want(&ws->u_win2[i], Bt * (W + 2 * pw) * 2 * F);
@@ -262,14 +193,7 @@ void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int6
   }
   if (!allocate) return;
   ar.allocate();
-  // The ones channel (the last input channel) marks the image, zeros are padding.
-  for (int64_t r = 0; r < (int64_t)team * Bt; ++r) ws->xcur[r * cin + cin - 1] = 1.f;
-  // The input buffer: kh rows of top padding, pw columns each side; per position the
-  // encoded pixel (C * per_channel floats), then the ones channel.
-  for (int64_t b = 0; b < Bt; ++b)
-    for (int64_t i = 0; i < H; ++i)
-      for (int64_t j = 0; j < W; ++j)
-        ws->xin[((b * (H + kh) + kh + i) * (W + 2 * pw) + pw + j) * cin + cin - 1] = 1.f;
+  init_ones(c, H, W, team, ws);
 }
 
 // The conditioning terms of a global cond (a vector v per image), once per image, before
@@ -302,52 +226,18 @@ void global_cond_terms(const SampleArgs& a, Workspace* ws) {
 // The engine of one team (one or more threads sharing a group of images)
 // ------------------------------------------------------------------------------------
 
-struct Engine : TeamMember {
-  const SampleArgs& a;
-  const ModelConfig& c;
-  const Layout& L;
-  const DistSpec dist;
-  Workspace& ws;
-  // sizes
-  const int64_t H, W, Bt, F, F2, kh, kw, pw, cin, cc, nb, P, C;
-  const int64_t xrow, xstride;  // floats per xin row / per image
-  const int64_t urow, arow;     // floats per u_win row / ul_win row (one image)
-  float* tmp;
+struct Engine : EngineBase<SampleArgs, Workspace> {
+  const int64_t kh, kw, pw, cc;
+  const int64_t urow, arow;  // floats per u_win row / ul_win row (one image)
 
   Engine(const SampleArgs& args, Workspace& w, Barrier& b, int rank_, int size_, bool pixel_team_)
-      : TeamMember(b, rank_, size_, pixel_team_, args.cfg->hidden, args.cfg->num_params, w.Bt, args.W),
-        a(args), c(*args.cfg), L(*args.lay), dist(dist_spec(*args.cfg)), ws(w),
-        H(args.H), W(args.W), Bt(w.Bt), F(c.hidden), F2(2 * c.hidden), kh(c.kh), kw(c.kw),
-        pw(c.pw), cin(c.cin), cc(c.cond_channels), nb(c.blocks), P(c.num_params),
-        C(c.channels), xrow((args.W + 2 * c.pw) * c.cin), xstride((args.H + c.kh) * xrow),
-        urow((args.W + 2 * c.pw) * 2 * c.hidden), arow((args.W + c.kh - 1) * 2 * c.hidden) {
-    tmp = ws.tmp + (int64_t)rank * sample_scratch(dist);
-    hp = ws.hp + (int64_t)rank * Bt * P;
-    xcur = ws.xcur + (int64_t)rank * Bt * cin;
-    progress = args.progress;
-  }
-  float* hp;        // this thread's head output (Bt, P)
-  float* xcur;      // this thread's copy of the pixel just sampled, (Bt, cin) as in xin
-  int64_t npix = 0; // pixels run (the parity of the head's input buffer)
+      : EngineBase(args, w, b, rank_, size_, pixel_team_), kh(c.kh), kw(c.kw), pw(c.pw),
+        cc(c.cond_channels), urow((args.W + 2 * c.pw) * 2 * c.hidden),
+        arow((args.W + c.kh - 1) * 2 * c.hidden) {}
 
-  PackedMat mat(const MatSlot& m) const { return packed_mat(a.packed, m); }
-  const float* vec(const VecSlot& v) const { return a.packed + v.off; }
-  float* xin(int64_t b, int64_t xr, int64_t xc) const {
-    return ws.xin + b * xstride + xr * xrow + xc * cin;
-  }
+  void run() { run_rows(*this, ""); }
+
   int slot(int64_t row) const { return (int)(row % kh); }
-
-  // C[m, c0:c0+nown] = bias[c0:...] (or 0) for m in [0, M), row stride ldc.
-  void init_rows(float* Cp, int64_t M, int64_t ldc, const float* bias) const {
-    const int c0 = rs.c0, nown = rs.nown;
-    for (int64_t m = 0; m < M; ++m) {
-      float* d = Cp + m * ldc + c0;
-      if (bias)
-        std::memcpy(d, bias + c0, sizeof(float) * nown);
-      else
-        std::memset(d, 0, sizeof(float) * nown);
-    }
-  }
 
   // Adds a global cond's term (stream, blk) of each row position's image to the rows
   // Cp[m] (stride ldc), m in [0, Bt * W): `halves` halves of F floats from offset o of
@@ -377,33 +267,9 @@ struct Engine : TeamMember {
         concat_elu(row, (int)cc, ws.condce + m * 2 * cc, ws.condce + m * 2 * cc + cc);
       }
     }
-    // First layer of the horizontal stream: down-shifted (1, k) conv of row i-1, and
-    // the rows above the current one of the right-shifted (kh, 1) conv (column j-1).
-    {
-      const float* bv = vec(L.ulvb);
-      const float* bh = vec(L.ulhb);
-      for (int64_t b = 0; b < Bt; ++b)
-        for (int64_t j = 0; j < W; ++j) {
-          float* d = ws.ul_row0 + (b * W + j) * F;
-          for (int q = c0; q < c0 + nown; ++q)
-            d[q] = (i > 0 ? bv[q] : 0.f) + (j > 0 ? bh[q] : 0.f);
-        }
-      const PackedMat ulv = mat(L.ulv);
-      for (int64_t b = 0; b < Bt; ++b) {
-        if (i > 0) gemm_acc((int)W, xin(b, kh + i - 1, 0), cin, ulv, fp0, fp1, ws.ul_row0 + b * W * F, F);
-        if (W > 1)
-          for (int64_t r = 0; r + 1 < kh; ++r)
-            gemm_acc((int)W - 1, xin(b, i + 1 + r, pw), cin, mat(L.ulh[r]), fp0, fp1,
-                     ws.ul_row0 + (b * W + 1) * F, F);
-      }
-    }
+    input_ul_row(i, ws.ul_row0);  // the horizontal stream's first layer, rows above
     if (nb == 0) return;
-    // Vertical stream, first layer: u[i] reads image rows i-kh .. i-1 (zero at row 0).
-    init_rows(ws.u, M, F, i > 0 ? vec(L.u0b) : nullptr);
-    if (i > 0)
-      for (int64_t b = 0; b < Bt; ++b)
-        for (int64_t r = 0; r < kh; ++r)
-          gemm_acc((int)W, xin(b, i + r, 0), cin, mat(L.u0[r]), fp0, fp1, ws.u + b * W * F, F);
+    input_u_row(i, ws.u);  // the vertical stream's first layer
     const int s_i = slot(i);
     auto act_u_to = [&](float* ring_row) {
       for (int64_t b = 0; b < Bt; ++b)
@@ -417,7 +283,7 @@ struct Engine : TeamMember {
     for (int64_t blk = 0; blk < nb; ++blk) {
       const BlockLayout& UB = L.ub[blk];
       // conv1 over act(u) rows i-kh+1 .. i, + conditioning
-      init_rows(ws.c1u, M, F, vec(UB.b1));
+      init_rows(rs, ws.c1u, M, F, vec(UB.b1));
       if (gc)
         add_gcond(ws.c1u, F, 0, blk, 0, 1);
       else if (cc)
@@ -440,14 +306,7 @@ struct Engine : TeamMember {
       }
       sync();
       // conv2 over act(c1) rows, + conditioning, then the gate
-      {
-        const float* b2 = vec(UB.b2);
-        for (int64_t m = 0; m < M; ++m) {
-          float* d = ws.c2u + m * F2;
-          std::memcpy(d + c0, b2 + c0, sizeof(float) * nown);
-          std::memcpy(d + F + c0, b2 + F + c0, sizeof(float) * nown);
-        }
-      }
+      init_rows2(rs, ws.c2u, M, vec(UB.b2));
       if (gc) {
         add_gcond(ws.c2u, F2, 0, blk, F, 2);
       } else if (cc) {
@@ -475,20 +334,13 @@ struct Engine : TeamMember {
       const BlockLayout& HB = L.ulb[blk];
       float* p1 = ws.ul_c1_row[blk];
       float* p2 = ws.ul_c2_row[blk];
-      init_rows(p1, M, F, vec(HB.b1));
+      init_rows(rs, p1, M, F, vec(HB.b1));
       gemm_acc((int)M, ws.uact, F2, mat(HB.nin), fp0, fp1, p1, F);
       if (gc)
         add_gcond(p1, F, 1, blk, 0, 1);
       else if (cc)
         gemm_acc((int)M, ws.condce, 2 * cc, mat(HB.cc1), fp0, fp1, p1, F);
-      {
-        const float* b2 = vec(HB.b2);
-        for (int64_t m = 0; m < M; ++m) {
-          float* d = p2 + m * F2;
-          std::memcpy(d + c0, b2 + c0, sizeof(float) * nown);
-          std::memcpy(d + F + c0, b2 + F + c0, sizeof(float) * nown);
-        }
-      }
+      init_rows2(rs, p2, M, vec(HB.b2));
       if (gc) {
         add_gcond(p2, F2, 1, blk, F, 2);
       } else if (cc) {
@@ -510,20 +362,14 @@ struct Engine : TeamMember {
     }
   }
 
-  // Horizontal stream at pixel (i, j), the head, the sampling.
+  // Horizontal stream at pixel (i, j), then the head and the sampling (head_and_sample).
   //
   // Team synchronisation: two barriers per block (act(ul) and act(c1) complete before
-  // the GEMMs that read every channel), one before the head. Every thread then runs
-  // the whole head and samples every image itself (the same arithmetic, so the same
-  // pixels), keeping the pixel in its own xcur for the next pixel's first GEMM, and
-  // writes its share of the images to xin / x / params (read after the row barrier).
+  // the GEMMs that read every channel), one before the head.
   void pixel(int64_t i, int64_t j) {
     const int fp0 = ps.fp0, fp1 = ps.fp1, c0 = ps.c0, nown = ps.nown;
     float* ul = ws.ul;
-    for (int64_t b = 0; b < Bt; ++b)
-      std::memcpy(ul + b * F + c0, ws.ul_row0 + (b * W + j) * F + c0, sizeof(float) * nown);
-    if (j > 0)  // right-shifted (kh, 1) conv, current row: the pixel at column j-1
-      gemm_acc((int)Bt, xcur, cin, mat(L.ulh[kh - 1]), fp0, fp1, ul, F);
+    input_ul_pixel(j, ws.ul_row0, ul);
     const int s_i = slot(i);
     for (int64_t blk = 0; blk < nb; ++blk) {
       const BlockLayout& HB = L.ulb[blk];
@@ -547,101 +393,23 @@ struct Engine : TeamMember {
       for (int64_t b = 0; b < Bt; ++b)
         gate_add(ul + b * F + c0, c2 + b * W * F2 + c0, c2 + b * W * F2 + F + c0, nown);
     }
-    float* eh = ws.eh + (npix++ & 1) * Bt * F;
-    for (int64_t b = 0; b < Bt; ++b) elu(ul + b * F + c0, nown, eh + b * F + c0);
-    if (pixel_team) team_point();  // eh complete (and the team may shrink to rank 0 here)
-    if (quit) return;
-    {
-      const float* hb = vec(L.headb);
-      for (int64_t b = 0; b < Bt; ++b) std::memcpy(hp + b * P, hb, sizeof(float) * P);
-      gemm_acc((int)Bt, eh, F, mat(L.head), 0, L.head.NP, hp, P);
-    }
-    const float t = (float)a.temperature;
-    const int64_t HW = H * W;
-    for (int64_t b = 0; b < Bt; ++b) {
-      const int64_t g = ws.b0 + b;
-      const float* prm = hp + b * P;
-      int64_t pix[kMaxChannels];
-      int64_t* xg = a.x + g * C * HW + i * W + j;
-      const bool mine = b >= ps.sb0 && b < ps.sb1;
-      if (a.known && a.known[g * HW + i * W + j]) {
-        for (int64_t ch = 0; ch < C; ++ch) pix[ch] = xg[ch * HW];
-      } else {
-        // The window reads the cell's earlier pixels from a.x: the rows above were written
-        // before the row barrier, this row's by their images' owners before the team point
-        // of each later pixel (every thread samples every image, each writes its share).
-        const PixelWindow at{&a.window, a.x, g, i, j};
-        sample_pixel(dist, prm, a.uniforms + (g * HW + i * W + j) * c.num_uniforms, t, pix, tmp,
-                     a.window.maps ? &at : nullptr);
-        if (mine)
-          for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
-      }
-      // Known or sampled, the pixel's input channels come from the model's table, so
-      // they are the very floats its forward pass reads.
-      float* xc = xcur + b * cin;
-      a.table.write((int)C, pix, xc);
-      if (!mine) continue;
-      std::memcpy(xin(b, kh + i, pw + j), xc, sizeof(float) * (cin - 1));
-      if (a.params) {
-        float* pd = a.params + g * P * HW + i * W + j;
-        for (int64_t p = 0; p < P; ++p) pd[p * HW] = prm[p];
-      }
-    }
-  }
-
-  void run() {
-    const bool profile = profile_enabled();  // row / pixel times on stderr
-    double t_row = 0, t_pix = 0;
-    since = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < H && !quit; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      if (!pixel_team && i > 0) team_point();  // row i-1 sampled by rank 0
-      if (pixel_team && i > 0) sync();  // row i-1 complete in xin
-      if (quit || stop_point()) break;  // stop_point: the caller asked to stop
-      start_row(i);
-      if (!pixel_team) sync();  // every share of the row terms is ready
-      const auto t1 = std::chrono::steady_clock::now();
-      if (pixel_team || rank == 0)
-        for (int64_t j = 0; j < W && !quit; ++j) pixel(i, j);
-      if (!quit) row_done();
-      const auto t2 = std::chrono::steady_clock::now();
-      t_row += std::chrono::duration<double>(t1 - t0).count();
-      t_pix += std::chrono::duration<double>(t2 - t1).count();
-    }
-    if (profile && !quit)
-      std::fprintf(stderr,
-                   "pixelaux profile: team of %d%s, rank %d, %lld images: rows %.4f s, pixels %.4f s%s\n",
-                   team.size, pixel_team || team.size == 1 ? "" : " (row starts only)", rank,
-                   (long long)Bt, t_row, t_pix,
-                   gave_up ? " (the others were late: rank 0 went on alone)" : "");
+    head_and_sample(i, j, ul);
   }
 };
 
 }  // namespace
 
 void cached_sample(const SampleArgs& a) {
-  const TeamPlan plan = plan_teams(a.B, a.mode, a.cfg->hidden, a.W, a.threads);
-  std::vector<Workspace> ws(plan.G);
-  for (int g = 0; g < plan.G; ++g) {
-    const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
-    make_workspace(*a.cfg, a.H, a.W, b0, b1 - b0, plan.S, a.cond_global, &ws[g]);
-    if (a.cond_global && a.cfg->cond_channels && a.cfg->blocks) global_cond_terms(a, &ws[g]);
-  }
-  run_teams(plan, [&](int g, int rank, int size, bool pixel_team, Barrier& bar) {
-    Engine(a, ws[g], bar, rank, size, pixel_team).run();
+  sample_teams<Engine, Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
+    make_workspace(*a.cfg, a.H, a.W, b0, Bt, team, a.cond_global, ws);
+    if (a.cond_global && a.cfg->cond_channels && a.cfg->blocks) global_cond_terms(a, ws);
   });
 }
 
 int64_t workspace_floats(const SampleArgs& a) {
-  const TeamPlan plan = plan_teams(a.B, a.mode, a.cfg->hidden, a.W, a.threads);
-  int64_t total = 0;
-  for (int g = 0; g < plan.G; ++g) {
-    const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
-    Workspace ws;
-    make_workspace(*a.cfg, a.H, a.W, b0, b1 - b0, plan.S, a.cond_global, &ws, /*allocate=*/false);
-    total += ws.arena.requested();
-  }
-  return total;
+  return count_team_floats<Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
+    make_workspace(*a.cfg, a.H, a.W, b0, Bt, team, a.cond_global, ws, /*allocate=*/false);
+  });
 }
 
 }  // namespace cpu

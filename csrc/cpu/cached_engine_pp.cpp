@@ -1,12 +1,7 @@
 // The CPU cached sampling engine of a PixelCNNpp (see cached_engine_pp.h).
 #include "cached_engine_pp.h"
 
-#include <algorithm>
-#include <chrono>
-#include <cstdio>
 #include <cstring>
-
-#include "team.h"
 
 namespace pixelaux {
 namespace cpu {
@@ -17,30 +12,8 @@ namespace pp {
 // ------------------------------------------------------------------------------------
 
 std::string parse_config(const int64_t* v, int64_t n, Config* c) {
-  if (n != kConfigLen)
-    return "config must have " + std::to_string(kConfigLen) +
-           " ints [channels, bits, hidden, blocks, scales, cond_channels, dist, nr_mix, "
-           "embed_dim], got " + std::to_string(n);
-  const char* names[kConfigLen] = {"channels", "bits", "hidden", "blocks",
-                                   "scales", "cond_channels", "dist", "nr_mix", "embed_dim"};
-  const int64_t lo[kConfigLen] = {1, 1, 1, 0, 1, 0, 0, 1, 0};
-  const int64_t hi[kConfigLen] = {kMaxChannels, 16, 16384, 4096, kMaxScales, 16384, 1, 4096,
-                                   kMaxEmbedDim};
-  for (int i = 0; i < kConfigLen; ++i)
-    if (v[i] < lo[i] || v[i] > hi[i])
-      return std::string("config ") + names[i] + " must be in [" + std::to_string(lo[i]) + ", " +
-             std::to_string(hi[i]) + "], got " + std::to_string(v[i]);
-  c->channels = (int)v[0];
-  c->bits = (int)v[1];
-  c->hidden = (int)v[2];
-  c->blocks = (int)v[3];
-  c->scales = (int)v[4];
-  c->cond_channels = (int)v[5];
-  c->dist = (int)v[6];
-  c->nr_mix = (int)v[7];
-  c->embed_dim = (int)v[8];
-  c->per_channel = std::max(c->embed_dim, 1);
-  c->cin = c->channels * c->per_channel + 1;
+  const std::string err = parse_config_ints(v, n, "scales", kMaxScales, c, &c->scales);
+  if (!err.empty()) return err;
   return make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
 }
 
@@ -65,13 +38,8 @@ BlockLayout block_layout(LayoutBuilder& lb, int F, int kw, bool nin, bool nin_ul
 Layout make_layout(const Config& c) {
   LayoutBuilder lb;
   Layout L;
-  const int F = c.hidden, cin = c.cin, S = c.scales, nb = c.blocks;
-  for (int r = 0; r < 2; ++r) L.u0[r] = lb.mat(3 * cin, F);
-  L.u0b = lb.vec(F);
-  L.ulv = lb.mat(3 * cin, F);
-  L.ulvb = lb.vec(F);
-  for (int r = 0; r < 2; ++r) L.ulh[r] = lb.mat(cin, F);
-  L.ulhb = lb.vec(F);
+  const int F = c.hidden, S = c.scales, nb = c.blocks;
+  lay_out_inputs(c, 3, &lb, &L);
   L.up_u.resize(S);
   L.up_ul.resize(S);
   L.down_u.resize(S);
@@ -114,7 +82,7 @@ Layout make_layout(const Config& c) {
 }
 
 std::vector<RawSpec> raw_weight_specs(const Config& c) {
-  const int64_t F = c.hidden, cin = c.cin, S = c.scales, nb = c.blocks;
+  const int64_t F = c.hidden, S = c.scales, nb = c.blocks;
   std::vector<RawSpec> s;
   auto conv = [&](const std::string& name, int64_t cout, int64_t ci, int64_t kh, int64_t kw) {
     s.push_back({name + ".weight", {cout, ci, kh, kw}});
@@ -125,9 +93,7 @@ std::vector<RawSpec> raw_weight_specs(const Config& c) {
     if (skip) conv(p + "nin_skip", F, 2 * skip, 1, 1);
     conv(p + "conv2", 2 * F, 2 * F, 2, kw);
   };
-  conv("u_init", F, cin, 2, 3);
-  conv("ul_init_v", F, cin, 1, 3);
-  conv("ul_init_h", F, cin, 2, 1);
+  input_raw_specs(c, 3, &s);
   for (int64_t t = 0; t < S; ++t) {
     const std::string p = "up_layers." + std::to_string(t) + ".";
     for (int64_t k = 0; k < nb; ++k) block(p + "u_stream." + std::to_string(k) + ".", 3, 0);
@@ -190,23 +156,9 @@ void pack_block(float* out, const BlockLayout& B, int64_t F, int64_t kw, int64_t
 void pack_weights(const Config& c, const Layout& L, const std::vector<const float*>& raw,
                   float* out) {
   std::memset(out, 0, sizeof(float) * L.total);
-  const int64_t F = c.hidden, cin = c.cin, S = c.scales, nb = c.blocks;
+  const int64_t F = c.hidden, S = c.scales, nb = c.blocks;
   const float* const* next = raw.data();
-  {
-    ConvW w{*next++, F, cin, 2, 3};
-    for (int r = 0; r < 2; ++r) fill_row(out, L.u0[r], w, r, 0);
-    fill_vec(out, L.u0b, *next++);
-  }
-  {
-    ConvW w{*next++, F, cin, 1, 3};
-    fill_row(out, L.ulv, w, 0, 0);
-    fill_vec(out, L.ulvb, *next++);
-  }
-  {
-    ConvW w{*next++, F, cin, 2, 1};
-    for (int r = 0; r < 2; ++r) fill_row(out, L.ulh[r], w, r, 0);
-    fill_vec(out, L.ulhb, *next++);
-  }
+  pack_inputs(c, L, next, out);
   for (int64_t s = 0; s < S; ++s) {
     for (int64_t k = 0; k < nb; ++k) pack_block(out, L.up_u[s][k], F, 3, 0, false, next);
     for (int64_t k = 0; k < nb; ++k) pack_block(out, L.up_ul[s][k], F, 2, F, false, next);
@@ -280,31 +232,25 @@ struct ScaleBuffers {
   std::vector<const float*> cond_up_u, cond_up_ul, cond_down_u, cond_down_ul;  // [block]
 };
 
-struct Workspace {
-  int64_t b0 = 0, Bt = 0;
-  Arena arena;
-  float *xin = nullptr, *ul_row0 = nullptr, *c1 = nullptr, *c2 = nullptr, *uact = nullptr,
-        *eh = nullptr, *hp = nullptr, *xcur = nullptr, *tmp = nullptr;
+struct Workspace : WorkspaceBase {
+  float *ul_row0 = nullptr, *c1 = nullptr, *c2 = nullptr, *uact = nullptr;
   std::vector<ScaleBuffers> sc;
 };
 
 // With allocate=false only the arena's requests are made (workspace_floats counts them).
 void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt, int team,
                     Workspace* ws, bool allocate = true) {
-  const int64_t F = c.hidden, H = a.H, W = a.W, S = c.scales, nb = c.blocks, cin = c.cin;
+  const int64_t F = c.hidden, H = a.H, W = a.W, S = c.scales, nb = c.blocks;
   const int64_t M0 = Bt * W;
   Arena& ar = ws->arena;
   ws->b0 = b0;
   ws->Bt = Bt;
-  ar.want(&ws->xin, Bt * (H + 2) * (W + 2) * cin);
+  want_input(c, H, W, 2, 1, ws);  // the input convs' kernel rows 2, columns 3
   ar.want(&ws->ul_row0, M0 * F);
   ar.want(&ws->c1, M0 * F);
   ar.want(&ws->c2, M0 * 2 * F);
   ar.want(&ws->uact, M0 * 2 * F);
-  ar.want(&ws->eh, 2 * Bt * F);  // by pixel parity: the head of one pixel may still read it
-  ar.want(&ws->hp, (int64_t)team * Bt * c.d.num_params);  // per thread: every thread runs the head
-  ar.want(&ws->xcur, (int64_t)team * Bt * cin);           // per thread: the pixel just sampled
-  ar.want(&ws->tmp, (int64_t)team * sample_scratch(c.d));
+  want_head(c, team, ws);
   ws->sc.resize(S);
   auto wins = [&](std::vector<RowWindow>& v, int64_t n, int64_t width, int64_t ch) {
     v.resize(n);
@@ -363,70 +309,23 @@ void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt
   }
   if (!allocate) return;
   ar.allocate();
-  // The input buffer: 2 rows of top padding, 1 column each side; per position the
-  // encoded pixel (C * per_channel floats), then the ones channel, which marks the image
-  // (zeros are padding).
-  for (int64_t b = 0; b < Bt; ++b)
-    for (int64_t i = 0; i < H; ++i)
-      for (int64_t j = 0; j < W; ++j)
-        ws->xin[((b * (H + 2) + 2 + i) * (W + 2) + 1 + j) * cin + cin - 1] = 1.f;
-  for (int64_t r = 0; r < (int64_t)team * Bt; ++r) ws->xcur[r * cin + cin - 1] = 1.f;
+  init_ones(c, H, W, team, ws);
 }
 
 // ------------------------------------------------------------------------------------
 // The engine of one team (one or more threads sharing a group of images)
 // ------------------------------------------------------------------------------------
 
-struct Engine : TeamMember {
-  const SampleArgs& a;
-  const Config& c;
-  const Layout& L;
-  Workspace& ws;
-  const int64_t H, W, Bt, F, F2, S, nb, P, C, cin;
-  const int64_t xrow, xstride;  // floats per xin row / per image
-  float* tmp;
+struct Engine : EngineBase<SampleArgs, Workspace> {
+  const int64_t S;
 
   Engine(const SampleArgs& args, Workspace& w, Barrier& b, int rank_, int size_, bool pixel_team_)
-      : TeamMember(b, rank_, size_, pixel_team_, args.cfg->hidden, args.cfg->d.num_params, w.Bt,
-                   args.W),
-        a(args), c(*args.cfg), L(*args.lay), ws(w), H(args.H), W(args.W), Bt(w.Bt),
-        F(c.hidden), F2(2 * c.hidden), S(c.scales), nb(c.blocks), P(c.d.num_params),
-        C(c.channels), cin(c.cin), xrow((args.W + 2) * c.cin), xstride((args.H + 2) * xrow) {
-    tmp = ws.tmp + (int64_t)rank * sample_scratch(c.d);
-    hp = ws.hp + (int64_t)rank * Bt * P;
-    xcur = ws.xcur + (int64_t)rank * Bt * cin;
-    progress = args.progress;
-  }
-  float* hp;        // this thread's head output (Bt, P)
-  float* xcur;      // this thread's copy of the pixel just sampled, (Bt, cin) as in xin
-  int64_t npix = 0; // pixels run (the parity of the head's input buffer)
+      : EngineBase(args, w, b, rank_, size_, pixel_team_), S(c.scales) {}
 
-  PackedMat mat(const MatSlot& m) const { return packed_mat(a.packed, m); }
-  const float* vec(const VecSlot& v) const { return a.packed + v.off; }
-  float* xin(int64_t b, int64_t xr, int64_t xc) const {
-    return ws.xin + b * xstride + xr * xrow + xc * cin;
-  }
+  void run() { run_rows(*this, " (PixelCNNpp)"); }
 
   // ---- row helpers (this thread's output channels c0 .. c0+nown of share sh) --------
 
-  // C[m, c0:c0+nown] = bias[c0:...] (or 0) for m in [0, M), row stride ldc.
-  static void init_rows(const Share& sh, float* Cp, int64_t M, int64_t ldc, const float* bias) {
-    for (int64_t m = 0; m < M; ++m) {
-      float* d = Cp + m * ldc + sh.c0;
-      if (bias)
-        std::memcpy(d, bias + sh.c0, sizeof(float) * sh.nown);
-      else
-        std::memset(d, 0, sizeof(float) * sh.nown);
-    }
-  }
-  // Both halves of (M, 2F) rows from a 2F bias.
-  void init_rows2(const Share& sh, float* Cp, int64_t M, const float* bias) const {
-    for (int64_t m = 0; m < M; ++m) {
-      float* d = Cp + m * F2;
-      std::memcpy(d + sh.c0, bias + sh.c0, sizeof(float) * sh.nown);
-      std::memcpy(d + F + sh.c0, bias + F + sh.c0, sizeof(float) * sh.nown);
-    }
-  }
   // act(x) of the (Bt * Ws, F) row x into column 1+q of the window's row p (and into
   // the (Bt * Ws, 2F) buffer dst when given).
   void act_row(const Share& sh, const float* x, int64_t Ws, const RowWindow* win, int64_t p,
@@ -516,35 +415,14 @@ struct Engine : TeamMember {
   // ---- per row ----------------------------------------------------------------------
   void start_row(int64_t i) {
     const Share& sh = rs;
-    // First layer of ul: the down-shifted (1, 3) conv of image row i-1, and the row i-1
-    // tap of the right-shifted (2, 1) conv (column j-1).
-    {
-      const float* bv = vec(L.ulvb);
-      const float* bh = vec(L.ulhb);
-      for (int64_t b = 0; b < Bt; ++b)
-        for (int64_t j = 0; j < W; ++j) {
-          float* d = ws.ul_row0 + (b * W + j) * F;
-          for (int q = sh.c0; q < sh.c0 + sh.nown; ++q)
-            d[q] = (i > 0 ? bv[q] : 0.f) + (j > 0 ? bh[q] : 0.f);
-        }
-      for (int64_t b = 0; b < Bt; ++b) {
-        if (i > 0) gemm_acc((int)W, xin(b, i + 1, 0), cin, mat(L.ulv), sh.fp0, sh.fp1, ws.ul_row0 + b * W * F, F);
-        if (W > 1)
-          gemm_acc((int)W - 1, xin(b, i + 1, 1), cin, mat(L.ulh[0]), sh.fp0, sh.fp1,
-                   ws.ul_row0 + (b * W + 1) * F, F);
-      }
-    }
+    input_ul_row(i, ws.ul_row0);  // ul's first layer, rows above
     int top = 0;  // the coarsest scale of this row
     while (top + 1 < S && i % (int64_t(1) << (top + 1)) == 0) ++top;
     for (int s = 0; s <= top; ++s) {  // up pass, scales ascending
       ScaleBuffers& sb = ws.sc[s];
       const int64_t p = i >> s, Ws = sb.Ws, Ms = Bt * Ws;
-      if (s == 0) {  // u reads image rows i-2, i-1 (zero at row 0)
-        init_rows(sh, sb.u, Ms, F, i > 0 ? vec(L.u0b) : nullptr);
-        if (i > 0)
-          for (int64_t b = 0; b < Bt; ++b)
-            for (int r = 0; r < 2; ++r)
-              gemm_acc((int)W, xin(b, i + r, 0), cin, mat(L.u0[r]), sh.fp0, sh.fp1, sb.u + b * W * F, F);
+      if (s == 0) {  // u's first layer: image rows i-2, i-1
+        input_u_row(i, sb.u);
       } else {  // stride-2 conv over rows 2p-1, 2p of scale s-1
         init_rows(sh, sb.u, Ms, F, vec(L.down_u_bias[s]));
         conv_rows(sh, ws.sc[s - 1].last_u_win, 2 * p - 1, 0, 2, L.down_u_conv[s].data(), Ws, 2, sb.u, F);
@@ -662,11 +540,8 @@ struct Engine : TeamMember {
     for (int s = 0; s <= top; ++s) {  // up pass, scales ascending
       ScaleBuffers& sb = ws.sc[s];
       const int64_t p = i >> s, q = j >> s;
-      if (s == 0) {
-        for (int64_t b = 0; b < Bt; ++b)
-          std::memcpy(sb.ul + b * F + sh.c0, ws.ul_row0 + (b * W + j) * F + sh.c0, sizeof(float) * sh.nown);
-        if (j > 0)  // right-shifted (2, 1) conv, current row: the pixel at column j-1
-          gemm_acc((int)Bt, xcur, cin, mat(L.ulh[1]), sh.fp0, sh.fp1, sb.ul, F);
+      if (s == 0) {  // ul's first layer
+        input_ul_pixel(j, ws.ul_row0, sb.ul);
       } else {  // stride-2 conv over the 2x2 window (2p-1 .. 2p, 2q-1 .. 2q) of scale s-1
         const RowWindow& lw = ws.sc[s - 1].last_ul_win;
         init_rows(sh, sb.ul, Bt, F, vec(L.down_ul_bias[s]));
@@ -716,107 +591,22 @@ struct Engine : TeamMember {
           }
       }
     }
-    // One barrier before the head; then every thread runs the whole head and samples
-    // every image itself (the same arithmetic, so the same pixels), keeping the pixel in
-    // its own xcur for the next pixel's first GEMM, and writes its share of the images
-    // to xin / x / params (read after the row barrier).
-    float* ul = ws.sc[0].ul;
-    float* eh = ws.eh + (npix++ & 1) * Bt * F;
-    for (int64_t b = 0; b < Bt; ++b) elu(ul + b * F + sh.c0, sh.nown, eh + b * F + sh.c0);
-    if (pixel_team) team_point();  // eh complete (and the team may shrink to rank 0 here)
-    if (quit) return;
-    {
-      const float* hb = vec(L.headb);
-      for (int64_t b = 0; b < Bt; ++b) std::memcpy(hp + b * P, hb, sizeof(float) * P);
-      gemm_acc((int)Bt, eh, F, mat(L.head), 0, L.head.NP, hp, P);
-    }
-    const float t = (float)a.temperature;
-    const int64_t HW = H * W;
-    for (int64_t b = 0; b < Bt; ++b) {
-      const int64_t g = ws.b0 + b;
-      const float* prm = hp + b * P;
-      int64_t pix[kMaxChannels];
-      int64_t* xg = a.x + g * C * HW + i * W + j;
-      const bool mine = b >= ps.sb0 && b < ps.sb1;
-      if (a.known && a.known[g * HW + i * W + j]) {
-        for (int64_t ch = 0; ch < C; ++ch) pix[ch] = xg[ch * HW];
-      } else {
-        // The window reads the cell's earlier pixels from a.x: the rows above were written
-        // before the row barrier, this row's by their images' owners before the team point
-        // of each later pixel (every thread samples every image, each writes its share).
-        const PixelWindow at{&a.window, a.x, g, i, j};
-        sample_pixel(c.d, prm, a.uniforms + (g * HW + i * W + j) * c.d.num_uniforms, t, pix, tmp,
-                     a.window.maps ? &at : nullptr);
-        if (mine)
-          for (int64_t ch = 0; ch < C; ++ch) xg[ch * HW] = pix[ch];
-      }
-      // Known or sampled, the pixel's input channels come from the model's table, so
-      // they are the very floats its forward pass reads.
-      float* xc = xcur + b * cin;
-      a.table.write((int)C, pix, xc);
-      if (!mine) continue;
-      std::memcpy(xin(b, i + 2, 1 + j), xc, sizeof(float) * (cin - 1));
-      if (a.params) {
-        float* pd = a.params + g * P * HW + i * W + j;
-        for (int64_t q = 0; q < P; ++q) pd[q * HW] = prm[q];
-      }
-    }
-  }
-
-  void run() {
-    double t_row = 0, t_pix = 0;
-    since = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < H && !quit; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      if (!pixel_team && i > 0) team_point();  // row i-1 sampled by rank 0
-      if (pixel_team && i > 0) sync();  // row i-1 complete in xin
-      if (quit || stop_point()) break;  // stop_point: the caller asked to stop
-      start_row(i);
-      if (!pixel_team) sync();  // every share of the row terms is ready
-      const auto t1 = std::chrono::steady_clock::now();
-      if (pixel_team || rank == 0)
-        for (int64_t j = 0; j < W && !quit; ++j) pixel(i, j);
-      if (!quit) row_done();
-      const auto t2 = std::chrono::steady_clock::now();
-      t_row += std::chrono::duration<double>(t1 - t0).count();
-      t_pix += std::chrono::duration<double>(t2 - t1).count();
-    }
-    if (profile_enabled() && !quit)
-      std::fprintf(stderr,
-                   "pixelaux profile (PixelCNNpp): team of %d%s, rank %d, %lld images: rows %.4f s, "
-                   "pixels %.4f s%s\n",
-                   team.size, pixel_team || team.size == 1 ? "" : " (row starts only)", rank,
-                   (long long)Bt, t_row, t_pix,
-                   gave_up ? " (the others were late: rank 0 went on alone)" : "");
+    head_and_sample(i, j, ws.sc[0].ul);
   }
 };
 
 }  // namespace
 
 void cached_sample(const SampleArgs& a) {
-  const Config& c = *a.cfg;
-  const TeamPlan plan = plan_teams(a.B, a.mode, c.hidden, a.W, a.threads);
-  std::vector<Workspace> ws(plan.G);
-  for (int g = 0; g < plan.G; ++g) {
-    const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
-    make_workspace(c, a, b0, b1 - b0, plan.S, &ws[g]);
-  }
-  run_teams(plan, [&](int g, int rank, int size, bool pixel_team, Barrier& bar) {
-    Engine(a, ws[g], bar, rank, size, pixel_team).run();
+  sample_teams<Engine, Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
+    make_workspace(*a.cfg, a, b0, Bt, team, ws);
   });
 }
 
 int64_t workspace_floats(const SampleArgs& a) {
-  const Config& c = *a.cfg;
-  const TeamPlan plan = plan_teams(a.B, a.mode, c.hidden, a.W, a.threads);
-  int64_t total = 0;
-  for (int g = 0; g < plan.G; ++g) {
-    const int64_t b0 = a.B * g / plan.G, b1 = a.B * (g + 1) / plan.G;
-    Workspace ws;
-    make_workspace(c, a, b0, b1 - b0, plan.S, &ws, /*allocate=*/false);
-    total += ws.arena.requested();
-  }
-  return total;
+  return count_team_floats<Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
+    make_workspace(*a.cfg, a, b0, Bt, team, ws, /*allocate=*/false);
+  });
 }
 
 }  // namespace pp

@@ -25,23 +25,18 @@
 #include <string>
 #include <vector>
 
-#include "packing.h"
-#include "sampling.h"
+#include "engine_common.h"
 
 namespace pixelaux {
 namespace cpu {
 namespace pp {
 
-constexpr int kConfigLen = 9;
 constexpr int kMaxScales = 8;
 
-// Integer configuration of a PixelCNNpp as passed to the ops (in this order).
-struct Config {
-  int channels = 0, bits = 0, hidden = 0, blocks = 0, scales = 0, cond_channels = 0, dist = 0,
-      nr_mix = 0, embed_dim = 0;
-  DistSpec d;           // derived
-  int per_channel = 1;  // input channels per image channel, max(embed_dim, 1)
-  int cin = 0;          // channels * per_channel + 1 (the ones channel)
+// Integer configuration of a PixelCNNpp as passed to the ops: EngineConfig's, the 5th
+// int the number of scales.
+struct Config : EngineConfig {
+  int scales = 0;
   // Blocks of the down pass at scale s (blocks at the smallest scale, blocks+1 elsewhere).
   int down_blocks(int s) const { return s == scales - 1 ? blocks : blocks + 1; }
 };
@@ -57,13 +52,7 @@ struct BlockLayout {
   VecSlot b1, b2;  // b1: conv1 bias + nin bias; b2: conv2 bias (2F)
 };
 
-struct Layout {
-  MatSlot u0[2];   // u_init (2, 3) per kernel row
-  VecSlot u0b;
-  MatSlot ulv;     // ul_init_v (1, 3)
-  VecSlot ulvb;
-  MatSlot ulh[2];  // ul_init_h (2, 1) per kernel row
-  VecSlot ulhb;
+struct Layout : InputLayers {  // the input layers (k = 3) first, then:
   // [scale][block]; a scale's down blocks in the order they run
   std::vector<std::vector<BlockLayout>> up_u, up_ul, down_u, down_ul;
   // into scale s from s-1 (index s, 1 .. S-1): stride-2 convs per kernel row
@@ -87,31 +76,15 @@ std::vector<RawSpec> raw_weight_specs(const Config& cfg);
 void pack_weights(const Config& cfg, const Layout& lay, const std::vector<const float*>& raw,
                   float* out);
 
-struct SampleArgs {
+struct SampleArgs : SampleArgsBase {
   const Config* cfg = nullptr;
   const Layout* lay = nullptr;
-  const float* packed = nullptr;
-  int64_t B = 0, H = 0, W = 0;
-  int64_t* x = nullptr;             // (B, C, H, W): known pixels in, completed images out
-  const bool* known = nullptr;      // (B, H, W) or null
   // Conditioning terms of every block (cond_channels > 0), each (B, H_s, W_s, 3F) =
   // [cond_c1 (F), cond_c2 (2F)], in the order: for each scale s ascending, the up-pass
   // u blocks then ul blocks; then for each scale s ascending, its down-pass u blocks
   // then ul blocks. Empty when unconditional. With cond_global each is (B, 1, 1, 3F):
   // the terms of a global cond (a vector per image), broadcast over the positions.
   std::vector<const float*> cond_terms;
-  bool cond_global = false;
-  const float* uniforms = nullptr;  // (B, H, W, U)
-  PixelTable table;                 // (C, K, per_channel): what a pixel writes into xin
-  float* params = nullptr;          // (B, P, H, W) or null
-  double temperature = 1.0;
-  Window window;                    // consistent decoding (window.maps null: none)
-  int mode = 0;                     // as cpu::SampleArgs::mode
-  int threads = 0;                  // 0: at::get_num_threads()
-  // [image-rows done, stop flag] or null: the engine adds each finished row of each image
-  // to progress[0] and, when progress[1] != 0 at the start of a row, stops there (the
-  // caller polls it from another thread).
-  int64_t* progress = nullptr;
 };
 
 void cached_sample(const SampleArgs& args);
