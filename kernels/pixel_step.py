@@ -147,21 +147,17 @@ def conv_px(ring_ptr, w_ptr, cur, bidx, bm, i, jj, W, o0,
     om = on < OUT
     plane = KH * W * K2
     kb = tl.arange(0, BK)
-    if CUR_IN_RING:       # the current tap first, as below, in chunks of BK channels
+    if CUR_IN_RING:       # every tap from the ring, in chunks of BK channels
         acc = tl.zeros([G, OUT_T], dtype=tl.float32)
-        base = ring_ptr + bidx[:, None] * plane + ((i % KH) * W + jj) * K2
-        for k0 in range(0, K2P, BK):
-            km = (k0 + kb) < K2
-            a = tl.load(base + k0 + kb[None, :], mask=bm[:, None] & km[None, :], other=0.0)
-            wt = tl.load(w_ptr + ((KH * KH - 1) * K2 + k0 + kb[:, None]) * OUT + on[None, :],
-                         mask=km[:, None] & om[None, :], other=0.0)
-            acc += tl.dot(a, wt, input_precision="ieee")
-    else:
+        first = 0
+    else:                 # the current tap from registers, the others from the ring
         n2 = tl.arange(0, K2P)
         wc = tl.load(w_ptr + ((KH * KH - 1) * K2 + n2[:, None]) * OUT + on[None, :],
                      mask=(n2 < K2)[:, None] & om[None, :], other=0.0)
         acc = tl.dot(cur, wc, input_precision="ieee")
-    for t in range(KH * KH - 1):
+        first = 1
+    for n in range(first, KH * KH):
+        t = (n + KH * KH - 1) % (KH * KH)             # the current tap (KH*KH - 1) first, then 0, 1, ...
         r = t // KH
         s = t % KH
         row = i - KH + 1 + r
