@@ -25,7 +25,7 @@ Two checks per point of the grid, through the public ``engines.runner`` (and
    (their parameters are checked by test 1).
 
 Tiny models with random weights and inputs; the models, inputs and naive references are
-built once per module (module-scoped fixture), the naive images shared by the three
+built once per module (a module-scoped cache), the naive images shared by the
 backends. The backend-specific tests (kernels against their references, op schemas and
 fake tensors, progress and Ctrl-C, thread modes, graph and buffer reuse, compile checks)
 stay in the per-backend files.
@@ -55,6 +55,7 @@ class Case:
     api: bool = False         # the image test through pixelaux.sample from a seed
     threads: int = 1          # cpp's threads in the image test (2: images split over threads)
     std: float = 0.2          # weights ~ N(0, std^2)
+    triton: bool = True       # also on the Triton backend (its interpreter costs seconds a case)
 
 
 # (family, variant): Case. Sizes and widths as small as the Triton interpreter needs
@@ -88,19 +89,25 @@ CASES = {
     ("PixelCNNpp", "scaled"): Case(dict(channels=3, bits=8, hidden=8, blocks=1, scales=2, nr_mix=2), (4, 4), 3),
     ("PixelCNNpp", "categorical-s1-b0"): Case(dict(channels=1, bits=4, hidden=8, blocks=0, scales=1,
                                                    dist="categorical"), (4, 4), 1, temperature=2.0),
-    ("PixelCNNpp", "s4-b0"): Case(dict(channels=1, bits=8, hidden=4, blocks=0, scales=4, nr_mix=2), (8, 8), 1),
+    ("PixelCNNpp", "s4-b0"): Case(dict(channels=1, bits=8, hidden=4, blocks=0, scales=4, nr_mix=2), (8, 8), 1,
+                                  triton=False),
     ("PixelCNNpp", "cond-map"): Case(dict(channels=1, bits=8, hidden=6, blocks=2, scales=3, nr_mix=2,
                                           cond_channels=2), (4, 4), 3, temperature=0.5, cond="map", threads=2),
     ("PixelCNNpp", "cond-vector"): Case(dict(channels=3, bits=8, hidden=6, blocks=1, scales=2, nr_mix=2,
-                                             cond_channels=3), (4, 4), 2, cond="vector"),
+                                             cond_channels=3), (4, 4), 2, cond="vector", triton=False),
     ("PixelCNNpp", "tokens"): Case(dict(channels=3, bits=9, hidden=6, blocks=1, scales=2, dist="categorical",
-                                        embed_dim=3), (4, 4), 3, api=True, threads=2),
+                                        embed_dim=3), (4, 4), 3, api=True, threads=2, triton=False),
     ("PixelCNNpp", "tokens-known"): Case(dict(channels=1, bits=8, hidden=6, blocks=1, scales=2, nr_mix=2,
                                               embed_dim=4, cond_channels=2), (4, 4), 1, cond="map", known=0.4,
                                          api=True),
     ("PixelCNNpp", "known-s3-b0"): Case(dict(channels=3, bits=5, hidden=7, blocks=0, scales=3, nr_mix=3),
-                                        (4, 4), 3, temperature=0.7, known=0.4, api=True),
+                                        (4, 4), 3, temperature=0.7, known=0.4, api=True, triton=False),
 }
+# The Triton backend runs the PixelCNN++ cases whose kernel paths differ (logistic and
+# categorical heads, 1 to 3 scales, blocks, a cond map, tokens with known pixels): a cond
+# vector reaches its kernels as the same maps, tokens without known pixels and known
+# pixels of scaled inputs are subsets of tokens-known, and a fourth scale adds launches
+# of the same kernels; the interpreter costs 4-10 s per PixelCNN++ test.
 
 
 def _gen(seed):
@@ -151,18 +158,25 @@ class Built:
                     generator=_gen(self.seed))
 
 
-@pytest.fixture(scope="module", params=list(CASES), ids=[f"{f}-{v}" for f, v in CASES])
-def built(request):
-    family, variant = request.param
-    return Built(family, variant, seed=list(CASES).index(request.param))
+#: (case, backend): every case on every backend but Triton's, which runs ``case.triton`` ones
+GRID = [(key, b) for key in CASES for b in BACKENDS if b != "triton" or CASES[key].triton]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    ok, why = engines.REGISTRY[request.param].status(torch.device("cpu"))
+@pytest.fixture(scope="module")
+def built_cases():
+    """The cases built so far (``Built``), once per module, shared by the backends."""
+    return {}
+
+
+@pytest.fixture(params=GRID, ids=[f"{f}-{v}-{b}" for (f, v), b in GRID])
+def built(request, built_cases):
+    key, backend = request.param
+    ok, why = engines.REGISTRY[backend].status(torch.device("cpu"))
     if not ok:
-        pytest.skip(f"backend={request.param!r} cannot run here: {why}")
-    return request.param
+        pytest.skip(f"backend={backend!r} cannot run here: {why}")
+    if key not in built_cases:
+        built_cases[key] = Built(*key, seed=list(CASES).index(key))
+    return built_cases[key], backend
 
 
 def _threads(backend, n):
@@ -171,7 +185,8 @@ def _threads(backend, n):
     return num_threads(n if backend == "cpp" else 1)
 
 
-def test_teacher_forcing_matches_forward(built, backend):
+def test_teacher_forcing_matches_forward(built):
+    built, backend = built
     m, x, cond = built.model, built.x, built.cond
     b, _, h, w = x.shape
     run = engines.runner("cached", backend, m.kind)
@@ -184,7 +199,8 @@ def test_teacher_forcing_matches_forward(built, backend):
     assert_matches_forward(params, m, x, cond, f"{built.name} {backend}")
 
 
-def test_same_images_as_naive(built, backend):
+def test_same_images_as_naive(built):
+    built, backend = built
     m, c = built.model, built.case
     name = f"{built.name} {backend} t={c.threads if backend == 'cpp' else 1}"
     ref = built.naive(c.temperature)
