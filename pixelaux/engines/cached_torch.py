@@ -107,6 +107,20 @@ class State:
                     f = wt.shape[0]
                     self.split[step.block] = (torch.cat([wt[:, :f], wt[:, 2 * f:3 * f]], 1),
                                               torch.cat([wt[:, f:2 * f], wt[:, 3 * f:]], 1))
+        # A pixel block's convs as matrices over its windows' taps, read once per run.
+        self.pixel_convs = {}
+        for steps in (st for _, st in self.plan.pixel_steps):
+            for step in steps:
+                if isinstance(step, P.PixelBlock):
+                    blk = self.modules[step.block]
+                    self.pixel_convs[step.block] = tuple((_flat(c.weight), c.bias, c.weight.shape[3])
+                                                         for c in (blk.conv1, blk.conv2))
+        self._row_ops = {P.InputRow: self._input_row, P.DownRow: self._down_row, P.FromUp: self._from_up_row,
+                         P.RowBlock: self._row_block, P.RowTerm: self._row_term, P.Keep: self._keep_row,
+                         P.UpRow: self._up_row}
+        self._pixel_ops = {P.InputPixel: self._input_pixel, P.DownPixel: self._down_pixel,
+                           P.FromUp: self._from_up_pixel, P.PixelBlock: self._pixel_block,
+                           P.Keep: self._keep_pixel, P.UpPixel: self._up_pixel, P.Head: self._head}
 
     def _module(self, name):
         return self.modules[name]
@@ -118,7 +132,7 @@ class State:
         out = torch.einsum("nk,bkw->bnw", weight, x)
         return out if bias is None else out + bias[None, :, None]
 
-    def _row_block(self, step: P.RowBlock, p: int):
+    def _row_block(self, step: P.RowBlock, i: int, p: int):
         blk = self._module(step.block)
         w1, w2 = (self.windows[n] for n in step.windows)
         h1, h2 = self.cond.get(step.block, (None, None))
@@ -139,15 +153,15 @@ class State:
         g_a, g_b = c2.chunk(2, dim=1)
         self.values[step.out] = x + g_a * torch.sigmoid(g_b)
 
-    def _row_term(self, step: P.RowTerm, p: int):
+    def _row_term(self, step: P.RowTerm, i: int, p: int):
         nin = self._module(step.block).nin_skip
         weight = self.split[step.block][0] if step.split else nin.weight[:, :, 0, 0]
         term = self._nin_row(weight, nin.bias, concat_elu(self.values[step.src]))
         h1 = self.cond.get(step.block, (None, None))[0]
         self.values[step.out] = term if h1 is None else term + h1[:, :, p]
 
-    def _pixel_block(self, step: P.PixelBlock, p: int, q: int):
-        blk = self._module(step.block)
+    def _pixel_block(self, step: P.PixelBlock, i: int, j: int, p: int, q: int):
+        (m1, b1, k1), (m2, b2, k2) = self.pixel_convs[step.block]
         w1, w2 = (self.windows[n] for n in step.windows)
         h2 = self.cond.get(step.block, (None, None))[1]
         x = self.values[step.x]
@@ -155,9 +169,9 @@ class State:
         if step.skip is not None:
             bias = bias + F.linear(concat_elu(self.values[step.skip]), self.split[step.block][1])
         w1.set(q, concat_elu(x))
-        c1 = F.linear(w1.taps(q, _kw(blk.conv1)), _flat(blk.conv1.weight), blk.conv1.bias) + bias
+        c1 = F.linear(w1.taps(q, k1), m1, b1) + bias
         w2.set(q, concat_elu(c1))
-        c2 = F.linear(w2.taps(q, _kw(blk.conv2)), _flat(blk.conv2.weight), blk.conv2.bias)
+        c2 = F.linear(w2.taps(q, k2), m2, b2)
         if h2 is not None:
             c2 = c2 + h2[:, :, p, q]
         g_a, g_b = c2.chunk(2, dim=1)
@@ -173,35 +187,32 @@ class State:
         for s, steps in self.plan.row_steps:
             if i % (1 << s) == 0:
                 for step in steps:
-                    self._row_step(step, i, i >> s)
+                    self._row_ops[type(step)](step, i, i >> s)
 
-    def _row_step(self, step, i: int, p: int):
+    def _input_row(self, step: P.InputRow, i: int, p: int):
         v, kh = self.values, self.plan.kh
-        if isinstance(step, P.InputRow):
-            if i == 0:
-                zeros = torch.zeros(self.b, self.plan.hidden, self.w, device=self.xin.device)
-                v[step.out], v[step.out_ul] = zeros, zeros
-                return
-            uc, ulc = self._module(step.u_conv), self._module(step.ul_conv)
-            v[step.out] = F.conv2d(self.xin[:, :, i:i + kh], uc.weight, uc.bias)[:, :, 0]
-            v[step.out_ul] = F.conv2d(self.xin[:, :, kh + i - 1:kh + i], ulc.weight, ulc.bias)[:, :, 0]
-        elif isinstance(step, P.DownRow):
-            conv = self._module(step.conv)
-            v[step.out] = F.conv2d(self.windows[step.src].t, conv.weight, conv.bias, stride=(1, 2))[:, :, 0]
-        elif isinstance(step, P.FromUp):
-            v[step.out] = self.holders[step.src][:, :, p % 2]
-        elif isinstance(step, P.RowBlock):
-            self._row_block(step, p)
-        elif isinstance(step, P.RowTerm):
-            self._row_term(step, p)
-        elif isinstance(step, P.Keep):
-            self.windows[step.window].set_row(v[step.src])
-        elif isinstance(step, P.UpRow):
-            deconv, dst = self._module(step.conv), self.holders[step.dst]
-            y = F.conv_transpose2d(v[step.src].unsqueeze(2), deconv.weight, deconv.bias, stride=2)
-            dst.copy_(y[:, :, :, 1:1 + dst.shape[3]])
-        else:
-            raise TypeError(f"not a row step: {step!r}")
+        if i == 0:
+            zeros = torch.zeros(self.b, self.plan.hidden, self.w, device=self.xin.device)
+            v[step.out], v[step.out_ul] = zeros, zeros
+            return
+        uc, ulc = self._module(step.u_conv), self._module(step.ul_conv)
+        v[step.out] = F.conv2d(self.xin[:, :, i:i + kh], uc.weight, uc.bias)[:, :, 0]
+        v[step.out_ul] = F.conv2d(self.xin[:, :, kh + i - 1:kh + i], ulc.weight, ulc.bias)[:, :, 0]
+
+    def _down_row(self, step: P.DownRow, i: int, p: int):
+        conv = self._module(step.conv)
+        self.values[step.out] = F.conv2d(self.windows[step.src].t, conv.weight, conv.bias, stride=(1, 2))[:, :, 0]
+
+    def _from_up_row(self, step: P.FromUp, i: int, p: int):
+        self.values[step.out] = self.holders[step.src][:, :, p % 2]
+
+    def _keep_row(self, step: P.Keep, i: int, p: int):
+        self.windows[step.window].set_row(self.values[step.src])
+
+    def _up_row(self, step: P.UpRow, i: int, p: int):
+        deconv, dst = self._module(step.conv), self.holders[step.dst]
+        y = F.conv_transpose2d(self.values[step.src].unsqueeze(2), deconv.weight, deconv.bias, stride=2)
+        dst.copy_(y[:, :, :, 1:1 + dst.shape[3]])
 
     # -- per pixel -----------------------------------------------------------------------
     def step(self, i: int, j: int) -> torch.Tensor:
@@ -210,46 +221,40 @@ class State:
         for s, steps in self.plan.pixel_steps:
             if i % (1 << s) == 0 and j % (1 << s) == 0:
                 for step in steps:
-                    out = self._pixel_step(step, i, j, i >> s, j >> s)
+                    out = self._pixel_ops[type(step)](step, i, j, i >> s, j >> s)
                     params = out if out is not None else params
         return params
 
-    def _pixel_step(self, step, i: int, j: int, p: int, q: int):
-        v = self.values
-        if isinstance(step, P.InputPixel):
-            ul = v[step.row][:, :, j]
-            if j > 0:   # right-shifted (kh, 1) conv over image rows i-kh+1 .. i at column j-1
-                conv, kh = self._module(step.conv), self.plan.kh
-                window = self.xin[:, :, i + 1:i + kh + 1, self.plan.pw + j - 1]
-                ul = ul + F.linear(window.reshape(self.b, -1), _flat(conv.weight), conv.bias)
-            v[step.out] = ul
-        elif isinstance(step, P.DownPixel):
-            conv = self._module(step.conv)
-            v[step.out] = F.linear(self.windows[step.src].taps(2 * q, 2), _flat(conv.weight), conv.bias)
-        elif isinstance(step, P.FromUp):
-            v[step.out] = self.holders[step.src][:, :, p % 2, q]
-        elif isinstance(step, P.PixelBlock):
-            self._pixel_block(step, p, q)
-        elif isinstance(step, P.Keep):
-            self.windows[step.window].set(q, v[step.src])
-        elif isinstance(step, P.UpPixel):
-            deconv = self._module(step.conv)
-            y = torch.einsum("zk,knac->znac", v[step.src], deconv.weight) + deconv.bias[None, :, None, None]
-            self.holders[step.dst][:, :, :, 2 * q:2 * q + 2] = y
-        elif isinstance(step, P.Head):
-            head = self._module(step.conv)
-            return F.linear(F.elu(v[step.src]), _flat(head.weight), head.bias)
-        else:
-            raise TypeError(f"not a pixel step: {step!r}")
-        return None
+    def _input_pixel(self, step: P.InputPixel, i: int, j: int, p: int, q: int):
+        ul = self.values[step.row][:, :, j]
+        if j > 0:   # right-shifted (kh, 1) conv over image rows i-kh+1 .. i at column j-1
+            conv, kh = self._module(step.conv), self.plan.kh
+            window = self.xin[:, :, i + 1:i + kh + 1, self.plan.pw + j - 1]
+            ul = ul + F.linear(window.reshape(self.b, -1), _flat(conv.weight), conv.bias)
+        self.values[step.out] = ul
+
+    def _down_pixel(self, step: P.DownPixel, i: int, j: int, p: int, q: int):
+        conv = self._module(step.conv)
+        self.values[step.out] = F.linear(self.windows[step.src].taps(2 * q, 2), _flat(conv.weight), conv.bias)
+
+    def _from_up_pixel(self, step: P.FromUp, i: int, j: int, p: int, q: int):
+        self.values[step.out] = self.holders[step.src][:, :, p % 2, q]
+
+    def _keep_pixel(self, step: P.Keep, i: int, j: int, p: int, q: int):
+        self.windows[step.window].set(q, self.values[step.src])
+
+    def _up_pixel(self, step: P.UpPixel, i: int, j: int, p: int, q: int):
+        deconv = self._module(step.conv)
+        y = torch.einsum("zk,knac->znac", self.values[step.src], deconv.weight) + deconv.bias[None, :, None, None]
+        self.holders[step.dst][:, :, :, 2 * q:2 * q + 2] = y
+
+    def _head(self, step: P.Head, i: int, j: int, p: int, q: int):
+        head = self._module(step.conv)
+        return F.linear(F.elu(self.values[step.src]), _flat(head.weight), head.bias)
 
     def write(self, i: int, j: int, pixel: torch.Tensor):
         """Write integer pixels ``(B, C)`` at ``(i, j)`` into the input buffer."""
         self.xin[:, :-1, self.plan.kh + i, self.plan.pw + j] = encode_pixels(self.table, pixel)
-
-
-def _kw(conv) -> int:
-    return conv.weight.shape[3]
 
 
 @torch.no_grad()
