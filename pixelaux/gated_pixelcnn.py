@@ -120,9 +120,14 @@ class GatedPixelCNN(nn.Module):
         x, cond = self.check_inputs(x, cond)
         return self.forward_unchecked(x, cond)
 
+    def scale_conds(self, cond):
+        """The conditioning map at the stack's one scale, as ``PixelCNNpp.scale_conds`` gives
+        one per scale: ``[cond]``, a vector per image ``(B, K)`` as ``(B, K, 1, 1)``
+        (broadcast), or ``[None]``."""
+        return [cond[:, :, None, None] if cond is not None and cond.dim() == 2 else cond]
+
     def forward_unchecked(self, x, cond=None):
-        if cond is not None and cond.dim() == 2:        # global: (B, K) -> (B, K, 1, 1), broadcast
-            cond = cond[:, :, None, None]
+        cond = self.scale_conds(cond)[0]
         h = self.input(x)
         u = down_shift(self.u_init(h))
         ul = down_shift(self.ul_init_v(h)) + right_shift(self.ul_init_h(h))

@@ -61,14 +61,6 @@ class RowWindow:
         return self.t[:, :, :, q0:q0 + n].reshape(self.t.shape[0], -1)
 
 
-def cond_maps(model, cond) -> list:
-    """The conditioning input at every scale: ``(B, K, H_s, W_s)``, ``(B, K, 1, 1)`` for a
-    vector per image (broadcast), or None."""
-    if model.kind == "PixelCNNpp":
-        return model.scale_conds(cond)
-    return [cond[:, :, None, None] if cond is not None and cond.dim() == 2 else cond]
-
-
 class State:
     """Preallocated buffers of one sampling run of a stage model, and its plan's steps."""
 
@@ -91,7 +83,7 @@ class State:
         self.holders = {s.name: torch.zeros(b, s.channels, 2, w >> s.scale, device=dev) for s in self.plan.holders}
         self.values = {}
         # Conditioning terms, once per image: (h1, h2) maps at the block's scale.
-        conds = cond_maps(model, cond)
+        conds = model.scale_conds(cond)     # the conditioning input at every scale
         self.cond = {}
         for name, s in self.plan.cond_blocks:
             t1, t2 = self.modules[name].cond_terms(conds[s])
@@ -107,14 +99,21 @@ class State:
                     f = wt.shape[0]
                     self.split[step.block] = (torch.cat([wt[:, :f], wt[:, 2 * f:3 * f]], 1),
                                               torch.cat([wt[:, f:2 * f], wt[:, 3 * f:]], 1))
-        # A pixel block's convs as matrices over its windows' taps, read once per run.
-        self.pixel_convs = {}
+        # Every conv a pixel step applies, as a matrix over its flattened taps, its bias and
+        # its kernel width (the taps it reads per row), read once per run.
+        self.linear = {}
         for steps in (st for _, st in self.plan.pixel_steps):
             for step in steps:
                 if isinstance(step, P.PixelBlock):
-                    blk = self.modules[step.block]
-                    self.pixel_convs[step.block] = tuple((_flat(c.weight), c.bias, c.weight.shape[3])
-                                                         for c in (blk.conv1, blk.conv2))
+                    convs = [f"{step.block}.conv1", f"{step.block}.conv2"]
+                elif isinstance(step, (P.InputPixel, P.DownPixel, P.Head)):
+                    convs = [step.conv]
+                else:
+                    convs = []
+                for name in convs:
+                    c = self.modules[name]
+                    self.linear[name] = (_flat(c.weight), c.bias, c.weight.shape[3])
+        self.no_cond = (None, None)
         self._row_ops = {P.InputRow: self._input_row, P.DownRow: self._down_row, P.FromUp: self._from_up_row,
                          P.RowBlock: self._row_block, P.RowTerm: self._row_term, P.Keep: self._keep_row,
                          P.UpRow: self._up_row}
@@ -135,7 +134,7 @@ class State:
     def _row_block(self, step: P.RowBlock, i: int, p: int):
         blk = self._module(step.block)
         w1, w2 = (self.windows[n] for n in step.windows)
-        h1, h2 = self.cond.get(step.block, (None, None))
+        h1, h2 = self.cond.get(step.block, self.no_cond)
         x = self.values[step.x]
         c1_row = None
         if step.skip is not None:
@@ -157,13 +156,14 @@ class State:
         nin = self._module(step.block).nin_skip
         weight = self.split[step.block][0] if step.split else nin.weight[:, :, 0, 0]
         term = self._nin_row(weight, nin.bias, concat_elu(self.values[step.src]))
-        h1 = self.cond.get(step.block, (None, None))[0]
+        h1 = self.cond.get(step.block, self.no_cond)[0]
         self.values[step.out] = term if h1 is None else term + h1[:, :, p]
 
     def _pixel_block(self, step: P.PixelBlock, i: int, j: int, p: int, q: int):
-        (m1, b1, k1), (m2, b2, k2) = self.pixel_convs[step.block]
+        m1, b1, k1 = self.linear[f"{step.block}.conv1"]
+        m2, b2, k2 = self.linear[f"{step.block}.conv2"]
         w1, w2 = (self.windows[n] for n in step.windows)
-        h2 = self.cond.get(step.block, (None, None))[1]
+        h2 = self.cond.get(step.block, self.no_cond)[1]
         x = self.values[step.x]
         bias = self.values[step.term][:, :, q]
         if step.skip is not None:
@@ -228,14 +228,15 @@ class State:
     def _input_pixel(self, step: P.InputPixel, i: int, j: int, p: int, q: int):
         ul = self.values[step.row][:, :, j]
         if j > 0:   # right-shifted (kh, 1) conv over image rows i-kh+1 .. i at column j-1
-            conv, kh = self._module(step.conv), self.plan.kh
+            m, bias, _ = self.linear[step.conv]
+            kh = self.plan.kh
             window = self.xin[:, :, i + 1:i + kh + 1, self.plan.pw + j - 1]
-            ul = ul + F.linear(window.reshape(self.b, -1), _flat(conv.weight), conv.bias)
+            ul = ul + F.linear(window.reshape(self.b, -1), m, bias)
         self.values[step.out] = ul
 
     def _down_pixel(self, step: P.DownPixel, i: int, j: int, p: int, q: int):
-        conv = self._module(step.conv)
-        self.values[step.out] = F.linear(self.windows[step.src].taps(2 * q, 2), _flat(conv.weight), conv.bias)
+        m, bias, kw = self.linear[step.conv]
+        self.values[step.out] = F.linear(self.windows[step.src].taps(2 * q, kw), m, bias)
 
     def _from_up_pixel(self, step: P.FromUp, i: int, j: int, p: int, q: int):
         self.values[step.out] = self.holders[step.src][:, :, p % 2, q]
@@ -249,8 +250,8 @@ class State:
         self.holders[step.dst][:, :, :, 2 * q:2 * q + 2] = y
 
     def _head(self, step: P.Head, i: int, j: int, p: int, q: int):
-        head = self._module(step.conv)
-        return F.linear(F.elu(self.values[step.src]), _flat(head.weight), head.bias)
+        m, bias, _ = self.linear[step.conv]
+        return F.linear(F.elu(self.values[step.src]), m, bias)
 
     def write(self, i: int, j: int, pixel: torch.Tensor):
         """Write integer pixels ``(B, C)`` at ``(i, j)`` into the input buffer."""
