@@ -24,8 +24,8 @@ the up pass (scales ascending), then the down pass (scales descending).
 * values, named: a row value is ``(B, C, W_s)``, the current row of its scale; a pixel
   value ``(B, C)``, the current position. Names: ``u{s}.{k}`` / ``ul{s}.{k}`` the up pass
   after ``k`` blocks at scale ``s`` (``k = 0``: the stage's input), ``du{s}.{k}`` /
-  ``dul{s}.{k}`` the down pass, ``ul0`` the first layer's per-row term of ``ul``,
-  ``c1:{block}`` a ``ul`` block's per-row part of ``c1``.
+  ``dul{s}.{k}`` the down pass, ``row_term:ul_init`` the first layer's *row term* of ``ul``,
+  ``row_term:{block}`` a ``ul`` block's row term (see :class:`RowTerm`).
 
 **Steps** (one dataclass each): :class:`InputRow`, :class:`InputPixel` (the first layer,
 from ``xin``), :class:`DownRow` / :class:`DownPixel` (the stride-2 convs between scales,
@@ -121,8 +121,12 @@ class RowBlock:
 
 @dataclass(frozen=True)
 class RowTerm:
-    """A ``ul`` block's per-row part of ``c1``: its 1x1 projection of ``concat_elu(src)`` (of
-    ``u``; with ``split``, the ``u`` half of a projection of ``cat(u, ul)``) and ``cond_c1``."""
+    """A ``ul`` block's *row term*: what its ``c1`` adds at every position of the row that
+    does not depend on the row's own ``ul`` values, computed once when the row starts:
+    its 1x1 projection of ``concat_elu(src)`` (of ``u``; with ``split``, the ``u`` half of
+    a projection of ``cat(u, ul)``) and ``cond_c1``. The compiled engines fold more into
+    the same term (the conv biases and the taps of the rows above, as one GEMM over the
+    row, for ``c1`` and ``c2``); it keeps its name ``row_term`` in every language."""
     block: str
     src: str
     out: str
@@ -227,15 +231,15 @@ def gated_plan(model) -> Plan:
     f, kh, kw, n = model.hidden, model.kh, model.kw, len(model.u_blocks)
     pw, cond = (kw - 1) // 2, bool(model.cond_channels)
     windows, weights, cond_blocks = [], [], []
-    rows = [InputRow("u_init", "ul_init_v", "u0.0", "ul0")]
-    pixels = [InputPixel("ul_init_h", "ul0", "ul0.0")]
+    rows = [InputRow("u_init", "ul_init_v", "u0.0", "row_term:ul_init")]
+    pixels = [InputPixel("ul_init_h", "row_term:ul_init", "ul0.0")]
     for k in range(n):
         ub, lb = f"u_blocks.{k}", f"ul_blocks.{k}"
         uw = (f"{ub}.conv1", f"{ub}.conv2")
         lw = (f"{lb}.conv1", f"{lb}.conv2")
         windows += [Window(w, 0, 2 * f, kh, pw, pw) for w in uw] + [Window(w, 0, 2 * f, kh, kh - 1, 0) for w in lw]
-        rows += [RowBlock(ub, f"u0.{k}", f"u0.{k + 1}", uw), RowTerm(lb, f"u0.{k + 1}", f"c1:{lb}")]
-        pixels.append(PixelBlock(lb, f"ul0.{k}", f"ul0.{k + 1}", lw, f"c1:{lb}"))
+        rows += [RowBlock(ub, f"u0.{k}", f"u0.{k + 1}", uw), RowTerm(lb, f"u0.{k + 1}", f"row_term:{lb}")]
+        pixels.append(PixelBlock(lb, f"ul0.{k}", f"ul0.{k + 1}", lw, f"row_term:{lb}"))
         if cond:
             cond_blocks += [(ub, 0), (lb, 0)]
     pixels.append(Head("head", f"ul0.{n}"))
@@ -269,16 +273,16 @@ def pixelcnnpp_plan(model) -> Plan:
     for s in range(S):                                     # up pass, scales ascending
         rows, pixels = [], []
         if s == 0:
-            rows.append(InputRow("u_init", "ul_init_v", "u0.0", "ul0"))
-            pixels.append(InputPixel("ul_init_h", "ul0", "ul0.0"))
+            rows.append(InputRow("u_init", "ul_init_v", "u0.0", "row_term:ul_init"))
+            pixels.append(InputPixel("ul_init_h", "row_term:ul_init", "ul0.0"))
         else:
             rows.append(DownRow(f"downsize_u.{s - 1}", f"downsize_u.{s - 1}", f"u{s}.0"))
             pixels.append(DownPixel(f"downsize_ul.{s - 1}", f"downsize_ul.{s - 1}", f"ul{s}.0"))
         for k in range(nb):
             ub, lb = f"up_layers.{s}.u_stream.{k}", f"up_layers.{s}.ul_stream.{k}"
             rows += [RowBlock(ub, f"u{s}.{k}", f"u{s}.{k + 1}", block_windows(ub, "u", s)),
-                     RowTerm(lb, f"u{s}.{k + 1}", f"c1:{lb}")]
-            pixels.append(PixelBlock(lb, f"ul{s}.{k}", f"ul{s}.{k + 1}", block_windows(lb, "ul", s), f"c1:{lb}"))
+                     RowTerm(lb, f"u{s}.{k + 1}", f"row_term:{lb}")]
+            pixels.append(PixelBlock(lb, f"ul{s}.{k}", f"ul{s}.{k + 1}", block_windows(lb, "ul", s), f"row_term:{lb}"))
             if cond:
                 cond_blocks += [(ub, s), (lb, s)]
         if s < S - 1:                                      # the stride-2 convs' inputs
@@ -302,8 +306,8 @@ def pixelcnnpp_plan(model) -> Plan:
         for k in range(n):
             ub, lb = f"down_layers.{t}.u_stream.{k}", f"down_layers.{t}.ul_stream.{k}"
             rows += [RowBlock(ub, u, f"du{s}.{k + 1}", block_windows(ub, "u", s), skip=u_skips.pop()),
-                     RowTerm(lb, f"du{s}.{k + 1}", f"c1:{lb}", split=True)]
-            pixels.append(PixelBlock(lb, ul, f"dul{s}.{k + 1}", block_windows(lb, "ul", s), f"c1:{lb}",
+                     RowTerm(lb, f"du{s}.{k + 1}", f"row_term:{lb}", split=True)]
+            pixels.append(PixelBlock(lb, ul, f"dul{s}.{k + 1}", block_windows(lb, "ul", s), f"row_term:{lb}",
                                      skip=ul_skips.pop()))
             u, ul = f"du{s}.{k + 1}", f"dul{s}.{k + 1}"
             if cond:
