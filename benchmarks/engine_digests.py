@@ -88,7 +88,7 @@ def cases():
 def available(backend: str) -> bool:
     if backend == "triton":
         return os.environ.get("TRITON_INTERPRET") == "1" and engines.triton_status(torch.device("cpu"))[0]
-    return engines.REGISTRY[backend].status(torch.device("cpu"))[0]
+    return engines.REGISTRY[backend].available(torch.device("cpu"))[0]
 
 
 def measure() -> dict:

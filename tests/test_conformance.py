@@ -171,7 +171,7 @@ def built_cases():
 @pytest.fixture(params=GRID, ids=[f"{f}-{v}-{b}" for (f, v), b in GRID])
 def built(request, built_cases):
     key, backend = request.param
-    ok, why = engines.REGISTRY[backend].status(torch.device("cpu"))
+    ok, why = engines.REGISTRY[backend].available(torch.device("cpu"))
     if not ok:
         pytest.skip(f"backend={backend!r} cannot run here: {why}")
     if key not in built_cases:

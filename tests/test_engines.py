@@ -41,7 +41,8 @@ def test_the_teacher_forcing_gate_fails_a_slightly_wrong_engine():
 
 def test_a_backend_is_one_registry_entry(monkeypatch):
     """``resolve``, ``runner`` and ``workspace_bytes`` find a backend in ``engines.REGISTRY``
-    alone: a new entry is selectable, its stage kinds and status are honoured."""
+    alone: a new entry is selectable, its stage kinds and status are honoured, and the
+    entry itself answers ``available``, ``run`` and ``workspace_bytes``."""
     import dataclasses
 
     from pixelaux import engines
@@ -52,6 +53,13 @@ def test_a_backend_is_one_registry_entry(monkeypatch):
     model = random_gated(seed=0, channels=1, bits=3, hidden=4, blocks=1, nr_mix=2, image_size=(3, 3))
     x = torch.zeros(2, 1, 3, 3, dtype=torch.long)
     assert engines.workspace_bytes("fake", model, x, None) == cached_torch.workspace_bytes(model, x, None)
+    assert fake.available("cpu") == (True, "") and fake.workspace_bytes(model, x, None) > 0
+    from pixelaux.uniforms import ImageUniforms
+    u = ImageUniforms(2, torch.Generator().manual_seed(0)).draw(3, 3, model.dist.num_uniforms)
+    assert torch.equal(fake.run(model, x.clone(), None, None, u, 1.0),
+                       cached_torch.run(model, x.clone(), None, None, u, 1.0))
+    on_cpu = dataclasses.replace(fake, devices=("cpu",))
+    assert on_cpu.available("meta") == (False, "it runs on CPU only, not meta")
     with pytest.raises(ValueError, match=r"backend='fake' does not run PixelCNNpp models"):
         engines.resolve("cached", "fake", "cpu", kinds=("PixelCNNpp",))
     monkeypatch.setitem(engines.REGISTRY, "fake", dataclasses.replace(fake, status=lambda device: (False, "no chip")))

@@ -43,7 +43,7 @@ class Backend:
     ``run`` samples a stage of that kind, and ``workspace[kind]`` (default: the same
     module) the one whose ``workspace_bytes`` counts what that ``run`` allocates;
     ``status(device)`` says whether
-    it can run here and why not; ``auto_on``: the device types where ``auto`` prefers it.
+    it can run here and why not (:meth:`available` adds the device type check); ``auto_on``: the device types where ``auto`` prefers it.
     Adding a backend is one entry of :data:`REGISTRY` and its modules."""
     name: str
     label: str                  # in messages: "the C++ backend"
@@ -56,9 +56,30 @@ class Backend:
     def kinds(self) -> tuple:
         return tuple(self.modules)
 
+    def available(self, device) -> tuple[bool, str]:
+        """``(True, "")`` when it can sample on ``device`` here, else ``(False, why)``."""
+        device = torch.device(device)
+        if self.devices is not None and device.type not in self.devices:
+            return False, f"it runs on {' or '.join(d.upper() for d in self.devices)} only, not {device.type}"
+        return self.status(device)
+
     def module(self, kind: str, workspace: bool = False):
+        if kind not in self.modules:
+            raise ValueError(f"backend={self.name!r} does not run {kind} models; it runs {self.kinds()}")
         table = self.workspace if workspace and self.workspace is not None else self.modules
         return importlib.import_module(f".{table[kind]}", __name__)
+
+    def runner(self, kind: str):
+        """Its ``run`` for a stage of kind ``kind``."""
+        return self.module(kind).run
+
+    def run(self, model, x, known, cond, uniforms, temperature, **kw):
+        """Samples ``x`` of one stage ``model`` (the engine contract, module docstring)."""
+        return self.runner(model.kind)(model, x, known, cond, uniforms, temperature, **kw)
+
+    def workspace_bytes(self, model, x, cond) -> int:
+        """Bytes its ``run`` allocates for ``x`` ``(B, C, H, W)`` and ``cond``, beyond the weights."""
+        return self.module(model.kind, workspace=True).workspace_bytes(model, x, cond)
 
 
 _BOTH = ("GatedPixelCNN", "PixelCNNpp")
@@ -105,7 +126,7 @@ def resolve(engine: str, backend: str, device, kinds=("GatedPixelCNN",)) -> tupl
         for b in REGISTRY.values():
             if device.type not in b.auto_on:
                 continue
-            ok, why = b.status(device)
+            ok, why = b.available(device)
             if ok and not unsupported(b.name):
                 return engine, b.name
             if ok:
@@ -115,13 +136,13 @@ def resolve(engine: str, backend: str, device, kinds=("GatedPixelCNN",)) -> tupl
     if unsupported(backend):
         raise ValueError(f"backend={backend!r} does not run {', '.join(unsupported(backend))} models; "
                          f"backends that do: {[b for b in REGISTRY if not unsupported(b)]}")
-    ok, why = REGISTRY[backend].status(device)
-    if not ok:
-        raise RuntimeError(f"backend={backend!r} is not available: {why}")
     devices = REGISTRY[backend].devices
     if devices is not None and device.type not in devices:
         raise ValueError(f"backend={backend!r} runs on {' or '.join(d.upper() for d in devices)} models, "
                          f"got a model on {device}")
+    ok, why = REGISTRY[backend].available(device)
+    if not ok:
+        raise RuntimeError(f"backend={backend!r} is not available: {why}")
     return engine, backend
 
 
@@ -131,11 +152,11 @@ def runner(engine: str, backend: str | None, kind: str = "GatedPixelCNN"):
     if engine == "naive":
         from .naive import run
         return run
-    return REGISTRY[backend].module(kind).run
+    return REGISTRY[backend].runner(kind)
 
 
 def workspace_bytes(backend: str, model, x, cond) -> int:
     """Bytes a cached backend allocates to sample ``x`` ``(B, C, H, W)`` of one stage with
     ``cond``, beyond the weights, as its own allocating code counts them (each backend's
     ``workspace_bytes``; ``resources.estimate_sampling_bytes`` extrapolates from trials)."""
-    return REGISTRY[backend].module(model.kind, workspace=True).workspace_bytes(model, x, cond)
+    return REGISTRY[backend].workspace_bytes(model, x, cond)
