@@ -48,9 +48,9 @@ from pixelaux.metrics import METRICS_FILE, read_metrics
 from pixelaux.run_config import CONFIG_FILE
 from pixelaux.training import MODEL_FILE, STATE_FILE
 
-pytestmark = pytest.mark.slow         # about 30 s: 15 processes killed and resumed
+pytestmark = pytest.mark.slow         # about 25 s: 10 processes killed and resumed
 
-KILLS = 15
+KILLS = 10
 STEPS = 200
 SEED = 20240611
 TMP_RE = re.compile(r"^\.((model|training_state)\.safetensors|config\.json)\.[0-9a-f]{16}\.tmp$")
@@ -182,7 +182,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
             if finished:
                 break
             survived += 1
-        assert survived >= 12, f"only {survived} kills landed before the run finished"
+        assert survived >= 8, f"only {survived} kills landed before the run finished"
         # Resume to the end, without a kill.
         done = subprocess.run(_command(data, out, 2, (out / STATE_FILE).exists()), env=env,
                               capture_output=True, text=True, timeout=600)
