@@ -49,7 +49,7 @@ import torch
 import triton
 
 from . import pixel_step, pp_pixel, pp_row, row_step
-from .layout import CachedBuffers, choose_plan
+from .layout import CachedBuffers, choose_launch_plan
 
 #: Every kernel a launch can compile: the gated engine's, then the PixelCNN++ engine's.
 KERNELS = ((row_step, "row_init_kernel"), (row_step, "row_block_kernel"), (row_step, "advance_row_kernel"),
@@ -172,7 +172,7 @@ def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_
     """Compile what sampling, teacher forcing and consistent decoding launch for each
     stage and batch.
     ``stages``: ``[(label, model, (H, W), has_cond)]``, each model a ``GatedPixelCNN``
-    or a ``PixelCNNpp``; ``plans``: optional ``{batch: Plan}`` (gated models).
+    or a ``PixelCNNpp``; ``plans``: optional ``{batch: LaunchPlan}`` (gated models).
     ``teacher_forcing_only``: the launches with known pixels and returned parameters
     only. Returns ``{(kernel, hash): info}``; raises on a compile error."""
     from triton.runtime.interpreter import InterpretedFunction
@@ -192,8 +192,8 @@ def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_
                     if model.kind == "PixelCNNpp":
                         _launch_pp_row(model, x, known, cond, u, params, window)
                         continue
-                    plan = (plans or {}).get(b) or choose_plan(b, model.hidden, w, override="")
-                    buf = CachedBuffers(model, x, known, cond, u, 1.0, params, plan=plan, window=window)
+                    plan = (plans or {}).get(b) or choose_launch_plan(b, model.hidden, w, override="")
+                    buf = CachedBuffers(model, x, known, cond, u, 1.0, params, launch_plan=plan, window=window)
                     row_step.launch_row_step(buf)
                     pixel_step.launch_pixel_step(buf, min(1, w - 1))
                     row_step.launch_advance_row(buf)

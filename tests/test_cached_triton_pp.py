@@ -118,7 +118,7 @@ ROW_CONVS = {   # name: (kernel h, kernel w, stride, padl, act, skip, cond, gate
     "conv1-cond": (2, 3, 1, 1, True, False, True, False, 2, 2),
     "conv1-skip-ns4": (2, 3, 1, 1, True, True, False, False, 4, 2),
     "conv2-gate-cond": (2, 3, 1, 1, True, False, True, True, 2, 2),
-    "rowterm-1x1": (1, 1, 1, 0, True, False, True, False, 2, 1),
+    "row_term-1x1": (1, 1, 1, 0, True, False, True, False, 2, 1),
     "downsize-stride2": (2, 3, 2, 1, False, False, False, False, 2, 2),
 }
 
@@ -192,7 +192,7 @@ def test_pixel_block_kernel(b, f, down, i, q):
     g = _gen(6)
     ws = 4
     kw = dict(row=torch.tensor([i], dtype=torch.int32, device=DEVICE), q=q, x=_rand(b, 4 if down else 2, ws, f, g=g),
-              c1=_rand(b, 2, ws, f, g=g), out=_rand(b, 2, ws, f, g=g), rowterm=_rand(b, 1, ws, f, g=g),
+              c1=_rand(b, 2, ws, f, g=g), out=_rand(b, 2, ws, f, g=g), row_term=_rand(b, 1, ws, f, g=g),
               w1=_rand(2, 2, 2, f, f, g=g) * 0.2, b1=_rand(f, g=g), w2=_rand(2, 2, 2, f, 2 * f, g=g) * 0.2,
               b2=_rand(2 * f, g=g), shift=0, h2=_rand(b, 4, ws, 2 * f, g=g))
     if down:

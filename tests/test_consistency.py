@@ -309,7 +309,7 @@ def test_triton_window_refilled_per_call_in_the_split_plan():
     K = cached_triton.load_kernels()
     model = _stage("gated", dict(channels=3, bits=3, hidden=20, blocks=1, dist="categorical"), seed=2)
     b, h, w = 2, 2, 4
-    plan = K.choose_plan(b, model.hidden, w, override="pixel_tile=16")
+    plan = K.choose_launch_plan(b, model.hidden, w, override="pixel_tile=16")
     assert not plan.fused
     g = torch.Generator().manual_seed(21)
     u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
@@ -320,7 +320,7 @@ def test_triton_window_refilled_per_call_in_the_split_plan():
                                                                   for _ in range(2))]
     windows += [None, pool_window(avg_pool_round(torch.randint(0, 8, x.shape, generator=g), 2), 2, 3)]
     for window, builds in zip(windows, (1, 1, 2, 3)):
-        got, params = cached_triton.run(model, x, None, None, u, 1.0, return_params=True, plan=plan, window=window)
+        got, params = cached_triton.run(model, x, None, None, u, 1.0, return_params=True, launch_plan=plan, window=window)
         assert cached_triton.RUNS.builds == builds0 + builds and len(cached_triton.RUNS) == builds
         ref = naive.run(model, x, None, None, u, 1.0, window=window)
         assert_same_images(model, None, u, 1.0, ref, got, params, name="triton split", window=window)

@@ -6,7 +6,7 @@ top-level ``kernels/`` folder; each kernel file has a PyTorch reference beside i
 
 * once per (model, batch, size) (``kernels/layout.py``, ``CachedBuffers``): the
   weights re-laid out as per-tap matrices over the interleaved concat-ELU channels,
-  the ring buffers allocated, the launch plan chosen (``layout.Plan``: ``G`` images
+  the ring buffers allocated, the launch plan chosen (``layout.LaunchPlan``: ``G`` images
   per program, output-channel tiles for small batches);
 * per call: the inputs, uniforms, temperature and conditioning terms (the prefill)
   copied into those buffers in place;
@@ -307,18 +307,18 @@ def _sample_rows(K, run_or_buf, bar, capture=None, track=None):
     return run
 
 
-def _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan, window=None):
+def _entry(K, model, x, known, cond, uniforms, temperature, return_params, launch_plan, window=None):
     """The cached buffers (and graph) for this call, filled with its inputs."""
     key = (str(x.device), tuple(x.shape), known is not None,
            cond is not None and len(model.u_blocks) > 0 and model.u_blocks[0].cond_c1 is not None,
-           bool(return_params), plan.key() if plan is not None else None, FP_FUSION,
+           bool(return_params), launch_plan.key() if launch_plan is not None else None, FP_FUSION,
            None if window is None else window.block)
     fresh = []
 
     def build():
         fresh.append(True)
         return _Run(K.CachedBuffers(model, x, known, cond, uniforms, temperature, return_params,
-                                    plan=plan, fp_fusion=FP_FUSION, window=window))
+                                    launch_plan=launch_plan, fp_fusion=FP_FUSION, window=window))
 
     run = RUNS.get(model, key, build)
     if not fresh:
@@ -328,7 +328,7 @@ def _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan,
 
 @torch.no_grad()
 @folded()   # weight-normed weights computed once per call (weight_norm.py)
-def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, plan=None,
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, launch_plan=None,
         window=None):
     """Sample the unknown pixels of ``x`` in raster order with the Triton kernels.
 
@@ -338,7 +338,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     ``(B, cond_channels)`` (its terms computed once per image) or None;
     uniforms ``(B, H, W, U)`` float32. Returns the completed ``x`` (a new tensor), or
     ``(x, params)`` with ``params`` ``(B, P, H, W)`` when ``return_params``.
-    ``plan``: a ``kernels.layout.Plan`` (default: ``choose_plan`` for the batch).
+    ``launch_plan``: a ``kernels.layout.LaunchPlan`` (default: ``choose_launch_plan`` for the batch).
     ``window``: a ``pixelaux.consistency.Window`` of ``x``'s shape (consistent decoding) or None.
     Raises ``RuntimeError`` when the backend cannot run here (see ``status``).
     """
@@ -354,7 +354,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
         return (out, params) if return_params else out
     cuda = x.device.type == "cuda"
     with torch.cuda.device(x.device) if cuda else _nullcontext():
-        entry = _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan, window)
+        entry = _entry(K, model, x, known, cond, uniforms, temperature, return_params, launch_plan, window)
         buf = entry.buf
         with pixel_progress(h * w, progress, "cached[triton]") as bar:
             track = RowProgress(bar, w, cuda=cuda and progress)

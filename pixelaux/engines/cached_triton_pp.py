@@ -18,10 +18,10 @@ input, the skip input of the down pass and the input of a stride-2 conv. Per sca
 
 * up pass: ``u[s][k]``, ``ul[s][k]`` (``k = 0 .. blocks``; 0 the scale's input), the
   ``c1`` windows ``u_c1[s][k]``, ``ul_c1[s][k]``, and the per-row terms of the ``ul``
-  blocks ``ul_rt[s][k]`` ``(B, 1, W_s, F)`` (1x1 projection of ``concat_elu(u)`` + bias
+  blocks ``ul_row_term[s][k]`` ``(B, 1, W_s, F)`` (1x1 projection of ``concat_elu(u)`` + bias
   + conditioning);
 * down pass: ``du[s][k]``, ``dul[s][k]`` (``k = 0 .. nd``, ``nd = blocks`` at the
-  smallest scale, ``blocks + 1`` elsewhere), ``du_c1``, ``dul_c1``, ``dul_rt``. At the
+  smallest scale, ``blocks + 1`` elsewhere), ``du_c1``, ``dul_c1``, ``dul_row_term``. At the
   smallest scale ``du[S-1][0]`` *is* ``u[S-1][blocks]`` (same tensor); at the others
   ``du[s][0]``/``dul[s][0]`` are written by the transposed convs from scale ``s+1``
   and keep **4** rows (``NS = 4``): the transposed conv of row ``p`` writes rows
@@ -194,14 +194,14 @@ class PPBuffers:
         self.ul = [[val(s) for _ in range(n + 1)] for s in range(S)]
         self.u_c1 = [[val(s) for _ in range(n)] for s in range(S)]
         self.ul_c1 = [[val(s) for _ in range(n)] for s in range(S)]
-        self.ul_rt = [[val(s, 1) for _ in range(n)] for s in range(S)]
+        self.ul_row_term = [[val(s, 1) for _ in range(n)] for s in range(S)]
         self.du = [[self.u[s][n] if s == S - 1 else val(s, 4)] + [val(s) for _ in range(self.nd[s])]
                    for s in range(S)]
         self.dul = [[self.ul[s][n] if s == S - 1 else val(s, 4)] + [val(s) for _ in range(self.nd[s])]
                     for s in range(S)]
         self.du_c1 = [[val(s) for _ in range(self.nd[s])] for s in range(S)]
         self.dul_c1 = [[val(s) for _ in range(self.nd[s])] for s in range(S)]
-        self.dul_rt = [[val(s, 1) for _ in range(self.nd[s])] for s in range(S)]
+        self.dul_row_term = [[val(s, 1) for _ in range(self.nd[s])] for s in range(S)]
         self.ul_row0 = val(0, 1)
         down = list(m.down_layers)[::-1]                     # indexed by scale
         self.has_cond = cond is not None
@@ -220,8 +220,8 @@ class PPBuffers:
     def state_buffers(self) -> list:
         """Every buffer a run writes (rows, windows, per-row terms, scratch, params)."""
         out = [self.ul_row0, self.pscr] + ([self.params] if self.params is not None else [])
-        for group in (self.u, self.ul, self.u_c1, self.ul_c1, self.ul_rt, self.du, self.dul, self.du_c1,
-                      self.dul_c1, self.dul_rt):
+        for group in (self.u, self.ul, self.u_c1, self.ul_c1, self.ul_row_term, self.du, self.dul, self.du_c1,
+                      self.dul_c1, self.dul_row_term):
             out += [t for per_scale in group for t in per_scale]
         return out
 
@@ -282,10 +282,10 @@ class PPBuffers:
                                             b=_bias(ub.conv2), out=self.u[s][k + 1], shift=s, cond=h2,
                                             res=self.u[s][k])))
                 ru.append(("row_conv", dict(row=self.row, inp=self.u[s][k + 1], w=_act_taps(lb.nin_skip),
-                                            b=_bias(lb.nin_skip), out=self.ul_rt[s][k], shift=s, padl=0,
+                                            b=_bias(lb.nin_skip), out=self.ul_row_term[s][k], shift=s, padl=0,
                                             cond=g1)))
                 pu.append(("pixel_block", dict(row=self.row, x=self.ul[s][k], c1=self.ul_c1[s][k],
-                                               out=self.ul[s][k + 1], rowterm=self.ul_rt[s][k],
+                                               out=self.ul[s][k + 1], row_term=self.ul_row_term[s][k],
                                                w1=_act_taps(lb.conv1), b1=_bias(lb.conv1),
                                                w2=_act_taps(lb.conv2), b2=_bias(lb.conv2), shift=s, h2=g2)))
             rd, pd = [], []
@@ -302,9 +302,9 @@ class PPBuffers:
                                             b=_bias(ub.conv2), out=self.du[s][k + 1], shift=s, cond=h2,
                                             res=self.du[s][k])))
                 rd.append(("row_conv", dict(row=self.row, inp=self.du[s][k + 1], w=wu, b=_bias(lb.nin_skip),
-                                            out=self.dul_rt[s][k], shift=s, padl=0, cond=g1)))
+                                            out=self.dul_row_term[s][k], shift=s, padl=0, cond=g1)))
                 pd.append(("pixel_block", dict(row=self.row, x=self.dul[s][k], c1=self.dul_c1[s][k],
-                                               out=self.dul[s][k + 1], rowterm=self.dul_rt[s][k],
+                                               out=self.dul[s][k + 1], row_term=self.dul_row_term[s][k],
                                                w1=_act_taps(lb.conv1), b1=_bias(lb.conv1),
                                                w2=_act_taps(lb.conv2), b2=_bias(lb.conv2), shift=s,
                                                skip=self.ul[s][sk], ws=wl, h2=g2)))
