@@ -245,7 +245,7 @@ def main(argv=None) -> int:
 
     from bench_triton_gpu import TF_GATE, build, cuda_device, tf32_flags, true_fp32
     from pixelaux.bench import PRESETS
-    from pixelaux.engines import cached_torch, cached_triton, naive
+    from pixelaux.engines import cached_torch, cached_triton, naive, triton_buffers
     from pixelaux.uniforms import ImageUniforms
 
     os.makedirs(args.out, exist_ok=True)
@@ -400,16 +400,16 @@ def main(argv=None) -> int:
         cached_triton.clear_cache()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        buf = K.CachedBuffers(model, x0, None, None, u, 1.0)
+        buf = triton_buffers.build(model, x0, None, None, u, 1.0)
         torch.cuda.synchronize()
         t1 = time.perf_counter()
         buf.fill(x0, None, None, u, 1.0)
         torch.cuda.synchronize()
         t2 = time.perf_counter()
-        cached_triton._launch_row(K, buf)
+        buf.launch_row(0)
         torch.cuda.synchronize()
         t3 = time.perf_counter()
-        replay = cached_triton.capture_cuda_graph(lambda: cached_triton._launch_row(K, buf))
+        replay = cached_triton.capture_cuda_graph(lambda: buf.launch_row(0))
         torch.cuda.synchronize()
         t4 = time.perf_counter()
         per_row = _sync_time(replay, 5)

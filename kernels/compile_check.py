@@ -8,7 +8,7 @@ The interpreter checks the kernels' arithmetic and indexing but not that they
 compile. This runs the real launchers for a preset's models, batches and image
 sizes on CPU buffers (the gated engine's ``launch_row_step``, ``launch_pixel_step``,
 ``launch_advance_row``; for a ``PixelCNNpp`` every launch of a row of the highest
-trigger level, ``cached_triton_pp.PPBuffers.row_ops``, which reaches every variant),
+trigger level, ``triton_buffers.PlanBuffers.row_ops``, which reaches every variant),
 with Triton's active driver replaced by a stand-in that reports a CUDA
 ``sm_<arch>`` target, and every ``kernel[grid](...)`` turned into
 ``kernel.warmup(...)``: Triton's own launch path (its argument binder, so the
@@ -209,9 +209,8 @@ def _window(x, bits):
 def _launch_pp_row(model, x, known, cond, u, params, window=None):
     """Every launch of a row of the highest trigger level of a ``PixelCNNpp`` (row 0:
     every scale, every column, so every variant a run compiles)."""
-    from ..engines import cached_triton_pp as pp
-    buf = pp.PPBuffers(model, x, known, cond, u, 1.0, return_params=params, window=window)
-    pp.launch(buf.row_ops(model.scales - 1), (pp_row, pp_pixel))
+    from ..engines.triton_buffers import build
+    build(model, x, known, cond, u, 1.0, return_params=params, window=window).launch_row(model.scales - 1)
 
 
 def compile_all(configs=None, arch: int = 90, size=(4, 8), batches=(2,), plans=None,

@@ -29,7 +29,7 @@ from helpers import (assert_matches_forward, param_error, random_cond, random_ga
                      random_images, spy_tf32_in_cond_terms, tf32_on)
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
-from pixelaux.engines import cached_triton, naive  # noqa: E402
+from pixelaux.engines import cached_triton, naive, triton_buffers  # noqa: E402
 
 K = cached_triton.load_kernels()
 import triton  # noqa: E402
@@ -271,8 +271,9 @@ def test_row_replay_sequencing():
             self.n += k
 
     bar = Bar()
-    buf = K.CachedBuffers(model, x0, None, None, u, 1.0)
-    cached_triton._sample_rows(K, buf, bar, capture=fake_capture)
+    buf = triton_buffers.build(model, x0, None, None, u, 1.0)
+    assert isinstance(buf, triton_buffers.FusedGated)
+    cached_triton.sample_rows(cached_triton._Run(buf), bar, capture=fake_capture)
     assert len(captured) == 1 and bar.n == 4 * 3 and int(buf.row[0]) == 4
     assert torch.equal(buf.x, cached_triton.run(model, x0, None, None, u, 1.0))
 
@@ -381,12 +382,11 @@ def test_buffers_and_graph_are_reused_across_calls():
 
         def update(self, k):
             self.n += k
-    K_ = cached_triton.load_kernels()
     runs = []
     for u, t in ((u1, 1.0), (u2, 0.7), (u1, 1.0)):
-        entry = cached_triton._entry(K_, model, x0, None, None, u, t, False, None)
+        entry = cached_triton._entry(model, x0, None, None, u, t, False)
         bar = Bar()
-        cached_triton._sample_rows(K_, entry, bar, capture=fake_capture)
+        cached_triton.sample_rows(entry, bar, capture=fake_capture)
         assert bar.n == 3 * 2
         runs.append(entry.buf.x.clone())
     assert len(captured) == 1 and cached_triton.RUNS.builds >= 1 and len(cached_triton.RUNS) == 1
