@@ -9,6 +9,7 @@ Runs the kernels under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
   row slot parity, the first row and column);
 * the launch plan with the kernels' references (fast, no interpreter): teacher
   forcing and the naive engine's images on larger random configs;
+* the plan walker (``triton_buffers.PlanBuffers``) on a ``GatedPixelCNN``'s plan;
 * engine level: a batch that is not a multiple of the group size (teacher forcing and
   the naive engine's images over every input kind, as for every backend, are in
   ``test_conformance.py``);
@@ -25,6 +26,7 @@ from helpers import (assert_matches_forward, one_thread, randomize,  # noqa: E40
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.engines import cached_triton, naive, triton_buffers  # noqa: E402
+from pixelaux.engines.plan import plan_of  # noqa: E402
 
 K = cached_triton.load_kernels()
 from pixelaux.kernels import pp_pixel as P, pp_row as R  # noqa: E402
@@ -240,6 +242,34 @@ def test_plan_with_references_matches_forward_and_naive(cfg, size, batch):
 
 
 # -- engine level (the kernels) ----------------------------------------------------------
+
+
+def test_the_plan_walker_runs_a_gated_plan_too():
+    """``PlanBuffers`` is built from the sampling plan, not from a family: a
+    ``GatedPixelCNN`` with 3x3 kernels (its convs read 2 rows, as PixelCNN++'s; cond map,
+    two blocks) walked step by step with the 2-row kernels gives the forward's parameters
+    (teacher forcing) and the naive engine's images. (``build`` gives that family the
+    fused gated path, ``gated_shape``: this is where the walker meets it.)"""
+    torch.manual_seed(0)
+    model = pixelaux.GatedPixelCNN(channels=3, bits=4, hidden=5, blocks=2, nr_mix=2, kernel_size=3, cond_channels=2)
+    model = randomize(model, std=0.2, seed=0).to(DEVICE).eval()
+    size = (4, 5)
+    x, cond, u = _inputs(model, 2, size, seed=3)
+
+    class Bar:
+        def update(self, k):
+            pass
+
+    def walk(x, known, return_params=False):
+        buf = triton_buffers.PlanBuffers(model, plan_of(model), x, known, cond, u, 1.0, return_params)
+        cached_triton.sample_rows(cached_triton._Run(buf), Bar())
+        return buf
+
+    buf = walk(x, torch.ones(2, *size, dtype=torch.bool, device=DEVICE), return_params=True)
+    assert torch.equal(buf.x, x)
+    assert_matches_forward(buf.params, model, x, cond)
+    x0 = torch.zeros_like(x)
+    assert torch.equal(walk(x0, None).x, naive.run(model, x0, None, cond, u, 1.0))
 
 
 def test_batch_of_two_groups_matches_naive():

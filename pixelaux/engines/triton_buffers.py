@@ -11,7 +11,9 @@ with the launches of one row (``launch_row``):
   (``kernels/row_step.py``, ``kernels/pixel_step.py``: one launch per pixel), any ``kh``;
 * **the plan walker** (:class:`PlanBuffers`), for every other plan (``PixelCNNpp``): one
   launch per step of the plan, with the 2-row kernels of ``kernels/pp_row.py`` and
-  ``kernels/pp_pixel.py``, one buffer per value the plan names.
+  ``kernels/pp_pixel.py``, one buffer per value the plan names. It runs any plan whose
+  convs read 2 rows and 3 columns, whatever the family (a 3x3 ``GatedPixelCNN``'s plan
+  too: ``tests/test_cached_triton_pp.py``).
 
 Both answer ``H``, ``W``, ``x``, ``params``, ``fill(x, known, cond, uniforms, temperature,
 window)``, ``row_key(i)`` (rows with the same key launch the same sequence: one CUDA graph
