@@ -192,9 +192,6 @@ def capture_cuda_graph(fn):  # pragma: no cover - needs a GPU; UNTESTED ON HARDW
     return graph.replay                    # (the bound method keeps the graph alive)
 
 
-_capture_cuda_graph = capture_cuda_graph
-
-
 def _row_capture(device, reference: bool):
     """How rows are captured here: CUDA graphs on a GPU (``USE_CUDA_GRAPHS``), else
     ``None`` (eager: the interpreter, the references). Tests replace it."""
