@@ -245,7 +245,7 @@ def main(argv=None) -> int:
 
     from bench_triton_gpu import TF_GATE, build, cuda_device, tf32_flags, true_fp32
     from pixelaux.bench import PRESETS
-    from pixelaux.engines import cached_torch, cached_triton, naive
+    from pixelaux.engines import cached_torch, cached_triton, naive, triton_buffers
     from pixelaux.uniforms import ImageUniforms
 
     os.makedirs(args.out, exist_ok=True)
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
         x0 = zeros(b, h, w, m)
         if known is not None:
             x0 = torch.randint(0, 2 ** m.bits, x0.shape, generator=torch.Generator().manual_seed(3)).to(device)
-        got, params = cached_triton.run(m, x0, known, cond, u, temperature, return_params=True, plan=plan)
+        got, params = cached_triton.run(m, x0, known, cond, u, temperature, return_params=True, launch_plan=plan)
         with true_fp32():
             ref, ref_params = ref_engine.run(m, x0, known, cond, u, temperature, return_params=True)
             ok, equal, lines = cached_triton.tie_report(m, u, temperature, ref, ref_params, got, params)
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
             cached_torch, need=60)
     ck.step("exact/odd_width_vs_naive", vs_reference, "bench-32 B=5 8x37 (W > a column tile) vs naive",
             model, 5, 8, 37, naive)
-    split = K.choose_plan(1, model.hidden, size, override="pixel_tile=16,row_tile=16")
+    split = K.choose_launch_plan(1, model.hidden, size, override="pixel_tile=16,row_tile=16")
     ck.step("exact/split_plan_vs_cached_torch", vs_reference, "bench-32 B=1 split plan vs cached-torch",
             model, 1, *hw, cached_torch, plan=split)
     cmodel, _ = build(dict(PRESETS["tiny-16"], channels=1, cond_channels=3), 1, device)
@@ -353,7 +353,7 @@ def main(argv=None) -> int:
                 old = cached_triton.USE_CUDA_GRAPHS
                 cached_triton.USE_CUDA_GRAPHS = graphs
                 try:
-                    cached_triton.run(model, x0, None, None, u, 1.0, plan=plan)
+                    cached_triton.run(model, x0, None, None, u, 1.0, launch_plan=plan)
                 finally:
                     cached_triton.USE_CUDA_GRAPHS = old
             return fn
@@ -400,16 +400,16 @@ def main(argv=None) -> int:
         cached_triton.clear_cache()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        buf = K.CachedBuffers(model, x0, None, None, u, 1.0)
+        buf = triton_buffers.build(model, x0, None, None, u, 1.0)
         torch.cuda.synchronize()
         t1 = time.perf_counter()
         buf.fill(x0, None, None, u, 1.0)
         torch.cuda.synchronize()
         t2 = time.perf_counter()
-        cached_triton._launch_row(K, buf)
+        buf.launch_row(0)
         torch.cuda.synchronize()
         t3 = time.perf_counter()
-        replay = cached_triton.capture_cuda_graph(lambda: cached_triton._launch_row(K, buf))
+        replay = cached_triton.capture_cuda_graph(lambda: buf.launch_row(0))
         torch.cuda.synchronize()
         t4 = time.perf_counter()
         per_row = _sync_time(replay, 5)

@@ -28,7 +28,7 @@ Importing this package imports triton. ``TRITON_INTERPRET`` is read when the
 kernels are decorated, i.e. when this package is first imported: set it before.
 """
 from . import layout, pixel_step, row_step  # noqa: F401
-from .layout import CachedBuffers, Plan, choose_plan  # noqa: F401
+from .layout import CachedBuffers, LaunchPlan, choose_launch_plan  # noqa: F401
 from .pixel_step import pixel_step_reference, launch_pixel_step  # noqa: F401
 from .row_step import launch_advance_row, launch_row_step, row_step_reference  # noqa: F401
 

@@ -8,7 +8,7 @@ The interpreter checks the kernels' arithmetic and indexing but not that they
 compile. This runs the real launchers for a preset's models, batches and image
 sizes on CPU buffers (the gated engine's ``launch_row_step``, ``launch_pixel_step``,
 ``launch_advance_row``; for a ``PixelCNNpp`` every launch of a row of the highest
-trigger level, ``cached_triton_pp.PPBuffers.row_ops``, which reaches every variant),
+trigger level, ``triton_buffers.PlanBuffers.row_ops``, which reaches every variant),
 with Triton's active driver replaced by a stand-in that reports a CUDA
 ``sm_<arch>`` target, and every ``kernel[grid](...)`` turned into
 ``kernel.warmup(...)``: Triton's own launch path (its argument binder, so the
@@ -49,7 +49,7 @@ import torch
 import triton
 
 from . import pixel_step, pp_pixel, pp_row, row_step
-from .layout import CachedBuffers, choose_plan
+from .layout import CachedBuffers, choose_launch_plan
 
 #: Every kernel a launch can compile: the gated engine's, then the PixelCNN++ engine's.
 KERNELS = ((row_step, "row_init_kernel"), (row_step, "row_block_kernel"), (row_step, "advance_row_kernel"),
@@ -172,7 +172,7 @@ def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_
     """Compile what sampling, teacher forcing and consistent decoding launch for each
     stage and batch.
     ``stages``: ``[(label, model, (H, W), has_cond)]``, each model a ``GatedPixelCNN``
-    or a ``PixelCNNpp``; ``plans``: optional ``{batch: Plan}`` (gated models).
+    or a ``PixelCNNpp``; ``plans``: optional ``{batch: LaunchPlan}`` (gated models).
     ``teacher_forcing_only``: the launches with known pixels and returned parameters
     only. Returns ``{(kernel, hash): info}``; raises on a compile error."""
     from triton.runtime.interpreter import InterpretedFunction
@@ -192,8 +192,8 @@ def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_
                     if model.kind == "PixelCNNpp":
                         _launch_pp_row(model, x, known, cond, u, params, window)
                         continue
-                    plan = (plans or {}).get(b) or choose_plan(b, model.hidden, w, override="")
-                    buf = CachedBuffers(model, x, known, cond, u, 1.0, params, plan=plan, window=window)
+                    plan = (plans or {}).get(b) or choose_launch_plan(b, model.hidden, w, override="")
+                    buf = CachedBuffers(model, x, known, cond, u, 1.0, params, launch_plan=plan, window=window)
                     row_step.launch_row_step(buf)
                     pixel_step.launch_pixel_step(buf, min(1, w - 1))
                     row_step.launch_advance_row(buf)
@@ -209,9 +209,8 @@ def _window(x, bits):
 def _launch_pp_row(model, x, known, cond, u, params, window=None):
     """Every launch of a row of the highest trigger level of a ``PixelCNNpp`` (row 0:
     every scale, every column, so every variant a run compiles)."""
-    from ..engines import cached_triton_pp as pp
-    buf = pp.PPBuffers(model, x, known, cond, u, 1.0, return_params=params, window=window)
-    pp.launch(buf.row_ops(model.scales - 1), (pp_row, pp_pixel))
+    from ..engines.triton_buffers import build
+    build(model, x, known, cond, u, 1.0, return_params=params, window=window).launch_row(model.scales - 1)
 
 
 def compile_all(configs=None, arch: int = 90, size=(4, 8), batches=(2,), plans=None,

@@ -26,7 +26,7 @@ State (written by the kernels):
 * ``ul_win``     ``(NB, 2, B, KH, W, 2*HID)``: the same for the horizontal convs.
 * ``ul_row0``    ``(B, W, HID)``: the down-shifted first-layer part of ``ul`` of
   the current row.
-* ``ul_rowbias`` ``(NB, B, W, HID)``: per block, ``nin_skip(concat_elu(u)) + cond``
+* ``ul_row_term`` ``(NB, B, W, HID)``: per block, ``nin_skip(concat_elu(u)) + cond``
   of the current row (everything of ``ul``'s ``c1`` that does not depend on row
   ``i`` of ``ul``).
 * ``ul_cur``     ``(B, HID)``: ``ul`` between the launches of one pixel (split plan).
@@ -40,7 +40,7 @@ State (written by the kernels):
 
 The buffers are allocated once per (model, batch, size, options) and refilled in place
 per call (``fill``), so a CUDA graph of their launches stays valid across calls.
-``Plan`` / ``choose_plan``: how images and channels map onto programs.
+``LaunchPlan`` / ``choose_launch_plan``: how images and channels map onto programs.
 
 Inputs: ``table`` ``(C, 2**bits, E)`` (``model.input.table``: the learned embedding,
 or for a scaled model the floats ``v * 2/(2**bits - 1) - 1`` its forward computes, so
@@ -72,7 +72,7 @@ import torch.nn.functional as F
 
 from ..float_policy import true_fp32
 
-STATE = ("x", "row", "u_cur", "u_win", "ul_win", "ul_row0", "ul_rowbias", "params")
+STATE = ("x", "row", "u_cur", "u_win", "ul_win", "ul_row0", "ul_row_term", "params")
 
 
 class WindowBuffer:
@@ -105,7 +105,7 @@ class WindowBuffer:
 
 
 @dataclass(frozen=True)
-class Plan:
+class LaunchPlan:
     """How the work of one pixel and one row maps onto programs (docs/design.md section 2.4, "GPU engine").
 
     * ``group``: images per program (``G``, a power of two >= 16): the ``M`` of every
@@ -134,7 +134,7 @@ def _p2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def choose_plan(batch: int, hidden: int, width: int = 32, override: str | None = None) -> Plan:
+def choose_launch_plan(batch: int, hidden: int, width: int = 32, override: str | None = None) -> LaunchPlan:
     """The default plan for a batch and hidden size (``override``, or the environment
     variable ``PIXELAUX_TRITON_PLAN``, e.g. ``"group=16,pixel_tile=16,row_tile=16"``,
     sets fields by name; sizes are rounded to powers of two >= 16).
@@ -157,7 +157,7 @@ def choose_plan(batch: int, hidden: int, width: int = 32, override: str | None =
         fields[name.strip()] = max(16, _p2(int(value)))
     fields["pixel_tile"] = min(fields["pixel_tile"], hid_p)
     fields["row_tile"] = min(fields["row_tile"], hid_p)
-    return Plan(hid_p=hid_p, pixel_warps=4 if hid_p <= 32 else 8, **fields)
+    return LaunchPlan(hid_p=hid_p, pixel_warps=4 if hid_p <= 32 else 8, **fields)
 
 
 def act_interleaved(t: torch.Tensor) -> torch.Tensor:
@@ -212,7 +212,7 @@ class CachedBuffers:
     """Everything the row and pixel kernels of one sampling run read and write."""
 
     def __init__(self, model, x, known, cond, uniforms, temperature: float, return_params: bool = False,
-                 plan: Plan | None = None, fp_fusion: bool = False, window=None):
+                 launch_plan: LaunchPlan | None = None, fp_fusion: bool = False, window=None):
         b, c, h, w = x.shape
         dev = x.device
         dist = model.dist
@@ -225,7 +225,7 @@ class CachedBuffers:
         self.P, self.U = dist.num_params, dist.num_uniforms
         self.bits = model.bits
         self.top = 2 ** model.bits - 1
-        self.plan = plan if plan is not None else choose_plan(b, model.hidden, w)
+        self.launch_plan = launch_plan if launch_plan is not None else choose_launch_plan(b, model.hidden, w)
         self.fp_fusion = bool(fp_fusion)
         self.DIST, self.L = dist.engine_spec
         nb, hid, kh = self.NB, self.HID, self.KH
@@ -267,7 +267,7 @@ class CachedBuffers:
             self.u_win = torch.zeros(nb + 1, 2, b, kh, w, 2 * hid, device=dev)
             self.ul_win = torch.zeros(nbuf, 2, b, kh, w, 2 * hid, device=dev)
             self.ul_row0 = torch.zeros(b, w, hid, device=dev)
-            self.ul_rowbias = torch.zeros(nbuf, b, w, hid, device=dev)
+            self.ul_row_term = torch.zeros(nbuf, b, w, hid, device=dev)
             self.ul_cur = torch.zeros(b, hid, device=dev)       # split plan: ul between launches
             self.pscr = torch.zeros(b, self.P, device=dev)
             self.params = torch.zeros(b, self.P, h, w, device=dev) if return_params else None

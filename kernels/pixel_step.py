@@ -5,7 +5,7 @@ rows of every per-pixel matmul), so each weight is read once per group and every
 per-pixel product is a ``tl.dot`` with ``M = G`` (fp32, ``input_precision="ieee"``:
 no TF32). A batch that is not a multiple of ``G`` masks the rows of its last group.
 
-Two launch plans (``layout.Plan``), same arithmetic:
+Two launch plans (``layout.LaunchPlan``), same arithmetic:
 
 * **fused** (``pixel_fused_kernel``, grid ``(cdiv(B, G),)``, one launch per pixel):
   one program computes every output channel of every layer for its images. The
@@ -30,7 +30,7 @@ Per pixel ``(i, j)`` (``i`` from the device row counter, ``j`` an argument):
    right-shifted ``(KH, 1)`` conv of the input at column ``j-1``, im2col tiles
    ``[G, T0_B]`` of the ``KH*CIN`` taps gathered from the integer image ``x`` through
    the input table (``_jitmath.model_input``);
-2. per block: ``c1 = conv1(act(ul)) + bias + rowbias``, ``c2 = conv2(act(c1)) +
+2. per block: ``c1 = conv1(act(ul)) + bias + row_term``, ``c2 = conv2(act(c1)) +
    bias + cond_c2``, the gate and the residual (``ul_cur`` between launches in the
    split plan);
 3. the head (1x1 conv of ``elu(ul)``, a dot per chunk of ``PB`` outputs) into the
@@ -371,7 +371,7 @@ def head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
 @triton.jit(do_not_specialize=["j"])
 def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, win_ptr, wc_ptr, row_ptr, temp_ptr, j,
                        NB, B, H, W, L_IN, half_top, to_unit,
-                       ulwin_ptr, row0_ptr, rowbias_ptr, h2_ptr,
+                       ulwin_ptr, row0_ptr, row_term_ptr, h2_ptr,
                        w_h_ptr, b_h_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wh_ptr, bh_ptr,
                        C: tl.constexpr, C_P: tl.constexpr, E: tl.constexpr, KH: tl.constexpr,
                        HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr, T0_B: tl.constexpr,
@@ -405,7 +405,7 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
         c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, 0,
                      HID, HID_P, HID, HID_P, KH, BK1, G, True)
         c1 += tl.load(b1_ptr + kk * HID + ch, mask=cm, other=0.0)[None, :]
-        c1 += tl.load(rowbias_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + ch[None, :],
+        c1 += tl.load(row_term_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + ch[None, :],
                       mask=bm[:, None] & cm[None, :], other=0.0)
         c1 = tl.where(cm[None, :], c1, 0.0)
         a_c1 = act2d(c1, G, HID_P)
@@ -427,7 +427,7 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
 
 @triton.jit(do_not_specialize=["j", "blk"])
 def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
-                      ulwin_ptr, row0_ptr, rowbias_ptr, h2_ptr, ulcur_ptr,
+                      ulwin_ptr, row0_ptr, row_term_ptr, h2_ptr, ulcur_ptr,
                       w_h_ptr, b_h_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
                       STAGE: tl.constexpr, FIRST: tl.constexpr, C: tl.constexpr, E: tl.constexpr,
                       KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr,
@@ -467,7 +467,7 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
         c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, o0,
                      HID, OT, HID, HID_P, KH, BK1, G, False)
         c1 += tl.load(b1_ptr + kk * HID + to, mask=tm, other=0.0)[None, :]
-        c1 += tl.load(rowbias_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + to[None, :],
+        c1 += tl.load(row_term_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + to[None, :],
                       mask=bm[:, None] & tm[None, :], other=0.0)
         c1 = tl.where(tm[None, :], c1, 0.0)
         tl.store(win2 + bidx[:, None] * plane + slot_off + t2[None, :], act2d(c1, G, OT),
@@ -548,7 +548,7 @@ def _meta(buf) -> dict:
     """Block sizes: powers of two, every dot dimension >= 16; the weight tile of a
     chunk ``[BK, OUT_T]`` at most 4096 floats."""
     p2 = triton.next_power_of_2
-    pl = buf.plan
+    pl = buf.launch_plan
     hid_p = pl.hid_p
     c_p = p2(buf.C)
     l_b, pb = sampling_chunks(buf.DIST, buf.L, c_p, buf.P, hid_p)
@@ -573,7 +573,7 @@ def launch_pixel_step(buf, j: int):
     in the fused plan, ``2 * blocks + 1`` in the split plan)."""
     d = buf.dummy
     z = _meta(buf)
-    pl = buf.plan
+    pl = buf.launch_plan
     groups = triton.cdiv(buf.B, pl.group)
     common = dict(C=buf.C, E=buf.E, KH=buf.KH, HID=buf.HID, HID_P=z["HID_P"], G=z["G"], T0_B=z["T0_B"])
     samp = dict(C_P=z["C_P"], P=buf.P, PB=z["PB"], U=buf.U, DIST=buf.DIST, L=buf.L, L_B=z["L_B"],
@@ -588,7 +588,7 @@ def launch_pixel_step(buf, j: int):
         pixel_fused_kernel[(groups,)](
             buf.x, buf.table, known, buf.uniforms, params, buf.pscr, win, wc, buf.row, buf.temp, j,
             buf.NB, buf.B, buf.H, buf.W, buf.L_IN, buf.top / 2.0, 2.0 / buf.top,
-            buf.ul_win, buf.ul_row0, buf.ul_rowbias, h2,
+            buf.ul_win, buf.ul_row0, buf.ul_row_term, h2,
             buf.w_h0, buf.b_h0, buf.w_ul1, buf.b_ul1, buf.w_ul2, buf.b_ul2, buf.w_head, buf.b_head,
             BK1=z["BK1"], BK2=z["BK2"], HAS_COND=buf.has_cond, **common, **samp, **opts)
         return
@@ -597,7 +597,7 @@ def launch_pixel_step(buf, j: int):
         for stage in (1, 2):
             pixel_conv_kernel[(groups, tiles)](
                 buf.x, buf.table, buf.row, j, k, buf.B, buf.H, buf.W, buf.L_IN,
-                buf.ul_win, buf.ul_row0, buf.ul_rowbias, h2, buf.ul_cur,
+                buf.ul_win, buf.ul_row0, buf.ul_row_term, h2, buf.ul_cur,
                 buf.w_h0, buf.b_h0, buf.w_ul1, buf.b_ul1, buf.w_ul2, buf.b_ul2,
                 STAGE=stage, FIRST=(k == 0 and stage == 1), OT=z["OT"], BK1=z["BK1"], BK2=z["BK2"],
                 HAS_COND=buf.has_cond, **common, **opts)
@@ -633,7 +633,7 @@ def pixel_step_reference(buf, j: int):
 
     for k, blk in enumerate(m.ul_blocks):
         a_ul = act_interleaved(ul)
-        c1 = conv(blk.conv1, buf.ul_win[k, 0], a_ul) + buf.ul_rowbias[k, :, j]
+        c1 = conv(blk.conv1, buf.ul_win[k, 0], a_ul) + buf.ul_row_term[k, :, j]
         a_c1 = act_interleaved(c1)
         c2 = conv(blk.conv2, buf.ul_win[k, 1], a_c1)
         if buf.has_cond:

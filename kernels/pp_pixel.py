@@ -14,7 +14,7 @@ from the device counter, the column an argument (not specialised on).
 * ``pixel_down_kernel``: the stride-2 ``(2, 2)`` conv ``downsize_ul`` at ``(p, q)`` of
   scale ``s`` over the 2x2 window of the last up-pass ``ul`` of scale ``s-1``;
 * ``pixel_block_kernel``: one whole gated ``ul`` block at ``(p, q)``: ``c1 = conv1(act(x))
-  + b1 + rowterm[q]`` (+ the 1x1 projection of ``act`` of the up-pass skip value at
+  + b1 + row_term[q]`` (+ the 1x1 projection of ``act`` of the up-pass skip value at
   ``(p, q)`` in the down pass), stored into its window for the later positions;
   ``c2 = conv2(act(c1)) + b2`` (+ cond) with the current tap ``act(c1)`` kept in
   registers (no store -> barrier -> reload), the gate and the residual;
@@ -94,7 +94,7 @@ def pixel_down_kernel(row_ptr, q, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_ptr,
 
 
 @triton.jit(do_not_specialize=["q"])
-def pixel_block_kernel(row_ptr, q, B, x_ptr, NS_X, WS, c1_ptr, out_ptr, NS_OUT, rt_ptr,
+def pixel_block_kernel(row_ptr, q, B, x_ptr, NS_X, WS, c1_ptr, out_ptr, NS_OUT, row_term_ptr,
                        skip_ptr, NS_SKIP, ws_ptr, h2_ptr, H_S, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
                        SH: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr, G: tl.constexpr,
                        BK: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_COND: tl.constexpr,
@@ -109,7 +109,7 @@ def pixel_block_kernel(row_ptr, q, B, x_ptr, NS_X, WS, c1_ptr, out_ptr, NS_OUT, 
     c1 = tl.zeros([G, N_P], dtype=tl.float32) + tl.load(b1_ptr + ch, mask=cm, other=0.0)[None, :]
     c1, _unused = conv_acc(c1, c1, x_ptr, w1_ptr, bidx, cols, bm, p, NS_X, WS, 0, N, N, 0,
                       N, 2, 2, 1, 1, True, False, False, BK, N_P)
-    c1 += _load_val(rt_ptr, bidx, bm, 0, 1, WS, q, N, N_P)
+    c1 += _load_val(row_term_ptr, bidx, bm, 0, 1, WS, q, N, N_P)
     if HAS_SKIP:
         c1, _unused = conv_acc(c1, c1, skip_ptr, ws_ptr, bidx, cols, bm, p, NS_SKIP, WS, 0, N, N, 0,
                           N, 1, 1, 1, 0, True, False, False, BK, N_P)
@@ -231,17 +231,17 @@ def launch_pixel_down(row, q, inp, w, b, out, shift, fp_fusion=False):
                                     BK=_pixel_bk(k, max(16, _p2(n))), enable_fp_fusion=fp_fusion)
 
 
-def launch_pixel_block(row, q, x, c1, out, rowterm, w1, b1, w2, b2, shift, skip=None, ws=None,
+def launch_pixel_block(row, q, x, c1, out, row_term, w1, b1, w2, b2, shift, skip=None, ws=None,
                        h2=None, fp_fusion=False):
     """One gated ``ul`` block at ``(p, q)``: ``x`` ``(B, NS, W_s, N)`` in, ``c1`` ``(B, 2, W_s, N)``
-    its conv2 window, ``out`` the block's output value; ``rowterm`` ``(B, 1, W_s, N)``;
+    its conv2 window, ``out`` the block's output value; ``row_term`` ``(B, 1, W_s, N)``;
     ``w1`` ``(2, 2, 2, N, N)``, ``w2`` ``(2, 2, 2, N, 2N)``; ``skip``/``ws`` the down pass's
     1x1 projection of the up-pass ``ul``; ``h2`` ``(B, H_s, W_s, 2N)``."""
     bsz, ns_x, ws_, n = x.shape
     n_p = max(16, _p2(n))
     d = out
     pixel_block_kernel[_groups(bsz)](
-        row, q, bsz, x, ns_x, ws_, c1, out, out.shape[1], rowterm,
+        row, q, bsz, x, ns_x, ws_, c1, out, out.shape[1], row_term,
         skip if skip is not None else d, skip.shape[1] if skip is not None else 1, ws if ws is not None else d,
         h2 if h2 is not None else d, h2.shape[1] if h2 is not None else 1, w1, b1, w2, b2,
         SH=shift, N=n, N_P=n_p, G=GROUP, BK=_pixel_bk(n, n_p), HAS_SKIP=skip is not None,
@@ -316,7 +316,7 @@ def pixel_down_reference(row, q, inp, w, b, out, shift, fp_fusion=False):
 
 
 @torch.no_grad()
-def pixel_block_reference(row, q, x, c1, out, rowterm, w1, b1, w2, b2, shift, skip=None, ws=None,
+def pixel_block_reference(row, q, x, c1, out, row_term, w1, b1, w2, b2, shift, skip=None, ws=None,
                           h2=None, fp_fusion=False):
     p = int(row[0]) >> shift
     n = x.shape[-1]
@@ -328,7 +328,7 @@ def pixel_block_reference(row, q, x, c1, out, rowterm, w1, b1, w2, b2, shift, sk
                 acc = acc + _act_dot(_at(t, p - 1 + tr, q - 1 + tc), w[tr, tc], True)
         return acc
 
-    a = conv(x, w1) + b1 + rowterm[:, 0, q]
+    a = conv(x, w1) + b1 + row_term[:, 0, q]
     if skip is not None:
         a = a + _act_dot(_at(skip, p, q), ws[0, 0], True)
     c1[:, p % 2, q] = a

@@ -1,6 +1,6 @@
 """The row ops of the PixelCNN++ Triton engine: every ``u``-stream conv of one row.
 
-Buffers (see ``pixelaux.engines.cached_triton_pp``): a *value* of one scale is a
+Buffers (see ``pixelaux.engines.triton_buffers``): a *value* of one scale is a
 float32 channels-last tensor ``(B, NS, W_s, K)`` holding its last ``NS`` rows, row
 ``r`` in slot ``r % NS``. A conv reads its input raw and applies ``concat_elu`` on
 load when ``ACT`` (the pos and neg halves are two dots against the two halves of the

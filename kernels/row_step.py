@@ -14,7 +14,7 @@ When row ``i`` starts (``i`` read from the device row counter ``row``):
    * ``STAGE=2``: ``c2 = conv2(concat_elu(c1)) + cond_c2``, the gate and the residual
      ``u' = u + c2a * sigmoid(c2b)`` (into ``u_cur``, ``concat_elu(u')`` into ring
      ``k+1``: the next block's input); fused, the per-row term of the horizontal
-     block ``k``: ``nin_skip(concat_elu(u')) + cond_c1_ul`` into ``ul_rowbias[k]``
+     block ``k``: ``nin_skip(concat_elu(u')) + cond_c1_ul`` into ``ul_row_term[k]``
      (read back after a ``tl.debug_barrier()``, in chunks).
    Two launches per block because ``conv2`` reads ``c1`` at neighbouring columns
    that other programs compute.
@@ -134,7 +134,7 @@ def _conv_rows(win_ptr, w_ptr, b, i, cols, cmask, W, o0,
 
 
 @triton.jit
-def _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, rowbias_ptr, k, b, i, cols, cmask, B, H, W, o0,
+def _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, row_term_ptr, k, b, i, cols, cmask, B, H, W, o0,
               HAS_COND: tl.constexpr, KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
               OT: tl.constexpr, BLOCK_W: tl.constexpr, BKN: tl.constexpr):
     """The horizontal block ``k``'s per-row term ``nin_skip(concat_elu(u)) (+ cond)`` at
@@ -157,13 +157,13 @@ def _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, rowbias_ptr, k, b, i, cols,
     if HAS_COND:
         pos = ((k * B + b) * H + i) * W + cols[:, None]
         rb += tl.load(ulh1_ptr + pos * HID + co[None, :], mask=smask, other=0.0)
-    tl.store(rowbias_ptr + ((k * B + b) * W + cols[:, None]) * HID + co[None, :], rb, mask=smask)
+    tl.store(row_term_ptr + ((k * B + b) * W + cols[:, None]) * HID + co[None, :], rb, mask=smask)
 
 
 @triton.jit(do_not_specialize=["blk"])
 def row_block_kernel(row_ptr, blk, NB, B, H, W,
                      ucur_ptr, uwin_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, h1_ptr, h2_ptr,
-                     nin_ptr, bnin_ptr, ulh1_ptr, rowbias_ptr,
+                     nin_ptr, bnin_ptr, ulh1_ptr, row_term_ptr,
                      STAGE: tl.constexpr, HAS_COND: tl.constexpr,
                      KH: tl.constexpr, KW: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
                      OT: tl.constexpr, BLOCK_W: tl.constexpr, BK: tl.constexpr, BKN: tl.constexpr):
@@ -221,10 +221,10 @@ def row_block_kernel(row_ptr, blk, NB, B, H, W,
             # k here, reading the stores above back (visible to all threads after the
             # CTA barrier); with channel tiles it is a launch of its own (STAGE 3)
             tl.debug_barrier()
-            _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, rowbias_ptr, k, b, i, cols, cmask, B, H, W, o0,
+            _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, row_term_ptr, k, b, i, cols, cmask, B, H, W, o0,
                       HAS_COND, KH, HID, HID_P, OT, BLOCK_W, BKN)
     else:
-        _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, rowbias_ptr, k, b, i, cols, cmask, B, H, W, o0,
+        _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, row_term_ptr, k, b, i, cols, cmask, B, H, W, o0,
                   HAS_COND, KH, HID, HID_P, OT, BLOCK_W, BKN)
 
 
@@ -241,8 +241,8 @@ def _sizes(buf) -> dict:
     (``compile_check`` reports it). The first layer's im2col gather takes tiles of
     ``[16, TB]``: it is the most register-hungry part."""
     p2 = triton.next_power_of_2
-    hid_p = buf.plan.hid_p
-    ot = buf.plan.row_tile
+    hid_p = buf.launch_plan.hid_p
+    ot = buf.launch_plan.row_tile
     block_w = max(16, min(64 if ot <= 32 else 32 if ot <= 128 else 16, p2(buf.W)))
     kt = p2(buf.KH * buf.KW * 2 * hid_p)                  # a conv's flattened (tap, channel) size
     bk = lambda out_p: max(16, min(128, kt, 4096 // max(out_p, block_w)))
@@ -272,7 +272,7 @@ def launch_row_step(buf):
                 buf.row, k, buf.NB, buf.B, buf.H, buf.W,
                 buf.u_cur, buf.u_win, buf.w_u1, buf.b_u1, buf.w_u2, buf.b_u2,
                 buf.u_h1 if buf.has_cond else d, buf.u_h2 if buf.has_cond else d,
-                buf.w_nin, buf.b_nin, buf.ul_h1 if buf.has_cond else d, buf.ul_rowbias,
+                buf.w_nin, buf.b_nin, buf.ul_h1 if buf.has_cond else d, buf.ul_row_term,
                 STAGE=stage, HAS_COND=buf.has_cond, KH=buf.KH, KW=buf.KW, HID=buf.HID,
                 HID_P=z["hid_p"], OT=z["ot"], BLOCK_W=z["block_w"], BK=z["bk1"] if stage == 1 else z["bk2"],
                 BKN=z["bkn"], num_warps=z["warps"], **fuse)
@@ -333,4 +333,4 @@ def row_step_reference(buf):
         buf.u_cur.copy_(u)
         buf.u_win[k + 1, 0, :, slot] = act_interleaved(u)
         rb = ulb.nin_skip(deinterleave(act_interleaved(u)).permute(0, 2, 1).unsqueeze(2))
-        buf.ul_rowbias[k] = rb[:, :, 0].permute(0, 2, 1) + cond(buf.ul_h1, k)
+        buf.ul_row_term[k] = rb[:, :, 0].permute(0, 2, 1) + cond(buf.ul_h1, k)

@@ -29,7 +29,7 @@ from helpers import (assert_matches_forward, param_error, random_cond, random_ga
                      random_images, spy_tf32_in_cond_terms, tf32_on)
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
-from pixelaux.engines import cached_triton, naive  # noqa: E402
+from pixelaux.engines import cached_triton, naive, triton_buffers  # noqa: E402
 
 K = cached_triton.load_kernels()
 import triton  # noqa: E402
@@ -73,7 +73,7 @@ SPLIT = "pixel_tile=16,row_tile=16"        # channel tiles in both ops (the smal
 
 
 def _plan(model, b, w, override):
-    return K.choose_plan(b, model.hidden, w, override=override)
+    return K.choose_launch_plan(b, model.hidden, w, override=override)
 
 
 def _random_buffers(cfg, b, h, w, row, seed, known=False, params=True, temperature=1.0, head_scale=1.0,
@@ -90,8 +90,8 @@ def _random_buffers(cfg, b, h, w, row, seed, known=False, params=True, temperatu
     kn = (torch.rand(b, h, w, generator=g) < 0.5).to(DEVICE) if known else None
     u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
     buf = K.CachedBuffers(model, x, kn, cond, u, temperature, return_params=params,
-                          plan=_plan(model, b, w, plan))
-    for name in ("u_cur", "u_win", "ul_win", "ul_row0", "ul_rowbias"):
+                          launch_plan=_plan(model, b, w, plan))
+    for name in ("u_cur", "u_win", "ul_win", "ul_row0", "ul_row_term"):
         t = getattr(buf, name)
         t.copy_(torch.randn(t.shape, generator=g).to(DEVICE))
     buf.row.fill_(row)
@@ -271,8 +271,9 @@ def test_row_replay_sequencing():
             self.n += k
 
     bar = Bar()
-    buf = K.CachedBuffers(model, x0, None, None, u, 1.0)
-    cached_triton._sample_rows(K, buf, bar, capture=fake_capture)
+    buf = triton_buffers.build(model, x0, None, None, u, 1.0)
+    assert isinstance(buf, triton_buffers.FusedGated)
+    cached_triton.sample_rows(cached_triton._Run(buf), bar, capture=fake_capture)
     assert len(captured) == 1 and bar.n == 4 * 3 and int(buf.row[0]) == 4
     assert torch.equal(buf.x, cached_triton.run(model, x0, None, None, u, 1.0))
 
@@ -302,10 +303,10 @@ def test_groups_and_tiles_match_cached_torch(batch, plan):
     assert pl.group == 16 and pl.fused == (plan == "")
     if batch <= 5:      # (teacher forcing of the large batches: their params are tie-checked below)
         full = torch.ones(batch, h, w, dtype=torch.bool, device=DEVICE)
-        _, params = cached_triton.run(model, x, full, cond, u, 1.0, return_params=True, plan=pl)
+        _, params = cached_triton.run(model, x, full, cond, u, 1.0, return_params=True, launch_plan=pl)
         assert_matches_forward(params, model, x, cond)
     known = (torch.rand(batch, h, w, generator=_gen(1)) < 0.3).to(DEVICE)
-    got, params = cached_triton.run(model, x, known, cond, u, 0.9, return_params=True, plan=pl)
+    got, params = cached_triton.run(model, x, known, cond, u, 0.9, return_params=True, launch_plan=pl)
     ref = cached_torch.run(model, x, known, cond, u, 0.9, return_params=True)
     _tie_checked(model, u, 0.9, ref, (got, params), f"batch {batch} {plan or 'fused'}")
     keep = known[:, None].expand_as(x)
@@ -324,11 +325,11 @@ def test_rows_wider_than_a_column_tile(plan):
     pl = _plan(model, 1, w, plan)
     if plan == "":
         full = torch.ones(1, h, w, dtype=torch.bool, device=DEVICE)
-        _, params = cached_triton.run(model, x, full, None, u, 1.0, return_params=True, plan=pl)
+        _, params = cached_triton.run(model, x, full, None, u, 1.0, return_params=True, launch_plan=pl)
         assert_matches_forward(params, model, x)
         return
     x0 = torch.zeros_like(x)
-    got, params = cached_triton.run(model, x0, None, None, u, 1.0, return_params=True, plan=pl)
+    got, params = cached_triton.run(model, x0, None, None, u, 1.0, return_params=True, launch_plan=pl)
     _tie_checked(model, u, 1.0, naive.run(model, x0, None, None, u, 1.0, return_params=True), (got, params), "W=70")
 
 
@@ -381,12 +382,11 @@ def test_buffers_and_graph_are_reused_across_calls():
 
         def update(self, k):
             self.n += k
-    K_ = cached_triton.load_kernels()
     runs = []
     for u, t in ((u1, 1.0), (u2, 0.7), (u1, 1.0)):
-        entry = cached_triton._entry(K_, model, x0, None, None, u, t, False, None)
+        entry = cached_triton._entry(model, x0, None, None, u, t, False)
         bar = Bar()
-        cached_triton._sample_rows(K_, entry, bar, capture=fake_capture)
+        cached_triton.sample_rows(entry, bar, capture=fake_capture)
         assert bar.n == 3 * 2
         runs.append(entry.buf.x.clone())
     assert len(captured) == 1 and cached_triton.RUNS.builds >= 1 and len(cached_triton.RUNS) == 1
@@ -405,16 +405,16 @@ def test_buffers_and_graph_are_reused_across_calls():
 
 
 def test_plan_choice_and_override():
-    pl = K.choose_plan(1, 64, 32, override="")
+    pl = K.choose_launch_plan(1, 64, 32, override="")
     assert pl.fused and pl.group == 16 and pl.row_tile == 16 and pl.hid_p == 64
-    assert K.choose_plan(256, 64, 32, override="").row_tile == 64
-    big = K.choose_plan(1, 200, 32, override="")
+    assert K.choose_launch_plan(256, 64, 32, override="").row_tile == 64
+    big = K.choose_launch_plan(1, 200, 32, override="")
     assert not big.fused and big.pixel_tile == 16 and big.hid_p == 256
-    assert K.choose_plan(4096, 20, 8, override="").group == 32
-    sp = K.choose_plan(1, 64, 32, override="pixel_tile=16, group=20")
+    assert K.choose_launch_plan(4096, 20, 8, override="").group == 32
+    sp = K.choose_launch_plan(1, 64, 32, override="pixel_tile=16, group=20")
     assert sp.pixel_tile == 16 and sp.group == 32 and not sp.fused
     with pytest.raises(ValueError, match="unknown field"):
-        K.choose_plan(1, 64, 32, override="tile=3")
+        K.choose_launch_plan(1, 64, 32, override="tile=3")
 
 
 def _one_pixel_categorical(logits_ref, logits_got, u0):
@@ -585,9 +585,9 @@ def test_kernels_compile_for_a_gpu_without_one():
     code = ("from pixelaux.engines.cached_triton import load_kernels\n"
             "load_kernels()\n"
             "from pixelaux.kernels.compile_check import compile_all\n"
-            "from pixelaux.kernels.layout import choose_plan\n"
+            "from pixelaux.kernels.layout import choose_launch_plan\n"
             "r = compile_all([dict(channels=3, bits=8, hidden=20, blocks=1, nr_mix=3, cond_channels=2)],\n"
-            "                batches=(1,), plans={1: choose_plan(1, 20, 8, override='pixel_tile=16')})\n"
+            "                batches=(1,), plans={1: choose_launch_plan(1, 20, 8, override='pixel_tile=16')})\n"
             "r.update(compile_all([dict(channels=1, bits=4, hidden=5, blocks=0, kernel_size=5,\n"
             "                            dist='categorical')], batches=(3,)))\n"
             "r.update(compile_all([dict(channels=1, bits=16, hidden=8, blocks=1, dist='categorical',\n"

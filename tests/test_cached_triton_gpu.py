@@ -66,8 +66,8 @@ def test_bench32_images_match_cached_torch(batch, plan):
     model = _bench32(1)
     u = torch.rand(batch, 32, 32, model.dist.num_uniforms, generator=torch.Generator().manual_seed(batch))
     x0 = torch.zeros(batch, 3, 32, 32, dtype=torch.long, device=DEV)
-    pl = K.choose_plan(batch, 64, 32, override=plan)
-    got = cached_triton.run(model, x0, None, None, u, 1.0, return_params=True, plan=pl)
+    pl = K.choose_launch_plan(batch, 64, 32, override=plan)
+    got = cached_triton.run(model, x0, None, None, u, 1.0, return_params=True, launch_plan=pl)
     _check(model, u, 1.0, cached_torch.run(model, x0, None, None, u, 1.0, return_params=True), got)
 
 

@@ -9,6 +9,7 @@ Runs the kernels under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
   row slot parity, the first row and column);
 * the launch plan with the kernels' references (fast, no interpreter): teacher
   forcing and the naive engine's images on larger random configs;
+* the plan walker (``triton_buffers.PlanBuffers``) on a ``GatedPixelCNN``'s plan;
 * engine level: a batch that is not a multiple of the group size (teacher forcing and
   the naive engine's images over every input kind, as for every backend, are in
   ``test_conformance.py``);
@@ -24,10 +25,11 @@ from helpers import (assert_matches_forward, one_thread, randomize,  # noqa: E40
                      spy_tf32_in_cond_terms, tf32_on)
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
-from pixelaux.engines import cached_triton, cached_triton_pp, naive  # noqa: E402
+from pixelaux.engines import cached_triton, naive, triton_buffers  # noqa: E402
+from pixelaux.engines.plan import plan_of  # noqa: E402
 
-R, P = cached_triton_pp._kernels()
 K = cached_triton.load_kernels()
+from pixelaux.kernels import pp_pixel as P, pp_row as R  # noqa: E402
 
 if not K.interpreted() and not torch.cuda.is_available():  # pragma: no cover
     pytest.skip("the Triton kernels were imported without TRITON_INTERPRET=1 and there is no GPU",
@@ -118,7 +120,7 @@ ROW_CONVS = {   # name: (kernel h, kernel w, stride, padl, act, skip, cond, gate
     "conv1-cond": (2, 3, 1, 1, True, False, True, False, 2, 2),
     "conv1-skip-ns4": (2, 3, 1, 1, True, True, False, False, 4, 2),
     "conv2-gate-cond": (2, 3, 1, 1, True, False, True, True, 2, 2),
-    "rowterm-1x1": (1, 1, 1, 0, True, False, True, False, 2, 1),
+    "row_term-1x1": (1, 1, 1, 0, True, False, True, False, 2, 1),
     "downsize-stride2": (2, 3, 2, 1, False, False, False, False, 2, 2),
 }
 
@@ -192,7 +194,7 @@ def test_pixel_block_kernel(b, f, down, i, q):
     g = _gen(6)
     ws = 4
     kw = dict(row=torch.tensor([i], dtype=torch.int32, device=DEVICE), q=q, x=_rand(b, 4 if down else 2, ws, f, g=g),
-              c1=_rand(b, 2, ws, f, g=g), out=_rand(b, 2, ws, f, g=g), rowterm=_rand(b, 1, ws, f, g=g),
+              c1=_rand(b, 2, ws, f, g=g), out=_rand(b, 2, ws, f, g=g), row_term=_rand(b, 1, ws, f, g=g),
               w1=_rand(2, 2, 2, f, f, g=g) * 0.2, b1=_rand(f, g=g), w2=_rand(2, 2, 2, f, 2 * f, g=g) * 0.2,
               b2=_rand(2 * f, g=g), shift=0, h2=_rand(b, 4, ws, 2 * f, g=g))
     if down:
@@ -231,15 +233,43 @@ def test_plan_with_references_matches_forward_and_naive(cfg, size, batch):
     model = _model(1, size=size, **cfg)
     x, cond, u = _inputs(model, batch, size, seed=2)
     known = torch.ones(batch, *size, dtype=torch.bool, device=DEVICE)
-    out, params = cached_triton_pp.run(model, x, known, cond, u, 1.0, return_params=True, reference=True)
+    out, params = cached_triton.run(model, x, known, cond, u, 1.0, return_params=True, reference=True)
     assert torch.equal(out, x)
     assert_matches_forward(params, model, x, cond)
     x0 = torch.zeros_like(x)
-    assert torch.equal(cached_triton_pp.run(model, x0, None, cond, u, 1.0, reference=True),
+    assert torch.equal(cached_triton.run(model, x0, None, cond, u, 1.0, reference=True),
                        naive.run(model, x0, None, cond, u, 1.0))
 
 
 # -- engine level (the kernels) ----------------------------------------------------------
+
+
+def test_the_plan_walker_runs_a_gated_plan_too():
+    """``PlanBuffers`` is built from the sampling plan, not from a family: a
+    ``GatedPixelCNN`` with 3x3 kernels (its convs read 2 rows, as PixelCNN++'s; cond map,
+    two blocks) walked step by step with the 2-row kernels gives the forward's parameters
+    (teacher forcing) and the naive engine's images. (``build`` gives that family the
+    fused gated path, ``gated_shape``: this is where the walker meets it.)"""
+    torch.manual_seed(0)
+    model = pixelaux.GatedPixelCNN(channels=3, bits=4, hidden=5, blocks=2, nr_mix=2, kernel_size=3, cond_channels=2)
+    model = randomize(model, std=0.2, seed=0).to(DEVICE).eval()
+    size = (4, 5)
+    x, cond, u = _inputs(model, 2, size, seed=3)
+
+    class Bar:
+        def update(self, k):
+            pass
+
+    def walk(x, known, return_params=False):
+        buf = triton_buffers.PlanBuffers(model, plan_of(model), x, known, cond, u, 1.0, return_params)
+        cached_triton.sample_rows(cached_triton._Run(buf), Bar())
+        return buf
+
+    buf = walk(x, torch.ones(2, *size, dtype=torch.bool, device=DEVICE), return_params=True)
+    assert torch.equal(buf.x, x)
+    assert_matches_forward(buf.params, model, x, cond)
+    x0 = torch.zeros_like(x)
+    assert torch.equal(walk(x0, None).x, naive.run(model, x0, None, cond, u, 1.0))
 
 
 def test_batch_of_two_groups_matches_naive():
@@ -248,7 +278,7 @@ def test_batch_of_two_groups_matches_naive():
     assert P.GROUP == 16
     _, _, u = _inputs(model, 17, (4, 4), seed=5)
     x0 = torch.zeros(17, 1, 4, 4, dtype=torch.long, device=DEVICE)
-    assert torch.equal(cached_triton_pp.run(model, x0, None, None, u, 1.0), naive.run(model, x0, None, None, u, 1.0))
+    assert torch.equal(cached_triton.run(model, x0, None, None, u, 1.0), naive.run(model, x0, None, None, u, 1.0))
 
 
 def test_per_level_graph_sequencing():
@@ -271,58 +301,65 @@ def test_per_level_graph_sequencing():
             self.n += k
 
     bar = Bar()
-    buf = cached_triton_pp.PPBuffers(model, x0, None, None, u, 1.0)
-    graphs = cached_triton_pp.sample_rows(buf, cached_triton_pp._kernels(), bar, capture=fake_capture)
+    buf = triton_buffers.build(model, x0, None, None, u, 1.0)
+    assert isinstance(buf, triton_buffers.PlanBuffers)
+    graphs = cached_triton.sample_rows(cached_triton._Run(buf), bar, capture=fake_capture).graphs
     assert sorted(graphs) == [0, 1, 2] and len(captured) == 3
     assert bar.n == 8 * 4 and int(buf.row[0]) == 8
     assert torch.equal(buf.x, naive.run(model, x0, None, None, u, 1.0))
 
 
-@pytest.mark.parametrize("reference", [True, False], ids=["references", "kernels"])
-def test_later_calls_reuse_the_buffers_and_graphs(reference, monkeypatch):
+def test_later_calls_reuse_the_buffers_and_graphs(monkeypatch):
     """Issue 21.4: the host side keeps its buffers and row graphs per (model, batch, size,
-    options), like the gated engine: a second call builds and captures nothing, loads its
-    own inputs (image, known pixels, cond, uniforms, temperature) and gives what a fresh
-    run gives; changed weights build anew."""
-    size = (8, 4) if reference else (4, 4)
-    model = _model(7, size=size, channels=3, hidden=4, blocks=1, scales=3 if reference else 2, nr_mix=2,
-                   cond_channels=2)
+    options), one host side for both families (``cached_triton.sample_rows``, ``_entry``;
+    the gated path's reuse with the kernels is ``test_cached_triton.py``'s
+    ``test_buffers_and_graph_are_reused_across_calls``): a second call builds and captures
+    nothing (one capture per trigger level), loads its own inputs (image, known pixels,
+    cond, uniforms, temperature) and gives what a fresh run gives; changed weights build
+    anew. With the kernels' references (fast): ``fill`` zeroes every state buffer the
+    kernels read, so refilled buffers are fresh ones for the kernels too, and the kernels
+    on fresh buffers are checked against naive in ``test_conformance.py``."""
+    size = (8, 4)
+    model = _model(7, size=size, channels=3, hidden=4, blocks=1, scales=3, nr_mix=2, cond_channels=2)
     captured = []
 
     def fake_capture(fn):
         captured.append(fn)
         return fn
 
-    monkeypatch.setattr(cached_triton_pp, "_row_capture", lambda device, ref: fake_capture)
+    monkeypatch.setattr(cached_triton, "_row_capture", lambda device, ref: fake_capture)
     cached_triton.clear_cache()
     builds = cached_triton.RUNS.builds
     outs = []
     for seed, temperature in ((1, 1.0), (2, 0.7)):
         x, cond, u = _inputs(model, 2, size, seed=seed)
         known = torch.rand(2, *size, generator=_gen(seed)) < 0.3
-        got, params = cached_triton_pp.run(model, x, known.to(DEVICE), cond, u, temperature, return_params=True,
-                                           reference=reference)
+        got, params = cached_triton.run(model, x, known.to(DEVICE), cond, u, temperature, return_params=True,
+                                        reference=True)
         ref = naive.run(model, x, known.to(DEVICE), cond, u, temperature)
         assert torch.equal(got, ref), seed
         outs.append((got, params))
+    entry, = [e for _, _, e in cached_triton.RUNS._d.values()]
+    assert isinstance(entry.buf, triton_buffers.PlanBuffers)
     levels = model.scales
     assert cached_triton.RUNS.builds == builds + 1 and len(captured) == levels   # built and captured once
+    assert entry.captures == levels and sorted(entry.graphs) == list(range(levels))
     assert not torch.equal(outs[0][0], outs[1][0]) and not torch.equal(outs[0][1], outs[1][1])
     with torch.no_grad():
         model.head.bias.add_(0.5)                                                # new weights: a new entry
-    cached_triton_pp.run(model, x, known.to(DEVICE), cond, u, 1.0, return_params=True, reference=reference)
+    cached_triton.run(model, x, known.to(DEVICE), cond, u, 1.0, return_params=True, reference=True)
     assert cached_triton.RUNS.builds == builds + 2
     cached_triton.clear_cache()
 
 
 def test_trigger_levels():
-    lv = cached_triton_pp.level
+    lv = triton_buffers.level
     assert [lv(i, 3) for i in range(9)] == [2, 0, 1, 0, 2, 0, 1, 0, 2]
     assert [lv(i, 1) for i in range(4)] == [0, 0, 0, 0]
 
 
 def test_runner_routes_pixelcnnpp_to_this_engine():
-    assert engines.runner("cached", "triton", "PixelCNNpp") is cached_triton_pp.run
+    assert engines.runner("cached", "triton", "PixelCNNpp") is cached_triton.run
     if "PixelCNNpp" in engines.STAGE_KINDS["triton"]:
         assert engines.resolve("cached", "triton", DEVICE, kinds=("PixelCNNpp",)) == ("cached", "triton")
 
@@ -330,7 +367,7 @@ def test_runner_routes_pixelcnnpp_to_this_engine():
 # -- errors -----------------------------------------------------------------------------
 
 def test_prefill_runs_in_true_fp32(monkeypatch):
-    """The prefill of ``PPBuffers`` (the cond map pooled to every scale and each block's
+    """The prefill of ``PlanBuffers`` (the cond map pooled to every scale and each block's
     conditioning convolutions, once per image) runs with TF32 off (``true_fp32``), as
     the gated engine's. On the CPU the flags change no number: this spies on them, both
     on before, off in every ``cond_terms`` call (building the buffers, and refilling them
@@ -340,7 +377,7 @@ def test_prefill_runs_in_true_fp32(monkeypatch):
                    cond_channels=2)
     x, cond, u = _inputs(model, 2, (4, 4), 0)
     with tf32_on():
-        buf = cached_triton_pp.PPBuffers(model, x, None, cond, u, 1.0)
+        buf = triton_buffers.build(model, x, None, cond, u, 1.0)
         # u and ul streams of every block: up pass 1 per scale, down pass 2 at scale 0 and 1 at 1
         assert len(seen) == 2 * (2 + 3)
         buf.fill(x, None, cond, u, 1.0)
@@ -351,18 +388,18 @@ def test_prefill_runs_in_true_fp32(monkeypatch):
 def test_unavailable_backend_is_a_clear_error(monkeypatch):
     model = _model(0, channels=1, bits=2, hidden=2, blocks=0, scales=1, dist="categorical")
     x = torch.zeros(1, 1, 4, 4, dtype=torch.long, device=DEVICE)
-    monkeypatch.setattr(cached_triton_pp, "status", lambda device: (False, "no GPU here"))
+    monkeypatch.setattr(cached_triton, "status", lambda device: (False, "no GPU here"))
     with pytest.raises(RuntimeError, match="backend='triton' is not available: no GPU here"):
-        cached_triton_pp.run(model, x, None, None, torch.rand(1, 4, 4, 1), 1.0)
+        cached_triton.run(model, x, None, None, torch.rand(1, 4, 4, 1), 1.0)
 
 
 def test_bad_inputs_are_rejected():
     model = _model(0, size=(4, 4), channels=1, bits=2, hidden=2, blocks=0, scales=2, dist="categorical")
     u = torch.rand(1, 4, 4, 1)
     with pytest.raises(ValueError, match="temperature"):
-        cached_triton_pp.run(model, torch.zeros(1, 1, 4, 4, dtype=torch.long, device=DEVICE), None, None, u, 0.0)
+        cached_triton.run(model, torch.zeros(1, 1, 4, 4, dtype=torch.long, device=DEVICE), None, None, u, 0.0)
     with pytest.raises(ValueError, match="divisible"):
-        cached_triton_pp.run(model, torch.zeros(1, 1, 3, 4, dtype=torch.long, device=DEVICE), None, None,
+        cached_triton.run(model, torch.zeros(1, 1, 3, 4, dtype=torch.long, device=DEVICE), None, None,
                              torch.rand(1, 3, 4, 1), 1.0)
 
 
@@ -396,7 +433,7 @@ def test_kernels_compile_for_a_gpu_without_one():
     import triton.backends
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this triton has no NVIDIA backend")
-    code = ("from pixelaux.engines.cached_triton_pp import compile_for_gpu\n"
+    code = ("from pixelaux.engines.cached_triton import compile_for_gpu\n"
             "r = compile_for_gpu([dict(channels=3, bits=8, hidden=16, blocks=1, scales=3, nr_mix=10,\n"
             "                          cond_channels=2),\n"
             "                     dict(channels=1, bits=4, hidden=5, blocks=0, scales=2, dist='categorical'),\n"

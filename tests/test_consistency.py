@@ -270,9 +270,9 @@ needs_triton = pytest.mark.skipif("triton" not in _backends(), reason="triton (o
 @needs_triton
 def test_triton_references_sample_the_window_as_naive():
     """The kernels' PyTorch references (``pixel_step_reference``, ``pixel_head_reference``)
-    on the engines' buffers: a window with known pixels, both families."""
-    from pixelaux.engines import cached_triton, cached_triton_pp
-    K = cached_triton.load_kernels()
+    on the engines' buffers (``run(..., reference=True)``: the fused gated path's and the
+    plan walker's): a window with known pixels, both families."""
+    from pixelaux.engines import cached_triton
     for family, cfg, kind in (STAGE_CASES[1], STAGE_CASES[3]):
         model = _stage(family, cfg, seed=1)
         b, h, w = 2, 4, 4
@@ -283,17 +283,8 @@ def test_triton_references_sample_the_window_as_naive():
         cond = torch.randn(b, model.cond_channels, h, w, generator=g) if model.cond_channels else None
         u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
         x = torch.where(known[:, None], x0, 0)
-        if family == "pp":
-            got, params = cached_triton_pp.run(model, x, known, cond, u, 1.0, return_params=True, reference=True,
-                                               window=window)
-        else:
-            buf = K.CachedBuffers(model, x, known, cond, u, 1.0, return_params=True, window=window)
-            for _ in range(h):
-                K.row_step_reference(buf)
-                for j in range(w):
-                    K.pixel_step_reference(buf, j)
-                buf.row += 1
-            got, params = buf.x, buf.params
+        got, params = cached_triton.run(model, x, known, cond, u, 1.0, return_params=True, reference=True,
+                                        window=window)
         ref = naive.run(model, x, known, cond, u, 1.0, window=window)
         assert_same_images(model, cond, u, 1.0, ref, got, params, name=f"{family} references", window=window)
         lo, hi = window.ranges(got)
@@ -309,7 +300,7 @@ def test_triton_window_refilled_per_call_in_the_split_plan():
     K = cached_triton.load_kernels()
     model = _stage("gated", dict(channels=3, bits=3, hidden=20, blocks=1, dist="categorical"), seed=2)
     b, h, w = 2, 2, 4
-    plan = K.choose_plan(b, model.hidden, w, override="pixel_tile=16")
+    plan = K.choose_launch_plan(b, model.hidden, w, override="pixel_tile=16")
     assert not plan.fused
     g = torch.Generator().manual_seed(21)
     u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
@@ -320,7 +311,8 @@ def test_triton_window_refilled_per_call_in_the_split_plan():
                                                                   for _ in range(2))]
     windows += [None, pool_window(avg_pool_round(torch.randint(0, 8, x.shape, generator=g), 2), 2, 3)]
     for window, builds in zip(windows, (1, 1, 2, 3)):
-        got, params = cached_triton.run(model, x, None, None, u, 1.0, return_params=True, plan=plan, window=window)
+        got, params = cached_triton.run(model, x, None, None, u, 1.0, return_params=True, launch_plan=plan,
+                                        window=window)
         assert cached_triton.RUNS.builds == builds0 + builds and len(cached_triton.RUNS) == builds
         ref = naive.run(model, x, None, None, u, 1.0, window=window)
         assert_same_images(model, None, u, 1.0, ref, got, params, name="triton split", window=window)

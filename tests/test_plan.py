@@ -94,3 +94,18 @@ def test_the_steps_read_what_exists_and_was_written_before(model):
 def test_a_family_without_a_plan_is_refused():
     with pytest.raises(TypeError, match="no sampling plan"):
         P.plan_of(torch.nn.Linear(2, 2))
+
+
+def test_the_triton_fused_gated_path_is_chosen_by_the_plans_shape(model):
+    """``triton_buffers.gated_shape``: every ``GatedPixelCNN`` plan (any kernel size, no
+    blocks) has the shape of the fused gated kernels; no ``PixelCNNpp`` plan has (one
+    scale included: its down pass reads skips), so the plan walker runs those; a gated
+    plan with one step changed is not gated-shaped either."""
+    from pixelaux.engines.triton_buffers import gated_shape
+    plan = P.plan_of(model)
+    assert gated_shape(plan) == (model.kind == "GatedPixelCNN")
+    if model.kind == "GatedPixelCNN" and len(model.u_blocks):
+        (s, rows), = plan.row_steps
+        term = rows[2]
+        split = rows[:2] + (P.RowTerm(term.block, term.src, term.out, split=True),) + rows[3:]
+        assert not gated_shape(P.Plan(**{**plan.__dict__, "row_steps": ((s, split),)}))

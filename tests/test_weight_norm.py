@@ -233,11 +233,11 @@ def _backend_run(model, backend):
             pytest.skip(f"the cpp backend is not built: {native.reason()}")
         return cached_cpp_pp.run if model.kind == "PixelCNNpp" else cached_cpp.run
     pytest.importorskip("triton", reason="triton is not installed")
-    from pixelaux.engines import cached_triton, cached_triton_pp
+    from pixelaux.engines import cached_triton
     ok, why = cached_triton.status(torch.device("cpu"))
     if not ok:
         pytest.skip(why)
-    return cached_triton_pp.run if model.kind == "PixelCNNpp" else cached_triton.run
+    return cached_triton.run
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])

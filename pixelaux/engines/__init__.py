@@ -89,8 +89,8 @@ REGISTRY = {
     "torch": Backend("torch", "torch", dict.fromkeys(_BOTH, "cached_torch"), lambda device: (True, "")),
     "cpp": Backend("cpp", "C++", {"GatedPixelCNN": "cached_cpp", "PixelCNNpp": "cached_cpp_pp"},
                    lambda device: cpp_status(), auto_on=("cpu",), devices=("cpu",)),
-    # its buffers follow the torch reference's (docs/design.md 2.6): that module counts them
-    "triton": Backend("triton", "Triton", {"GatedPixelCNN": "cached_triton", "PixelCNNpp": "cached_triton_pp"},
+    # one host side for both (its buffers follow the torch reference's, docs/design.md 2.6: that module counts them)
+    "triton": Backend("triton", "Triton", dict.fromkeys(_BOTH, "cached_triton"),
                       triton_status, workspace=dict.fromkeys(_BOTH, "cached_torch"), auto_on=("cuda",)),
 }
 BACKENDS = ("auto", *REGISTRY)

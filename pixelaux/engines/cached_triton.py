@@ -1,33 +1,41 @@
-"""Triton backend of the cached engine (docs/design.md section 2): ``backend="triton"``.
+"""Triton backend of the cached engine (docs/design.md section 2): ``backend="triton"``,
+one host side for every model family.
 
-The algorithm of ``cached_torch`` (its readable reference), with the per-row and
-per-pixel work fused into Triton kernels (``pixelaux.kernels``, shipped from the
-top-level ``kernels/`` folder; each kernel file has a PyTorch reference beside it):
+The sampling plan (``plan.plan_of``; ``cached_torch`` is its readable executor), with
+the per-row and per-pixel work fused into Triton kernels (``pixelaux.kernels``, shipped
+from the top-level ``kernels/`` folder; each kernel file has a PyTorch reference beside
+it). ``triton_buffers.build`` makes the device buffers of one (model, batch, size) from
+the plan and chooses the launches by its shape:
 
-* once per (model, batch, size) (``kernels/layout.py``, ``CachedBuffers``): the
-  weights re-laid out as per-tap matrices over the interleaved concat-ELU channels,
-  the ring buffers allocated, the launch plan chosen (``layout.Plan``: ``G`` images
-  per program, output-channel tiles for small batches);
-* per call: the inputs, uniforms, temperature and conditioning terms (the prefill)
-  copied into those buffers in place;
-* per row ``i``: the row op (``kernels/row_step.py``), then ``W`` pixel ops
-  (``kernels/pixel_step.py``: one launch per pixel in the fused plan, ``2 * blocks +
-  1`` in the split plan), then a one-thread launch that advances the row counter.
+* the gated shape (``GatedPixelCNN``): the fused gated path, ``kernels/layout.py``'s
+  ``CachedBuffers`` (weights re-laid out as per-tap matrices over the interleaved
+  concat-ELU channels, ring buffers, the ``LaunchPlan``: ``G`` images per program,
+  output-channel tiles for small batches); per row the row op
+  (``kernels/row_step.py``), ``W`` pixel ops (``kernels/pixel_step.py``: one launch per
+  pixel in the fused launch plan, ``2 * blocks + 1`` in the split one), a one-thread
+  launch that advances the row counter;
+* any other plan (``PixelCNNpp``): ``triton_buffers.PlanBuffers``, one launch per step
+  of the plan (``kernels/pp_row.py``, ``kernels/pp_pixel.py``), the scales a row or a
+  pixel triggers.
 
-The row index lives on the device (``buf.row``) and every kernel reads it, so the
-launch sequence of a row is the same for every row and nothing on the host waits for
-the device inside the loop (no ``.item()``, no synchronisation).
+Per call, the inputs, uniforms, temperature and conditioning terms (the prefill) are
+copied into those buffers in place. The row index lives on the device (``buf.row``)
+and every kernel reads it, so the launch sequence of a row depends only on its *row
+key* (``buf.row_key(i)``: one key for the gated path, the trigger level for the plan
+walker) and nothing on the host waits for the device inside the loop.
 
-**CUDA graphs, captured once.** The buffers and the graph of one row's launches are
-kept in a small cache (``RUNS``, a ``RunCache``) keyed by the model (identity and
-the version counters of its weights), the batch, the image size and which optional
-inputs are present. The first call runs row 0 eagerly (it compiles every kernel
-variant: no compilation may happen during a capture), captures the row once and
-replays it for rows ``1 .. H-1``; every later call with the same key replays it for
-all ``H`` rows, with no capture, no allocation and no synchronisation before the
-last row. The progress bar counts rows that finished on the device (an event per
-row), not rows enqueued. ``PIXELAUX_TRITON_GRAPHS=0`` (or ``USE_CUDA_GRAPHS =
-False``) launches eagerly instead; ``clear_cache()`` frees the buffers.
+**CUDA graphs, captured once per key.** The buffers and the graphs of a row, one per
+row key, are kept in a small cache (``RUNS``, a ``RunCache``) keyed by the model
+(identity and the version counters of its weights), the batch, the image size and the
+options (which optional inputs are present, the launch plan, the window's block). The
+first call runs row 0 eagerly (it launches, and compiles, every kernel variant: no
+compilation may happen during a capture), captures each key's row at its first row
+and replays it; every later call with the same cache entry replays every row, with no
+capture, no allocation and no synchronisation before the last row. The progress bar
+counts rows that finished on the device (an event per row), not rows enqueued.
+``PIXELAUX_TRITON_GRAPHS=0`` (or ``USE_CUDA_GRAPHS = False``) launches eagerly instead;
+``clear_cache()`` frees the buffers. On the CPU (the interpreter) there are no graphs:
+the reuse of the buffers is what the tests check.
 
 Float policy (``kernels/pixel_step.py``): every launch passes
 ``enable_fp_fusion=FP_FUSION`` (default off: no FMA contraction outside the dots;
@@ -44,10 +52,10 @@ truncates each channel to the range the window's rule gives (``head_sample``); t
 window is loaded into a ``kernels.layout.WindowBuffer`` in place per call like the other inputs, and
 the cache key says whether there is one (and its ``block``, a constexpr).
 
-Helpers meant for other Triton engines (e.g. a PixelCNN++ backend): ``triton_error``,
-``interpreter_enabled``, ``device_status``, ``RunCache`` / ``weights_version``,
-``capture_cuda_graph``, ``RowProgress`` and ``true_fp32`` (``float_policy``; TF32 off:
-the prefill's conditioning convolutions and every exactness reference run inside it).
+Also here: ``triton_error``, ``interpreter_enabled``, ``device_status``, ``RunCache`` /
+``weights_version``, ``capture_cuda_graph``, ``RowProgress``, ``true_fp32``
+(``float_policy``; TF32 off: the prefill's conditioning convolutions and every
+exactness reference run inside it), ``tie_report`` and ``compile_for_gpu``.
 
 UNTESTED ON HARDWARE (no GPU was available when this was written): everything under
 ``x.device.type == "cuda"`` below (the graph capture and replay, the device guard),
@@ -61,6 +69,7 @@ sm_90 through Triton, LLVM and ptxas (``kernels/compile_check.py``). On a GPU,
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import itertools
 import os
@@ -72,6 +81,7 @@ import torch
 
 from ..distributions import _check_temperature
 from ..weight_norm import folded
+from . import triton_buffers
 from .progress import pixel_progress
 
 def _env_flag(name: str, default: str) -> bool:
@@ -174,14 +184,6 @@ def load_kernels():
     return mod
 
 
-def _launch_row(K, buf):
-    """Every launch of one row, for the row ``buf.row`` points at; advances it."""
-    K.launch_row_step(buf)
-    for j in range(buf.W):
-        K.launch_pixel_step(buf, j)
-    K.launch_advance_row(buf)
-
-
 def capture_cuda_graph(fn):  # pragma: no cover - needs a GPU; UNTESTED ON HARDWARE
     """Capture the launches of ``fn`` (not run now) into a CUDA graph; returns its replay."""
     graph = torch.cuda.CUDAGraph()
@@ -190,7 +192,10 @@ def capture_cuda_graph(fn):  # pragma: no cover - needs a GPU; UNTESTED ON HARDW
     return graph.replay                    # (the bound method keeps the graph alive)
 
 
-_capture_cuda_graph = capture_cuda_graph
+def _row_capture(device, reference: bool):
+    """How rows are captured here: CUDA graphs on a GPU (``USE_CUDA_GRAPHS``), else
+    ``None`` (eager: the interpreter, the references). Tests replace it."""
+    return capture_cuda_graph if device.type == "cuda" and not reference and USE_CUDA_GRAPHS else None
 
 
 def weights_version(model) -> tuple:
@@ -274,51 +279,53 @@ class RowProgress:
 
 
 class _Run:
-    """A cache entry: the buffers of one (model, batch, size) and its row replay."""
+    """A cache entry: the buffers of one (model, batch, size, options) (``triton_buffers.build``)
+    and the captured row graphs, one per row key."""
 
     def __init__(self, buf):
         self.buf = buf
-        self.replay = None                 # the captured row, once captured
+        self.graphs = {}
         self.captures = 0
 
 
-def _sample_rows(K, run_or_buf, bar, capture=None, track=None):
-    """Sample every row. First use of a ``_Run``: row 0 eagerly (it compiles every
-    kernel variant: no compilation may happen during a capture), then capture the
-    row once with ``capture`` (when given) and replay it for rows ``1 .. H-1``; later
-    uses replay it for every row. The row counter lives on the device, so the same
-    launches serve every row and nothing waits for the device."""
-    run = run_or_buf if isinstance(run_or_buf, _Run) else _Run(run_or_buf)
-    buf = run.buf
+def sample_rows(run, bar, capture=None, reference=False, track=None):
+    """Sample every row of ``run`` (a ``_Run``). Without ``capture``: every row eagerly.
+    With it: on the first use (no graph yet) row 0 eagerly (it launches, and compiles,
+    every kernel variant: no compilation may happen during a capture), then each row
+    replays the graph of its key (``buf.row_key(i)``: the gated path has one, the plan
+    walker one per trigger level), captured at the first row that needs it; later uses
+    replay from row 0. The row counter lives on the device, so the same launches serve
+    every row of a key and nothing waits for the device."""
+    buf, graphs = run.buf, run.graphs
     track = track or RowProgress(bar, buf.W, cuda=False)
-    one_row = lambda: _launch_row(K, buf)
-    start = 0
-    if capture is not None and run.replay is None:
-        one_row()
-        track.enqueued()
-        start = 1
-        run.replay = capture(one_row)
-        run.captures += 1
-    replay = run.replay if capture is not None else one_row
-    for _ in range(start, buf.H):
-        replay()
+    first = not graphs
+    for i in range(buf.H):
+        key = buf.row_key(i)
+        one_row = lambda key=key: buf.launch_row(key, reference)  # noqa: E731
+        if capture is None or (i == 0 and first):
+            one_row()
+        else:
+            if key not in graphs:
+                graphs[key] = capture(one_row)
+                run.captures += 1
+            graphs[key]()
         track.enqueued()
     track.finish()
     return run
 
 
-def _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan, window=None):
-    """The cached buffers (and graph) for this call, filled with its inputs."""
-    key = (str(x.device), tuple(x.shape), known is not None,
-           cond is not None and len(model.u_blocks) > 0 and model.u_blocks[0].cond_c1 is not None,
-           bool(return_params), plan.key() if plan is not None else None, FP_FUSION,
-           None if window is None else window.block)
+def _entry(model, x, known, cond, uniforms, temperature, return_params, launch_plan=None, window=None,
+           reference=False):
+    """The cached buffers (and graphs) for this call, filled with its inputs."""
+    key = (str(x.device), tuple(x.shape), known is not None, cond is not None, bool(return_params),
+           launch_plan.key() if launch_plan is not None else None, FP_FUSION,
+           None if window is None else window.block, bool(reference))
     fresh = []
 
     def build():
         fresh.append(True)
-        return _Run(K.CachedBuffers(model, x, known, cond, uniforms, temperature, return_params,
-                                    plan=plan, fp_fusion=FP_FUSION, window=window))
+        return _Run(triton_buffers.build(model, x, known, cond, uniforms, temperature, return_params, window,
+                                         launch_plan, FP_FUSION))
 
     run = RUNS.get(model, key, build)
     if not fresh:
@@ -328,48 +335,58 @@ def _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan,
 
 @torch.no_grad()
 @folded()   # weight-normed weights computed once per call (weight_norm.py)
-def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, plan=None,
-        window=None):
+def run(model, x, known, cond, uniforms, temperature, progress=False, return_params=False, launch_plan=None,
+        window=None, reference=False):
     """Sample the unknown pixels of ``x`` in raster order with the Triton kernels.
 
-    Same contract as ``cached_torch.run``: model ``GatedPixelCNN`` (eval mode, on
-    ``x``'s device); x ``(B, C, H, W)`` long holding the known pixels; known
+    Same contract as ``cached_torch.run``: model a ``GatedPixelCNN`` or a ``PixelCNNpp``
+    (eval mode, on ``x``'s device); x ``(B, C, H, W)`` long holding the known pixels; known
     ``(B, H, W)`` bool or None; cond float ``(B, cond_channels, H, W)``, a vector per image
-    ``(B, cond_channels)`` (its terms computed once per image) or None;
-    uniforms ``(B, H, W, U)`` float32. Returns the completed ``x`` (a new tensor), or
-    ``(x, params)`` with ``params`` ``(B, P, H, W)`` when ``return_params``.
-    ``plan``: a ``kernels.layout.Plan`` (default: ``choose_plan`` for the batch).
-    ``window``: a ``pixelaux.consistency.Window`` of ``x``'s shape (consistent decoding) or None.
+    ``(B, cond_channels)`` (its terms computed once per image) or None; uniforms
+    ``(B, H, W, U)`` float32. Returns the completed ``x`` (a new tensor), or ``(x, params)``
+    with ``params`` ``(B, P, H, W)`` when ``return_params``.
+    ``launch_plan``: a ``kernels.layout.LaunchPlan`` of the fused gated path (default:
+    ``choose_launch_plan`` for the batch). ``window``: a ``pixelaux.consistency.Window``
+    of ``x``'s shape (consistent decoding) or None. ``reference=True`` runs the same
+    buffers and launch sequence with the kernels' PyTorch references (any device, tests).
     Raises ``RuntimeError`` when the backend cannot run here (see ``status``).
     """
-    ok, why = status(x.device)
-    if not ok:
-        raise RuntimeError(f"backend='triton' is not available: {why}")
+    if not reference:
+        ok, why = status(x.device)
+        if not ok:
+            raise RuntimeError(f"backend='triton' is not available: {why}")
     temperature = _check_temperature(temperature)
-    K = load_kernels()
     b, _, h, w = x.shape
     if b == 0 or h == 0 or w == 0:
         out = x.clone()
         params = torch.zeros(b, model.dist.num_params, h, w, device=x.device)
         return (out, params) if return_params else out
-    cuda = x.device.type == "cuda"
-    with torch.cuda.device(x.device) if cuda else _nullcontext():
-        entry = _entry(K, model, x, known, cond, uniforms, temperature, return_params, plan, window)
+    model.check_size((h, w), "x")
+    cuda = x.device.type == "cuda" and not reference
+    with torch.cuda.device(x.device) if cuda else contextlib.nullcontext():
+        entry = _entry(model, x, known, cond, uniforms, temperature, return_params, launch_plan, window, reference)
         buf = entry.buf
         with pixel_progress(h * w, progress, "cached[triton]") as bar:
             track = RowProgress(bar, w, cuda=cuda and progress)
-            _sample_rows(K, entry, bar, capture_cuda_graph if (cuda and USE_CUDA_GRAPHS) else None, track)
+            sample_rows(entry, bar, _row_capture(x.device, reference), reference, track)
         # the buffers are reused by the next call: hand back copies
         x_out = buf.x.to(x.dtype) if buf.x.dtype != x.dtype else buf.x.clone()
         return (x_out, buf.params.clone()) if return_params else x_out
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+def compile_for_gpu(configs, arch: int = 90, batch: int = 3, size=(8, 8)):
+    """Compile every kernel variant that one row of each ``PixelCNNpp(**config)`` launches
+    with known pixels and returned parameters (the highest trigger level, so every
+    kernel) for ``cuda sm_<arch>`` without a GPU, through ``kernels/compile_check.py``
+    (the real launchers on CPU buffers, each ``kernel[grid](...)`` replaced by
+    ``kernel.warmup``: Triton's frontend, LLVM and ptxas; nothing runs). Needs the
+    kernels imported without ``TRITON_INTERPRET``. Returns ``[(kernel name, info)]``,
+    one per variant (``reg``, ``stack`` and ``local`` (spills), ``shared``,
+    ``num_warps``, the constexprs); ``compile_check.report`` formats them."""
+    load_kernels()
+    from pixelaux.kernels.compile_check import compile_all
+    res = compile_all([dict(c, arch="pixelcnnpp") for c in configs], arch, size, (batch,), teacher_forcing_only=True)
+    return [(info["kernel"], info) for info in res.values()]
 
 
 @torch.no_grad()
