@@ -1,207 +1,34 @@
-// The CPU cached sampling engine of a PixelCNNpp (see cached_engine_pp.h).
-#include "cached_engine_pp.h"
+// The topology of a PixelCNNpp in the CPU cached engine (cached_engine.h): a U-net over
+// `scales` resolutions of 2-row convs. Scale s (resolution H/2**s x W/2**s) position
+// (p, q) belongs to pixel (2**s p, 2**s q) and is computed once, when that pixel comes:
+//
+// * start_row(i), for every scale s with i % 2**s == 0 (row p = i >> s): the whole row
+//   of every u value of scale s as GEMMs over the Bt*W_s positions of the row (up pass,
+//   scales ascending, a coarser scale's input from the stride-2 conv over the last two
+//   rows of the finer one, kept in last_u_win; then the down pass, scales descending, a
+//   finer scale's input from the transposed conv of the coarser row, kept in u_up by row
+//   parity), and the row term of every ul block (row_term_c1 / row_term_c2: biases, the
+//   1x1 projections of u, the conditioning, the conv taps of row p-1).
+// * pixel(i, j), for every scale s with i, j divisible by 2**s: the ul stream at (p, q)
+//   from the current-row taps only (GEMMs over the Bt images), up pass ascending (the
+//   stride-2 conv reads the 2x2 window of last_ul_win), down pass descending (the input
+//   from ul_up, the transposed conv's 2x2 blocks kept by row parity); the head and the
+//   sampling at scale 0.
+//
+// Every conv input keeps a window of 2 rows at its scale (u_win: 1 column of padding
+// each side; ul_win: 1 on the left), indexed by row parity. The conditioning terms come
+// computed by the caller (SampleArgs::cond_terms, in the plan's order).
+#include "engine_common.h"
 
 #include <cstring>
 
 namespace pixelaux {
 namespace cpu {
-namespace pp {
-
-// ------------------------------------------------------------------------------------
-// Configuration, layout, packing
-// ------------------------------------------------------------------------------------
-
-std::string parse_config(const int64_t* v, int64_t n, Config* c) {
-  const std::string err = parse_config_ints(v, n, "scales", kMaxScales, c, &c->scales);
-  if (!err.empty()) return err;
-  return make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
-}
-
-namespace {
-
-BlockLayout block_layout(LayoutBuilder& lb, int F, int kw, bool nin, bool nin_ul) {
-  BlockLayout B;
-  for (int r = 0; r < 2; ++r) {
-    B.c1[r] = lb.mat(kw * 2 * F, F);
-    B.c2a[r] = lb.mat(kw * 2 * F, F);
-    B.c2b[r] = lb.mat(kw * 2 * F, F);
-  }
-  if (nin) B.nin = lb.mat(2 * F, F);
-  if (nin_ul) B.nin_ul = lb.mat(2 * F, F);
-  B.b1 = lb.vec(F);
-  B.b2 = lb.vec(2 * F);
-  return B;
-}
-
-}  // namespace
-
-Layout make_layout(const Config& c) {
-  LayoutBuilder lb;
-  Layout L;
-  const int F = c.hidden, S = c.scales, nb = c.blocks;
-  lay_out_inputs(c, 3, &lb, &L);
-  L.up_u.resize(S);
-  L.up_ul.resize(S);
-  L.down_u.resize(S);
-  L.down_ul.resize(S);
-  for (int s = 0; s < S; ++s)
-    for (int k = 0; k < nb; ++k) {
-      L.up_u[s].push_back(block_layout(lb, F, 3, false, false));
-      L.up_ul[s].push_back(block_layout(lb, F, 2, true, false));
-    }
-  for (int s = 0; s < S; ++s)
-    for (int k = 0; k < c.down_blocks(s); ++k) {
-      L.down_u[s].push_back(block_layout(lb, F, 3, true, false));
-      L.down_ul[s].push_back(block_layout(lb, F, 2, true, true));
-    }
-  L.down_u_conv.resize(S);
-  L.down_ul_conv.resize(S);
-  L.down_u_bias.resize(S);
-  L.down_ul_bias.resize(S);
-  L.up_u_conv.resize(S);
-  L.up_ul_conv.resize(S);
-  L.up_u_bias.resize(S);
-  L.up_ul_bias.resize(S);
-  for (int s = 1; s < S; ++s) {
-    for (int r = 0; r < 2; ++r) L.down_u_conv[s].push_back(lb.mat(3 * F, F));
-    L.down_u_bias[s] = lb.vec(F);
-    for (int r = 0; r < 2; ++r) L.down_ul_conv[s].push_back(lb.mat(2 * F, F));
-    L.down_ul_bias[s] = lb.vec(F);
-    for (int t = 0; t < 6; ++t) L.up_u_conv[s].push_back(lb.mat(F, F));
-    L.up_u_bias[s] = lb.vec(F);
-    for (int t = 0; t < 4; ++t) L.up_ul_conv[s].push_back(lb.mat(F, F));
-    L.up_ul_bias[s] = lb.vec(F);
-  }
-  L.head = lb.mat(F, (int)c.d.num_params);
-  L.headb = lb.vec((int)c.d.num_params);
-  int n = 0;
-  for (int s = 0; s < S; ++s) n += 2 * nb + 2 * c.down_blocks(s);
-  L.num_cond_blocks = c.cond_channels ? n : 0;
-  L.total = lb.total;
-  return L;
-}
-
-std::vector<RawSpec> raw_weight_specs(const Config& c) {
-  const int64_t F = c.hidden, S = c.scales, nb = c.blocks;
-  std::vector<RawSpec> s;
-  auto conv = [&](const std::string& name, int64_t cout, int64_t ci, int64_t kh, int64_t kw) {
-    s.push_back({name + ".weight", {cout, ci, kh, kw}});
-    s.push_back({name + ".bias", {cout}});
-  };
-  auto block = [&](const std::string& p, int64_t kw, int64_t skip) {
-    conv(p + "conv1", F, 2 * F, 2, kw);
-    if (skip) conv(p + "nin_skip", F, 2 * skip, 1, 1);
-    conv(p + "conv2", 2 * F, 2 * F, 2, kw);
-  };
-  input_raw_specs(c, 3, &s);
-  for (int64_t t = 0; t < S; ++t) {
-    const std::string p = "up_layers." + std::to_string(t) + ".";
-    for (int64_t k = 0; k < nb; ++k) block(p + "u_stream." + std::to_string(k) + ".", 3, 0);
-    for (int64_t k = 0; k < nb; ++k) block(p + "ul_stream." + std::to_string(k) + ".", 2, F);
-  }
-  for (int64_t t = 0; t < S; ++t) {
-    const std::string p = "down_layers." + std::to_string(t) + ".";
-    const int64_t n = t == 0 ? nb : nb + 1;
-    for (int64_t k = 0; k < n; ++k) block(p + "u_stream." + std::to_string(k) + ".", 3, F);
-    for (int64_t k = 0; k < n; ++k) block(p + "ul_stream." + std::to_string(k) + ".", 2, 2 * F);
-  }
-  for (int64_t t = 0; t + 1 < S; ++t) {
-    conv("downsize_u." + std::to_string(t), F, F, 2, 3);
-    conv("downsize_ul." + std::to_string(t), F, F, 2, 2);
-  }
-  for (int64_t t = 0; t + 1 < S; ++t) {
-    conv("upsize_u." + std::to_string(t), F, F, 2, 3);  // ConvTranspose2d: (cin, cout, 2, 3)
-    conv("upsize_ul." + std::to_string(t), F, F, 2, 2);
-  }
-  conv("head", c.d.num_params, F, 1, 1);
-  return s;
-}
-
-namespace {
-
-// conv1 / nin / conv2 of one block from the raw list (kw: 3 for u, 2 for ul; skip: the
-// nin input channels / 2, 0 for none; split: a down-pass ul block's nin over [u, ul]).
-void pack_block(float* out, const BlockLayout& B, int64_t F, int64_t kw, int64_t skip, bool split,
-                const float* const*& next) {
-  ConvW w1{*next++, F, 2 * F, 2, kw};
-  const float* b1 = *next++;
-  const float* wn = nullptr;
-  const float* bn = nullptr;
-  if (skip) {
-    wn = *next++;
-    bn = *next++;
-  }
-  ConvW w2{*next++, 2 * F, 2 * F, 2, kw};
-  const float* b2 = *next++;
-  for (int r = 0; r < 2; ++r) {
-    fill_row(out, B.c1[r], w1, r, 0);
-    fill_row(out, B.c2a[r], w2, r, 0);
-    fill_row(out, B.c2b[r], w2, r, (int)F);
-  }
-  for (int64_t o = 0; o < F; ++o) out[B.b1.off + o] = b1[o] + (bn ? bn[o] : 0.f);
-  fill_vec(out, B.b2, b2);
-  if (!skip) return;
-  const int64_t kin = 2 * skip;  // nin input channels
-  if (!split) {
-    fill_mat(out, B.nin, [&](int k, int n) { return wn[n * kin + k]; });
-    return;
-  }
-  // concat_elu(cat(u, ul)) = [u, ul, -u, -ul]: the u part is columns [0, F) + [2F, 3F)
-  fill_mat(out, B.nin, [&](int k, int n) { return wn[n * kin + (k < F ? k : F + k)]; });
-  fill_mat(out, B.nin_ul, [&](int k, int n) { return wn[n * kin + (k < F ? F + k : 2 * F + k)]; });
-}
-
-}  // namespace
-
-void pack_weights(const Config& c, const Layout& L, const std::vector<const float*>& raw,
-                  float* out) {
-  std::memset(out, 0, sizeof(float) * L.total);
-  const int64_t F = c.hidden, S = c.scales, nb = c.blocks;
-  const float* const* next = raw.data();
-  pack_inputs(c, L, next, out);
-  for (int64_t s = 0; s < S; ++s) {
-    for (int64_t k = 0; k < nb; ++k) pack_block(out, L.up_u[s][k], F, 3, 0, false, next);
-    for (int64_t k = 0; k < nb; ++k) pack_block(out, L.up_ul[s][k], F, 2, F, false, next);
-  }
-  for (int64_t t = 0; t < S; ++t) {  // down_layers[t] runs at scale S-1-t
-    const int64_t s = S - 1 - t;
-    for (size_t k = 0; k < L.down_u[s].size(); ++k) pack_block(out, L.down_u[s][k], F, 3, F, false, next);
-    for (size_t k = 0; k < L.down_ul[s].size(); ++k) pack_block(out, L.down_ul[s][k], F, 2, 2 * F, true, next);
-  }
-  for (int64_t t = 0; t + 1 < S; ++t) {  // downsize_*[t]: scale t -> t+1
-    const int64_t s = t + 1;
-    ConvW wu{*next++, F, F, 2, 3};
-    for (int r = 0; r < 2; ++r) fill_row(out, L.down_u_conv[s][r], wu, r, 0);
-    fill_vec(out, L.down_u_bias[s], *next++);
-    ConvW wl{*next++, F, F, 2, 2};
-    for (int r = 0; r < 2; ++r) fill_row(out, L.down_ul_conv[s][r], wl, r, 0);
-    fill_vec(out, L.down_ul_bias[s], *next++);
-  }
-  for (int64_t t = 0; t + 1 < S; ++t) {  // upsize_*[t]: scale S-1-t -> S-2-t
-    const int64_t s = S - 1 - t;
-    const float* wu = *next++;  // (F_in, F_out, 2, 3)
-    for (int r = 0; r < 2; ++r)
-      for (int tap = 0; tap < 3; ++tap)
-        fill_mat(out, L.up_u_conv[s][r * 3 + tap],
-                 [&](int k, int n) { return wu[((k * F + n) * 2 + r) * 3 + tap]; });
-    fill_vec(out, L.up_u_bias[s], *next++);
-    const float* wl = *next++;  // (F_in, F_out, 2, 2)
-    for (int a = 0; a < 2; ++a)
-      for (int b = 0; b < 2; ++b)
-        fill_mat(out, L.up_ul_conv[s][a * 2 + b],
-                 [&](int k, int n) { return wl[((k * F + n) * 2 + a) * 2 + b]; });
-    fill_vec(out, L.up_ul_bias[s], *next++);
-  }
-  {
-    ConvW w{*next++, c.d.num_params, F, 1, 1};
-    fill_row(out, L.head, w, 0, 0);
-    fill_vec(out, L.headb, *next++);
-  }
-}
 
 // ------------------------------------------------------------------------------------
 // Buffers
 // ------------------------------------------------------------------------------------
+
 namespace {
 
 // The last 2 rows of one conv input at one scale, (Bt, 2, width, ch), the row of
@@ -223,7 +50,8 @@ struct ScaleBuffers {
   std::vector<RowWindow> up_u_win1, up_u_win2, up_ul_win1, up_ul_win2;        // [block]
   std::vector<RowWindow> down_u_win1, down_u_win2, down_ul_win1, down_ul_win2;
   std::vector<float*> u_skip;           // [k = 0..blocks]: act(up-pass u value k), (Ms, 2F)
-  std::vector<float*> up_ul_c1, up_ul_c2, down_ul_c1, down_ul_c2;  // per-row terms (Ms, F / 2F)
+  // the row terms of the ul blocks, [block]: conv1 (Ms, F) and conv2 (Ms, 2F)
+  std::vector<float*> up_row_term_c1, up_row_term_c2, down_row_term_c1, down_row_term_c2;
   RowWindow last_u_win, last_ul_win;    // s < S-1: inputs of the stride-2 convs into s+1
   float* u_up = nullptr;                // s < S-1: (Bt, 2, Ws, F), transposed conv from s+1
   float* ul_up = nullptr;               // s < S-1: (Bt, 2, Ws, F)
@@ -233,7 +61,7 @@ struct ScaleBuffers {
 };
 
 struct Workspace : WorkspaceBase {
-  float *ul_row0 = nullptr, *c1 = nullptr, *c2 = nullptr, *uact = nullptr;
+  float *row_term_init = nullptr, *c1 = nullptr, *c2 = nullptr, *uact = nullptr;
   std::vector<ScaleBuffers> sc;
 };
 
@@ -246,7 +74,7 @@ void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt
   ws->b0 = b0;
   ws->Bt = Bt;
   want_input(c, H, W, 2, 1, ws);  // the input convs' kernel rows 2, columns 3
-  ar.want(&ws->ul_row0, M0 * F);
+  ar.want(&ws->row_term_init, M0 * F);
   ar.want(&ws->c1, M0 * F);
   ar.want(&ws->c2, M0 * 2 * F);
   ar.want(&ws->uact, M0 * 2 * F);
@@ -264,12 +92,6 @@ void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt
     v.assign(n, nullptr);
     for (auto& p : v) ar.want(&p, size);
   };
-  const float* const* cond = a.cond_terms.empty() ? nullptr : a.cond_terms.data();
-  auto conds = [&](std::vector<const float*>& v, int64_t n) {
-    v.assign(n, nullptr);
-    if (cond)
-      for (auto& p : v) p = *cond++;
-  };
   for (int64_t s = 0; s < S; ++s) {
     ScaleBuffers& B = ws->sc[s];
     const int64_t Ws = W >> s, Ms = Bt * Ws, nd = c.down_blocks((int)s);
@@ -284,10 +106,10 @@ void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt
     wins(B.down_ul_win1, nd, Ws + 1, 2 * F);
     wins(B.down_ul_win2, nd, Ws + 1, 2 * F);
     bufs(B.u_skip, nb + 1, Ms * 2 * F);
-    bufs(B.up_ul_c1, nb, Ms * F);
-    bufs(B.up_ul_c2, nb, Ms * 2 * F);
-    bufs(B.down_ul_c1, nd, Ms * F);
-    bufs(B.down_ul_c2, nd, Ms * 2 * F);
+    bufs(B.up_row_term_c1, nb, Ms * F);
+    bufs(B.up_row_term_c2, nb, Ms * 2 * F);
+    bufs(B.down_row_term_c1, nd, Ms * F);
+    bufs(B.down_row_term_c2, nd, Ms * 2 * F);
     if (s + 1 < S) {
       B.last_u_win.width = Ws + 2;
       B.last_u_win.ch = F;
@@ -300,12 +122,28 @@ void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt
     }
     ar.want(&B.ul, Bt * F);
     bufs(B.ul_skip, nb + 1, Bt * 2 * F);
-    conds(B.cond_up_u, nb);
-    conds(B.cond_up_ul, nb);
   }
+  // The conditioning terms, in the plan's order (Plan.cond_blocks): the up pass, scales
+  // ascending, then the down pass, scales descending; per block the u then the ul one.
+  const float* const* cond = a.cond_terms.empty() ? nullptr : a.cond_terms.data();
   for (int64_t s = 0; s < S; ++s) {
-    conds(ws->sc[s].cond_down_u, c.down_blocks((int)s));
-    conds(ws->sc[s].cond_down_ul, c.down_blocks((int)s));
+    ScaleBuffers& B = ws->sc[s];
+    B.cond_up_u.assign(nb, nullptr);
+    B.cond_up_ul.assign(nb, nullptr);
+    for (int64_t k = 0; k < nb && cond; ++k) {
+      B.cond_up_u[k] = *cond++;
+      B.cond_up_ul[k] = *cond++;
+    }
+  }
+  for (int64_t s = S - 1; s >= 0; --s) {
+    ScaleBuffers& B = ws->sc[s];
+    const int64_t nd = c.down_blocks((int)s);
+    B.cond_down_u.assign(nd, nullptr);
+    B.cond_down_ul.assign(nd, nullptr);
+    for (int64_t k = 0; k < nd && cond; ++k) {
+      B.cond_down_u[k] = *cond++;
+      B.cond_down_ul[k] = *cond++;
+    }
   }
   if (!allocate) return;
   ar.allocate();
@@ -316,7 +154,7 @@ void make_workspace(const Config& c, const SampleArgs& a, int64_t b0, int64_t Bt
 // The engine of one team (one or more threads sharing a group of images)
 // ------------------------------------------------------------------------------------
 
-struct Engine : EngineBase<SampleArgs, Workspace> {
+struct Engine : EngineBase<Workspace> {
   const int64_t S;
 
   Engine(const SampleArgs& args, Workspace& w, Barrier& b, int rank_, int size_, bool pixel_team_)
@@ -383,20 +221,20 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
     init_rows(sh, ws.c1, Ms, F, vec(B.b1));
     if (skip) gemm_acc((int)Ms, skip, F2, mat(B.nin), sh.fp0, sh.fp1, ws.c1, F);
     if (cond) add_cond_row(sh, cond, Hs, Ws, p, 0, 1, ws.c1, F);
-    conv_rows(sh, win1, p - 1, 0, 2, B.c1, Ws, 1, ws.c1, F);
+    conv_rows(sh, win1, p - 1, 0, 2, B.c1.data(), Ws, 1, ws.c1, F);
     act_row(sh, ws.c1, Ws, &win2, p, nullptr);
     sync();
     init_rows2(sh, ws.c2, Ms, vec(B.b2));
     if (cond) add_cond_row(sh, cond, Hs, Ws, p, F, 2, ws.c2, F2);
-    conv_rows(sh, win2, p - 1, 0, 2, B.c2a, Ws, 1, ws.c2, F2);
-    conv_rows(sh, win2, p - 1, 0, 2, B.c2b, Ws, 1, ws.c2 + F, F2);
+    conv_rows(sh, win2, p - 1, 0, 2, B.c2a.data(), Ws, 1, ws.c2, F2);
+    conv_rows(sh, win2, p - 1, 0, 2, B.c2b.data(), Ws, 1, ws.c2 + F, F2);
     for (int64_t m = 0; m < Ms; ++m)
       gate_add(sb.u + m * F + sh.c0, ws.c2 + m * F2 + sh.c0, ws.c2 + m * F2 + F + sh.c0, sh.nown);
     act_row(sh, sb.u, Ws, next_win, p, dst);
     sync();
   }
 
-  // The per-row terms of a ul block at row p: c1 = b1 + nin(uact) + cond + conv1 taps of
+  // The row terms of a ul block at row p: c1 = b1 + nin(uact) + cond + conv1 taps of
   // row p-1; c2 = b2 + cond + conv2 taps of row p-1.
   void ul_row_terms(const Share& sh, int s, int64_t p, const BlockLayout& B, const RowWindow& win1,
                     const RowWindow& win2, const float* uact, const float* cond, float* c1,
@@ -405,17 +243,17 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
     init_rows(sh, c1, Ms, F, vec(B.b1));
     gemm_acc((int)Ms, uact, F2, mat(B.nin), sh.fp0, sh.fp1, c1, F);
     if (cond) add_cond_row(sh, cond, Hs, Ws, p, 0, 1, c1, F);
-    conv_rows(sh, win1, p - 1, 0, 1, B.c1, Ws, 1, c1, F);
+    conv_rows(sh, win1, p - 1, 0, 1, B.c1.data(), Ws, 1, c1, F);
     init_rows2(sh, c2, Ms, vec(B.b2));
     if (cond) add_cond_row(sh, cond, Hs, Ws, p, F, 2, c2, F2);
-    conv_rows(sh, win2, p - 1, 0, 1, B.c2a, Ws, 1, c2, F2);
-    conv_rows(sh, win2, p - 1, 0, 1, B.c2b, Ws, 1, c2 + F, F2);
+    conv_rows(sh, win2, p - 1, 0, 1, B.c2a.data(), Ws, 1, c2, F2);
+    conv_rows(sh, win2, p - 1, 0, 1, B.c2b.data(), Ws, 1, c2 + F, F2);
   }
 
   // ---- per row ----------------------------------------------------------------------
   void start_row(int64_t i) {
     const Share& sh = rs;
-    input_ul_row(i, ws.ul_row0);  // ul's first layer, rows above
+    input_ul_row(i, ws.row_term_init);  // ul's first layer, rows above
     int top = 0;  // the coarsest scale of this row
     while (top + 1 < S && i % (int64_t(1) << (top + 1)) == 0) ++top;
     for (int s = 0; s <= top; ++s) {  // up pass, scales ascending
@@ -438,7 +276,7 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
           sync();
         }
         ul_row_terms(sh, s, p, L.up_ul[s][k], sb.up_ul_win1[k], sb.up_ul_win2[k], sb.u_skip[k + 1],
-                     sb.cond_up_ul[k], sb.up_ul_c1[k], sb.up_ul_c2[k]);
+                     sb.cond_up_ul[k], sb.up_row_term_c1[k], sb.up_row_term_c2[k]);
       }
     }
     for (int s = top; s >= 0; --s) {  // down pass, scales descending
@@ -459,7 +297,7 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
         u_block(sh, s, p, L.down_u[s][k], sb.down_u_win1[k], sb.down_u_win2[k], sb.u_skip[skip],
                 sb.cond_down_u[k], k + 1 < nd ? &sb.down_u_win1[k + 1] : nullptr, ws.uact);
         ul_row_terms(sh, s, p, L.down_ul[s][k], sb.down_ul_win1[k], sb.down_ul_win2[k], ws.uact,
-                     sb.cond_down_ul[k], sb.down_ul_c1[k], sb.down_ul_c2[k]);
+                     sb.cond_down_ul[k], sb.down_row_term_c1[k], sb.down_row_term_c2[k]);
       }
       if (s > 0) {  // rows 2p, 2p+1 of scale s-1
         sync();
@@ -505,7 +343,7 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
   }
 
   // A ul block at (p, q) of scale s: win1 already holds act(ul) at (p, q); c1 / c2 the
-  // per-row terms (Bt * Ws rows); skip: act(up-pass ul) for the down-pass nin (or null).
+  // row terms (Bt * Ws rows); skip: act(up-pass ul) for the down-pass nin (or null).
   void ul_block(const Share& sh, int s, int64_t p, int64_t q, const BlockLayout& B,
                 const RowWindow& win1, const RowWindow& win2, float* c1row, float* c2row,
                 const float* skip, const RowWindow* next_win, float* dst) {
@@ -541,7 +379,7 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
       ScaleBuffers& sb = ws.sc[s];
       const int64_t p = i >> s, q = j >> s;
       if (s == 0) {  // ul's first layer
-        input_ul_pixel(j, ws.ul_row0, sb.ul);
+        input_ul_pixel(j, ws.row_term_init, sb.ul);
       } else {  // stride-2 conv over the 2x2 window (2p-1 .. 2p, 2q-1 .. 2q) of scale s-1
         const RowWindow& lw = ws.sc[s - 1].last_ul_win;
         init_rows(sh, sb.ul, Bt, F, vec(L.down_ul_bias[s]));
@@ -556,8 +394,8 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
       if (nb == 0 && s + 1 < S) copy_px(sh, sb.ul, sb.last_ul_win, p, q);
       pixel_sync();
       for (int64_t k = 0; k < nb; ++k) {
-        ul_block(sh, s, p, q, L.up_ul[s][k], sb.up_ul_win1[k], sb.up_ul_win2[k], sb.up_ul_c1[k],
-                 sb.up_ul_c2[k], nullptr, k + 1 < nb ? &sb.up_ul_win1[k + 1] : nullptr, sb.ul_skip[k + 1]);
+        ul_block(sh, s, p, q, L.up_ul[s][k], sb.up_ul_win1[k], sb.up_ul_win2[k], sb.up_row_term_c1[k],
+                 sb.up_row_term_c2[k], nullptr, k + 1 < nb ? &sb.up_ul_win1[k + 1] : nullptr, sb.ul_skip[k + 1]);
         if (k + 1 == nb && s + 1 < S) copy_px(sh, sb.ul, sb.last_ul_win, p, q);
         pixel_sync();
       }
@@ -576,7 +414,7 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
       for (int64_t k = 0; k < nd; ++k) {
         const int64_t skip = s == S - 1 ? nb - 1 - k : nb - k;
         ul_block(sh, s, p, q, L.down_ul[s][k], sb.down_ul_win1[k], sb.down_ul_win2[k],
-                 sb.down_ul_c1[k], sb.down_ul_c2[k], sb.ul_skip[skip],
+                 sb.down_row_term_c1[k], sb.down_row_term_c2[k], sb.ul_skip[skip],
                  k + 1 < nd ? &sb.down_ul_win1[k + 1] : nullptr, nullptr);
         pixel_sync();
       }
@@ -597,18 +435,17 @@ struct Engine : EngineBase<SampleArgs, Workspace> {
 
 }  // namespace
 
-void cached_sample(const SampleArgs& a) {
+void sample_unet(const SampleArgs& a) {
   sample_teams<Engine, Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
     make_workspace(*a.cfg, a, b0, Bt, team, ws);
   });
 }
 
-int64_t workspace_floats(const SampleArgs& a) {
+int64_t unet_workspace_floats(const SampleArgs& a) {
   return count_team_floats<Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
     make_workspace(*a.cfg, a, b0, Bt, team, ws, /*allocate=*/false);
   });
 }
 
-}  // namespace pp
 }  // namespace cpu
 }  // namespace pixelaux
