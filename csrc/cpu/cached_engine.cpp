@@ -1,12 +1,9 @@
-// The CPU cached sampling engine (see cached_engine.h): its config, its packed layout in
-// the plan's weight order, and the entry points, which run the family's topology
-// (cached_gated.cpp, cached_unet.cpp).
+// The CPU cached sampling engine (see cached_engine.h): its config and its packed layout
+// in the plan's weight order. The engine itself: engine.cpp.
 #include "cached_engine.h"
 
 #include <algorithm>
 #include <cstring>
-
-#include "engine_common.h"
 
 namespace pixelaux {
 namespace cpu {
@@ -273,21 +270,6 @@ void pack_weights(const Config& c, const Layout& L, const std::vector<const floa
   ConvW w{*next++, c.d.num_params, F, 1, 1};
   fill_row(out, L.head, w, 0, 0);
   fill_vec(out, L.headb, *next++);
-}
-
-// ------------------------------------------------------------------------------------
-// Entry points
-// ------------------------------------------------------------------------------------
-
-void cached_sample(const SampleArgs& a) {
-  if (a.cfg->family == kGated)
-    sample_gated(a);
-  else
-    sample_unet(a);
-}
-
-int64_t workspace_floats(const SampleArgs& a) {
-  return a.cfg->family == kGated ? gated_workspace_floats(a) : unet_workspace_floats(a);
 }
 
 }  // namespace cpu

@@ -9,9 +9,9 @@
 // that does not read the row's own ul values); per pixel, the pixel steps from the
 // current-row taps only (GEMMs over the images), then the head and the sampling.
 //
-// The family's topology: a GatedPixelCNN is one scale, convs of kh = (k+1)/2 rows (u:
-// (kh, k), ul: (kh, kh)), up pass only (cached_gated.cpp); a PixelCNNpp the U-net of
-// 2-row convs (cached_unet.cpp). Threads as in team.h.
+// One engine (engine.cpp) for every family, the topology from the config: a
+// GatedPixelCNN is one scale, convs of kh = (k+1)/2 rows (u: (kh, k), ul: (kh, kh)), the
+// up pass only; a PixelCNNpp the U-net of 2-row convs. Threads as in team.h.
 #pragma once
 
 #include <cstdint>

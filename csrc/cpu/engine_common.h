@@ -1,8 +1,7 @@
-// What the topologies of the CPU cached engine (cached_gated.cpp: GatedPixelCNN,
-// cached_unet.cpp: PixelCNNpp) share, written once: the input buffer and the head's
-// buffers, the input layers, the last step of every pixel (head, sampling, write-back),
-// the row loop of a team, and the split of a batch into teams. Each keeps only its
-// start_row and the hidden part of pixel (docs/design.md section 2.3).
+// The parts of the CPU cached engine (engine.cpp) that do not depend on the model's
+// topology: the input buffer and the head's buffers, the input layers, the last step of
+// every pixel (head, sampling, write-back), the row loop of a team, and the split of a
+// batch into teams (docs/design.md section 2.3).
 #pragma once
 
 #include <chrono>
@@ -19,14 +18,6 @@
 
 namespace pixelaux {
 namespace cpu {
-
-// The topologies (cached_engine.cpp picks one by cfg->family): the cached_sample and
-// workspace_floats of a GatedPixelCNN (cached_gated.cpp) and of a PixelCNNpp
-// (cached_unet.cpp).
-void sample_gated(const SampleArgs& a);
-int64_t gated_workspace_floats(const SampleArgs& a);
-void sample_unet(const SampleArgs& a);
-int64_t unet_workspace_floats(const SampleArgs& a);
 
 // The buffers of a team every engine has (an engine's Workspace derives from it).
 struct WorkspaceBase {
