@@ -17,7 +17,8 @@
 // config = [family (0: GatedPixelCNN, 1: PixelCNNpp), channels, bits, hidden, blocks,
 //           kernel_size, scales, cond_channels, dist (0: categorical, 1: logistic), nr_mix,
 //           embed_dim] (cpu/cached_engine.h; a GatedPixelCNN has scales 1, a PixelCNNpp
-// kernel_size 3). weights: the sampling plan's, in its order (Plan.weight_tensors, the cond
+// kernel_size 3), then the packed sampling plan the engine walks (cached_cpp.pack_plan;
+// pack_weights reads the model's ints only). weights: the sampling plan's, in its order (Plan.weight_tensors, the cond
 // modules included). The first convs read channels * max(embed_dim, 1) + 1 input
 // channels. table: the model's input encoding (PixelInput.table), float32
 // (channels, 2**bits, max(embed_dim, 1)): a pixel, sampled or known, writes its rows into
@@ -67,12 +68,20 @@ namespace {
 
 constexpr int64_t kMaxRowPositions = int64_t(1) << 30;  // B * W and H (int GEMM sizes)
 
-// The checked config of the engine.
-cpu::Config get_config(at::IntArrayRef config) {
+// The checked config of the engine (model_only: the model's ints, without the plan).
+cpu::Config get_config(at::IntArrayRef config, bool model_only = false) {
   cpu::Config c;
-  const std::string err = parse_config(config.data(), (int64_t)config.size(), &c);
+  const std::string err = parse_config(config.data(), (int64_t)config.size(), &c, model_only);
   TORCH_CHECK_VALUE(err.empty(), "pixelaux: ", err);
   return c;
+}
+
+// The layout of a config with its plan, the plan checked against it.
+cpu::Layout get_layout(const cpu::Config& c) {
+  cpu::Layout lay = cpu::make_layout(c);
+  const std::string err = cpu::check_plan(c, lay);
+  TORCH_CHECK_VALUE(err.empty(), "pixelaux: ", err);
+  return lay;
 }
 
 std::string shape_str(at::IntArrayRef s) {
@@ -116,7 +125,7 @@ std::vector<const float*> check_raw(const char* op, at::TensorList weights,
 // The packed weights of a model: its raw weights checked against raw_weight_specs, packed
 // into its layout.
 at::Tensor pack_weights(at::TensorList weights, at::IntArrayRef config) {
-  const cpu::Config c = get_config(config);
+  const cpu::Config c = get_config(config, /*model_only=*/true);
   std::vector<at::Tensor> keep;
   const auto ptrs = check_raw("pixelaux.pack_weights: ", weights, cpu::raw_weight_specs(c), &keep);
   const cpu::Layout lay = cpu::make_layout(c);
@@ -373,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   const cpu::Config c = get_config(config);
   SampleInputs in = check_sample_inputs(op, x, known, uniforms, c.d, temperature, mode);
   const int64_t B = in.B, H = in.H, W = in.W;
-  const cpu::Layout lay = cpu::make_layout(c);
+  const cpu::Layout lay = get_layout(c);
   std::vector<at::Tensor> keep;
   cpu::SampleArgs a;
   if (c.family == cpu::kGated) {
@@ -403,7 +412,7 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
 int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode,
                                 bool global_cond) {
   const cpu::Config c = get_config(config);
-  const cpu::Layout lay = cpu::make_layout(c);
+  const cpu::Layout lay = get_layout(c);
   cpu::SampleArgs a;
   a.cfg = &c;
   a.lay = &lay;

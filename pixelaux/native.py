@@ -5,8 +5,8 @@ section 4). This module never raises when the extension is missing:
 ``available()`` says whether it loaded and ``reason()`` why not.
 
 Ops (schemas; ``config`` = ``[family, channels, bits, hidden, blocks, kernel_size, scales,
-cond_channels, dist (0 categorical, 1 logistic), nr_mix, embed_dim]``, see
-``pixelaux.engines.cached_cpp.config_of``; ``table`` = the model's input encoding
+cond_channels, dist (0 categorical, 1 logistic), nr_mix, embed_dim]`` and the packed
+sampling plan, see ``pixelaux.engines.cached_cpp.config_of``; ``table`` = the model's input encoding
 ``model.input.table()``, float32 ``(channels, 2**bits, max(embed_dim, 1))``, what a pixel
 writes into the engine's input buffer):
 
@@ -76,7 +76,7 @@ def info() -> str:
 
 
 def num_params(config) -> int:
-    _, channels, bits, _, _, _, _, _, dist, nr_mix, _ = (int(v) for v in config)
+    _, channels, bits, _, _, _, _, _, dist, nr_mix = (int(v) for v in config[:10])
     if dist == 0:
         return channels * 2 ** bits
     return nr_mix * (1 + 2 * channels + channels * (channels - 1) // 2)

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.skipif(not native.available(),
 
 if native.available():
     from pixelaux.engines import cached_cpp
+    from pixelaux.engines import plan as P
 
 # name: (model kwargs, init std, (H, W), batch, cond?)
 CONFIGS = {
@@ -274,6 +275,28 @@ def test_bad_inputs_raise_clear_errors():
         torch.ops.pixelaux.pack_weights([r.double() for r in raw], cfg)
 
 
+def test_the_packed_plan_is_checked():
+    """The engine walks the plan's packed form (``cached_cpp.pack_plan``, after the model's
+    ints in the config): one that does not fit the model is refused before anything runs."""
+    model, x, cond, u = make("k3-b3-cat4-cond", seed=7)
+    packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
+    table = cached_cpp.input_table(model)
+    op = torch.ops.pixelaux.cached_sample
+    nw, nh, nv = cfg[11:14]
+    first = 11 + 5 + 5 * nw + 2 * nh + 2 * nv                      # the first step's op code
+    steps = [cfg[i:i + cached_cpp.STEP_INTS] for i in range(first, len(cfg), cached_cpp.STEP_INTS)]
+    block = first + cached_cpp.STEP_INTS * next(i for i, st in enumerate(steps)
+                                                 if cached_cpp.OPS[st[0]] is P.RowBlock)
+    for bad, what in [(cfg[:11], "plan .* is missing"), (cfg[:-1], "must have"),
+                      (cfg[:first] + [99] + cfg[first + 1:], "bad step"),
+                      (cfg[:block + 2] + [10 ** 6] + cfg[block + 3:], "bad block step"),  # no such block
+                      (cfg[:block + 8] + cfg[block + 4:block + 5] + cfg[block + 9:], "bad block step")]:  # a skip, no nin
+        with pytest.raises(ValueError, match=what):
+            op(x, None, cond, [], u, packed, table, bad, 1.0)
+    assert torch.equal(op(x, None, cond, [], u, packed, table, cfg, 1.0)[0],
+                       cached_cpp.run(model, x, None, cond, u, 1.0))
+
+
 # ---- token inputs (embed_dim > 0) --------------------------------------------------------
 
 
@@ -310,14 +333,14 @@ def test_table_argument_is_checked():
     u = torch.rand(1, h, w, 1)
     packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
     table = cached_cpp.input_table(model)
-    assert table.shape == (1, 512, 4) and cfg[-1] == 4
+    assert table.shape == (1, 512, 4) and cfg[10] == 4                   # embed_dim, then the plan
     op = torch.ops.pixelaux.cached_sample
     with pytest.raises(ValueError, match=r"table must have shape \(1, 512, 4\)"):
         op(x, None, None, [], u, packed, table[:, :, :3], cfg, 1.0)
     with pytest.raises(TypeError, match="table must be float32"):
         op(x, None, None, [], u, packed, table.double(), cfg, 1.0)
     with pytest.raises(ValueError, match="u_init.weight must have shape"):  # embed_dim 4 is 5 inputs
-        torch.ops.pixelaux.pack_weights(cached_cpp.raw_weights(model), cfg[:-1] + [2])
+        torch.ops.pixelaux.pack_weights(cached_cpp.raw_weights(model), cfg[:10] + [2] + cfg[11:])
 
 
 # ---- progress and Ctrl-C inside the op -------------------------------------------------

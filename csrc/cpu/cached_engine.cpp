@@ -12,13 +12,137 @@ namespace cpu {
 // Configuration
 // ------------------------------------------------------------------------------------
 
-std::string parse_config(const int64_t* v, int64_t n, Config* c) {
+namespace {
+
+// The packed plan after the model's ints (cached_cpp.pack_plan), its indices checked.
+std::string parse_plan(const int64_t* v, int64_t n, Config* c) {
+  const std::string bad = "config: the packed plan (cached_cpp.pack_plan) ";
+  if (n < 5) return bad + "is missing, got " + std::to_string(n) + " ints";
+  for (int i = 0; i < 5; ++i)
+    if (v[i] < 0 || v[i] > (int64_t(1) << 20)) return bad + "has a bad count " + std::to_string(v[i]);
+  const int64_t nw = v[0], nh = v[1], nv = v[2], nr = v[3], np = v[4];
+  const int64_t want = 5 + 5 * nw + 2 * nh + 2 * nv + kStepInts * (nr + np);
+  if (n != want) return bad + "must have " + std::to_string(want) + " ints, got " + std::to_string(n);
+  const int64_t S = c->scales, F = c->hidden;
+  const int64_t* p = v + 5;
+  auto in = [](int64_t x, int64_t lo, int64_t hi) { return x >= lo && x < hi; };
+  PackedPlan& P = c->plan;
+  for (int64_t i = 0; i < nw; ++i, p += 5) {
+    if (!in(p[0], 0, S) || (p[1] != F && p[1] != 2 * F) || !in(p[2], 1, 64) || !in(p[3], 0, 64) || !in(p[4], 0, 64))
+      return bad + "has a bad window " + std::to_string(i);
+    P.windows.push_back({(int)p[0], (int)p[1], (int)p[2], (int)p[3], (int)p[4]});
+  }
+  for (int64_t i = 0; i < nh; ++i, p += 2) {
+    if (!in(p[0], 0, S - 1) || p[1] != F) return bad + "has a bad holder " + std::to_string(i);
+    P.holders.push_back({(int)p[0], (int)p[1]});
+  }
+  for (int64_t i = 0; i < nv; ++i, p += 2) {
+    if (!in(p[0], 0, 3) || !in(p[1], 0, S)) return bad + "has a bad value " + std::to_string(i);
+    P.values.push_back({(int)p[0], (int)p[1]});
+  }
+  for (int64_t i = 0; i < nr + np; ++i, p += kStepInts) {
+    const bool pixel = i >= nr;
+    Step st;
+    st.op = (int)p[0];
+    st.scale = (int)p[1];
+    const int64_t* a = p + 2;
+    const std::string err = bad + "has a bad step " + std::to_string(i);
+    const bool both = st.op == kFromUp || st.op == kKeep;  // steps of either phase
+    if (!in(st.op, 0, kNumOps) || !in(st.scale, 0, S) || (!both && (st.op >= kInputPixel) != pixel)) return err;
+    const int s = st.scale;
+    const int vkind = pixel ? kPixelValue : kRowValue;
+    auto value = [&](int64_t x, int kind, int* out) {
+      if (!in(x, 0, nv) || P.values[x].kind != kind || P.values[x].scale != s) return false;
+      *out = (int)x;
+      return true;
+    };
+    auto window = [&](int64_t x, int scale, int* out) {
+      if (!in(x, 0, nw) || P.windows[x].scale != scale) return false;
+      *out = (int)x;
+      return true;
+    };
+    auto holder = [&](int64_t x, int scale, int* out) {
+      if (!in(x, 0, nh) || P.holders[x].scale != scale) return false;
+      *out = (int)x;
+      return true;
+    };
+    bool ok = true;
+    switch (st.op) {
+      case kInputRow:
+        ok = s == 0 && value(a[0], kRowValue, &st.out) && value(a[1], kRowValue, &st.out2);
+        break;
+      case kInputPixel:
+        ok = s == 0 && value(a[0], kRowValue, &st.x) && value(a[1], kPixelValue, &st.out);
+        break;
+      case kDownRow:
+      case kDownPixel:
+        ok = s > 0 && window(a[0], s - 1, &st.win) && P.windows[st.win].channels == F && P.windows[st.win].rows == 2 &&
+             P.windows[st.win].left == 1 && P.windows[st.win].right == (st.op == kDownRow ? 1 : 0) &&
+             value(a[1], vkind, &st.out);
+        break;
+      case kFromUp:
+        ok = holder(a[0], s, &st.holder) && value(a[1], vkind, &st.out);
+        break;
+      case kRowBlock:
+      case kPixelBlock:
+      case kRowTerm:
+        st.block = (int)a[0];
+        st.cond = (int)a[1];
+        ok = st.cond >= -1 && value(a[2], st.op == kRowTerm ? kRowValue : vkind, &st.x) &&
+             value(a[3], st.op == kRowTerm ? kRowTermValue : vkind, &st.out) && window(a[4], s, &st.win1) &&
+             window(a[5], s, &st.win2);
+        if (ok && st.op != kRowTerm && a[6] != -1) ok = value(a[6], vkind, &st.skip);
+        if (ok && st.op == kPixelBlock) ok = value(a[7], kRowTermValue, &st.term);
+        break;
+      case kKeep:
+        ok = value(a[0], vkind, &st.x) && window(a[1], s, &st.win) && P.windows[st.win].channels == F;
+        break;
+      case kUpRow:
+      case kUpPixel:
+        ok = s > 0 && value(a[0], vkind, &st.x) && holder(a[1], s - 1, &st.holder);
+        break;
+      case kHead:
+        ok = s == 0 && value(a[0], kPixelValue, &st.x) && i == nr + np - 1;
+        break;
+    }
+    if (!ok) return err;
+    (pixel ? P.pixel_steps : P.row_steps).push_back(st);
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string check_plan(const Config& c, const Layout& L) {
+  const int64_t F2 = 2 * (int64_t)c.hidden;
+  for (const auto* steps : {&c.plan.row_steps, &c.plan.pixel_steps})
+    for (size_t i = 0; i < steps->size(); ++i) {
+      const Step& st = (*steps)[i];
+      if (st.op != kRowBlock && st.op != kRowTerm && st.op != kPixelBlock) continue;
+      const std::string err = "config: the packed plan (cached_cpp.pack_plan) has a bad block step " + std::to_string(i);
+      if (st.block < 0 || st.block >= (int)L.blocks.size() || st.cond >= L.num_cond_blocks) return err;
+      const BlockLayout& B = L.blocks[st.block];
+      const int64_t kw = B.c1[0].K / F2;  // the convs' width
+      for (int w : {st.win1, st.win2}) {
+        const PackedWindow& pw = c.plan.windows[w];
+        if (pw.channels != F2 || pw.rows != c.kh || pw.left + pw.right + 1 != kw) return err;
+      }
+      const bool nin = B.nin.K > 0, split = B.nin_ul.K > 0;
+      if (st.op == kRowBlock && (st.skip >= 0) != nin) return err;
+      if (st.op == kRowTerm && !nin) return err;
+      if (st.op == kPixelBlock && (st.skip >= 0) != split) return err;
+    }
+  return "";
+}
+
+std::string parse_config(const int64_t* v, int64_t n, Config* c, bool model_only) {
   static const char* names[kConfigLen] = {"family", "channels", "bits", "hidden", "blocks", "kernel_size",
                                           "scales", "cond_channels", "dist", "nr_mix", "embed_dim"};
-  if (n != kConfigLen) {
+  if (n < kConfigLen) {
     std::string all;
     for (int i = 0; i < kConfigLen; ++i) all += std::string(i ? ", " : "") + names[i];
-    return "config must have " + std::to_string(kConfigLen) + " ints [" + all + "], got " + std::to_string(n);
+    return "config must have " + std::to_string(kConfigLen) + " ints [" + all + "] and the packed plan, got " +
+           std::to_string(n);
   }
   const int64_t lo[kConfigLen] = {0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 0};
   const int64_t hi[kConfigLen] = {kUNet, kMaxChannels, 16, 16384, 4096, kMaxKernelSize,
@@ -47,7 +171,9 @@ std::string parse_config(const int64_t* v, int64_t n, Config* c) {
   c->cin = c->channels * c->per_channel + 1;
   c->kh = (c->kernel_size + 1) / 2;
   c->pw = (c->kernel_size - 1) / 2;
-  return make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
+  const std::string err = make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
+  if (!err.empty() || model_only) return err;
+  return parse_plan(v + kConfigLen, n - kConfigLen, c);
 }
 
 // ------------------------------------------------------------------------------------
@@ -83,57 +209,6 @@ BlockLayout block_layout(LayoutBuilder& lb, const Config& c, int kw, bool nin, b
 enum Skip { kNoSkip = 0, kSkip = 1, kSplit = 2 };
 
 }  // namespace
-
-Layout make_layout(const Config& c) {
-  LayoutBuilder lb;
-  Layout L;
-  const int F = c.hidden, cin = c.cin, k = c.kernel_size, kh = c.kh, S = c.scales, nb = c.blocks;
-  for (int r = 0; r < kh; ++r) L.u0.push_back(lb.mat(k * cin, F));
-  L.u0b = lb.vec(F);
-  L.ulv = lb.mat(k * cin, F);
-  L.ulvb = lb.vec(F);
-  for (int r = 0; r < kh; ++r) L.ulh.push_back(lb.mat(cin, F));
-  L.ulhb = lb.vec(F);
-  L.up_u.resize(S);
-  L.up_ul.resize(S);
-  L.down_u.resize(S);
-  L.down_ul.resize(S);
-  for (int s = 0; s < S; ++s)
-    for (int b = 0; b < nb; ++b) {
-      L.up_u[s].push_back(block_layout(lb, c, k, false, false));
-      L.up_ul[s].push_back(block_layout(lb, c, kh, true, false));
-    }
-  for (int s = 0; s < S; ++s)
-    for (int b = 0; b < c.down_blocks(s); ++b) {
-      L.down_u[s].push_back(block_layout(lb, c, k, true, false));
-      L.down_ul[s].push_back(block_layout(lb, c, kh, true, true));
-    }
-  L.down_u_conv.resize(S);
-  L.down_ul_conv.resize(S);
-  L.down_u_bias.resize(S);
-  L.down_ul_bias.resize(S);
-  L.up_u_conv.resize(S);
-  L.up_ul_conv.resize(S);
-  L.up_u_bias.resize(S);
-  L.up_ul_bias.resize(S);
-  for (int s = 1; s < S; ++s) {
-    for (int r = 0; r < 2; ++r) L.down_u_conv[s].push_back(lb.mat(3 * F, F));
-    L.down_u_bias[s] = lb.vec(F);
-    for (int r = 0; r < 2; ++r) L.down_ul_conv[s].push_back(lb.mat(2 * F, F));
-    L.down_ul_bias[s] = lb.vec(F);
-    for (int t = 0; t < 6; ++t) L.up_u_conv[s].push_back(lb.mat(F, F));
-    L.up_u_bias[s] = lb.vec(F);
-    for (int t = 0; t < 4; ++t) L.up_ul_conv[s].push_back(lb.mat(F, F));
-    L.up_ul_bias[s] = lb.vec(F);
-  }
-  L.head = lb.mat(F, (int)c.d.num_params);
-  L.headb = lb.vec((int)c.d.num_params);
-  int n = 0;
-  for (int s = 0; s < S; ++s) n += 2 * nb + 2 * c.down_blocks(s);
-  L.num_cond_blocks = c.cond_channels ? n : 0;
-  L.total = lb.total;
-  return L;
-}
 
 namespace {
 
@@ -172,6 +247,50 @@ void walk_weights(const Config& c, Block block, Conv conv) {
 
 }  // namespace
 
+Layout make_layout(const Config& c) {
+  LayoutBuilder lb;
+  Layout L;
+  const int F = c.hidden, cin = c.cin, k = c.kernel_size, kh = c.kh, S = c.scales, nb = c.blocks;
+  for (int r = 0; r < kh; ++r) L.u0.push_back(lb.mat(k * cin, F));
+  L.u0b = lb.vec(F);
+  L.ulv = lb.mat(k * cin, F);
+  L.ulvb = lb.vec(F);
+  for (int r = 0; r < kh; ++r) L.ulh.push_back(lb.mat(cin, F));
+  L.ulhb = lb.vec(F);
+  walk_weights(
+      c,
+      [&](const std::string&, int, int, bool u, int skip) {
+        L.blocks.push_back(block_layout(lb, c, u ? k : kh, skip != kNoSkip, skip == kSplit));
+      },
+      [](const std::string&, int64_t, int64_t, int64_t, int64_t) {});
+  L.down_u_conv.resize(S);
+  L.down_ul_conv.resize(S);
+  L.down_u_bias.resize(S);
+  L.down_ul_bias.resize(S);
+  L.up_u_conv.resize(S);
+  L.up_ul_conv.resize(S);
+  L.up_u_bias.resize(S);
+  L.up_ul_bias.resize(S);
+  for (int s = 1; s < S; ++s) {
+    for (int r = 0; r < 2; ++r) L.down_u_conv[s].push_back(lb.mat(3 * F, F));
+    L.down_u_bias[s] = lb.vec(F);
+    for (int r = 0; r < 2; ++r) L.down_ul_conv[s].push_back(lb.mat(2 * F, F));
+    L.down_ul_bias[s] = lb.vec(F);
+    for (int t = 0; t < 6; ++t) L.up_u_conv[s].push_back(lb.mat(F, F));
+    L.up_u_bias[s] = lb.vec(F);
+    for (int t = 0; t < 4; ++t) L.up_ul_conv[s].push_back(lb.mat(F, F));
+    L.up_ul_bias[s] = lb.vec(F);
+  }
+  L.head = lb.mat(F, (int)c.d.num_params);
+  L.headb = lb.vec((int)c.d.num_params);
+  int n = 0;
+  for (int s = 0; s < S; ++s) n += 2 * nb + 2 * c.down_blocks(s);
+  L.num_cond_blocks = c.cond_channels ? n : 0;
+  L.total = lb.total;
+  return L;
+}
+
+
 std::vector<RawSpec> raw_weight_specs(const Config& c) {
   const int64_t F = c.hidden, kh = c.kh, cc = c.cond_channels;
   std::vector<RawSpec> out;
@@ -200,9 +319,9 @@ void pack_weights(const Config& c, const Layout& L, const std::vector<const floa
   std::memset(out, 0, sizeof(float) * L.total);
   const int64_t F = c.hidden, cin = c.cin, kh = c.kh, cc = c.cond_channels;
   const float* const* next = raw.data();
-  auto block = [&](const std::string&, int s, int b, bool u, int skip) {
-    const bool down = skip == kSplit || (u && skip == kSkip);
-    const BlockLayout& B = (u ? (down ? L.down_u : L.up_u) : (down ? L.down_ul : L.up_ul))[s][b];
+  size_t n = 0;  // the blocks, in the plan's order
+  auto block = [&](const std::string&, int, int, bool u, int skip) {
+    const BlockLayout& B = L.blocks[n++];
     const int64_t kw = u ? c.kernel_size : kh;
     ConvW w1{*next++, F, 2 * F, kh, kw};
     const float* b1 = *next++;

@@ -27,12 +27,50 @@ namespace cpu {
 // The model families, in the order of pixelaux.engines.cached_cpp.FAMILIES.
 enum Family : int { kGated = 0, kUNet = 1 };
 
-constexpr int kConfigLen = 11;
+constexpr int kConfigLen = 11;  // the model's ints; the packed plan follows
 constexpr int kMaxKernelSize = 63;
 constexpr int kMaxScales = 8;
 
+// The steps of a packed plan (pixelaux/engines/plan.py; cached_cpp.OPS, the same order).
+enum Op : int {
+  kInputRow = 0, kDownRow, kFromUp, kRowBlock, kRowTerm, kKeep, kUpRow,
+  kInputPixel, kDownPixel, kPixelBlock, kUpPixel, kHead, kNumOps
+};
+constexpr int kStepInts = 10;  // [op, scale, 8 args] (cached_cpp.STEP_INTS)
+
+// One step: its buffers by index (windows, holders, values of the PackedPlan), blocks by
+// their index in the plan's weight order (Layout::blocks), -1 for none. Fields by op:
+//   kInputRow: out, out2 (u; ul's row term row_term:ul_init)
+//   kInputPixel: x (the row term), out
+//   kDownRow / kDownPixel: win (the finer scale's window), out
+//   kFromUp (either phase): holder, out
+//   kRowBlock / kPixelBlock: block, cond, x, out, win1, win2, skip (and kPixelBlock: term)
+//   kRowTerm: block, cond, x (its nin's input), out (the row term), win1, win2 (the
+//     block's conv windows: the taps of the rows above)
+//   kKeep (either phase): x, win
+//   kUpRow / kUpPixel: x, holder
+//   kHead: x
+struct Step {
+  int op = 0, scale = 0;
+  int block = -1, cond = -1, x = -1, out = -1, out2 = -1, win = -1, win1 = -1, win2 = -1,
+      skip = -1, term = -1, holder = -1;
+};
+
+// The packed plan: buffers and the row and pixel steps in the order they run.
+struct PackedWindow { int scale, channels, rows, left, right; };
+struct PackedHolder { int scale, channels; };
+enum ValueKind : int { kRowValue = 0, kRowTermValue = 1, kPixelValue = 2 };
+struct PackedValue { int kind, scale; };
+struct PackedPlan {
+  std::vector<PackedWindow> windows;
+  std::vector<PackedHolder> holders;
+  std::vector<PackedValue> values;
+  std::vector<Step> row_steps, pixel_steps;
+};
+
 // The config ints the ops take: [family, channels, bits, hidden, blocks, kernel_size,
-// scales, cond_channels, dist, nr_mix, embed_dim] (cached_cpp.config_of).
+// scales, cond_channels, dist, nr_mix, embed_dim], then the packed plan
+// (cached_cpp.config_of, pack_plan).
 struct Config {
   int family = 0;         // Family
   int channels = 0;       // C
@@ -51,6 +89,7 @@ struct Config {
   int cin = 0;            // input channels: channels * per_channel + the ones channel
   int kh = 0;             // rows every conv reads, (k + 1) / 2
   int pw = 0;             // the u convs' padding each side, (k - 1) / 2
+  PackedPlan plan;        // the steps the engine walks (empty for pack_weights)
   // Blocks of the down pass at scale s (blocks at the smallest scale, blocks+1
   // elsewhere; a GatedPixelCNN has none).
   int down_blocks(int s) const {
@@ -58,8 +97,9 @@ struct Config {
   }
 };
 
-// Parses and checks the config; returns an error message, empty when valid.
-std::string parse_config(const int64_t* v, int64_t n, Config* c);
+// Parses and checks the config (with its packed plan unless model_only); returns an error
+// message, empty when valid.
+std::string parse_config(const int64_t* v, int64_t n, Config* c, bool model_only = false);
 
 // A gated residual block: per kernel row r (0: the oldest row of the window, kh-1: the
 // current row), the (tap column, channel) x out matrices of conv1 and of conv2's value /
@@ -83,8 +123,8 @@ struct Layout {
   VecSlot ulvb;
   std::vector<MatSlot> ulh;  // K = cin
   VecSlot ulhb;
-  // [scale][block]; a scale's down blocks in the order they run
-  std::vector<std::vector<BlockLayout>> up_u, up_ul, down_u, down_ul;
+  // the blocks in the plan's weight order
+  std::vector<BlockLayout> blocks;
   // into scale s from s-1 (index s, 1 .. S-1): stride-2 convs per kernel row
   std::vector<std::vector<MatSlot>> down_u_conv, down_ul_conv;
   std::vector<VecSlot> down_u_bias, down_ul_bias;
@@ -99,6 +139,10 @@ struct Layout {
 };
 
 Layout make_layout(const Config& c);
+
+// Checks the plan's block steps against the layout (their windows fit the convs, their
+// projections exist); returns an error message, empty when valid.
+std::string check_plan(const Config& c, const Layout& lay);
 
 // The raw weights pack_weights expects, in the plan's order (Plan.weight_tensors, the
 // cond modules included): name and shape of each.

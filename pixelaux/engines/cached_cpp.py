@@ -17,7 +17,8 @@ that samples the whole batch:
 * threads: images split over threads when the batch is large enough, else one team
   over the output channels of every layer.
 
-The config (``config_of``) names the family, whose topology the engine runs. The
+The config (``config_of``) is the model's ints and the plan's packed form
+(``pack_plan``), which the engine walks step by step, one engine for every family. The
 conditioning terms ``blk.cond_terms(cond)``: a ``GatedPixelCNN``'s are computed in C++
 from ``cond`` and the blocks' 1x1 weights (for a map row by row, each position once, as
 in the forward pass; for a global cond, a vector per image ``(B, cond_channels)``, once
@@ -36,6 +37,7 @@ import torch
 
 from .. import native
 from ..weight_norm import folded, source_key
+from . import plan as P
 from .plan import plan_of
 from .progress import run_native
 
@@ -49,15 +51,91 @@ FAMILIES = ("GatedPixelCNN", "PixelCNNpp")
 COND_IN_ENGINE = ("GatedPixelCNN",)
 
 
+#: The steps of a packed plan by their op code (``Op`` in csrc/cpu/cached_engine.h), and
+#: the ints each step packs: ``[op, scale, args...]``, :data:`STEP_INTS` ints in all.
+OPS = (P.InputRow, P.DownRow, P.FromUp, P.RowBlock, P.RowTerm, P.Keep, P.UpRow,
+       P.InputPixel, P.DownPixel, P.PixelBlock, P.UpPixel, P.Head)
+STEP_INTS = 10
+#: Value kinds: a row ``(B, F, W_s)``, a row term (``c1`` ``F`` and ``c2`` ``2F`` per
+#: position of the row), a pixel ``(B, F)``.
+ROW, ROW_TERM, PIXEL = 0, 1, 2
+
+
+def pack_plan(plan) -> list[int]:
+    """The plan as the engine walks it, ints: ``[len(windows), len(holders), len(values),
+    len(row steps), len(pixel steps)]``, then per window ``[scale, channels, rows, left,
+    right]``, per holder ``[scale, channels]``, per value ``[kind, scale]``, then the row
+    steps and the pixel steps in the order they run, each ``[op, scale, args...]`` padded
+    to :data:`STEP_INTS` with -1: buffers by their index in those lists, blocks by their
+    index among the plan's blocks (``Plan.weights`` order), each block's conditioning by
+    its index in ``Plan.cond_blocks`` (-1: none)."""
+    windows = {w.name: i for i, w in enumerate(plan.windows)}
+    holders = {h.name: i for i, h in enumerate(plan.holders)}
+    blocks = [w.module[:-len(".conv1")] for w in plan.weights if w.module.endswith(".conv1")]
+    block = {b: i for i, b in enumerate(blocks)}
+    conds = {b: i for i, (b, _) in enumerate(plan.cond_blocks)}
+    values, kinds = {}, []
+
+    def val(name, kind, scale):
+        if name not in values:
+            values[name] = len(kinds)
+            kinds.append((kind, scale))
+        return values[name]
+
+    def step(s, st, pixel):
+        v = lambda name, kind=PIXEL if pixel else ROW: val(name, kind, s)  # noqa: E731
+        if isinstance(st, P.InputRow):
+            args = [v(st.out), v(st.out_ul)]
+        elif isinstance(st, P.InputPixel):
+            args = [v(st.row, ROW), v(st.out)]
+        elif isinstance(st, (P.DownRow, P.DownPixel)):
+            args = [windows[st.src], v(st.out)]
+        elif isinstance(st, P.FromUp):
+            args = [holders[st.src], v(st.out)]
+        elif isinstance(st, P.RowBlock):
+            args = [block[st.block], conds.get(st.block, -1), v(st.x), v(st.out), *(windows[w] for w in st.windows),
+                    v(st.skip) if st.skip else -1]
+        elif isinstance(st, P.RowTerm):
+            args = [block[st.block], conds.get(st.block, -1), v(st.src), v(st.out, ROW_TERM),
+                    windows[f"{st.block}.conv1"], windows[f"{st.block}.conv2"]]
+        elif isinstance(st, P.PixelBlock):
+            args = [block[st.block], -1, v(st.x), v(st.out), *(windows[w] for w in st.windows),
+                    v(st.skip) if st.skip else -1, v(st.term, ROW_TERM)]
+        elif isinstance(st, P.Keep):
+            args = [v(st.src), windows[st.window]]
+        elif isinstance(st, (P.UpRow, P.UpPixel)):
+            args = [v(st.src), holders[st.dst]]
+        elif isinstance(st, P.Head):
+            args = [v(st.src)]
+        else:
+            raise TypeError(f"the C++ engine has no step {type(st).__name__}")
+        out = [OPS.index(type(st)), s, *args]
+        assert len(out) <= STEP_INTS, st
+        return out + [-1] * (STEP_INTS - len(out))
+
+    rows = [step(s, st, False) for s, steps in plan.row_steps for st in steps]
+    pixels = [step(s, st, True) for s, steps in plan.pixel_steps for st in steps]
+    out = [len(plan.windows), len(plan.holders), len(kinds), len(rows), len(pixels)]
+    for w in plan.windows:
+        out += [w.scale, w.channels, w.rows, w.left, w.right]
+    for h in plan.holders:
+        out += [h.scale, h.channels]
+    for kind, scale in kinds:
+        out += [kind, scale]
+    for st in rows + pixels:
+        out += st
+    return out
+
+
 def config_of(model) -> list[int]:
     """The integer config the ops take: ``[family, channels, bits, hidden, blocks,
     kernel_size, scales, cond_channels, dist (0 categorical, 1 logistic), nr_mix,
     embed_dim]`` (``family``: the index in :data:`FAMILIES`; ``kernel_size``, ``scales``:
-    the plan's ``kw`` and ``scales``)."""
+    the plan's ``kw`` and ``scales``), then the packed plan (:func:`pack_plan`)."""
     plan, cfg = plan_of(model), model.config
     return [FAMILIES.index(plan.family), int(cfg["channels"]), int(cfg["bits"]), plan.hidden,
             int(cfg["blocks"]), plan.kw, plan.scales, int(cfg["cond_channels"]),
-            model.dist.engine_spec[0], int(cfg["nr_mix"]), int(model.input.embed_dim)]
+            model.dist.engine_spec[0], int(cfg["nr_mix"]), int(model.input.embed_dim), *pack_plan(plan)]
 
 
 def raw_weights(model) -> list[torch.Tensor]:
