@@ -21,7 +21,8 @@
 // GEMM (GatedPixelCNN: per row for a map, once per image for a global cond), or given
 // (PixelCNNpp: SampleArgs::cond_terms, in the plan's order). Threads as in team.h: a
 // step writes this thread's channels of its outputs; one that reads every channel of a
-// buffer written by the step before first meets the team at a barrier.
+// buffer written by the step before first meets the team at a barrier (a RowTerm and the
+// RowBlock after it share one).
 #include "engine_common.h"
 
 #include <cstring>
@@ -42,7 +43,8 @@ struct RowWindow {
   int64_t rows = 0, width = 0, ch = 0, left = 0;
   int64_t img() const { return rows * width * ch; }  // floats per image
   float* at(int64_t b, int64_t row, int64_t col) const {
-    return data + ((b * rows + row % rows) * width + col) * ch;
+    const int64_t slot = rows == 2 ? row & 1 : row % rows;  // (2 rows: no division)
+    return data + ((b * rows + slot) * width + col) * ch;
   }
 };
 
@@ -272,17 +274,25 @@ struct Engine : EngineBase<Workspace> {
 
   // ---- row steps ------------------------------------------------------------------
 
+  // What a RowBlock reads of every channel: act(x) in its conv1 window, act(skip).
+  void row_block_acts(const Share& sh, const Step& st, int64_t p) {
+    const int64_t Ws = width(st.scale);
+    act_row(sh, value(st.x), Ws, &window(st.win1), p, nullptr);
+    if (st.skip >= 0) act_row(sh, value(st.skip), Ws, nullptr, p, ws.skipact);
+  }
+
   // RowBlock: a u block over the whole row p: out = x + gate(conv2(act(conv1(act(x)) +
-  // nin(act(skip)) + cond) + cond)).
-  void row_block(const Share& sh, const Step& st, int64_t p) {
+  // nin(act(skip)) + cond) + cond)). acts_done: row_block_acts ran before the last barrier.
+  void row_block(const Share& sh, const Step& st, int64_t p, bool acts_done) {
     const int s = st.scale;
     const int64_t Ws = width(s), Ms = Bt * Ws;
     const BlockLayout& B = L.blocks[st.block];
     const BlockCond& cond = ws.conds[st.block];
     const RowWindow &win1 = window(st.win1), &win2 = window(st.win2);
-    act_row(sh, value(st.x), Ws, &win1, p, nullptr);
-    if (st.skip >= 0) act_row(sh, value(st.skip), Ws, nullptr, p, ws.skipact);
-    sync();
+    if (!acts_done) {
+      row_block_acts(sh, st, p);
+      sync();
+    }
     init_rows(sh, ws.c1, Ms, F, vec(B.b1));
     if (st.skip >= 0) gemm_acc((int)Ms, ws.skipact, F2, mat(B.nin), sh.fp0, sh.fp1, ws.c1, F);
     add_cond(sh, cond, s, p, false, ws.c1, F);
@@ -300,14 +310,16 @@ struct Engine : EngineBase<Workspace> {
   }
 
   // RowTerm: a ul block's row term at row p: conv1's = b1 + nin(act(x)) + cond + conv1
-  // taps of the rows above; conv2's = b2 + cond + conv2 taps of the rows above.
-  void row_term(const Share& sh, const Step& st, int64_t p) {
+  // taps of the rows above; conv2's = b2 + cond + conv2 taps of the rows above. next:
+  // the RowBlock that follows it, whose row_block_acts share its barrier (or null).
+  void row_term(const Share& sh, const Step& st, int64_t p, const Step* next) {
     const int s = st.scale;
     const int64_t Ws = width(s), Ms = Bt * Ws;
     const BlockLayout& B = L.blocks[st.block];
     const BlockCond& cond = ws.conds[st.block];
     const RowWindow &win1 = window(st.win1), &win2 = window(st.win2);
     act_row(sh, value(st.x), Ws, nullptr, p, ws.xact);
+    if (next) row_block_acts(sh, *next, p);
     sync();
     float* c1 = value(st.out);
     float* c2 = c1 + Ms * F;
@@ -345,7 +357,10 @@ struct Engine : EngineBase<Workspace> {
   void start_row(int64_t i) {
     const Share& sh = rs;
     if (cond_in_engine(c) && !a.cond_global && nb) cond_row(i);
-    for (const Step& st : plan.row_steps) {
+    const std::vector<Step>& steps = plan.row_steps;
+    size_t acts_done = steps.size();  // the RowBlock whose acts a RowTerm did
+    for (size_t n = 0; n < steps.size(); ++n) {
+      const Step& st = steps[n];
       const int s = st.scale;
       if (i & ((int64_t(1) << s) - 1)) continue;  // not a row of scale s
       const int64_t p = i >> s, Ws = width(s), Ms = Bt * Ws;
@@ -365,8 +380,13 @@ struct Engine : EngineBase<Workspace> {
           for (int64_t b = 0; b < Bt; ++b) copy_own(sh, h + (b * 2 + (p & 1)) * Ws * F, out + b * Ws * F, Ws, F);
           break;
         }
-        case kRowBlock: row_block(sh, st, p); break;
-        case kRowTerm: row_term(sh, st, p); break;
+        case kRowBlock: row_block(sh, st, p, n == acts_done); break;
+        case kRowTerm: {
+          const bool next = n + 1 < steps.size() && steps[n + 1].op == kRowBlock && steps[n + 1].scale == s;
+          row_term(sh, st, p, next ? &steps[n + 1] : nullptr);
+          if (next) acts_done = n + 1;
+          break;
+        }
         case kKeep: {
           const RowWindow& w = window(st.win);
           const float* x = value(st.x);
