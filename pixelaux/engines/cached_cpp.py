@@ -42,6 +42,7 @@ from .plan import plan_of
 from .progress import run_native
 
 _PACKED = weakref.WeakKeyDictionary()
+_CONFIG = weakref.WeakKeyDictionary()
 
 
 #: The families the engine runs, by their config int (``Family`` in csrc/cpu/cached_engine.h).
@@ -131,11 +132,23 @@ def config_of(model) -> list[int]:
     """The integer config the ops take: ``[family, channels, bits, hidden, blocks,
     kernel_size, scales, cond_channels, dist (0 categorical, 1 logistic), nr_mix,
     embed_dim]`` (``family``: the index in :data:`FAMILIES`; ``kernel_size``, ``scales``:
-    the plan's ``kw`` and ``scales``), then the packed plan (:func:`pack_plan`)."""
-    plan, cfg = plan_of(model), model.config
-    return [FAMILIES.index(plan.family), int(cfg["channels"]), int(cfg["bits"]), plan.hidden,
-            int(cfg["blocks"]), plan.kw, plan.scales, int(cfg["cond_channels"]),
-            model.dist.engine_spec[0], int(cfg["nr_mix"]), int(model.input.embed_dim), *pack_plan(plan)]
+    the plan's ``kw`` and ``scales``), then the packed plan (:func:`pack_plan`). Built
+    once per model and configuration (a few milliseconds of Python for a deep U-net)."""
+    cfg = model.config
+    key = (repr(sorted(cfg.items())), model.dist.engine_spec, int(model.input.embed_dim))
+    hit = _CONFIG.get(model)
+    if hit is not None and hit[0] == key:
+        return list(hit[1])
+    plan = plan_of(model)
+    out = [FAMILIES.index(plan.family), int(cfg["channels"]), int(cfg["bits"]), plan.hidden,
+           int(cfg["blocks"]), plan.kw, plan.scales, int(cfg["cond_channels"]),
+           model.dist.engine_spec[0], int(cfg["nr_mix"]), int(model.input.embed_dim), *pack_plan(plan)]
+    _CONFIG[model] = (key, tuple(out))
+    return out
+
+
+def _cond_in_engine(model) -> bool:
+    return FAMILIES[config_of(model)[0]] in COND_IN_ENGINE
 
 
 def raw_weights(model) -> list[torch.Tensor]:
@@ -148,8 +161,8 @@ def raw_weights(model) -> list[torch.Tensor]:
 def pack_cached(model, raw, pack, config) -> torch.Tensor:
     """``pack(raw float32 CPU weights, config)``, cached per model and recomputed only
     when a parameter or buffer of ``model`` changed (storage, in-place version, shape or
-    dtype: ``weight_norm.source_key``). ``raw``: the weights, or a function giving them,
-    called on a miss only. The key is the model's own tensors, not ``raw``: a
+    dtype: ``weight_norm.source_key``). ``raw`` and ``config``: values, or functions giving
+    them, called on a miss only. The key is the model's own tensors, not ``raw``: a
     weight-normed conv's ``.weight`` is computed afresh on every read (from ``g`` and
     ``V``, which an optimizer step changes in place), so it is folded here, once per
     weight version."""
@@ -159,6 +172,7 @@ def pack_cached(model, raw, pack, config) -> torch.Tensor:
         return hit[1]
     with torch.no_grad(), folded():
         raw = raw() if callable(raw) else raw
+        config = config() if callable(config) else config
         packed = pack([p.detach().to(device="cpu", dtype=torch.float32) for p in raw], config)
     _PACKED[model] = (key, packed)
     return packed
@@ -166,7 +180,8 @@ def pack_cached(model, raw, pack, config) -> torch.Tensor:
 
 def packed_weights(model) -> torch.Tensor:
     """The packed weights of ``model``, recomputed only when a parameter changed."""
-    return pack_cached(model, lambda: raw_weights(model), torch.ops.pixelaux.pack_weights, config_of(model))
+    return pack_cached(model, lambda: raw_weights(model), torch.ops.pixelaux.pack_weights,
+                       lambda: config_of(model))
 
 
 def input_table(model) -> torch.Tensor:
@@ -189,9 +204,9 @@ def cond_terms(model, cond) -> list[torch.Tensor]:
     3F)`` = ``[cond_c1, cond_c2]`` per block. For a global cond (a vector per image
     ``(B, K)``, which ``scale_conds`` gives as ``(B, K, 1, 1)`` at every scale) the terms
     are ``(B, 1, 1, 3F)``, computed from the vector; the op broadcasts them."""
-    plan = plan_of(model)
-    if not model.cond_channels or plan.family in COND_IN_ENGINE:
+    if not model.cond_channels or _cond_in_engine(model):
         return []
+    plan = plan_of(model)
     f32 = (cond.to(torch.float32) if isinstance(cond, torch.Tensor)
            else tuple(c.to(torch.float32) for c in cond))      # per-scale maps
     conds = model.scale_conds(f32)
@@ -215,7 +230,7 @@ def workspace_bytes(model, x, cond) -> int:
     floats = torch.ops.pixelaux.cached_workspace_floats(config_of(model), b, h, w, 0, global_cond)
     table = 0 if model.input.embed_dim else input_table(model).nbytes
     terms = 0
-    if cond is not None and plan_of(model).family not in COND_IN_ENGINE:
+    if cond is not None and not _cond_in_engine(model):
         with num_threads(1):
             terms = held_bytes(cond_terms(model, cond), skip=model)
     return 4 * floats + table + terms
@@ -249,7 +264,7 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     if known is not None:
         known = known.to(torch.bool)
     terms = cond_terms(model, cond)
-    if terms or plan_of(model).family not in COND_IN_ENGINE:
+    if terms or not _cond_in_engine(model):
         cond = None
     elif cond is not None:
         cond = cond.to(torch.float32)
