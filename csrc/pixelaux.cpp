@@ -1,36 +1,35 @@
 // pixelaux._C: the ahead-of-time ops of pixelaux, registered with TORCH_LIBRARY so
 // that they are schema'd and trace under torch.compile (torch.ops.pixelaux.*).
 //
-//   pixelaux::pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor
-//   pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms,
-//       Tensor packed, Tensor table, int[] config, float temperature,
-//       bool return_params=False, int mode=0, Tensor(a!)? progress=None, Tensor? window=None,
-//       int[] window_consts=[]) -> (Tensor, Tensor)
-//   pixelaux::pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor
-//   pixelaux::cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
-//       Tensor packed, Tensor table, int[] config, float temperature,
+//   pixelaux::pack_weights(Tensor[] weights, int[] config) -> Tensor
+//   pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor[] cond_terms,
+//       Tensor uniforms, Tensor packed, Tensor table, int[] config, float temperature,
 //       bool return_params=False, int mode=0, Tensor(a!)? progress=None, Tensor? window=None,
 //       int[] window_consts=[]) -> (Tensor, Tensor)
 //   pixelaux::cached_workspace_floats(int[] config, int B, int H, int W, int mode=0,
-//       bool global_cond=False) -> int   (and cached_workspace_floats_pp without the flag)
+//       bool global_cond=False) -> int
 //   pixelaux::pack_unet_encoder(Tensor[] weights, int[] config) -> Tensor
 //   pixelaux::unet_encode(Tensor lower, Tensor packed, int[] config) -> Tensor
 //       the pyramid's UNetEncoder (cpu/unet_encoder.h), config = [in_channels, in_bits,
 //       hidden, out_channels]: lower int64 (B, in_channels, h, w) -> float32 (B, out, 2h, 2w)
 //   pixelaux::build_info() -> str
 //
-// config = [channels, bits, hidden, blocks, kernel_size, cond_channels,
-//           dist (0: categorical, 1: logistic), nr_mix, embed_dim]; for the PixelCNNpp
-// ops kernel_size is replaced by scales. The first convs read channels * max(embed_dim, 1)
-// + 1 input channels. table: the model's input encoding (PixelInput.table), float32
+// config = [family (0: GatedPixelCNN, 1: PixelCNNpp), channels, bits, hidden, blocks,
+//           kernel_size, scales, cond_channels, dist (0: categorical, 1: logistic), nr_mix,
+//           embed_dim] (cpu/cached_engine.h; a GatedPixelCNN has scales 1, a PixelCNNpp
+// kernel_size 3), then the packed sampling plan the engine walks (cached_cpp.pack_plan;
+// pack_weights reads the model's ints only). weights: the sampling plan's, in its order (Plan.weight_tensors, the cond
+// modules included). The first convs read channels * max(embed_dim, 1) + 1 input
+// channels. table: the model's input encoding (PixelInput.table), float32
 // (channels, 2**bits, max(embed_dim, 1)): a pixel, sampled or known, writes its rows into
 // the input buffer (the scaled encoding is the table of v * 2/(K-1) - 1).
-// cond (cached_sample): float32, a map (B, cc, H, W), or a vector per image (B, cc)
-// (global conditioning, broadcast over the positions: each block's terms are then
-// computed once per image, not per row; the images equal those of its expanded map).
-// cond_terms: the conditioning terms of every block (see cpu/cached_engine_pp.h),
-// computed once per image by the caller; [] without cond. Each (B, H_s, W_s, 3F), or
-// all of them (B, 1, 1, 3F): the terms of a global cond, broadcast over the positions.
+// The conditioning, by family (cpu/cached_engine.h, SampleArgs): a GatedPixelCNN takes
+// cond, float32, a map (B, cc, H, W), or a vector per image (B, cc) (global conditioning,
+// broadcast over the positions: each block's terms are then computed once per image, not
+// per row; the images equal those of its expanded map), and cond_terms []; a PixelCNNpp
+// takes cond None and cond_terms, the conditioning terms of every block computed once per
+// image by the caller, in the plan's order (Plan.cond_blocks); [] without cond. Each
+// (B, H_s, W_s, 3F), or all of them (B, 1, 1, 3F): the terms of a global cond, broadcast.
 // mode (thread split, for benchmarks): 0 auto, 1 images over threads, 2 a team over
 // the output channels, 3 a team over the row starts with the pixels on one thread.
 // progress: None or a contiguous int64 CPU tensor of 2 elements, [rows done, stop]: the
@@ -61,24 +60,28 @@
 #include <vector>
 
 #include "cpu/cached_engine.h"
-#include "cpu/cached_engine_pp.h"
 #include "cpu/team.h"
 #include "cpu/unet_encoder.h"
 
 namespace pixelaux {
 namespace {
 
-using cpu::ModelConfig;
-
 constexpr int64_t kMaxRowPositions = int64_t(1) << 30;  // B * W and H (int GEMM sizes)
 
-// The checked config of an engine (cpu::ModelConfig or cpu::pp::Config).
-template <class Config>
-Config get_config(at::IntArrayRef config) {
-  Config c;
-  const std::string err = parse_config(config.data(), (int64_t)config.size(), &c);
+// The checked config of the engine (model_only: the model's ints, without the plan).
+cpu::Config get_config(at::IntArrayRef config, bool model_only = false) {
+  cpu::Config c;
+  const std::string err = parse_config(config.data(), (int64_t)config.size(), &c, model_only);
   TORCH_CHECK_VALUE(err.empty(), "pixelaux: ", err);
   return c;
+}
+
+// The layout of a config with its plan, the plan checked against it.
+cpu::Layout get_layout(const cpu::Config& c) {
+  cpu::Layout lay = cpu::make_layout(c);
+  const std::string err = cpu::check_plan(c, lay);
+  TORCH_CHECK_VALUE(err.empty(), "pixelaux: ", err);
+  return lay;
 }
 
 std::string shape_str(at::IntArrayRef s) {
@@ -119,21 +122,16 @@ std::vector<const float*> check_raw(const char* op, at::TensorList weights,
   return ptrs;
 }
 
-// The packed weights of an engine's model: its raw weights checked against its
-// raw_weight_specs, packed by its pack_weights into its layout.
-template <class Config>
-at::Tensor pack_model(const char* op, at::TensorList weights, at::IntArrayRef config) {
-  const Config c = get_config<Config>(config);
+// The packed weights of a model: its raw weights checked against raw_weight_specs, packed
+// into its layout.
+at::Tensor pack_weights(at::TensorList weights, at::IntArrayRef config) {
+  const cpu::Config c = get_config(config, /*model_only=*/true);
   std::vector<at::Tensor> keep;
-  const auto ptrs = check_raw(op, weights, raw_weight_specs(c), &keep);
-  const auto lay = make_layout(c);
+  const auto ptrs = check_raw("pixelaux.pack_weights: ", weights, cpu::raw_weight_specs(c), &keep);
+  const cpu::Layout lay = cpu::make_layout(c);
   at::Tensor out = at::empty({lay.total}, at::TensorOptions().dtype(at::kFloat));
-  pack_weights(c, lay, ptrs, out.data_ptr<float>());
+  cpu::pack_weights(c, lay, ptrs, out.data_ptr<float>());
   return out;
-}
-
-at::Tensor pack_gated_pixelcnn(at::TensorList weights, at::IntArrayRef config) {
-  return pack_model<ModelConfig>("pixelaux.pack_gated_pixelcnn: ", weights, config);
 }
 
 // The checked inputs shared by the sampling ops.
@@ -291,12 +289,12 @@ at::Tensor params_tensor(bool return_params, int64_t B, int64_t P, int64_t H, in
 
 // Fills the engine-independent arguments of a sampling op (checking table, progress and
 // window, in this order); returns the params output ((B, P, H, W), or empty).
-at::Tensor fill_sample_args(const char* op, const cpu::EngineConfig& c, const SampleInputs& in,
+at::Tensor fill_sample_args(const char* op, const cpu::Config& c, const SampleInputs& in,
                             const at::Tensor& packed, const at::Tensor& table, double temperature,
                             bool return_params, int64_t mode,
                             const std::optional<at::Tensor>& progress,
                             const std::optional<at::Tensor>& window, at::IntArrayRef window_consts,
-                            std::vector<at::Tensor>* keep, cpu::SampleArgsBase* a) {
+                            std::vector<at::Tensor>* keep, cpu::SampleArgs* a) {
   const int64_t B = in.B, H = in.H, W = in.W;
   at::Tensor params = params_tensor(return_params, B, c.d.num_params, H, W);
   a->table = check_table(op, table, c.channels, c.d.levels, c.per_channel, keep);
@@ -315,9 +313,64 @@ at::Tensor fill_sample_args(const char* op, const cpu::EngineConfig& c, const Sa
   return params;
 }
 
+// A GatedPixelCNN's cond: a map (B, cc, H, W) or a vector per image (B, cc); sets
+// a->cond and a->cond_global.
+void check_cond(const char* op, const cpu::Config& c, const std::optional<at::Tensor>& cond,
+                int64_t B, int64_t H, int64_t W, std::vector<at::Tensor>* keep, cpu::SampleArgs* a) {
+  const bool has_cond = cond.has_value() && cond->defined();
+  if (c.cond_channels == 0) {
+    TORCH_CHECK_VALUE(!has_cond, op, "cond must be None for a model with cond_channels=0");
+    return;
+  }
+  TORCH_CHECK_VALUE(has_cond, op, "cond is required: the model has cond_channels=", c.cond_channels);
+  at::Tensor cd = *cond;
+  check_cpu(cd, "cond");
+  TORCH_CHECK_TYPE(cd.scalar_type() == at::kFloat, op, "cond must be float32, got ", cd.scalar_type());
+  TORCH_CHECK_VALUE(cd.sizes() == at::IntArrayRef({B, c.cond_channels, H, W}) ||
+                        cd.sizes() == at::IntArrayRef({B, c.cond_channels}),
+                    op, "cond must have shape ", shape_str({B, c.cond_channels, H, W}), " (a map) or ",
+                    shape_str({B, c.cond_channels}), " (a vector per image), got ", shape_str(cd.sizes()));
+  a->cond_global = cd.dim() == 2;
+  keep->push_back(cd.contiguous());
+  a->cond = keep->back().data_ptr<float>();
+}
+
+// A PixelCNNpp's cond_terms: per block in the plan's order (Plan.cond_blocks: the up pass,
+// scales ascending, then the down pass, scales descending; per block u then ul),
+// (B, H_s, W_s, 3F), or all (B, 1, 1, 3F) (a global cond's terms, broadcast); sets
+// a->cond_terms and a->cond_global.
+void check_cond_terms(const char* op, const cpu::Config& c, const cpu::Layout& lay,
+                      at::TensorList cond_terms, int64_t B, int64_t H, int64_t W,
+                      std::vector<at::Tensor>* keep, cpu::SampleArgs* a) {
+  TORCH_CHECK_VALUE((int64_t)cond_terms.size() == lay.num_cond_blocks, op, "expected ",
+                    lay.num_cond_blocks, " conditioning-term tensors (cond_channels=",
+                    c.cond_channels, "), got ", cond_terms.size());
+  std::vector<int64_t> scale_of;
+  for (int s = 0; s < c.scales; ++s)
+    for (int k = 0; k < 2 * c.blocks; ++k) scale_of.push_back(s);
+  for (int s = c.scales - 1; s >= 0; --s)
+    for (int k = 0; k < 2 * c.down_blocks(s); ++k) scale_of.push_back(s);
+  const int64_t F3 = 3 * (int64_t)c.hidden;
+  a->cond_global = !cond_terms.empty() && cond_terms[0].sizes() == at::IntArrayRef({B, 1, 1, F3});
+  for (size_t n = 0; n < cond_terms.size(); ++n) {
+    const at::Tensor& t = cond_terms[n];
+    const int64_t s = scale_of[n];
+    check_cpu(t, "cond_terms");
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, op, "cond_terms must be float32, got ",
+                     t.scalar_type());
+    const std::vector<int64_t> want = a->cond_global ? std::vector<int64_t>{B, 1, 1, F3}
+                                                     : std::vector<int64_t>{B, H >> s, W >> s, F3};
+    TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(want), op, "cond_terms[", n, "] must have shape ",
+                      shape_str(want), ", got ", shape_str(t.sizes()));
+    keep->push_back(t.contiguous());
+    a->cond_terms.push_back(keep->back().data_ptr<float>());
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& known,
                                                  const std::optional<at::Tensor>& cond,
+                                                 at::TensorList cond_terms,
                                                  const at::Tensor& uniforms,
                                                  const at::Tensor& packed, const at::Tensor& table,
                                                  at::IntArrayRef config, double temperature,
@@ -326,117 +379,41 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
                                                  const std::optional<at::Tensor>& window,
                                                  at::IntArrayRef window_consts) {
   const char* op = "pixelaux.cached_sample: ";
-  const ModelConfig c = get_config<ModelConfig>(config);
+  const cpu::Config c = get_config(config);
   SampleInputs in = check_sample_inputs(op, x, known, uniforms, c.d, temperature, mode);
   const int64_t B = in.B, H = in.H, W = in.W;
-  // cond: the conditioning map, or a vector per image (global)
-  at::Tensor cd;
-  bool cond_global = false;
-  const bool has_cond = cond.has_value() && cond->defined();
-  if (c.cond_channels > 0) {
-    TORCH_CHECK_VALUE(has_cond, op, "cond is required: the model has cond_channels=",
-                      c.cond_channels);
-    cd = *cond;
-    check_cpu(cd, "cond");
-    TORCH_CHECK_TYPE(cd.scalar_type() == at::kFloat, op, "cond must be float32, got ",
-                     cd.scalar_type());
-    cond_global = cd.dim() == 2;
-    TORCH_CHECK_VALUE(cd.sizes() == at::IntArrayRef({B, c.cond_channels, H, W}) ||
-                          cd.sizes() == at::IntArrayRef({B, c.cond_channels}),
-                      op, "cond must have shape ", shape_str({B, c.cond_channels, H, W}),
-                      " (a map) or ", shape_str({B, c.cond_channels}), " (a vector per image), got ",
-                      shape_str(cd.sizes()));
-    cd = cd.contiguous();
-  } else {
-    TORCH_CHECK_VALUE(!has_cond, op, "cond must be None for a model with cond_channels=0");
-  }
-  const cpu::Layout lay = cpu::make_layout(c);
-  const at::Tensor pk = check_packed(op, "pack_gated_pixelcnn", packed, lay.total);
+  const cpu::Layout lay = get_layout(c);
   std::vector<at::Tensor> keep;
   cpu::SampleArgs a;
+  if (c.family == cpu::kGated) {
+    TORCH_CHECK_VALUE(cond_terms.empty(), op, "cond_terms must be [] for a GatedPixelCNN (it takes cond)");
+    check_cond(op, c, cond, B, H, W, &keep, &a);
+  } else {
+    const int64_t f = int64_t(1) << (c.scales - 1);
+    TORCH_CHECK_VALUE(H % f == 0 && W % f == 0, op, "a PixelCNNpp with scales=", c.scales,
+                      " needs H and W divisible by 2**(scales-1) = ", f, ", got ", H, " x ", W,
+                      " (H x W)");
+    TORCH_CHECK_VALUE(!(cond.has_value() && cond->defined()), op,
+                      "cond must be None for a PixelCNNpp (it takes cond_terms)");
+    check_cond_terms(op, c, lay, cond_terms, B, H, W, &keep, &a);
+  }
+  const at::Tensor pk = check_packed(op, "pack_weights", packed, lay.total);
   a.cfg = &c;
   a.lay = &lay;
-  a.cond = cd.defined() ? cd.data_ptr<float>() : nullptr;
-  a.cond_global = cond_global;
   at::Tensor params = fill_sample_args(op, c, in, pk, table, temperature, return_params, mode,
                                        progress, window, window_consts, &keep, &a);
   cpu::cached_sample(a);
   return {in.x, params};
 }
 
-// ---- PixelCNNpp ----------------------------------------------------------------------
-
-at::Tensor pack_pixelcnnpp(at::TensorList weights, at::IntArrayRef config) {
-  return pack_model<cpu::pp::Config>("pixelaux.pack_pixelcnnpp: ", weights, config);
-}
-
-std::tuple<at::Tensor, at::Tensor> cached_sample_pp(const at::Tensor& x,
-                                                    const std::optional<at::Tensor>& known,
-                                                    at::TensorList cond_terms,
-                                                    const at::Tensor& uniforms,
-                                                    const at::Tensor& packed,
-                                                    const at::Tensor& table,
-                                                    at::IntArrayRef config, double temperature,
-                                                    bool return_params, int64_t mode,
-                                                    const std::optional<at::Tensor>& progress,
-                                                    const std::optional<at::Tensor>& window,
-                                                    at::IntArrayRef window_consts) {
-  const char* op = "pixelaux.cached_sample_pp: ";
-  const cpu::pp::Config c = get_config<cpu::pp::Config>(config);
-  SampleInputs in = check_sample_inputs(op, x, known, uniforms, c.d, temperature, mode);
-  const int64_t B = in.B, H = in.H, W = in.W, f = int64_t(1) << (c.scales - 1);
-  TORCH_CHECK_VALUE(H % f == 0 && W % f == 0, op, "a PixelCNNpp with scales=", c.scales,
-                    " needs H and W divisible by 2**(scales-1) = ", f, ", got ", H, " x ", W,
-                    " (H x W)");
-  const cpu::pp::Layout lay = cpu::pp::make_layout(c);
-  // cond_terms: per block (B, H_s, W_s, 3F) in the engine's block order, or all
-  // (B, 1, 1, 3F) (a global cond's terms, broadcast)
-  TORCH_CHECK_VALUE((int64_t)cond_terms.size() == lay.num_cond_blocks, op, "expected ",
-                    lay.num_cond_blocks, " conditioning-term tensors (cond_channels=",
-                    c.cond_channels, "), got ", cond_terms.size());
-  std::vector<at::Tensor> keep;
-  cpu::pp::SampleArgs a;
-  {
-    std::vector<int64_t> scale_of;
-    for (int s = 0; s < c.scales; ++s)
-      for (int k = 0; k < 2 * c.blocks; ++k) scale_of.push_back(s);
-    for (int s = 0; s < c.scales; ++s)
-      for (int k = 0; k < 2 * c.down_blocks(s); ++k) scale_of.push_back(s);
-    const int64_t F3 = 3 * (int64_t)c.hidden;
-    a.cond_global = !cond_terms.empty() &&
-                    cond_terms[0].sizes() == at::IntArrayRef({B, 1, 1, F3});
-    for (size_t n = 0; n < cond_terms.size(); ++n) {
-      const at::Tensor& t = cond_terms[n];
-      const int64_t s = scale_of[n];
-      check_cpu(t, "cond_terms");
-      TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, op, "cond_terms must be float32, got ",
-                       t.scalar_type());
-      const std::vector<int64_t> want = a.cond_global ? std::vector<int64_t>{B, 1, 1, F3}
-                                                      : std::vector<int64_t>{B, H >> s, W >> s, F3};
-      TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(want), op, "cond_terms[", n,
-                        "] must have shape ", shape_str(want), ", got ", shape_str(t.sizes()));
-      keep.push_back(t.contiguous());
-      a.cond_terms.push_back(keep.back().data_ptr<float>());
-    }
-  }
-  const at::Tensor pk = check_packed(op, "pack_pixelcnnpp", packed, lay.total);
-  a.cfg = &c;
-  a.lay = &lay;
-  at::Tensor params = fill_sample_args(op, c, in, pk, table, temperature, return_params, mode,
-                                       progress, window, window_consts, &keep, &a);
-  cpu::pp::cached_sample(a);
-  return {in.x, params};
-}
-
-// Scratch floats of cached_sample / cached_sample_pp for B images of H x W (thread split
-// `mode`, the current thread count): the arenas' requests, counted without allocating.
-// global_cond: cond is a vector per image (its terms once per image, smaller scratch).
-template <class Config, class Args>
-int64_t workspace_floats_of(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode,
-                            bool global_cond) {
-  const Config c = get_config<Config>(config);
-  const auto lay = make_layout(c);
-  Args a;
+// Scratch floats of cached_sample for B images of H x W (thread split `mode`, the current
+// thread count): the arenas' requests, counted without allocating. global_cond: cond is a
+// vector per image (its terms once per image, smaller scratch).
+int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode,
+                                bool global_cond) {
+  const cpu::Config c = get_config(config);
+  const cpu::Layout lay = get_layout(c);
+  cpu::SampleArgs a;
   a.cfg = &c;
   a.lay = &lay;
   a.B = B;
@@ -444,16 +421,7 @@ int64_t workspace_floats_of(at::IntArrayRef config, int64_t B, int64_t H, int64_
   a.W = W;
   a.mode = (int)mode;
   a.cond_global = global_cond;
-  return workspace_floats(a);
-}
-
-int64_t cached_workspace_floats(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode,
-                                bool global_cond) {
-  return workspace_floats_of<ModelConfig, cpu::SampleArgs>(config, B, H, W, mode, global_cond);
-}
-
-int64_t cached_workspace_floats_pp(at::IntArrayRef config, int64_t B, int64_t H, int64_t W, int64_t mode) {
-  return workspace_floats_of<cpu::pp::Config, cpu::pp::SampleArgs>(config, B, H, W, mode, false);
+  return cpu::workspace_floats(a);
 }
 
 cpu::UNetConfig get_unet_config(at::IntArrayRef config) {
@@ -515,14 +483,9 @@ std::string build_info() {
 }  // namespace pixelaux
 
 TORCH_LIBRARY(pixelaux, m) {
-  m.def("pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor");
+  m.def("pack_weights(Tensor[] weights, int[] config) -> Tensor");
   m.def(
-      "cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed, "
-      "Tensor table, int[] config, float temperature, bool return_params=False, int mode=0, "
-      "Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) -> (Tensor, Tensor)");
-  m.def("pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor");
-  m.def(
-      "cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms, "
+      "cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor[] cond_terms, Tensor uniforms, "
       "Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False, "
       "int mode=0, Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) -> "
       "(Tensor, Tensor)");
@@ -530,18 +493,14 @@ TORCH_LIBRARY(pixelaux, m) {
       "cached_workspace_floats(int[] config, int B, int H, int W, int mode=0, "
       "bool global_cond=False) -> int",
         &pixelaux::cached_workspace_floats);
-  m.def("cached_workspace_floats_pp(int[] config, int B, int H, int W, int mode=0) -> int",
-        &pixelaux::cached_workspace_floats_pp);
   m.def("pack_unet_encoder(Tensor[] weights, int[] config) -> Tensor");
   m.def("unet_encode(Tensor lower, Tensor packed, int[] config) -> Tensor");
   m.def("build_info() -> str", &pixelaux::build_info);
 }
 
 TORCH_LIBRARY_IMPL(pixelaux, CPU, m) {
-  m.impl("pack_gated_pixelcnn", &pixelaux::pack_gated_pixelcnn);
+  m.impl("pack_weights", &pixelaux::pack_weights);
   m.impl("cached_sample", &pixelaux::cached_sample);
-  m.impl("pack_pixelcnnpp", &pixelaux::pack_pixelcnnpp);
-  m.impl("cached_sample_pp", &pixelaux::cached_sample_pp);
   m.impl("pack_unet_encoder", &pixelaux::pack_unet_encoder);
   m.impl("unet_encode", &pixelaux::unet_encode);
 }

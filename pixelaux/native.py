@@ -4,31 +4,30 @@ Importing ``pixelaux._C`` registers the ops ``torch.ops.pixelaux.*`` (docs/desig
 section 4). This module never raises when the extension is missing:
 ``available()`` says whether it loaded and ``reason()`` why not.
 
-Ops (schemas; ``config`` = ``[channels, bits, hidden, blocks, kernel_size,
-cond_channels, dist (0 categorical, 1 logistic), nr_mix, embed_dim]``; ``table`` = the
-model's input encoding ``model.input.table()``, float32 ``(channels, 2**bits,
-max(embed_dim, 1))``, what a pixel writes into the engine's input buffer):
+Ops (schemas; ``config`` = ``[family, channels, bits, hidden, blocks, kernel_size, scales,
+cond_channels, dist (0 categorical, 1 logistic), nr_mix, embed_dim]`` and the packed
+sampling plan, see ``pixelaux.engines.cached_cpp.config_of``; ``table`` = the model's input encoding
+``model.input.table()``, float32 ``(channels, 2**bits, max(embed_dim, 1))``, what a pixel
+writes into the engine's input buffer):
 
-* ``pack_gated_pixelcnn(Tensor[] weights, int[] config) -> Tensor``: the model's
-  weights (see ``pixelaux.engines.cached_cpp.raw_weights``) packed for the engine.
-* ``cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms, Tensor packed,
-  Tensor table, int[] config, float temperature, bool return_params=False, int mode=0,
-  Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) -> (Tensor, Tensor)``:
-  the cached engine over a whole batch (see ``cached_cpp.run``). ``cond``: a map
-  ``(B, cond_channels, H, W)`` or a vector per image ``(B, cond_channels)`` (global: its
-  terms computed once per image).
+* ``pack_weights(Tensor[] weights, int[] config) -> Tensor``: the model's weights in its
+  sampling plan's order (``pixelaux.engines.cached_cpp.raw_weights``) packed for the engine.
+* ``cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor[] cond_terms, Tensor uniforms,
+  Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False,
+  int mode=0, Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) ->
+  (Tensor, Tensor)``: the cached engine over a whole batch, every family (see
+  ``cached_cpp.run``). The conditioning, by family: a ``GatedPixelCNN`` takes ``cond``, a
+  map ``(B, cond_channels, H, W)`` or a vector per image ``(B, cond_channels)`` (global:
+  its terms computed once per image), and ``cond_terms`` ``[]``; a ``PixelCNNpp`` takes
+  ``cond`` None and ``cond_terms``, per block of the plan ``(B, H_s, W_s, 3F)``, or all
+  ``(B, 1, 1, 3F)`` for a global cond, broadcast (``cached_cpp.cond_terms``).
   ``progress``: an int64 tensor ``[rows done, stop]`` the op updates row by row and
   reads at every row start (it stops once ``stop != 0``); the op releases the GIL, so
   another thread polls it (``engines.progress.run_native``). ``window``: consistent
   decoding, ``Window.packed()`` (int32 ``(4, B, C, H, W)``) with ``window_consts`` = its
   ``coef``, ``div`` and ``block`` (``engines.cached_cpp.window_args``).
-* ``pack_pixelcnnpp(Tensor[] weights, int[] config) -> Tensor`` and
-  ``cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms, Tensor uniforms,
-  Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False, int mode=0,
-  Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) -> (Tensor, Tensor)``:
-  the same for a ``PixelCNNpp`` (``config`` with ``scales`` in place of ``kernel_size``;
-  ``cond_terms`` per block ``(B, H_s, W_s, 3F)``, or all ``(B, 1, 1, 3F)`` for a global
-  cond, broadcast; see ``pixelaux.engines.cached_cpp_pp``).
+* ``cached_workspace_floats(int[] config, int B, int H, int W, int mode=0,
+  bool global_cond=False) -> int``: the scratch floats ``cached_sample`` allocates.
 * ``build_info() -> str``: the kernel family in use (``avx512f``, ``avx2+fma`` or
   ``generic``; ``PIXELAUX_CPU_KERNELS=generic|avx2`` caps it), the torch softmax kernel
   the categorical sampling reproduces (``avx2/sleef``, ``avx512/sleef`` or
@@ -77,7 +76,7 @@ def info() -> str:
 
 
 def num_params(config) -> int:
-    channels, bits, _, _, _, _, dist, nr_mix, _ = (int(v) for v in config)
+    _, channels, bits, _, _, _, _, _, dist, nr_mix = (int(v) for v in config[:10])
     if dist == 0:
         return channels * 2 ** bits
     return nr_mix * (1 + 2 * channels + channels * (channels - 1) // 2)
@@ -91,25 +90,13 @@ def _register_fakes():
         register = torch.library.impl_abstract
 
     @register("pixelaux::cached_sample")
-    def _cached_sample_fake(x, known, cond, uniforms, packed, table, config, temperature,
+    def _cached_sample_fake(x, known, cond, cond_terms, uniforms, packed, table, config, temperature,
                             return_params=False, mode=0, progress=None, window=None, window_consts=()):
         b, _, h, w = x.shape
         shape = (b, num_params(config), h, w) if return_params else (0,)
         return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
 
-    @register("pixelaux::cached_sample_pp")
-    def _cached_sample_pp_fake(x, known, cond_terms, uniforms, packed, table, config, temperature,
-                               return_params=False, mode=0, progress=None, window=None, window_consts=()):
-        b, _, h, w = x.shape
-        shape = (b, num_params(config), h, w) if return_params else (0,)
-        return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
-
-    @register("pixelaux::pack_pixelcnnpp")
-    def _pack_pp_fake(weights, config):
-        ctx = torch.library.get_ctx()
-        return weights[0].new_empty((ctx.new_dynamic_size(),), dtype=torch.float32)
-
-    @register("pixelaux::pack_gated_pixelcnn")
+    @register("pixelaux::pack_weights")
     def _pack_fake(weights, config):
         ctx = torch.library.get_ctx()
         return weights[0].new_empty((ctx.new_dynamic_size(),), dtype=torch.float32)

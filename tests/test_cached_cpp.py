@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(not native.available(),
                                 reason=f"pixelaux._C is not built: {native.reason()}")
 
 if native.available():
-    from pixelaux.engines import cached_cpp, cached_cpp_pp
+    from pixelaux.engines import cached_cpp
+    from pixelaux.engines import plan as P
 
 # name: (model kwargs, init std, (H, W), batch, cond?)
 CONFIGS = {
@@ -135,7 +136,7 @@ def family_check():
     lines = [native.info().split()[0]]
     with single_thread():
         for model, run in ((random_gated(seed=1, image_size=(5, 7), **cfg), cached_cpp.run),
-                           (random_pp(seed=2, scales=2, image_size=(4, 6), **cfg), cached_cpp_pp.run)):
+                           (random_pp(seed=2, scales=2, image_size=(4, 6), **cfg), cached_cpp.run)):
             h, w = model.image_size
             x = torch.randint(0, 256, (2, 3, h, w), generator=g)
             cond = torch.randn(2, 2, generator=g)
@@ -222,12 +223,13 @@ def test_each_kernel_family_is_selected_and_matches_the_forward(family, family_r
 def test_op_schema_and_fake_tensor():
     model, x, cond, u = make("k3-b3-cat4-cond", seed=6)
     known = torch.rand(x.shape[0], *x.shape[2:]) < 0.5
-    args = (x, known, cond, u, cached_cpp.packed_weights(model), cached_cpp.input_table(model),
+    args = (x, known, cond, [], u, cached_cpp.packed_weights(model), cached_cpp.input_table(model),
             cached_cpp.config_of(model), 1.0, True, 0)
     torch.library.opcheck(torch.ops.pixelaux.cached_sample.default, args,
                           test_utils=("test_schema", "test_faketensor"))
     schema = str(torch.ops.pixelaux.cached_sample.default._schema)
-    assert schema.startswith("pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor uniforms")
+    assert schema.startswith("pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor[] cond_terms, "
+                             "Tensor uniforms")
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -237,40 +239,62 @@ def test_bad_inputs_raise_clear_errors():
     op = torch.ops.pixelaux.cached_sample
     b, _, h, w = x.shape
     with pytest.raises(TypeError, match="x must be int64"):
-        op(x.float(), None, cond, u, packed, table, cfg, 1.0)
+        op(x.float(), None, cond, [], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match=r"x must have shape \(B, 1, H, W\)"):
-        op(x[:, None], None, cond, u, packed, table, cfg, 1.0)
+        op(x[:, None], None, cond, [], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="uniforms must have shape"):
-        op(x, None, cond, u[..., :0], packed, table, cfg, 1.0)
+        op(x, None, cond, [], u[..., :0], packed, table, cfg, 1.0)
     with pytest.raises(TypeError, match="uniforms must be float32"):
-        op(x, None, cond, u.double(), packed, table, cfg, 1.0)
+        op(x, None, cond, [], u.double(), packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="cond is required"):
-        op(x, None, None, u, packed, table, cfg, 1.0)
+        op(x, None, None, [], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="cond must have shape"):
-        op(x, None, cond[:, :1], u, packed, table, cfg, 1.0)
+        op(x, None, cond[:, :1], [], u, packed, table, cfg, 1.0)
     with pytest.raises(TypeError, match="known must be a bool"):
-        op(x, torch.ones(b, h, w, dtype=torch.uint8), cond, u, packed, table, cfg, 1.0)
+        op(x, torch.ones(b, h, w, dtype=torch.uint8), cond, [], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="known must have shape"):
-        op(x, torch.ones(b, h, w + 1, dtype=torch.bool), cond, u, packed, table, cfg, 1.0)
+        op(x, torch.ones(b, h, w + 1, dtype=torch.bool), cond, [], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="known pixels of x must be in"):
-        op(x + 100, torch.ones(b, h, w, dtype=torch.bool), cond, u, packed, table, cfg, 1.0)
+        op(x + 100, torch.ones(b, h, w, dtype=torch.bool), cond, [], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="packed must be"):
-        op(x, None, cond, u, packed[:-1], table, cfg, 1.0)
+        op(x, None, cond, [], u, packed[:-1], table, cfg, 1.0)
     with pytest.raises(ValueError, match="temperature must be"):
-        op(x, None, cond, u, packed, table, cfg, 0.0)
+        op(x, None, cond, [], u, packed, table, cfg, 0.0)
     with pytest.raises(ValueError, match="config"):
-        op(x, None, cond, u, packed, table, cfg[:-1], 1.0)
+        op(x, None, cond, [], u, packed, table, cfg[:-1], 1.0)
     with pytest.raises(ValueError, match="kernel_size must be odd"):
-        op(x, None, cond, u, packed, table, cfg[:4] + [4] + cfg[5:], 1.0)
+        op(x, None, cond, [], u, packed, table, cfg[:5] + [4] + cfg[6:], 1.0)
     with pytest.raises(ValueError, match="mode must be"):
-        op(x, None, cond, u, packed, table, cfg, 1.0, False, 7)
+        op(x, None, cond, [], u, packed, table, cfg, 1.0, False, 7)
     raw = cached_cpp.raw_weights(model)
     with pytest.raises(ValueError, match="expected .* weight tensors"):
-        torch.ops.pixelaux.pack_gated_pixelcnn(raw[:-1], cfg)
+        torch.ops.pixelaux.pack_weights(raw[:-1], cfg)
     with pytest.raises(ValueError, match="head.weight must have shape"):
-        torch.ops.pixelaux.pack_gated_pixelcnn(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
+        torch.ops.pixelaux.pack_weights(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
     with pytest.raises(TypeError, match="must be float32"):
-        torch.ops.pixelaux.pack_gated_pixelcnn([r.double() for r in raw], cfg)
+        torch.ops.pixelaux.pack_weights([r.double() for r in raw], cfg)
+
+
+def test_the_packed_plan_is_checked():
+    """The engine walks the plan's packed form (``cached_cpp.pack_plan``, after the model's
+    ints in the config): one that does not fit the model is refused before anything runs."""
+    model, x, cond, u = make("k3-b3-cat4-cond", seed=7)
+    packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
+    table = cached_cpp.input_table(model)
+    op = torch.ops.pixelaux.cached_sample
+    nw, nh, nv = cfg[11:14]
+    first = 11 + 5 + 5 * nw + 2 * nh + 2 * nv                      # the first step's op code
+    steps = [cfg[i:i + cached_cpp.STEP_INTS] for i in range(first, len(cfg), cached_cpp.STEP_INTS)]
+    block = first + cached_cpp.STEP_INTS * next(i for i, st in enumerate(steps)
+                                                 if cached_cpp.OPS[st[0]] is P.RowBlock)
+    for bad, what in [(cfg[:11], "plan .* is missing"), (cfg[:-1], "must have"),
+                      (cfg[:first] + [99] + cfg[first + 1:], "bad step"),
+                      (cfg[:block + 2] + [10 ** 6] + cfg[block + 3:], "bad block step"),  # no such block
+                      (cfg[:block + 8] + cfg[block + 4:block + 5] + cfg[block + 9:], "bad block step")]:  # a skip, no nin
+        with pytest.raises(ValueError, match=what):
+            op(x, None, cond, [], u, packed, table, bad, 1.0)
+    assert torch.equal(op(x, None, cond, [], u, packed, table, cfg, 1.0)[0],
+                       cached_cpp.run(model, x, None, cond, u, 1.0))
 
 
 # ---- token inputs (embed_dim > 0) --------------------------------------------------------
@@ -309,14 +333,14 @@ def test_table_argument_is_checked():
     u = torch.rand(1, h, w, 1)
     packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
     table = cached_cpp.input_table(model)
-    assert table.shape == (1, 512, 4) and cfg[-1] == 4
+    assert table.shape == (1, 512, 4) and cfg[10] == 4                   # embed_dim, then the plan
     op = torch.ops.pixelaux.cached_sample
     with pytest.raises(ValueError, match=r"table must have shape \(1, 512, 4\)"):
-        op(x, None, None, u, packed, table[:, :, :3], cfg, 1.0)
+        op(x, None, None, [], u, packed, table[:, :, :3], cfg, 1.0)
     with pytest.raises(TypeError, match="table must be float32"):
-        op(x, None, None, u, packed, table.double(), cfg, 1.0)
+        op(x, None, None, [], u, packed, table.double(), cfg, 1.0)
     with pytest.raises(ValueError, match="u_init.weight must have shape"):  # embed_dim 4 is 5 inputs
-        torch.ops.pixelaux.pack_gated_pixelcnn(cached_cpp.raw_weights(model), cfg[:-1] + [2])
+        torch.ops.pixelaux.pack_weights(cached_cpp.raw_weights(model), cfg[:10] + [2] + cfg[11:])
 
 
 # ---- progress and Ctrl-C inside the op -------------------------------------------------
@@ -432,12 +456,12 @@ def test_progress_tensor_is_checked():
     table = cached_cpp.input_table(model)
     op = torch.ops.pixelaux.cached_sample
     with pytest.raises(TypeError, match="progress must be an int64"):
-        op(x, None, cond, u, packed, table, cfg, 1.0, False, 0, torch.zeros(2))
+        op(x, None, cond, [], u, packed, table, cfg, 1.0, False, 0, torch.zeros(2))
     with pytest.raises(ValueError, match=r"progress must be a contiguous tensor of shape \(2,\)"):
-        op(x, None, cond, u, packed, table, cfg, 1.0, False, 0, torch.zeros(3, dtype=torch.long))
+        op(x, None, cond, [], u, packed, table, cfg, 1.0, False, 0, torch.zeros(3, dtype=torch.long))
     counter = torch.tensor([0, 1])  # stop asked before the first row: nothing sampled
-    out, _ = op(x, None, cond, u, packed, table, cfg, 1.0, False, 0, counter)
+    out, _ = op(x, None, cond, [], u, packed, table, cfg, 1.0, False, 0, counter)
     assert torch.equal(out, x) and counter[0] == 0
     counter = torch.zeros(2, dtype=torch.long)
-    op(x, None, cond, u, packed, table, cfg, 1.0, False, 0, counter)
+    op(x, None, cond, [], u, packed, table, cfg, 1.0, False, 0, counter)
     assert counter[0] == x.shape[0] * x.shape[2]

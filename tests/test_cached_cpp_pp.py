@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not native.available(),
                                 reason=f"pixelaux._C is not built: {native.reason()}")
 
 if native.available():
-    from pixelaux.engines import cached_cpp, cached_cpp_pp
+    from pixelaux.engines import cached_cpp
 
 # name: (model kwargs, (H, W), batch)
 CONFIGS = {
@@ -62,13 +62,13 @@ def test_thread_splits_give_identical_results(give_up, monkeypatch):
     cond = torch.randn(3, 2, 8, 8, generator=g)
     u = torch.rand(3, 8, 8, 4, generator=g)
     torch.set_num_threads(2)
-    outs = [cached_cpp_pp.run(model, x, None, cond, u, 1.0, return_params=True, mode=m) for m in range(4)]
+    outs = [cached_cpp.run(model, x, None, cond, u, 1.0, return_params=True, mode=m) for m in range(4)]
     for m, (o, p) in enumerate(outs[1:], 1):
         assert torch.equal(o, outs[0][0]), f"mode {m} images differ"
         assert torch.equal(p, outs[0][1]), f"mode {m} params differ"
     # batch 1: a team over the output channels (mode 0 with 2 threads), teacher forced
     known = torch.ones(1, 8, 8, dtype=torch.bool)
-    _, p1 = cached_cpp_pp.run(model, x[:1], known, cond[:1], u[:1], 1.0, return_params=True)
+    _, p1 = cached_cpp.run(model, x[:1], known, cond[:1], u[:1], 1.0, return_params=True)
     with single_thread():
         assert_matches_forward(p1, model, x[:1], cond[:1], "team over the output channels")
 
@@ -76,8 +76,8 @@ def test_thread_splits_give_identical_results(give_up, monkeypatch):
 def test_batch_independence():
     """Image k is the same whatever the batch it is sampled in."""
     model, x, cond, u = make("s2-b2-rgb8-cond", seed=4)
-    full = cached_cpp_pp.run(model, x, None, cond, u, 1.0)
-    one = cached_cpp_pp.run(model, x[2:3], None, cond[2:3], u[2:3], 1.0)
+    full = cached_cpp.run(model, x, None, cond, u, 1.0)
+    one = cached_cpp.run(model, x[2:3], None, cond[2:3], u[2:3], 1.0)
     assert torch.equal(full[2:3], one)
 
 
@@ -85,13 +85,13 @@ def test_packed_weights_follow_parameter_updates():
     model, x, cond, u = make("s3-b1-cat3-rgb", seed=5)
     b, _, h, w = x.shape
     known = torch.ones(b, h, w, dtype=torch.bool)
-    first = cached_cpp_pp.packed_weights(model)
-    assert cached_cpp_pp.packed_weights(model) is first
+    first = cached_cpp.packed_weights(model)
+    assert cached_cpp.packed_weights(model) is first
     with torch.no_grad():
         model.head.bias.add_(1.0)
         model.down_layers[1].ul_stream[0].conv2.weight.mul_(1.5)
-    assert cached_cpp_pp.packed_weights(model) is not first
-    _, params = cached_cpp_pp.run(model, x, known, None, u, 1.0, return_params=True)
+    assert cached_cpp.packed_weights(model) is not first
+    _, params = cached_cpp.run(model, x, known, None, u, 1.0, return_params=True)
     assert_matches_forward(params, model, x)
 
 
@@ -99,60 +99,60 @@ def test_auto_backend_and_sampling_api():
     """``backend="auto"`` on CPU runs a PixelCNNpp with the cpp engine."""
     from pixelaux import engines
     assert engines.resolve("cached", "auto", "cpu", kinds=("PixelCNNpp",)) == ("cached", "cpp")
-    assert engines.runner("cached", "cpp", "PixelCNNpp") is cached_cpp_pp.run
+    assert engines.runner("cached", "cpp", "PixelCNNpp") is cached_cpp.run
 
 
 def test_op_schema_and_fake_tensor():
     model, x, cond, u = make("s3-b2-gray8-cond", seed=6)
     known = torch.rand(x.shape[0], *x.shape[2:]) < 0.5
-    args = (x, known, cached_cpp_pp.cond_terms(model, cond), u, cached_cpp_pp.packed_weights(model),
-            cached_cpp.input_table(model), cached_cpp_pp.config_of(model), 1.0, True, 0)
-    torch.library.opcheck(torch.ops.pixelaux.cached_sample_pp.default, args,
+    args = (x, known, None, cached_cpp.cond_terms(model, cond), u, cached_cpp.packed_weights(model),
+            cached_cpp.input_table(model), cached_cpp.config_of(model), 1.0, True, 0)
+    torch.library.opcheck(torch.ops.pixelaux.cached_sample.default, args,
                           test_utils=("test_schema", "test_faketensor"))
-    schema = str(torch.ops.pixelaux.cached_sample_pp.default._schema)
-    assert schema.startswith("pixelaux::cached_sample_pp(Tensor x, Tensor? known, Tensor[] cond_terms")
+    schema = str(torch.ops.pixelaux.cached_sample.default._schema)
+    assert schema.startswith("pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor[] cond_terms")
 
 
 def test_bad_inputs_raise_clear_errors():
     model, x, cond, u = make("s3-b2-gray8-cond", seed=7)
-    packed, cfg = cached_cpp_pp.packed_weights(model), cached_cpp_pp.config_of(model)
+    packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
     table = cached_cpp.input_table(model)
-    terms = cached_cpp_pp.cond_terms(model, cond)
-    op = torch.ops.pixelaux.cached_sample_pp
+    terms = cached_cpp.cond_terms(model, cond)
+    op = torch.ops.pixelaux.cached_sample
     b, _, h, w = x.shape
     with pytest.raises(TypeError, match="x must be int64"):
-        op(x.float(), None, terms, u, packed, table, cfg, 1.0)
+        op(x.float(), None, None, terms, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="divisible by 2"):
-        op(x[:, :, :6], None, terms, u[:, :6], packed, table, cfg, 1.0)
+        op(x[:, :, :6], None, None, terms, u[:, :6], packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="conditioning-term tensors"):
-        op(x, None, terms[:-1], u, packed, table, cfg, 1.0)
+        op(x, None, None, terms[:-1], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match=r"cond_terms\[0\] must have shape"):
-        op(x, None, [terms[0][:, :, :4]] + terms[1:], u, packed, table, cfg, 1.0)
+        op(x, None, None, [terms[0][:, :, :4]] + terms[1:], u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="uniforms must have shape"):
-        op(x, None, terms, u[..., :0], packed, table, cfg, 1.0)
+        op(x, None, None, terms, u[..., :0], packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="known must have shape"):
-        op(x, torch.ones(b, h, w + 1, dtype=torch.bool), terms, u, packed, table, cfg, 1.0)
+        op(x, torch.ones(b, h, w + 1, dtype=torch.bool), None, terms, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="known pixels of x must be in"):
-        op(x + 300, torch.ones(b, h, w, dtype=torch.bool), terms, u, packed, table, cfg, 1.0)
+        op(x + 300, torch.ones(b, h, w, dtype=torch.bool), None, terms, u, packed, table, cfg, 1.0)
     with pytest.raises(ValueError, match="packed must be"):
-        op(x, None, terms, u, packed[:-1], table, cfg, 1.0)
+        op(x, None, None, terms, u, packed[:-1], table, cfg, 1.0)
     with pytest.raises(ValueError, match=r"table must have shape \(1, 256, 1\)"):
-        op(x, None, terms, u, packed, table[:, :128], cfg, 1.0)
+        op(x, None, None, terms, u, packed, table[:, :128], cfg, 1.0)
     with pytest.raises(ValueError, match="temperature must be"):
-        op(x, None, terms, u, packed, table, cfg, 0.0)
+        op(x, None, None, terms, u, packed, table, cfg, 0.0)
     with pytest.raises(ValueError, match="config"):
-        op(x, None, terms, u, packed, table, cfg[:-1], 1.0)
+        op(x, None, None, terms, u, packed, table, cfg[:-1], 1.0)
     with pytest.raises(ValueError, match="mode must be"):
-        op(x, None, terms, u, packed, table, cfg, 1.0, False, 7)
+        op(x, None, None, terms, u, packed, table, cfg, 1.0, False, 7)
     with pytest.raises(ValueError, match="cond is required"):
-        cached_cpp_pp.run(model, x, None, None, u, 1.0)
-    raw = cached_cpp_pp.raw_weights(model)
+        cached_cpp.run(model, x, None, None, u, 1.0)
+    raw = cached_cpp.raw_weights(model)
     with pytest.raises(ValueError, match="expected .* weight tensors"):
-        torch.ops.pixelaux.pack_pixelcnnpp(raw[:-1], cfg)
+        torch.ops.pixelaux.pack_weights(raw[:-1], cfg)
     with pytest.raises(ValueError, match="head.weight must have shape"):
-        torch.ops.pixelaux.pack_pixelcnnpp(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
+        torch.ops.pixelaux.pack_weights(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
     with pytest.raises(TypeError, match="must be float32"):
-        torch.ops.pixelaux.pack_pixelcnnpp([r.double() for r in raw], cfg)
+        torch.ops.pixelaux.pack_weights([r.double() for r in raw], cfg)
 
 
 # ---- token inputs (embed_dim > 0) --------------------------------------------------------
@@ -191,11 +191,11 @@ def test_progress_and_interrupt_inside_the_op(monkeypatch):
     x = torch.zeros(1, 3, 24, 24, dtype=torch.long)
     u = torch.rand(1, 24, 24, 4)
     stop = False
-    cached_cpp_pp.run(model, x, None, None, u, 1.0, progress=True)
+    cached_cpp.run(model, x, None, None, u, 1.0, progress=True)
     assert seen[-1] == 24 * 24 and len(seen) >= 2 and all(n % 24 == 0 for n in seen), seen
     stop = True
     with pytest.raises(KeyboardInterrupt) as e:
-        cached_cpp_pp.run(model, x, None, None, u, 1.0, progress=True)
+        cached_cpp.run(model, x, None, None, u, 1.0, progress=True)
     m = re.search(r"stopped after (\d+) of 24 image rows \(stop asked after (\d+)\)",
                   " ".join(e.value.__notes__))
     assert m and int(m.group(1)) < 24 and int(m.group(1)) <= int(m.group(2)) + 1

@@ -244,12 +244,12 @@ def test_cpp_thread_modes_sample_the_window_as_one_thread(family, monkeypatch):
     """Every thread split of the C++ engines (1 images over threads, 2 a team over the
     channels and the pixels, 3 a team over the row starts) reads a block's earlier pixels
     as they are when a pixel samples its pool window: the images of one thread, bitwise."""
-    from pixelaux.engines import cached_cpp, cached_cpp_pp
+    from pixelaux.engines import cached_cpp
     from pixelaux.resources import num_threads
     monkeypatch.setenv("PIXELAUX_TEAM_GIVE_UP", "0")      # a busy machine must not shrink the team
     cfg = dict(channels=3, bits=5, hidden=32, blocks=1, nr_mix=2)  # two panels of hidden channels: teams of 2
     model = _stage(family, dict(cfg, scales=2) if family == "pp" else cfg, seed=3)
-    run = cached_cpp_pp.run if family == "pp" else cached_cpp.run
+    run = cached_cpp.run
     b, h, w = 2, 8, 8
     g = torch.Generator().manual_seed(4)
     x0 = torch.randint(0, 2 ** model.bits, (b, model.channels, h, w), generator=g)

@@ -162,8 +162,8 @@ needs_cpp = pytest.mark.skipif(not CPP, reason=f"pixelaux._C is not built: {nati
 
 
 def cpp_module(m):
-    from pixelaux.engines import cached_cpp, cached_cpp_pp
-    return cached_cpp_pp if m.kind == "PixelCNNpp" else cached_cpp
+    from pixelaux.engines import cached_cpp
+    return cached_cpp
 
 
 def inputs(m, b, seed):
@@ -239,8 +239,8 @@ def test_gated_op_takes_a_vector_and_computes_its_terms_once_per_image(threads):
     args = (cached_cpp.packed_weights(m), cached_cpp.input_table(m), cfg, 0.8, True)
     with num_threads(threads):
         for mode in range(4):
-            a = op(x, known, vec, u, *args, mode)
-            b = op(x, known, expand(vec, (h, w)), u, *args, mode)
+            a = op(x, known, vec, [], u, *args, mode)
+            b = op(x, known, expand(vec, (h, w)), [], u, *args, mode)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), mode
     # The scratch: cond and concat_elu(cond) one row per image instead of per position,
     # and the terms (B, 2 streams, blocks, 3F); mode 2 is one team of all the images.
@@ -254,36 +254,36 @@ def test_gated_op_takes_a_vector_and_computes_its_terms_once_per_image(threads):
     assert (cached_cpp.workspace_bytes(m, x, vec) - cached_cpp.workspace_bytes(m, x, expand(vec, (h, w)))
             == 4 * (ws(cfg, b, h, w, 0, True) - ws(cfg, b, h, w, 0, False)))
     with pytest.raises(ValueError, match=r"cond must have shape \(3, 10, 6, 7\) \(a map\) or \(3, 10\)"):
-        op(x, None, vec[:, :9], u, *args)
+        op(x, None, vec[:, :9], [], u, *args)
     with pytest.raises(ValueError, match="cond must have shape"):
-        op(x, None, vec[:2], u, *args)
+        op(x, None, vec[:2], [], u, *args)
 
 
 @needs_cpp
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pp_terms_once_per_image_broadcast_by_the_op(threads):
     """PixelCNNpp: ``cond_terms`` of a vector are one row per image ``(B, 1, 1, 3F)``,
-    which ``cached_sample_pp`` broadcasts: bitwise the result of the same terms expanded
+    which ``cached_sample`` broadcasts: bitwise the result of the same terms expanded
     to every position."""
-    from pixelaux.engines import cached_cpp, cached_cpp_pp
+    from pixelaux.engines import cached_cpp
+    from pixelaux.engines.plan import plan_of
     m = pp_model(hidden=20)
     x, vec, u = inputs(m, 3, seed=50)
     h, w = m.image_size
-    terms = cached_cpp_pp.cond_terms(m, vec)
+    terms = cached_cpp.cond_terms(m, vec)
     assert terms and all(t.shape == (3, 1, 1, 3 * m.hidden) for t in terms)
-    scales = [s for s in range(m.scales) for _ in range(2 * m.blocks)]
-    scales += [s for s in range(m.scales) for _ in range(2 * (m.blocks + (s != m.scales - 1)))]
+    scales = [s for _, s in plan_of(m).cond_blocks]                    # the plan's order
     full = [t.expand(-1, h >> s, w >> s, -1).contiguous() for t, s in zip(terms, scales)]
-    op = torch.ops.pixelaux.cached_sample_pp
-    args = (cached_cpp_pp.packed_weights(m), cached_cpp.input_table(m), cached_cpp_pp.config_of(m), 1.0, True)
+    op = torch.ops.pixelaux.cached_sample
+    args = (cached_cpp.packed_weights(m), cached_cpp.input_table(m), cached_cpp.config_of(m), 1.0, True)
     with num_threads(threads):
         for mode in range(4):
-            a = op(x, None, terms, u, *args, mode)
-            b = op(x, None, full, u, *args, mode)
+            a = op(x, None, None, terms, u, *args, mode)
+            b = op(x, None, None, full, u, *args, mode)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), mode
     with pytest.raises(ValueError, match=r"cond_terms\[1\] must have shape \(3, 1, 1, 60\)"):
-        op(x, None, terms[:1] + full[1:], u, *args)
-    assert cached_cpp_pp.workspace_bytes(m, x, vec) < cached_cpp_pp.workspace_bytes(m, x, expand(vec, (h, w)))
+        op(x, None, None, terms[:1] + full[1:], u, *args)
+    assert cached_cpp.workspace_bytes(m, x, vec) < cached_cpp.workspace_bytes(m, x, expand(vec, (h, w)))
 
 
 # ---------------------------------------------------------------- bad input

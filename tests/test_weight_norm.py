@@ -24,7 +24,7 @@ from pixelaux import checkpoint as ck
 from pixelaux import native, pretrained, training
 from pixelaux import weight_norm as wn
 from pixelaux.encoders import ResNetEncoder, UNetEncoder
-from pixelaux.engines import cached_cpp, cached_cpp_pp, cached_torch, naive
+from pixelaux.engines import cached_cpp, cached_torch, naive
 
 pytestmark = pytest.mark.usefixtures("one_thread")    # tiny ops: threads only add spin-waits
 
@@ -231,7 +231,7 @@ def _backend_run(model, backend):
     if backend == "cpp":
         if not native.available():
             pytest.skip(f"the cpp backend is not built: {native.reason()}")
-        return cached_cpp_pp.run if model.kind == "PixelCNNpp" else cached_cpp.run
+        return cached_cpp.run
     pytest.importorskip("triton", reason="triton is not installed")
     from pixelaux.engines import cached_triton
     ok, why = cached_triton.status(torch.device("cpu"))
@@ -309,8 +309,7 @@ def test_packed_cpp_weights_follow_g_and_v(build, size):
     if not native.available():
         pytest.skip(f"the cpp backend is not built: {native.reason()}")
     model = _random_g_v(build()).eval()
-    eng = cached_cpp_pp if model.kind == "PixelCNNpp" else cached_cpp
-    pack = torch.ops.pixelaux.pack_pixelcnnpp if model.kind == "PixelCNNpp" else torch.ops.pixelaux.pack_gated_pixelcnn
+    eng, pack = cached_cpp, torch.ops.pixelaux.pack_weights
     p1 = eng.packed_weights(model)
     assert eng.packed_weights(model) is p1                       # once per weight version
     with torch.no_grad():

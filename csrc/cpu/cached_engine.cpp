@@ -1,415 +1,394 @@
-// The CPU cached sampling engine of a GatedPixelCNN (see cached_engine.h).
+// The CPU cached sampling engine (see cached_engine.h): its config and its packed layout
+// in the plan's weight order. The engine itself: engine.cpp.
 #include "cached_engine.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace pixelaux {
 namespace cpu {
 
 // ------------------------------------------------------------------------------------
-// Configuration, layout, packing
+// Configuration
 // ------------------------------------------------------------------------------------
 
-std::string parse_config(const int64_t* v, int64_t n, ModelConfig* c) {
-  const std::string err = parse_config_ints(v, n, "kernel_size", kMaxKernelSize, c, &c->kernel_size);
-  if (!err.empty()) return err;
-  if (c->kernel_size % 2 != 1) return "config kernel_size must be odd, got " + std::to_string(v[4]);
-  c->kw = c->kernel_size;
-  c->kh = (c->kernel_size + 1) / 2;
-  c->pw = (c->kernel_size - 1) / 2;
-  return make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
+namespace {
+
+// The packed plan after the model's ints (cached_cpp.pack_plan), its indices checked.
+std::string parse_plan(const int64_t* v, int64_t n, Config* c) {
+  const std::string bad = "config: the packed plan (cached_cpp.pack_plan) ";
+  if (n < 5) return bad + "is missing, got " + std::to_string(n) + " ints";
+  for (int i = 0; i < 5; ++i)
+    if (v[i] < 0 || v[i] > (int64_t(1) << 20)) return bad + "has a bad count " + std::to_string(v[i]);
+  const int64_t nw = v[0], nh = v[1], nv = v[2], nr = v[3], np = v[4];
+  const int64_t want = 5 + 5 * nw + 2 * nh + 2 * nv + kStepInts * (nr + np);
+  if (n != want) return bad + "must have " + std::to_string(want) + " ints, got " + std::to_string(n);
+  const int64_t S = c->scales, F = c->hidden;
+  const int64_t* p = v + 5;
+  auto in = [](int64_t x, int64_t lo, int64_t hi) { return x >= lo && x < hi; };
+  PackedPlan& P = c->plan;
+  for (int64_t i = 0; i < nw; ++i, p += 5) {
+    if (!in(p[0], 0, S) || (p[1] != F && p[1] != 2 * F) || !in(p[2], 1, 64) || !in(p[3], 0, 64) || !in(p[4], 0, 64))
+      return bad + "has a bad window " + std::to_string(i);
+    P.windows.push_back({(int)p[0], (int)p[1], (int)p[2], (int)p[3], (int)p[4]});
+  }
+  for (int64_t i = 0; i < nh; ++i, p += 2) {
+    if (!in(p[0], 0, S - 1) || p[1] != F) return bad + "has a bad holder " + std::to_string(i);
+    P.holders.push_back({(int)p[0], (int)p[1]});
+  }
+  for (int64_t i = 0; i < nv; ++i, p += 2) {
+    if (!in(p[0], 0, 3) || !in(p[1], 0, S)) return bad + "has a bad value " + std::to_string(i);
+    P.values.push_back({(int)p[0], (int)p[1]});
+  }
+  for (int64_t i = 0; i < nr + np; ++i, p += kStepInts) {
+    const bool pixel = i >= nr;
+    Step st;
+    st.op = (int)p[0];
+    st.scale = (int)p[1];
+    const int64_t* a = p + 2;
+    const std::string err = bad + "has a bad step " + std::to_string(i);
+    const bool both = st.op == kFromUp || st.op == kKeep;  // steps of either phase
+    if (!in(st.op, 0, kNumOps) || !in(st.scale, 0, S) || (!both && (st.op >= kInputPixel) != pixel)) return err;
+    const int s = st.scale;
+    const int vkind = pixel ? kPixelValue : kRowValue;
+    auto value = [&](int64_t x, int kind, int* out) {
+      if (!in(x, 0, nv) || P.values[x].kind != kind || P.values[x].scale != s) return false;
+      *out = (int)x;
+      return true;
+    };
+    auto window = [&](int64_t x, int scale, int* out) {
+      if (!in(x, 0, nw) || P.windows[x].scale != scale) return false;
+      *out = (int)x;
+      return true;
+    };
+    auto holder = [&](int64_t x, int scale, int* out) {
+      if (!in(x, 0, nh) || P.holders[x].scale != scale) return false;
+      *out = (int)x;
+      return true;
+    };
+    bool ok = true;
+    switch (st.op) {
+      case kInputRow:
+        ok = s == 0 && value(a[0], kRowValue, &st.out) && value(a[1], kRowValue, &st.out2);
+        break;
+      case kInputPixel:
+        ok = s == 0 && value(a[0], kRowValue, &st.x) && value(a[1], kPixelValue, &st.out);
+        break;
+      case kDownRow:
+      case kDownPixel:
+        ok = s > 0 && window(a[0], s - 1, &st.win) && P.windows[st.win].channels == F && P.windows[st.win].rows == 2 &&
+             P.windows[st.win].left == 1 && P.windows[st.win].right == (st.op == kDownRow ? 1 : 0) &&
+             value(a[1], vkind, &st.out);
+        break;
+      case kFromUp:
+        ok = holder(a[0], s, &st.holder) && value(a[1], vkind, &st.out);
+        break;
+      case kRowBlock:
+      case kPixelBlock:
+      case kRowTerm:
+        st.block = (int)a[0];
+        st.cond = (int)a[1];
+        ok = st.cond >= -1 && value(a[2], st.op == kRowTerm ? kRowValue : vkind, &st.x) &&
+             value(a[3], st.op == kRowTerm ? kRowTermValue : vkind, &st.out) && window(a[4], s, &st.win1) &&
+             window(a[5], s, &st.win2);
+        if (ok && st.op != kRowTerm && a[6] != -1) ok = value(a[6], vkind, &st.skip);
+        if (ok && st.op == kPixelBlock) ok = value(a[7], kRowTermValue, &st.term);
+        break;
+      case kKeep:
+        ok = value(a[0], vkind, &st.x) && window(a[1], s, &st.win) && P.windows[st.win].channels == F;
+        break;
+      case kUpRow:
+      case kUpPixel:
+        ok = s > 0 && value(a[0], vkind, &st.x) && holder(a[1], s - 1, &st.holder);
+        break;
+      case kHead:
+        ok = s == 0 && value(a[0], kPixelValue, &st.x) && i == nr + np - 1;
+        break;
+    }
+    if (!ok) return err;
+    (pixel ? P.pixel_steps : P.row_steps).push_back(st);
+  }
+  return "";
 }
 
-Layout make_layout(const ModelConfig& c) {
+}  // namespace
+
+std::string check_plan(const Config& c, const Layout& L) {
+  const int64_t F2 = 2 * (int64_t)c.hidden;
+  for (const auto* steps : {&c.plan.row_steps, &c.plan.pixel_steps})
+    for (size_t i = 0; i < steps->size(); ++i) {
+      const Step& st = (*steps)[i];
+      if (st.op != kRowBlock && st.op != kRowTerm && st.op != kPixelBlock) continue;
+      const std::string err = "config: the packed plan (cached_cpp.pack_plan) has a bad block step " + std::to_string(i);
+      if (st.block < 0 || st.block >= (int)L.blocks.size() || st.cond >= L.num_cond_blocks) return err;
+      const BlockLayout& B = L.blocks[st.block];
+      const int64_t kw = B.c1[0].K / F2;  // the convs' width
+      for (int w : {st.win1, st.win2}) {
+        const PackedWindow& pw = c.plan.windows[w];
+        if (pw.channels != F2 || pw.rows != c.kh || pw.left + pw.right + 1 != kw) return err;
+      }
+      const bool nin = B.nin.K > 0, split = B.nin_ul.K > 0;
+      if (st.op == kRowBlock && (st.skip >= 0) != nin) return err;
+      if (st.op == kRowTerm && !nin) return err;
+      if (st.op == kPixelBlock && (st.skip >= 0) != split) return err;
+    }
+  return "";
+}
+
+std::string parse_config(const int64_t* v, int64_t n, Config* c, bool model_only) {
+  static const char* names[kConfigLen] = {"family", "channels", "bits", "hidden", "blocks", "kernel_size",
+                                          "scales", "cond_channels", "dist", "nr_mix", "embed_dim"};
+  if (n < kConfigLen) {
+    std::string all;
+    for (int i = 0; i < kConfigLen; ++i) all += std::string(i ? ", " : "") + names[i];
+    return "config must have " + std::to_string(kConfigLen) + " ints [" + all + "] and the packed plan, got " +
+           std::to_string(n);
+  }
+  const int64_t lo[kConfigLen] = {0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 0};
+  const int64_t hi[kConfigLen] = {kUNet, kMaxChannels, 16, 16384, 4096, kMaxKernelSize,
+                                  kMaxScales, 16384, 1, 4096, kMaxEmbedDim};
+  for (int i = 0; i < kConfigLen; ++i)
+    if (v[i] < lo[i] || v[i] > hi[i])
+      return std::string("config ") + names[i] + " must be in [" + std::to_string(lo[i]) + ", " +
+             std::to_string(hi[i]) + "], got " + std::to_string(v[i]);
+  c->family = (int)v[0];
+  c->channels = (int)v[1];
+  c->bits = (int)v[2];
+  c->hidden = (int)v[3];
+  c->blocks = (int)v[4];
+  c->kernel_size = (int)v[5];
+  c->scales = (int)v[6];
+  c->cond_channels = (int)v[7];
+  c->dist = (int)v[8];
+  c->nr_mix = (int)v[9];
+  c->embed_dim = (int)v[10];
+  if (c->kernel_size % 2 != 1) return "config kernel_size must be odd, got " + std::to_string(v[5]);
+  if (c->family == kGated && c->scales != 1)
+    return "config scales must be 1 for a GatedPixelCNN, got " + std::to_string(v[6]);
+  if (c->family == kUNet && c->kernel_size != 3)
+    return "config kernel_size must be 3 for a PixelCNNpp, got " + std::to_string(v[5]);
+  c->per_channel = std::max(c->embed_dim, 1);
+  c->cin = c->channels * c->per_channel + 1;
+  c->kh = (c->kernel_size + 1) / 2;
+  c->pw = (c->kernel_size - 1) / 2;
+  const std::string err = make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
+  if (!err.empty() || model_only) return err;
+  return parse_plan(v + kConfigLen, n - kConfigLen, c);
+}
+
+// ------------------------------------------------------------------------------------
+// Layout and packing, in the plan's weight order (plan.py: gated_plan, pixelcnnpp_plan)
+// ------------------------------------------------------------------------------------
+
+namespace {
+
+// A block of kh-row convs kw columns wide; nin: a 1x1 projection of act(skip) (split:
+// of act(cat(u, ul)), in two parts).
+BlockLayout block_layout(LayoutBuilder& lb, const Config& c, int kw, bool nin, bool split) {
+  const int F = c.hidden, cc = c.cond_channels;
+  BlockLayout B;
+  for (int r = 0; r < c.kh; ++r) {
+    B.c1.push_back(lb.mat(kw * 2 * F, F));
+    B.c2a.push_back(lb.mat(kw * 2 * F, F));
+    B.c2b.push_back(lb.mat(kw * 2 * F, F));
+  }
+  if (nin) B.nin = lb.mat(2 * F, F);
+  if (split) B.nin_ul = lb.mat(2 * F, F);
+  if (cc) {
+    B.cc1 = lb.mat(2 * cc, F);
+    B.cc2a = lb.mat(cc, F);
+    B.cc2b = lb.mat(cc, F);
+  }
+  B.b1 = lb.vec(F);
+  B.b2 = lb.vec(2 * F);
+  return B;
+}
+
+// The block kinds of the plan: (u stream: k columns centred; ul: kh to the left) x
+// (skip: none, act(x) of F channels, or split act(cat(u, ul))).
+enum Skip { kNoSkip = 0, kSkip = 1, kSplit = 2 };
+
+}  // namespace
+
+namespace {
+
+// Calls block(name prefix, s, k, u stream?, skip) for every block, and conv(name, cout,
+// cin, kh, kw) for every other module with weights, in the plan's weight order.
+template <class Block, class Conv>
+void walk_weights(const Config& c, Block block, Conv conv) {
+  const int64_t F = c.hidden, cin = c.cin, k = c.kernel_size, kh = c.kh, S = c.scales, nb = c.blocks;
+  const bool gated = c.family == kGated;
+  conv("u_init", F, cin, kh, k);
+  conv("ul_init_v", F, cin, 1, k);
+  conv("ul_init_h", F, cin, kh, 1);
+  for (int64_t s = 0; s < S; ++s) {
+    const std::string p = gated ? "" : "up_layers." + std::to_string(s) + ".";
+    for (int64_t b = 0; b < nb; ++b)
+      block(p + (gated ? "u_blocks." : "u_stream.") + std::to_string(b) + ".", (int)s, (int)b, true, kNoSkip);
+    for (int64_t b = 0; b < nb; ++b)
+      block(p + (gated ? "ul_blocks." : "ul_stream.") + std::to_string(b) + ".", (int)s, (int)b, false, kSkip);
+  }
+  if (gated) return;
+  for (int64_t t = 0; t < S; ++t) {  // down_layers[t] runs at scale S-1-t
+    const std::string p = "down_layers." + std::to_string(t) + ".";
+    const int s = (int)(S - 1 - t);
+    for (int b = 0; b < c.down_blocks(s); ++b) block(p + "u_stream." + std::to_string(b) + ".", s, b, true, kSkip);
+    for (int b = 0; b < c.down_blocks(s); ++b) block(p + "ul_stream." + std::to_string(b) + ".", s, b, false, kSplit);
+  }
+  for (int64_t t = 0; t + 1 < S; ++t) {
+    conv("downsize_u." + std::to_string(t), F, F, 2, 3);
+    conv("downsize_ul." + std::to_string(t), F, F, 2, 2);
+  }
+  for (int64_t t = 0; t + 1 < S; ++t) {
+    conv("upsize_u." + std::to_string(t), F, F, 2, 3);  // ConvTranspose2d: (cin, cout, 2, 3)
+    conv("upsize_ul." + std::to_string(t), F, F, 2, 2);
+  }
+}
+
+}  // namespace
+
+Layout make_layout(const Config& c) {
   LayoutBuilder lb;
   Layout L;
-  const int F = c.hidden, kh = c.kh, k = c.kw, cc = c.cond_channels;
-  lay_out_inputs(c, k, &lb, &L);
-  for (int stream = 0; stream < 2; ++stream) {
-    const int kwin = stream == 0 ? k : kh;  // u: centred k columns; ul: kh columns to the left
-    for (int b = 0; b < c.blocks; ++b) {
-      BlockLayout B;
-      for (int r = 0; r < kh; ++r) {
-        B.c1.push_back(lb.mat(kwin * 2 * F, F));
-        B.c2a.push_back(lb.mat(kwin * 2 * F, F));
-        B.c2b.push_back(lb.mat(kwin * 2 * F, F));
-      }
-      if (stream == 1) B.nin = lb.mat(2 * F, F);
-      if (cc) {
-        B.cc1 = lb.mat(2 * cc, F);
-        B.cc2a = lb.mat(cc, F);
-        B.cc2b = lb.mat(cc, F);
-      }
-      B.b1 = lb.vec(F);
-      B.b2 = lb.vec(2 * F);
-      (stream == 0 ? L.ub : L.ulb).push_back(B);
-    }
+  const int F = c.hidden, cin = c.cin, k = c.kernel_size, kh = c.kh, S = c.scales, nb = c.blocks;
+  for (int r = 0; r < kh; ++r) L.u0.push_back(lb.mat(k * cin, F));
+  L.u0b = lb.vec(F);
+  L.ulv = lb.mat(k * cin, F);
+  L.ulvb = lb.vec(F);
+  for (int r = 0; r < kh; ++r) L.ulh.push_back(lb.mat(cin, F));
+  L.ulhb = lb.vec(F);
+  walk_weights(
+      c,
+      [&](const std::string&, int, int, bool u, int skip) {
+        L.blocks.push_back(block_layout(lb, c, u ? k : kh, skip != kNoSkip, skip == kSplit));
+      },
+      [](const std::string&, int64_t, int64_t, int64_t, int64_t) {});
+  L.down_u_conv.resize(S);
+  L.down_ul_conv.resize(S);
+  L.down_u_bias.resize(S);
+  L.down_ul_bias.resize(S);
+  L.up_u_conv.resize(S);
+  L.up_ul_conv.resize(S);
+  L.up_u_bias.resize(S);
+  L.up_ul_bias.resize(S);
+  for (int s = 1; s < S; ++s) {
+    for (int r = 0; r < 2; ++r) L.down_u_conv[s].push_back(lb.mat(3 * F, F));
+    L.down_u_bias[s] = lb.vec(F);
+    for (int r = 0; r < 2; ++r) L.down_ul_conv[s].push_back(lb.mat(2 * F, F));
+    L.down_ul_bias[s] = lb.vec(F);
+    for (int t = 0; t < 6; ++t) L.up_u_conv[s].push_back(lb.mat(F, F));
+    L.up_u_bias[s] = lb.vec(F);
+    for (int t = 0; t < 4; ++t) L.up_ul_conv[s].push_back(lb.mat(F, F));
+    L.up_ul_bias[s] = lb.vec(F);
   }
   L.head = lb.mat(F, (int)c.d.num_params);
   L.headb = lb.vec((int)c.d.num_params);
+  int n = 0;
+  for (int s = 0; s < S; ++s) n += 2 * nb + 2 * c.down_blocks(s);
+  L.num_cond_blocks = c.cond_channels ? n : 0;
   L.total = lb.total;
   return L;
 }
 
-std::vector<RawSpec> raw_weight_specs(const ModelConfig& c) {
-  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cc = c.cond_channels;
-  std::vector<RawSpec> s;
-  input_raw_specs(c, c.kw, &s);
-  for (int b = 0; b < c.blocks; ++b) {
-    const std::string p = "u_blocks." + std::to_string(b) + ".";
-    s.push_back({p + "conv1.weight", {F, 2 * F, kh, k}});
-    s.push_back({p + "conv1.bias", {F}});
-    s.push_back({p + "conv2.weight", {2 * F, 2 * F, kh, k}});
-    s.push_back({p + "conv2.bias", {2 * F}});
-    if (cc) {
-      s.push_back({p + "cond_c1.weight", {F, 2 * cc, 1, 1}});
-      s.push_back({p + "cond_c2.weight", {2 * F, cc, 1, 1}});
-    }
-  }
-  for (int b = 0; b < c.blocks; ++b) {
-    const std::string p = "ul_blocks." + std::to_string(b) + ".";
-    s.push_back({p + "conv1.weight", {F, 2 * F, kh, kh}});
-    s.push_back({p + "conv1.bias", {F}});
-    s.push_back({p + "nin_skip.weight", {F, 2 * F, 1, 1}});
-    s.push_back({p + "nin_skip.bias", {F}});
-    s.push_back({p + "conv2.weight", {2 * F, 2 * F, kh, kh}});
-    s.push_back({p + "conv2.bias", {2 * F}});
-    if (cc) {
-      s.push_back({p + "cond_c1.weight", {F, 2 * cc, 1, 1}});
-      s.push_back({p + "cond_c2.weight", {2 * F, cc, 1, 1}});
-    }
-  }
-  s.push_back({"head.weight", {c.d.num_params, F, 1, 1}});
-  s.push_back({"head.bias", {c.d.num_params}});
-  return s;
+
+std::vector<RawSpec> raw_weight_specs(const Config& c) {
+  const int64_t F = c.hidden, kh = c.kh, cc = c.cond_channels;
+  std::vector<RawSpec> out;
+  auto conv = [&](const std::string& name, int64_t cout, int64_t ci, int64_t h, int64_t w) {
+    out.push_back({name + ".weight", {cout, ci, h, w}});
+    out.push_back({name + ".bias", {cout}});
+  };
+  walk_weights(
+      c,
+      [&](const std::string& p, int, int, bool u, int skip) {
+        const int64_t kw = u ? c.kernel_size : kh;
+        conv(p + "conv1", F, 2 * F, kh, kw);
+        if (skip) conv(p + "nin_skip", F, skip == kSplit ? 4 * F : 2 * F, 1, 1);
+        conv(p + "conv2", 2 * F, 2 * F, kh, kw);
+        if (cc) {
+          out.push_back({p + "cond_c1.weight", {F, 2 * cc, 1, 1}});
+          out.push_back({p + "cond_c2.weight", {2 * F, cc, 1, 1}});
+        }
+      },
+      conv);
+  conv("head", c.d.num_params, F, 1, 1);
+  return out;
 }
 
-void pack_weights(const ModelConfig& c, const Layout& L, const std::vector<const float*>& raw,
-                  float* out) {
+void pack_weights(const Config& c, const Layout& L, const std::vector<const float*>& raw, float* out) {
   std::memset(out, 0, sizeof(float) * L.total);
-  const int64_t F = c.hidden, kh = c.kh, k = c.kw, cc = c.cond_channels;
+  const int64_t F = c.hidden, cin = c.cin, kh = c.kh, cc = c.cond_channels;
   const float* const* next = raw.data();
-  pack_inputs(c, L, next, out);
-  for (int b = 0; b < c.blocks; ++b) {
-    const BlockLayout& B = L.ub[b];
-    ConvW w1{*next++, F, 2 * F, kh, k};
+  size_t n = 0;  // the blocks, in the plan's order
+  auto block = [&](const std::string&, int, int, bool u, int skip) {
+    const BlockLayout& B = L.blocks[n++];
+    const int64_t kw = u ? c.kernel_size : kh;
+    ConvW w1{*next++, F, 2 * F, kh, kw};
     const float* b1 = *next++;
-    ConvW w2{*next++, 2 * F, 2 * F, kh, k};
+    const float* wn = skip ? *next++ : nullptr;
+    const float* bn = skip ? *next++ : nullptr;
+    ConvW w2{*next++, 2 * F, 2 * F, kh, kw};
     const float* b2 = *next++;
     for (int r = 0; r < kh; ++r) {
       fill_row(out, B.c1[r], w1, r, 0);
       fill_row(out, B.c2a[r], w2, r, 0);
       fill_row(out, B.c2b[r], w2, r, (int)F);
     }
-    fill_vec(out, B.b1, b1);
+    for (int64_t o = 0; o < F; ++o) out[B.b1.off + o] = bn ? b1[o] + bn[o] : b1[o];
     fill_vec(out, B.b2, b2);
+    if (skip == kSkip) {
+      fill_mat(out, B.nin, [&](int k, int n) { return wn[n * 2 * F + k]; });
+    } else if (skip == kSplit) {
+      // concat_elu(cat(u, ul)) = [u, ul, -u, -ul]: the u part is columns [0, F) + [2F, 3F)
+      fill_mat(out, B.nin, [&](int k, int n) { return wn[n * 4 * F + (k < F ? k : F + k)]; });
+      fill_mat(out, B.nin_ul, [&](int k, int n) { return wn[n * 4 * F + (k < F ? F + k : 2 * F + k)]; });
+    }
     if (cc) {
       ConvW c1{*next++, F, 2 * cc, 1, 1}, c2{*next++, 2 * F, cc, 1, 1};
       fill_row(out, B.cc1, c1, 0, 0);
       fill_row(out, B.cc2a, c2, 0, 0);
       fill_row(out, B.cc2b, c2, 0, (int)F);
     }
-  }
-  for (int b = 0; b < c.blocks; ++b) {
-    const BlockLayout& B = L.ulb[b];
-    ConvW w1{*next++, F, 2 * F, kh, kh};
-    const float* b1 = *next++;
-    ConvW wn{*next++, F, 2 * F, 1, 1};
-    const float* bn = *next++;
-    ConvW w2{*next++, 2 * F, 2 * F, kh, kh};
-    const float* b2 = *next++;
-    for (int r = 0; r < kh; ++r) {
-      fill_row(out, B.c1[r], w1, r, 0);
-      fill_row(out, B.c2a[r], w2, r, 0);
-      fill_row(out, B.c2b[r], w2, r, (int)F);
+  };
+  auto conv = [&](const std::string& name, int64_t, int64_t, int64_t, int64_t) {
+    if (name == "u_init") {
+      ConvW w{*next++, F, cin, kh, c.kernel_size};
+      for (int r = 0; r < kh; ++r) fill_row(out, L.u0[r], w, r, 0);
+      fill_vec(out, L.u0b, *next++);
+    } else if (name == "ul_init_v") {
+      ConvW w{*next++, F, cin, 1, c.kernel_size};
+      fill_row(out, L.ulv, w, 0, 0);
+      fill_vec(out, L.ulvb, *next++);
+    } else if (name == "ul_init_h") {
+      ConvW w{*next++, F, cin, kh, 1};
+      for (int r = 0; r < kh; ++r) fill_row(out, L.ulh[r], w, r, 0);
+      fill_vec(out, L.ulhb, *next++);
+    } else if (name.rfind("downsize_", 0) == 0) {  // downsize_*[t]: scale t -> t+1
+      const bool u = name[9] == 'u' && name[10] == '.';
+      const int s = std::stoi(name.substr(name.find('.') + 1)) + 1;
+      ConvW w{*next++, F, F, 2, u ? 3 : 2};
+      for (int r = 0; r < 2; ++r) fill_row(out, (u ? L.down_u_conv : L.down_ul_conv)[s][r], w, r, 0);
+      fill_vec(out, (u ? L.down_u_bias : L.down_ul_bias)[s], *next++);
+    } else {  // upsize_*[t]: scale S-1-t -> S-2-t; weight (F_in, F_out, 2, kw)
+      const bool u = name[7] == 'u' && name[8] == '.';
+      const int s = c.scales - 1 - std::stoi(name.substr(name.find('.') + 1));
+      const float* w = *next++;
+      if (u) {
+        for (int r = 0; r < 2; ++r)
+          for (int tap = 0; tap < 3; ++tap)
+            fill_mat(out, L.up_u_conv[s][r * 3 + tap], [&](int k, int n) { return w[((k * F + n) * 2 + r) * 3 + tap]; });
+      } else {
+        for (int a = 0; a < 2; ++a)
+          for (int b = 0; b < 2; ++b)
+            fill_mat(out, L.up_ul_conv[s][a * 2 + b], [&](int k, int n) { return w[((k * F + n) * 2 + a) * 2 + b]; });
+      }
+      fill_vec(out, (u ? L.up_u_bias : L.up_ul_bias)[s], *next++);
     }
-    fill_row(out, B.nin, wn, 0, 0);
-    for (int o = 0; o < F; ++o) out[B.b1.off + o] = b1[o] + bn[o];
-    fill_vec(out, B.b2, b2);
-    if (cc) {
-      ConvW c1{*next++, F, 2 * cc, 1, 1}, c2{*next++, 2 * F, cc, 1, 1};
-      fill_row(out, B.cc1, c1, 0, 0);
-      fill_row(out, B.cc2a, c2, 0, 0);
-      fill_row(out, B.cc2b, c2, 0, (int)F);
-    }
-  }
-  {
-    ConvW w{*next++, c.d.num_params, F, 1, 1};
-    fill_row(out, L.head, w, 0, 0);
-    fill_vec(out, L.headb, *next++);
-  }
-}
-
-namespace {
-
-// Scratch of one team: all buffers for its images (an Arena: zeroed, 64-byte aligned).
-// Names as in cached_torch.py: u_win1 / u_win2 the rings of the u blocks' conv inputs,
-// ul_win1 / ul_win2 those of the ul blocks, ul_row0 the per-row part of ul's first
-// layer, ul_c1_row / ul_c2_row the per-row terms of the ul blocks' convs.
-// condrow / condce: cond and concat_elu(cond) per position of the row (a map cond) or
-// per image (a global cond); gcond: a global cond's terms per image, see global_cond_terms.
-struct Workspace : WorkspaceBase {
-  float *condrow, *condce, *gcond, *u, *c1u, *c2u, *uact, *ul_row0, *ul;
-  std::vector<float*> u_win1, u_win2, ul_win1, ul_win2;  // rings: [blk * kh + slot]
-  std::vector<float*> ul_c1_row, ul_c2_row;             // [blk]
-};
-
-// With allocate=false only the arena's requests are made (workspace_floats counts them).
-void make_workspace(const ModelConfig& c, int64_t H, int64_t W, int64_t b0, int64_t Bt, int team,
-                    bool cond_global, Workspace* ws, bool allocate = true) {
-  const int64_t F = c.hidden, kh = c.kh, pw = c.pw, cc = c.cond_channels, nb = c.blocks;
-  const int64_t M = Bt * W;
-  Arena& ar = ws->arena;
-  auto want = [&](float** p, int64_t n) { ar.want(p, n); };
-  ws->b0 = b0;
-  ws->Bt = Bt;
-  ws->u_win1.assign(nb * kh, nullptr);
-  ws->u_win2.assign(nb * kh, nullptr);
-  ws->ul_win1.assign(nb * kh, nullptr);
-  ws->ul_win2.assign(nb * kh, nullptr);
-  ws->ul_c1_row.assign(nb, nullptr);
-  ws->ul_c2_row.assign(nb, nullptr);
-  want_input(c, H, W, kh, pw, ws);
-  const int64_t cond_rows = cond_global ? Bt : M;  // a global cond: one row per image
-  want(&ws->condrow, cond_rows * cc);
-  want(&ws->condce, cond_rows * 2 * cc);
-  want(&ws->gcond, cond_global && cc ? Bt * 2 * nb * 3 * F : 0);
-  want(&ws->u, M * F);
-  want(&ws->c1u, M * F);
-  want(&ws->c2u, M * 2 * F);
-  want(&ws->uact, M * 2 * F);
-  want(&ws->ul_row0, M * F);
-  want(&ws->ul, Bt * F);
-  want_head(c, team, ws);
-  for (int64_t i = 0; i < nb * kh; ++i) {
-    want(&ws->u_win1[i], Bt * (W + 2 * pw) * 2 * F);
-    want(&ws->u_win2[i], Bt * (W + 2 * pw) * 2 * F);
-    want(&ws->ul_win1[i], Bt * (W + kh - 1) * 2 * F);
-    want(&ws->ul_win2[i], Bt * (W + kh - 1) * 2 * F);
-  }
-  for (int64_t i = 0; i < nb; ++i) {
-    want(&ws->ul_c1_row[i], M * F);
-    want(&ws->ul_c2_row[i], M * 2 * F);
-  }
-  if (!allocate) return;
-  ar.allocate();
-  init_ones(c, H, W, team, ws);
-}
-
-// The conditioning terms of a global cond (a vector v per image), once per image, before
-// the rows start: for image b, stream s (0: u, 1: ul) and block k, the 3F floats at
-// gcond + ((b * 2 + s) * nb + k) * 3F are [cond_c1(concat_elu(v)) (F), cond_c2(v) (2F:
-// value and gate halves)]. Each is a GEMM sum from zero (kernels.h: C += lo + hi), so a
-// row adding it gets bitwise the value the per-row GEMM over an expanded map gives.
-void global_cond_terms(const SampleArgs& a, Workspace* ws) {
-  const ModelConfig& c = *a.cfg;
-  const int64_t F = c.hidden, cc = c.cond_channels, nb = c.blocks, Bt = ws->Bt;
-  const int64_t ld = 2 * nb * 3 * F;  // floats per image
-  for (int64_t b = 0; b < Bt; ++b) {
-    float* row = ws->condrow + b * cc;
-    std::memcpy(row, a.cond + (ws->b0 + b) * cc, sizeof(float) * cc);
-    concat_elu(row, (int)cc, ws->condce + b * 2 * cc, ws->condce + b * 2 * cc + cc);
-  }
-  for (int s = 0; s < 2; ++s)
-    for (int64_t k = 0; k < nb; ++k) {
-      const BlockLayout& BL = (s == 0 ? a.lay->ub : a.lay->ulb)[k];
-      const PackedMat c1 = packed_mat(a.packed, BL.cc1), c2a = packed_mat(a.packed, BL.cc2a),
-                      c2b = packed_mat(a.packed, BL.cc2b);
-      float* t = ws->gcond + (s * nb + k) * 3 * F;
-      gemm_acc((int)Bt, ws->condce, 2 * cc, c1, 0, c1.NP, t, ld);
-      gemm_acc((int)Bt, ws->condrow, cc, c2a, 0, c2a.NP, t + F, ld);
-      gemm_acc((int)Bt, ws->condrow, cc, c2b, 0, c2b.NP, t + 2 * F, ld);
-    }
-}
-
-// ------------------------------------------------------------------------------------
-// The engine of one team (one or more threads sharing a group of images)
-// ------------------------------------------------------------------------------------
-
-struct Engine : EngineBase<SampleArgs, Workspace> {
-  const int64_t kh, kw, pw, cc;
-  const int64_t urow, arow;  // floats per u_win row / ul_win row (one image)
-
-  Engine(const SampleArgs& args, Workspace& w, Barrier& b, int rank_, int size_, bool pixel_team_)
-      : EngineBase(args, w, b, rank_, size_, pixel_team_), kh(c.kh), kw(c.kw), pw(c.pw),
-        cc(c.cond_channels), urow((args.W + 2 * c.pw) * 2 * c.hidden),
-        arow((args.W + c.kh - 1) * 2 * c.hidden) {}
-
-  void run() { run_rows(*this, ""); }
-
-  int slot(int64_t row) const { return (int)(row % kh); }
-
-  // Adds a global cond's term (stream, blk) of each row position's image to the rows
-  // Cp[m] (stride ldc), m in [0, Bt * W): `halves` halves of F floats from offset o of
-  // the term, this thread's channels (rs) of each.
-  void add_gcond(float* Cp, int64_t ldc, int stream, int64_t blk, int64_t o, int halves) const {
-    const int c0 = rs.c0, nown = rs.nown;
-    for (int64_t m = 0; m < Bt * W; ++m) {
-      const float* t = ws.gcond + ((m / W * 2 + stream) * nb + blk) * 3 * F + o;
-      float* d = Cp + m * ldc;
-      for (int h = 0; h < halves; ++h)
-        for (int q = c0; q < c0 + nown; ++q) d[h * F + q] += t[h * F + q];
-    }
-  }
-
-  // Vertical stream of row i and the per-row terms of the horizontal stream.
-  void start_row(int64_t i) {
-    const int64_t M = Bt * W;
-    const int fp0 = rs.fp0, fp1 = rs.fp1, c0 = rs.c0, nown = rs.nown;
-    const int64_t m0 = rs.m0, m1 = rs.m1;
-    const bool gc = cc && a.cond_global;  // terms per image, in ws.gcond
-    if (cc && nb && !gc) {
-      for (int64_t m = m0; m < m1; ++m) {
-        const int64_t b = m / W, j = m % W;
-        const float* src = a.cond + ((ws.b0 + b) * cc * H + i) * W + j;
-        float* row = ws.condrow + m * cc;
-        for (int64_t ch = 0; ch < cc; ++ch) row[ch] = src[ch * H * W];
-        concat_elu(row, (int)cc, ws.condce + m * 2 * cc, ws.condce + m * 2 * cc + cc);
-      }
-    }
-    input_ul_row(i, ws.ul_row0);  // the horizontal stream's first layer, rows above
-    if (nb == 0) return;
-    input_u_row(i, ws.u);  // the vertical stream's first layer
-    const int s_i = slot(i);
-    auto act_u_to = [&](float* ring_row) {
-      for (int64_t b = 0; b < Bt; ++b)
-        for (int64_t j = 0; j < W; ++j) {
-          float* d = ring_row + b * urow + (pw + j) * F2;
-          concat_elu(ws.u + (b * W + j) * F + c0, nown, d + c0, d + F + c0);
-        }
-    };
-    act_u_to(ws.u_win1[0 * kh + s_i]);
-    sync();
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      const BlockLayout& UB = L.ub[blk];
-      // conv1 over act(u) rows i-kh+1 .. i, + conditioning
-      init_rows(rs, ws.c1u, M, F, vec(UB.b1));
-      if (gc)
-        add_gcond(ws.c1u, F, 0, blk, 0, 1);
-      else if (cc)
-        gemm_acc((int)M, ws.condce, 2 * cc, mat(UB.cc1), fp0, fp1, ws.c1u, F);
-      for (int64_t r = 0; r < kh; ++r) {
-        const int64_t row = i - kh + 1 + r;
-        if (row < 0) continue;
-        const float* ring = ws.u_win1[blk * kh + slot(row)];
-        const PackedMat w = mat(UB.c1[r]);
-        for (int64_t b = 0; b < Bt; ++b)
-          gemm_acc((int)W, ring + b * urow, F2, w, fp0, fp1, ws.c1u + b * W * F, F);
-      }
-      {
-        float* ring = ws.u_win2[blk * kh + s_i];
-        for (int64_t b = 0; b < Bt; ++b)
-          for (int64_t j = 0; j < W; ++j) {
-            float* d = ring + b * urow + (pw + j) * F2;
-            concat_elu(ws.c1u + (b * W + j) * F + c0, nown, d + c0, d + F + c0);
-          }
-      }
-      sync();
-      // conv2 over act(c1) rows, + conditioning, then the gate
-      init_rows2(rs, ws.c2u, M, vec(UB.b2));
-      if (gc) {
-        add_gcond(ws.c2u, F2, 0, blk, F, 2);
-      } else if (cc) {
-        gemm_acc((int)M, ws.condrow, cc, mat(UB.cc2a), fp0, fp1, ws.c2u, F2);
-        gemm_acc((int)M, ws.condrow, cc, mat(UB.cc2b), fp0, fp1, ws.c2u + F, F2);
-      }
-      for (int64_t r = 0; r < kh; ++r) {
-        const int64_t row = i - kh + 1 + r;
-        if (row < 0) continue;
-        const float* ring = ws.u_win2[blk * kh + slot(row)];
-        const PackedMat wa = mat(UB.c2a[r]), wb = mat(UB.c2b[r]);
-        for (int64_t b = 0; b < Bt; ++b) {
-          gemm_acc((int)W, ring + b * urow, F2, wa, fp0, fp1, ws.c2u + b * W * F2, F2);
-          gemm_acc((int)W, ring + b * urow, F2, wb, fp0, fp1, ws.c2u + b * W * F2 + F, F2);
-        }
-      }
-      for (int64_t m = 0; m < M; ++m)
-        gate_add(ws.u + m * F + c0, ws.c2u + m * F2 + c0, ws.c2u + m * F2 + F + c0, nown);
-      // act(u) of this block: the 1x1 input of the horizontal block, and the next block's ring
-      for (int64_t m = 0; m < M; ++m)
-        concat_elu(ws.u + m * F + c0, nown, ws.uact + m * F2 + c0, ws.uact + m * F2 + F + c0);
-      if (blk + 1 < nb) act_u_to(ws.u_win1[(blk + 1) * kh + s_i]);
-      sync();
-      // Horizontal block blk: everything but the current row's taps.
-      const BlockLayout& HB = L.ulb[blk];
-      float* p1 = ws.ul_c1_row[blk];
-      float* p2 = ws.ul_c2_row[blk];
-      init_rows(rs, p1, M, F, vec(HB.b1));
-      gemm_acc((int)M, ws.uact, F2, mat(HB.nin), fp0, fp1, p1, F);
-      if (gc)
-        add_gcond(p1, F, 1, blk, 0, 1);
-      else if (cc)
-        gemm_acc((int)M, ws.condce, 2 * cc, mat(HB.cc1), fp0, fp1, p1, F);
-      init_rows2(rs, p2, M, vec(HB.b2));
-      if (gc) {
-        add_gcond(p2, F2, 1, blk, F, 2);
-      } else if (cc) {
-        gemm_acc((int)M, ws.condrow, cc, mat(HB.cc2a), fp0, fp1, p2, F2);
-        gemm_acc((int)M, ws.condrow, cc, mat(HB.cc2b), fp0, fp1, p2 + F, F2);
-      }
-      for (int64_t r = 0; r + 1 < kh; ++r) {
-        const int64_t row = i - kh + 1 + r;
-        if (row < 0) continue;
-        const float* r1 = ws.ul_win1[blk * kh + slot(row)];
-        const float* r2 = ws.ul_win2[blk * kh + slot(row)];
-        const PackedMat w1 = mat(HB.c1[r]), wa = mat(HB.c2a[r]), wb = mat(HB.c2b[r]);
-        for (int64_t b = 0; b < Bt; ++b) {
-          gemm_acc((int)W, r1 + b * arow, F2, w1, fp0, fp1, p1 + b * W * F, F);
-          gemm_acc((int)W, r2 + b * arow, F2, wa, fp0, fp1, p2 + b * W * F2, F2);
-          gemm_acc((int)W, r2 + b * arow, F2, wb, fp0, fp1, p2 + b * W * F2 + F, F2);
-        }
-      }
-    }
-  }
-
-  // Horizontal stream at pixel (i, j), then the head and the sampling (head_and_sample).
-  //
-  // Team synchronisation: two barriers per block (act(ul) and act(c1) complete before
-  // the GEMMs that read every channel), one before the head.
-  void pixel(int64_t i, int64_t j) {
-    const int fp0 = ps.fp0, fp1 = ps.fp1, c0 = ps.c0, nown = ps.nown;
-    float* ul = ws.ul;
-    input_ul_pixel(j, ws.ul_row0, ul);
-    const int s_i = slot(i);
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      const BlockLayout& HB = L.ulb[blk];
-      float* r1 = ws.ul_win1[blk * kh + s_i];
-      float* r2 = ws.ul_win2[blk * kh + s_i];
-      for (int64_t b = 0; b < Bt; ++b) {
-        float* d = r1 + b * arow + (kh - 1 + j) * F2;
-        concat_elu(ul + b * F + c0, nown, d + c0, d + F + c0);
-      }
-      pixel_sync();
-      float* c1 = ws.ul_c1_row[blk] + j * F;  // rows: stride W * F
-      gemm_acc((int)Bt, r1 + j * F2, arow, mat(HB.c1[kh - 1]), fp0, fp1, c1, W * F);
-      for (int64_t b = 0; b < Bt; ++b) {
-        float* d = r2 + b * arow + (kh - 1 + j) * F2;
-        concat_elu(c1 + b * W * F + c0, nown, d + c0, d + F + c0);
-      }
-      pixel_sync();
-      float* c2 = ws.ul_c2_row[blk] + j * F2;  // rows: stride W * 2F
-      gemm_acc((int)Bt, r2 + j * F2, arow, mat(HB.c2a[kh - 1]), fp0, fp1, c2, W * F2);
-      gemm_acc((int)Bt, r2 + j * F2, arow, mat(HB.c2b[kh - 1]), fp0, fp1, c2 + F, W * F2);
-      for (int64_t b = 0; b < Bt; ++b)
-        gate_add(ul + b * F + c0, c2 + b * W * F2 + c0, c2 + b * W * F2 + F + c0, nown);
-    }
-    head_and_sample(i, j, ul);
-  }
-};
-
-}  // namespace
-
-void cached_sample(const SampleArgs& a) {
-  sample_teams<Engine, Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
-    make_workspace(*a.cfg, a.H, a.W, b0, Bt, team, a.cond_global, ws);
-    if (a.cond_global && a.cfg->cond_channels && a.cfg->blocks) global_cond_terms(a, ws);
-  });
-}
-
-int64_t workspace_floats(const SampleArgs& a) {
-  return count_team_floats<Workspace>(a, [&](int64_t b0, int64_t Bt, int team, Workspace* ws) {
-    make_workspace(*a.cfg, a.H, a.W, b0, Bt, team, a.cond_global, ws, /*allocate=*/false);
-  });
+  };
+  walk_weights(c, block, conv);
+  ConvW w{*next++, c.d.num_params, F, 1, 1};
+  fill_row(out, L.head, w, 0, 0);
+  fill_vec(out, L.headb, *next++);
 }
 
 }  // namespace cpu

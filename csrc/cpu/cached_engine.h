@@ -1,78 +1,192 @@
-// The CPU cached sampling engine of a GatedPixelCNN (docs/design.md section 2).
+// The CPU cached sampling engine (docs/design.md section 2.3): one config, one packed
+// weight layout in the sampling plan's weight order (pixelaux/engines/plan.py,
+// Plan.weight_tensors), one SampleArgs, one entry point for every model family.
 //
-// Same algorithm as pixelaux/engines/cached_torch.py, with the whole per-image loop
-// in C++: at the start of row i the vertical stream of the row, and every term of
-// the horizontal stream that only reads rows < i (its first layer's down-shifted
-// part, each block's 1x1 projection of u, the conditioning terms, the taps of the
-// previous rows), are computed as GEMMs over all B*W positions; per pixel only the
-// taps of the current row remain, then the head and the sampling. A global cond (a
-// vector per image) has its conditioning terms computed once per image instead.
+// Same algorithm and buffer names as the plan's readable executor
+// (pixelaux/engines/cached_torch.py), with the whole per-image loop in C++: when row i
+// starts, the row steps of every scale s with i % 2**s == 0 as GEMMs over the row's
+// Bt * W_s positions (the u stream, and each ul block's row term: what its convs add
+// that does not read the row's own ul values); per pixel, the pixel steps from the
+// current-row taps only (GEMMs over the images), then the head and the sampling.
 //
-// Threads: see team.h (images over threads, or a team over the output channels).
-// Buffer names follow pixelaux/engines/cached_torch.py: u_win / ul_win (the row rings
-// of the conv inputs), ul_row0 (the per-row part of ul's first layer), ul_c1_row /
-// ul_c2_row (the per-row terms of the ul blocks).
+// One engine (engine.cpp) for every family, the topology from the config: a
+// GatedPixelCNN is one scale, convs of kh = (k+1)/2 rows (u: (kh, k), ul: (kh, kh)), the
+// up pass only; a PixelCNNpp the U-net of 2-row convs. Threads as in team.h.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "engine_common.h"
+#include "packing.h"
+#include "sampling.h"
 
 namespace pixelaux {
 namespace cpu {
 
-// Integer configuration of a GatedPixelCNN as passed to the ops: EngineConfig's, the 5th
-// int the kernel size.
-struct ModelConfig : EngineConfig {
-  int kernel_size = 0;    // odd k
-  // derived
-  int kh = 0, kw = 0, pw = 0;
-};
+// The model families, in the order of pixelaux.engines.cached_cpp.FAMILIES.
+enum Family : int { kGated = 0, kUNet = 1 };
 
+constexpr int kConfigLen = 11;  // the model's ints; the packed plan follows
 constexpr int kMaxKernelSize = 63;
+constexpr int kMaxScales = 8;
 
-// Parses and checks the config; returns an error message, empty when valid.
-std::string parse_config(const int64_t* v, int64_t n, ModelConfig* cfg);
+// The steps of a packed plan (pixelaux/engines/plan.py; cached_cpp.OPS, the same order).
+enum Op : int {
+  kInputRow = 0, kDownRow, kFromUp, kRowBlock, kRowTerm, kKeep, kUpRow,
+  kInputPixel, kDownPixel, kPixelBlock, kUpPixel, kHead, kNumOps
+};
+constexpr int kStepInts = 10;  // [op, scale, 8 args] (cached_cpp.STEP_INTS)
 
-// Where each packed matrix lives in the flat packed-weight tensor. Matrices are
-// (K x N) with K ordered (tap column s, input channel c); per-row arrays are indexed
-// by the kernel row r (0 = the oldest row of the window, kh-1 = the current row).
-struct BlockLayout {
-  std::vector<MatSlot> c1, c2a, c2b;  // per kernel row; c2a / c2b: value / gate halves
-  MatSlot nin;                        // ul blocks only: 1x1 projection of act(u)
-  MatSlot cc1, cc2a, cc2b;            // conditioning 1x1 convs (cond_channels > 0)
-  VecSlot b1, b2;                     // b1: conv1 bias (+ nin bias); b2: conv2 bias (2F)
+// One step: its buffers by index (windows, holders, values of the PackedPlan), blocks by
+// their index in the plan's weight order (Layout::blocks), -1 for none. Fields by op:
+//   kInputRow: out, out2 (u; ul's row term row_term:ul_init)
+//   kInputPixel: x (the row term), out
+//   kDownRow / kDownPixel: win (the finer scale's window), out
+//   kFromUp (either phase): holder, out
+//   kRowBlock / kPixelBlock: block, cond, x, out, win1, win2, skip (and kPixelBlock: term)
+//   kRowTerm: block, cond, x (its nin's input), out (the row term), win1, win2 (the
+//     block's conv windows: the taps of the rows above)
+//   kKeep (either phase): x, win
+//   kUpRow / kUpPixel: x, holder
+//   kHead: x
+struct Step {
+  int op = 0, scale = 0;
+  int block = -1, cond = -1, x = -1, out = -1, out2 = -1, win = -1, win1 = -1, win2 = -1,
+      skip = -1, term = -1, holder = -1;
 };
 
-struct Layout : InputLayers {  // the input layers first, then:
-  std::vector<BlockLayout> ub, ulb;
+// The packed plan: buffers and the row and pixel steps in the order they run.
+struct PackedWindow { int scale, channels, rows, left, right; };
+struct PackedHolder { int scale, channels; };
+enum ValueKind : int { kRowValue = 0, kRowTermValue = 1, kPixelValue = 2 };
+struct PackedValue { int kind, scale; };
+struct PackedPlan {
+  std::vector<PackedWindow> windows;
+  std::vector<PackedHolder> holders;
+  std::vector<PackedValue> values;
+  std::vector<Step> row_steps, pixel_steps;
+};
+
+// The config ints the ops take: [family, channels, bits, hidden, blocks, kernel_size,
+// scales, cond_channels, dist, nr_mix, embed_dim], then the packed plan
+// (cached_cpp.config_of, pack_plan).
+struct Config {
+  int family = 0;         // Family
+  int channels = 0;       // C
+  int bits = 0;           // 1 .. 16
+  int hidden = 0;         // F
+  int blocks = 0;         // residual blocks per stream and stage (>= 0)
+  int kernel_size = 0;    // k, odd (a PixelCNNpp: 3)
+  int scales = 0;         // resolutions (a GatedPixelCNN: 1)
+  int cond_channels = 0;  // cc (0: unconditional)
+  int dist = 0;           // 0: categorical, 1: discretized logistic mixture
+  int nr_mix = 0;         // mixture components (logistic)
+  int embed_dim = 0;      // E: 0 pixels scaled to [-1, 1], else E table floats per channel
+  // derived
+  DistSpec d;             // the output distribution (levels, P, U)
+  int per_channel = 1;    // input channels per image channel, max(E, 1)
+  int cin = 0;            // input channels: channels * per_channel + the ones channel
+  int kh = 0;             // rows every conv reads, (k + 1) / 2
+  int pw = 0;             // the u convs' padding each side, (k - 1) / 2
+  PackedPlan plan;        // the steps the engine walks (empty for pack_weights)
+  // Blocks of the down pass at scale s (blocks at the smallest scale, blocks+1
+  // elsewhere; a GatedPixelCNN has none).
+  int down_blocks(int s) const {
+    return family == kGated ? 0 : s == scales - 1 ? blocks : blocks + 1;
+  }
+};
+
+// Parses and checks the config (with its packed plan unless model_only); returns an error
+// message, empty when valid.
+std::string parse_config(const int64_t* v, int64_t n, Config* c, bool model_only = false);
+
+// A gated residual block: per kernel row r (0: the oldest row of the window, kh-1: the
+// current row), the (tap column, channel) x out matrices of conv1 and of conv2's value /
+// gate halves.
+struct BlockLayout {
+  std::vector<MatSlot> c1, c2a, c2b;
+  MatSlot nin;              // 1x1 projection of act(skip) (a split one: its act(u) part)
+  MatSlot nin_ul;           // a split projection (down-pass ul blocks): its act(ul) part
+  MatSlot cc1, cc2a, cc2b;  // conditioning 1x1 convs (cond_channels > 0)
+  VecSlot b1, b2;           // b1: conv1 bias + nin bias; b2: conv2 bias (2F)
+};
+
+// Where each packed matrix lives in the flat packed-weight tensor.
+struct Layout {
+  // the input layers: u_init, a (kh, k) conv over the image rows above; ul_init_v, a
+  // (1, k) conv over the row above; ul_init_h, a (kh, 1) conv over the column to the
+  // left. Per kernel row where there are several.
+  std::vector<MatSlot> u0;   // K = k * cin
+  VecSlot u0b;
+  MatSlot ulv;               // K = k * cin
+  VecSlot ulvb;
+  std::vector<MatSlot> ulh;  // K = cin
+  VecSlot ulhb;
+  // the blocks in the plan's weight order
+  std::vector<BlockLayout> blocks;
+  // into scale s from s-1 (index s, 1 .. S-1): stride-2 convs per kernel row
+  std::vector<std::vector<MatSlot>> down_u_conv, down_ul_conv;
+  std::vector<VecSlot> down_u_bias, down_ul_bias;
+  // from scale s into s-1 (index s, 1 .. S-1): transposed convs, [row parity * 3 + tap]
+  // (u, taps 0..2) and [row parity * 2 + column parity] (ul)
+  std::vector<std::vector<MatSlot>> up_u_conv, up_ul_conv;
+  std::vector<VecSlot> up_u_bias, up_ul_bias;
   MatSlot head;
   VecSlot headb;
-  int64_t total = 0;         // floats
+  int num_cond_blocks = 0;  // blocks with conditioning terms (cond_channels > 0)
+  int64_t total = 0;        // floats
 };
 
-Layout make_layout(const ModelConfig& cfg);
+Layout make_layout(const Config& c);
 
-// The raw weights expected by pack_weights, in order: name and shape of each.
-std::vector<RawSpec> raw_weight_specs(const ModelConfig& cfg);
+// Checks the plan's block steps against the layout (their windows fit the convs, their
+// projections exist); returns an error message, empty when valid.
+std::string check_plan(const Config& c, const Layout& lay);
 
-// Packs the raw (checked, contiguous float32) weights into `out` (layout.total floats).
-void pack_weights(const ModelConfig& cfg, const Layout& lay, const std::vector<const float*>& raw,
+// The raw weights pack_weights expects, in the plan's order (Plan.weight_tensors, the
+// cond modules included): name and shape of each.
+std::vector<RawSpec> raw_weight_specs(const Config& c);
+
+// Packs the raw (checked, contiguous float32) weights into out (layout.total floats).
+void pack_weights(const Config& c, const Layout& lay, const std::vector<const float*>& raw,
                   float* out);
 
-struct SampleArgs : SampleArgsBase {
-  const ModelConfig* cfg = nullptr;
+// The arguments of a sampling call.
+struct SampleArgs {
+  const Config* cfg = nullptr;
   const Layout* lay = nullptr;
-  // (B, cc, H, W), or (B, cc) when cond_global, or null. A global cond's terms are
-  // computed once per image (Workspace::gcond) and added to every row, no per-row GEMM.
+  const float* packed = nullptr;
+  int64_t B = 0, H = 0, W = 0;
+  int64_t* x = nullptr;             // (B, C, H, W): known pixels in, completed images out
+  const bool* known = nullptr;      // (B, H, W) or null (nothing known)
+  // The conditioning. A GatedPixelCNN computes its blocks' terms here from cond: (B, cc,
+  // H, W), or (B, cc) when cond_global (then once per image, added to every row). A
+  // PixelCNNpp takes them computed by the caller, cond_terms: per block in the plan's
+  // order (Plan.cond_blocks), each (B, H_s, W_s, 3F) = [cond_c1 (F), cond_c2 (2F)], or
+  // (B, 1, 1, 3F) when cond_global (broadcast over the positions).
+  bool cond_global = false;
   const float* cond = nullptr;
+  std::vector<const float*> cond_terms;
+  const float* uniforms = nullptr;  // (B, H, W, U)
+  PixelTable table;                 // (C, K, per_channel): what a pixel writes into xin
+  float* params = nullptr;          // (B, P, H, W) or null
+  double temperature = 1.0;
+  Window window;                    // consistent decoding (window.maps null: none)
+  // Thread split: 0 auto; 1 images over threads; 2 one team over the output channels
+  // of every layer (row starts and pixels); 3 the team splits the row starts, one
+  // thread runs the pixels.
+  int mode = 0;
+  int threads = 0;                  // 0: at::get_num_threads()
+  // [image-rows done, stop flag] or null: the engine adds each finished row of each image
+  // to progress[0] and, when progress[1] != 0 at the start of a row, stops there (the
+  // caller polls it from another thread).
+  int64_t* progress = nullptr;
 };
 
 void cached_sample(const SampleArgs& args);
 // Floats of scratch cached_sample would allocate for these args (its arenas' requests;
-// only cfg, B, H, W, cond_global, mode and threads are read).
+// only cfg, lay, B, H, W, cond_global, mode and threads are read).
 int64_t workspace_floats(const SampleArgs& args);
 
 }  // namespace cpu

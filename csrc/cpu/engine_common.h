@@ -1,9 +1,7 @@
-// What the two CPU cached engines (cached_engine.h: GatedPixelCNN, cached_engine_pp.h:
-// PixelCNNpp) share, written once: the config ints they have in common, the arguments of
-// a sampling call, the input buffer and the head's buffers, the last step of every pixel
-// (head, sampling, write-back), the row loop of a team, and the split of a batch into
-// teams. Each engine keeps only its topology: its layout, its packing, start_row and the
-// hidden part of pixel (docs/design.md section 2.3).
+// The parts of the CPU cached engine (engine.cpp) that do not depend on the model's
+// topology: the input buffer and the head's buffers, the input layers, the last step of
+// every pixel (head, sampling, write-back), the row loop of a team, and the split of a
+// batch into teams (docs/design.md section 2.3).
 #pragma once
 
 #include <chrono>
@@ -11,85 +9,15 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <type_traits>
 #include <vector>
 
+#include "cached_engine.h"
 #include "packing.h"
 #include "sampling.h"
 #include "team.h"
 
 namespace pixelaux {
 namespace cpu {
-
-constexpr int kConfigLen = 9;
-
-// The config ints both engines read (ops config order: channels, bits, hidden, blocks,
-// <topology>, cond_channels, dist, nr_mix, embed_dim), and what derives from them.
-struct EngineConfig {
-  int channels = 0;       // C
-  int bits = 0;           // 1 .. 16
-  int hidden = 0;         // F
-  int blocks = 0;         // residual blocks per stream (>= 0)
-  int cond_channels = 0;  // cc (0: unconditional)
-  int dist = 0;           // 0: categorical, 1: discretized logistic mixture
-  int nr_mix = 0;         // mixture components (logistic)
-  int embed_dim = 0;      // E: 0 pixels scaled to [-1, 1], else E table floats per channel
-  // derived
-  DistSpec d;             // the output distribution (levels, P, U)
-  int per_channel = 1;    // input channels per image channel, max(E, 1)
-  int cin = 0;            // input channels: channels * per_channel + the ones channel
-};
-
-// Checks the kConfigLen ints and fills the fields of EngineConfig but d; the 5th int (the
-// engine's topology: kernel_size or scales, in [1, topology_max]) goes to *topology.
-// Returns an error message, empty when valid.
-std::string parse_config_ints(const int64_t* v, int64_t n, const char* topology_name,
-                              int64_t topology_max, EngineConfig* c, int* topology);
-
-// The input layers of both streams, the first weights of both models' packed order:
-// u_init, a (kh, k) conv over the image rows above; ul_init_v, a (1, k) conv over the row
-// above; ul_init_h, a (kh, 1) conv over the column to the left (kh = (k + 1) / 2; a
-// PixelCNNpp has k = 3). Kernel row r = kh - 1 is the current row.
-struct InputLayers {
-  int kh = 0, k = 0;
-  std::vector<MatSlot> u0;   // u_init per kernel row (K = k * cin)
-  VecSlot u0b;
-  MatSlot ulv;               // ul_init_v (K = k * cin)
-  VecSlot ulvb;
-  std::vector<MatSlot> ulh;  // ul_init_h per kernel row (K = cin)
-  VecSlot ulhb;
-};
-
-// Their slots, the next in lb (an engine's Layout derives from InputLayers).
-void lay_out_inputs(const EngineConfig& c, int k, LayoutBuilder* lb, InputLayers* L);
-// Their raw weights (the model's u_init, ul_init_v, ul_init_h: weight, bias each).
-void input_raw_specs(const EngineConfig& c, int k, std::vector<RawSpec>* specs);
-// Packs them from the raw list (advancing next past them).
-void pack_inputs(const EngineConfig& c, const InputLayers& L, const float* const*& next, float* out);
-
-// The arguments of a sampling call that do not depend on the model's topology.
-struct SampleArgsBase {
-  const float* packed = nullptr;
-  int64_t B = 0, H = 0, W = 0;
-  int64_t* x = nullptr;             // (B, C, H, W): known pixels in, completed images out
-  const bool* known = nullptr;      // (B, H, W) or null (nothing known)
-  // The cond is a vector per image, broadcast over the positions (its terms per image).
-  bool cond_global = false;
-  const float* uniforms = nullptr;  // (B, H, W, U)
-  PixelTable table;                 // (C, K, per_channel): what a pixel writes into xin
-  float* params = nullptr;          // (B, P, H, W) or null
-  double temperature = 1.0;
-  Window window;                    // consistent decoding (window.maps null: none)
-  // Thread split: 0 auto; 1 images over threads; 2 one team over the output channels
-  // of every layer (row starts and pixels); 3 the team splits the row starts, one
-  // thread runs the pixels.
-  int mode = 0;
-  int threads = 0;                  // 0: at::get_num_threads()
-  // [image-rows done, stop flag] or null: the engine adds each finished row of each image
-  // to progress[0] and, when progress[1] != 0 at the start of a row, stops there (the
-  // caller polls it from another thread).
-  int64_t* progress = nullptr;
-};
 
 // The buffers of a team every engine has (an engine's Workspace derives from it).
 struct WorkspaceBase {
@@ -102,25 +30,22 @@ struct WorkspaceBase {
 };
 
 // Requests xin: pad_top rows above the image, pad_side columns each side.
-void want_input(const EngineConfig& c, int64_t H, int64_t W, int64_t pad_top, int64_t pad_side,
+void want_input(const Config& c, int64_t H, int64_t W, int64_t pad_top, int64_t pad_side,
                 WorkspaceBase* ws);
 // Requests the head's buffers: eh (act of the last hidden layer, by pixel parity: the
 // head of one pixel may still read it), and per thread of a team of `team` (every
 // thread runs the head): hp (the head's output), xcur (the pixel just sampled, as in
 // xin) and tmp (the sampler's scratch).
-void want_head(const EngineConfig& c, int team, WorkspaceBase* ws);
+void want_head(const Config& c, int team, WorkspaceBase* ws);
 // After allocation: the ones channel (the last input channel) of xin at every image
 // position and of every xcur; it marks the image, zeros are padding.
-void init_ones(const EngineConfig& c, int64_t H, int64_t W, int team, WorkspaceBase* ws);
+void init_ones(const Config& c, int64_t H, int64_t W, int team, WorkspaceBase* ws);
 
 // The part of an engine's team member that does not depend on the topology: sizes, the
-// packed weights, xin, and the last step of a pixel. Config: the engine's config type
-// (derived from EngineConfig), read through Args::cfg.
-template <class Args, class Workspace>
+// packed weights, xin, the input layers and the last step of a pixel.
+template <class Workspace>
 struct EngineBase : TeamMember {
-  using Config = std::remove_pointer_t<decltype(Args::cfg)>;
-  using Layout = std::remove_pointer_t<decltype(Args::lay)>;
-  const Args& a;
+  const SampleArgs& a;
   const Config& c;
   const Layout& L;
   Workspace& ws;
@@ -131,7 +56,7 @@ struct EngineBase : TeamMember {
   float* xcur;      // this thread's copy of the pixel just sampled, (Bt, cin) as in xin
   int64_t npix = 0; // pixels run (the parity of the head's input buffer)
 
-  EngineBase(const Args& args, Workspace& w, Barrier& b, int rank_, int size_, bool pixel_team_)
+  EngineBase(const SampleArgs& args, Workspace& w, Barrier& b, int rank_, int size_, bool pixel_team_)
       : TeamMember(b, rank_, size_, pixel_team_, args.cfg->hidden, args.cfg->d.num_params, w.Bt,
                    args.W),
         a(args), c(*args.cfg), L(*args.lay), ws(w), H(args.H), W(args.W), Bt(w.Bt),
@@ -169,28 +94,28 @@ struct EngineBase : TeamMember {
     }
   }
 
-  // ---- the input layers (InputLayers), read from xin ----------------------------------
+  // ---- the input layers (u_init, ul_init_v, ul_init_h), read from xin -----------------
 
-  // ul's input layer at every position of row i, all but the current row's tap:
-  // ul_row0 (Bt * W, F) = the down-shifted (1, k) conv of image row i-1 + the rows above
-  // of the right-shifted (kh, 1) conv (column j-1). This thread's share rs.
-  void input_ul_row(int64_t i, float* ul_row0) const {
-    const int64_t kh = L.kh, pw = ws.pad_side;
+  // ul's input layer at every position of row i, all but the current row's tap: its row
+  // term row_term_init (Bt * W, F) = the down-shifted (1, k) conv of image row i-1 + the
+  // rows above of the right-shifted (kh, 1) conv (column j-1). This thread's share rs.
+  void input_ul_row(int64_t i, float* row_term_init) const {
+    const int64_t kh = c.kh, pw = ws.pad_side;
     const float* bv = vec(L.ulvb);
     const float* bh = vec(L.ulhb);
     for (int64_t b = 0; b < Bt; ++b)
       for (int64_t j = 0; j < W; ++j) {
-        float* d = ul_row0 + (b * W + j) * F;
+        float* d = row_term_init + (b * W + j) * F;
         for (int q = rs.c0; q < rs.c0 + rs.nown; ++q)
           d[q] = (i > 0 ? bv[q] : 0.f) + (j > 0 ? bh[q] : 0.f);
       }
     const PackedMat ulv = mat(L.ulv);
     for (int64_t b = 0; b < Bt; ++b) {
-      if (i > 0) gemm_acc((int)W, xin(b, kh + i - 1, 0), cin, ulv, rs.fp0, rs.fp1, ul_row0 + b * W * F, F);
+      if (i > 0) gemm_acc((int)W, xin(b, kh + i - 1, 0), cin, ulv, rs.fp0, rs.fp1, row_term_init + b * W * F, F);
       if (W > 1)
         for (int64_t r = 0; r + 1 < kh; ++r)
           gemm_acc((int)W - 1, xin(b, i + 1 + r, pw), cin, mat(L.ulh[r]), rs.fp0, rs.fp1,
-                   ul_row0 + (b * W + 1) * F, F);
+                   row_term_init + (b * W + 1) * F, F);
     }
   }
 
@@ -200,16 +125,16 @@ struct EngineBase : TeamMember {
     init_rows(rs, u, Bt * W, F, i > 0 ? vec(L.u0b) : nullptr);
     if (i > 0)
       for (int64_t b = 0; b < Bt; ++b)
-        for (int64_t r = 0; r < L.kh; ++r)
+        for (int64_t r = 0; r < c.kh; ++r)
           gemm_acc((int)W, xin(b, i + r, 0), cin, mat(L.u0[r]), rs.fp0, rs.fp1, u + b * W * F, F);
   }
 
   // ul's input layer at pixel (i, j) into ul (Bt, F): its row term plus the current row's
   // tap of the right-shifted (kh, 1) conv, the pixel at column j-1 (xcur). Share ps.
-  void input_ul_pixel(int64_t j, const float* ul_row0, float* ul) const {
+  void input_ul_pixel(int64_t j, const float* row_term_init, float* ul) const {
     for (int64_t b = 0; b < Bt; ++b)
-      std::memcpy(ul + b * F + ps.c0, ul_row0 + (b * W + j) * F + ps.c0, sizeof(float) * ps.nown);
-    if (j > 0) gemm_acc((int)Bt, xcur, cin, mat(L.ulh[L.kh - 1]), ps.fp0, ps.fp1, ul, F);
+      std::memcpy(ul + b * F + ps.c0, row_term_init + (b * W + j) * F + ps.c0, sizeof(float) * ps.nown);
+    if (j > 0) gemm_acc((int)Bt, xcur, cin, mat(L.ulh[c.kh - 1]), ps.fp0, ps.fp1, ul, F);
   }
 
   // ---- the head -----------------------------------------------------------------------
@@ -296,10 +221,10 @@ void run_rows(Engine& e, const char* label) {
 }
 
 // The batch split into teams (team_plan) and the images b0 .. b0 + Bt - 1 of team g.
-inline TeamPlan team_plan(const SampleArgsBase& a, int hidden) {
+inline TeamPlan team_plan(const SampleArgs& a, int hidden) {
   return plan_teams(a.B, a.mode, hidden, a.W, a.threads);
 }
-inline void team_images(const SampleArgsBase& a, const TeamPlan& plan, int g, int64_t* b0,
+inline void team_images(const SampleArgs& a, const TeamPlan& plan, int g, int64_t* b0,
                         int64_t* Bt) {
   *b0 = a.B * g / plan.G;
   *Bt = a.B * (g + 1) / plan.G - *b0;
@@ -307,8 +232,8 @@ inline void team_images(const SampleArgsBase& a, const TeamPlan& plan, int g, in
 
 // cached_sample of an engine: one Workspace per team, make_workspace(b0, Bt, team size,
 // &ws) fills and allocates it, then every thread runs its Engine's rows.
-template <class Engine, class Workspace, class Args, class Make>
-void sample_teams(const Args& a, Make make_workspace) {
+template <class Engine, class Workspace, class Make>
+void sample_teams(const SampleArgs& a, Make make_workspace) {
   const TeamPlan plan = team_plan(a, a.cfg->hidden);
   std::vector<Workspace> ws(plan.G);
   for (int g = 0; g < plan.G; ++g) {
@@ -323,8 +248,8 @@ void sample_teams(const Args& a, Make make_workspace) {
 
 // workspace_floats of an engine: the arenas' requests of every team's Workspace, which
 // want_workspace(b0, Bt, team size, &ws) makes without allocating.
-template <class Workspace, class Args, class Want>
-int64_t count_team_floats(const Args& a, Want want_workspace) {
+template <class Workspace, class Want>
+int64_t count_team_floats(const SampleArgs& a, Want want_workspace) {
   const TeamPlan plan = team_plan(a, a.cfg->hidden);
   int64_t total = 0;
   for (int g = 0; g < plan.G; ++g) {

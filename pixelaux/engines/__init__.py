@@ -87,7 +87,7 @@ _BOTH = ("GatedPixelCNN", "PixelCNNpp")
 #: type and that can run here, else torch.
 REGISTRY = {
     "torch": Backend("torch", "torch", dict.fromkeys(_BOTH, "cached_torch"), lambda device: (True, "")),
-    "cpp": Backend("cpp", "C++", {"GatedPixelCNN": "cached_cpp", "PixelCNNpp": "cached_cpp_pp"},
+    "cpp": Backend("cpp", "C++", dict.fromkeys(_BOTH, "cached_cpp"),
                    lambda device: cpp_status(), auto_on=("cpu",), devices=("cpu",)),
     # one host side for both (its buffers follow the torch reference's, docs/design.md 2.6: that module counts them)
     "triton": Backend("triton", "Triton", dict.fromkeys(_BOTH, "cached_triton"),

@@ -3,7 +3,8 @@
 A plan is data, not a second model: it names the model's own modules (by their path in
 the model, e.g. ``"u_blocks.0.conv1"``), the buffers the cached algorithm keeps, and the
 steps that fill them, in order. The executors walk it: ``cached_torch`` (the readable
-reference); the compiled engines take their weight order from it.
+reference) and the C++ engine (its packed form, ``cached_cpp.pack_plan``); the Triton
+engines take their weight order from it.
 
 **Scales and triggers.** Scale ``s`` (resolution ``H / 2**s``; a ``GatedPixelCNN`` has
 one) has row ``p = i >> s`` and position ``(p, q) = (i >> s, j >> s)``, computed once, at
