@@ -534,11 +534,19 @@ def chunk(total: int, gpu_chunk: int) -> int:
     return max(gpu_chunk, total // 16) if interpreted() else gpu_chunk
 
 
+#: The distribution kinds ``head_sample`` samples (``Distribution.engine_spec[0]``): a new
+#: kind adds its branch there and its number here; every launch checks it (``sampling_chunks``).
+DIST_KINDS = (0, 1)
+
+
 def sampling_chunks(dist_kind: int, L: int, c_p: int, p: int, hid_p: int) -> tuple:
     """``(L_B, PB)`` of ``head_sample``: the levels per chunk of the categorical sampler
     (``L`` levels; tiles ``[G, C_P, L_B]``, at most 4096 values a group of 16; the
     mixture reads its ``L = nr_mix`` components at once) and the parameters per chunk
     of the head (weight tile ``[HID_P, PB]`` at most 4096 floats)."""
+    if dist_kind not in DIST_KINDS:
+        raise ValueError(f"dist: the Triton kernels sample the engine_spec kinds {DIST_KINDS} "
+                         f"(categorical, logistic mixture), got {dist_kind}; use backend='torch'")
     p2 = triton.next_power_of_2
     l_b = chunk(p2(L), min(p2(L), max(16, 256 // c_p))) if dist_kind == 0 else p2(L)
     return l_b, chunk(p2(p), max(16, min(p2(p), 4096 // hid_p)))

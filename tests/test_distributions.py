@@ -93,3 +93,32 @@ def test_engine_spec_is_how_the_compiled_engines_know_a_distribution():
         pass
     with pytest.raises(NotImplementedError, match="do not sample Beta; use backend='torch'"):
         Beta().engine_spec
+
+
+@pytest.mark.parametrize("family", ["GatedPixelCNN", "PixelCNNpp"])
+def test_a_kind_the_compiled_engines_do_not_know_is_refused_not_sampled_as_another(family):
+    """A distribution whose ``engine_spec`` names a kind the compiled engines have no
+    sampler for (here 2) is refused by each, naming backend='torch', never sampled as
+    the logistic mixture (which every other kind once fell through to)."""
+    import pixelaux
+    from pixelaux import native
+
+    class NewKind(DiscretizedLogisticMixture):
+        @property
+        def engine_spec(self):
+            return 2, self.nr_mix
+
+    cls = getattr(pixelaux, family)
+    extra = dict(scales=2) if family == "PixelCNNpp" else {}
+    model = cls(hidden=4, blocks=1, nr_mix=2, image_size=4, **extra)
+    model.dist.__class__ = NewKind
+    x = torch.zeros(1, 3, 4, 4, dtype=torch.long)
+    u = torch.rand(1, 4, 4, model.dist.num_uniforms)
+    if native.available():
+        from pixelaux.engines import cached_cpp
+        with pytest.raises(ValueError, match=r"dist.*backend='torch'"):
+            cached_cpp.run(model, x, None, None, u, 1.0)
+    pytest.importorskip("triton")
+    from pixelaux.kernels.pixel_step import sampling_chunks
+    with pytest.raises(ValueError, match=r"dist: the Triton kernels .* got 2; use backend='torch'"):
+        sampling_chunks(*model.dist.engine_spec, 4, model.dist.num_params, 16)

@@ -146,7 +146,7 @@ std::string parse_config(const int64_t* v, int64_t n, Config* c, bool model_only
   }
   const int64_t lo[kConfigLen] = {0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 0};
   const int64_t hi[kConfigLen] = {kUNet, kMaxChannels, 16, 16384, 4096, kMaxKernelSize,
-                                  kMaxScales, 16384, 1, 4096, kMaxEmbedDim};
+                                  kMaxScales, 16384, 255, 4096, kMaxEmbedDim};  // dist: make_dist_spec knows the kinds
   for (int i = 0; i < kConfigLen; ++i)
     if (v[i] < lo[i] || v[i] > hi[i])
       return std::string("config ") + names[i] + " must be in [" + std::to_string(lo[i]) + ", " +

@@ -214,13 +214,16 @@ std::string make_dist_spec(int channels, int bits, int dist, int nr_mix, DistSpe
   d->dist = dist;
   d->nr_mix = nr_mix;
   d->levels = int64_t(1) << bits;
-  if (dist == 0) {
+  if (dist == 0) {  // categorical
     d->num_params = channels * d->levels;
     d->num_uniforms = channels;
-  } else {
+  } else if (dist == 1) {  // discretized logistic mixture
     const int64_t C = channels;
     d->num_params = nr_mix * (1 + 2 * C + C * (C - 1) / 2);
     d->num_uniforms = 1 + channels;
+  } else {  // the one place a kind is known: a new one is added here and in sample_pixel
+    return "config dist: the C++ engine samples kinds 0 (categorical) and 1 (logistic mixture), got " +
+           std::to_string(dist) + "; use backend='torch'";
   }
   if (channels > kMaxChannels) return "config channels must be at most " + std::to_string(kMaxChannels);
   if (d->num_params > kMaxParams) return "config gives too many distribution parameters";
