@@ -41,7 +41,7 @@ from pixelaux import engines
 from pixelaux.engines import naive
 from pixelaux.uniforms import ImageUniforms
 
-BACKENDS = ("torch", "cpp", "triton")
+BACKENDS = tuple(engines.REGISTRY)      # every registered backend: a new one is tested here as it lands
 
 
 @dataclass(frozen=True)
