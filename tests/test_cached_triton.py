@@ -30,6 +30,7 @@ from helpers import (assert_matches_forward, param_error, random_cond, random_ga
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.engines import cached_triton, naive, triton_buffers  # noqa: E402
+from pixelaux.engines.triton_gated_buffers import CachedBuffers  # noqa: E402
 
 K = cached_triton.load_kernels()
 import triton  # noqa: E402
@@ -89,8 +90,8 @@ def _random_buffers(cfg, b, h, w, row, seed, known=False, params=True, temperatu
     cond = None if cond is None else cond.to(DEVICE)
     kn = (torch.rand(b, h, w, generator=g) < 0.5).to(DEVICE) if known else None
     u = torch.rand(b, h, w, model.dist.num_uniforms, generator=g)
-    buf = K.CachedBuffers(model, x, kn, cond, u, temperature, return_params=params,
-                          launch_plan=_plan(model, b, w, plan))
+    buf = CachedBuffers(model, x, kn, cond, u, temperature, return_params=params,
+                        launch_plan=_plan(model, b, w, plan))
     for name in ("u_cur", "u_win", "ul_win", "ul_row0", "ul_row_term"):
         t = getattr(buf, name)
         t.copy_(torch.randn(t.shape, generator=g).to(DEVICE))
@@ -487,7 +488,7 @@ def test_prefill_runs_in_true_fp32(monkeypatch):
     cond = torch.randn(2, 2, 3, 4, generator=_gen(0))
     u = torch.rand(2, 3, 4, 1, generator=_gen(1))
     with tf32_on():
-        buf = K.CachedBuffers(model, x, None, cond, u, 1.0)
+        buf = CachedBuffers(model, x, None, cond, u, 1.0)
         assert len(seen) == 4                       # 2 blocks x (u, ul)
         buf.fill(x, None, cond, u, 1.0)
         assert len(seen) == 8 and all(f == dict(matmul=False, cudnn=False) for f in seen), seen
@@ -584,7 +585,7 @@ def test_kernels_compile_for_a_gpu_without_one():
         pytest.skip("this triton has no NVIDIA backend")
     code = ("from pixelaux.engines.cached_triton import load_kernels\n"
             "load_kernels()\n"
-            "from pixelaux.kernels.compile_check import compile_all\n"
+            "from pixelaux.engines.compile_check import compile_all\n"
             "from pixelaux.kernels.layout import choose_launch_plan\n"
             "r = compile_all([dict(channels=3, bits=8, hidden=20, blocks=1, nr_mix=3, cond_channels=2)],\n"
             "                batches=(1,), plans={1: choose_launch_plan(1, 20, 8, override='pixel_tile=16')})\n"

@@ -420,13 +420,13 @@ def test_kernels_compile_into_the_sessions_own_cache(own_triton_cache):
 def test_kernels_compile_for_a_gpu_without_one():
     """The interpreter does not compile: compile every variant one row launches for sm_90
     (Triton's frontend, LLVM, ptxas; no GPU), in a process without TRITON_INTERPRET,
-    through ``kernels/compile_check.py`` (as the gated kernels): every kernel compiles,
+    through ``engines/compile_check.py`` (as the gated kernels): every kernel compiles,
     and its report gives registers, spills and shared memory per variant (spills are
     printed, not judged: at hidden 16 two ``row_conv_kernel`` variants spill 16 bytes).
     At small widths: every kernel and specialisation (cond, 3 scales, tokens,
     categorical) compiles in under a minute, where bench-pp32's width 80 takes minutes
     of ptxas alone; that preset's check is the prepared run ``python -m
-    pixelaux.kernels.compile_check --preset bench-pp32`` of docs/design.md section 2.4."""
+    pixelaux.engines.compile_check --preset bench-pp32`` of docs/design.md section 2.4."""
     import os
     import subprocess
     import sys
@@ -441,7 +441,7 @@ def test_kernels_compile_for_a_gpu_without_one():
             "                          embed_dim=40)])\n"
             "print(len(r), 'variants', sorted({n for n, m in r}))\n"
             "print('spills:', [(n, m) for n, m in r if m.get('stack') or m.get('local')])\n"
-            "from pixelaux.kernels.compile_check import header, report\n"
+            "from pixelaux.engines.compile_check import header, report\n"
             "print(header(90))\n"
             "print('\\n'.join(report(dict(enumerate(m for _, m in r)))[0]))\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ from the top-level ``kernels/`` folder; each kernel file has a PyTorch reference
 it). ``triton_buffers.build`` makes the device buffers of one (model, batch, size) from
 the plan and chooses the launches by its shape:
 
-* the gated shape (``GatedPixelCNN``): the fused gated path, ``kernels/layout.py``'s
+* the gated shape (``GatedPixelCNN``): the fused gated path, ``triton_gated_buffers.py``'s
   ``CachedBuffers`` (weights re-laid out as per-tap matrices over the interleaved
   concat-ELU channels, ring buffers, the ``LaunchPlan``: ``G`` images per program,
   output-channel tiles for small batches); per row the row op
@@ -63,7 +63,7 @@ the kernels' behaviour on a GPU (memory ordering around ``tl.debug_barrier``, sp
 the block sizes and ``num_warps``). What was checked without a GPU: the interpreter
 runs exactly these kernels and the same launch sequence as the eager CUDA path (the
 tests); every kernel variant a launch of the benchmark presets compiles builds for
-sm_90 through Triton, LLVM and ptxas (``kernels/compile_check.py``). On a GPU,
+sm_90 through Triton, LLVM and ptxas (``engines/compile_check.py``). On a GPU,
 ``benchmarks/gpu_check.py`` answers the rest in one run.
 """
 from __future__ import annotations
@@ -377,14 +377,13 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
 def compile_for_gpu(configs, arch: int = 90, batch: int = 3, size=(8, 8)):
     """Compile every kernel variant that one row of each ``PixelCNNpp(**config)`` launches
     with known pixels and returned parameters (the highest trigger level, so every
-    kernel) for ``cuda sm_<arch>`` without a GPU, through ``kernels/compile_check.py``
+    kernel) for ``cuda sm_<arch>`` without a GPU, through ``engines/compile_check.py``
     (the real launchers on CPU buffers, each ``kernel[grid](...)`` replaced by
     ``kernel.warmup``: Triton's frontend, LLVM and ptxas; nothing runs). Needs the
     kernels imported without ``TRITON_INTERPRET``. Returns ``[(kernel name, info)]``,
     one per variant (``reg``, ``stack`` and ``local`` (spills), ``shared``,
     ``num_warps``, the constexprs); ``compile_check.report`` formats them."""
-    load_kernels()
-    from pixelaux.kernels.compile_check import compile_all
+    from .compile_check import compile_all
     res = compile_all([dict(c, arch="pixelcnnpp") for c in configs], arch, size, (batch,), teacher_forcing_only=True)
     return [(info["kernel"], info) for info in res.values()]
 

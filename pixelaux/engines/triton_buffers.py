@@ -6,9 +6,10 @@ with the launches of one row (``launch_row``):
 
 * **the fused gated path**, chosen when the plan has the gated shape (:func:`gated_shape`:
   one scale; rows: the first layer, then per block its ``u`` block and its ``ul`` block's
-  row term; pixels: the first layer, the ``ul`` blocks, the head): ``kernels/layout.py``'s
-  ``CachedBuffers`` (its ``LaunchPlan``) and the row / fused pixel kernels
-  (``kernels/row_step.py``, ``kernels/pixel_step.py``: one launch per pixel), any ``kh``;
+  row term; pixels: the first layer, the ``ul`` blocks, the head): ``CachedBuffers``
+  (``triton_gated_buffers.py``; its ``LaunchPlan``: ``kernels/layout.py``) and the row /
+  fused pixel kernels (``kernels/row_step.py``, ``kernels/pixel_step.py``: one launch per
+  pixel), any ``kh``;
 * **the plan walker** (:class:`PlanBuffers`), for every other plan (``PixelCNNpp``): one
   launch per step of the plan, with the 2-row kernels of ``kernels/pp_row.py`` and
   ``kernels/pp_pixel.py``, one buffer per value the plan names. It runs any plan whose
@@ -40,6 +41,7 @@ import torch
 
 from ..float_policy import true_fp32
 from . import plan as P
+from .triton_gated_buffers import CachedBuffers
 
 
 def kernels():
@@ -70,8 +72,8 @@ def build(model, x, known, cond, uniforms, temperature, return_params=False, win
     plan = P.plan_of(model)
     if gated_shape(plan):
         K = kernels()
-        return FusedGated(K, K.CachedBuffers(model, x, known, cond, uniforms, temperature, return_params,
-                                             launch_plan=launch_plan, fp_fusion=fp_fusion, window=window))
+        return FusedGated(K, CachedBuffers(model, x, known, cond, uniforms, temperature, return_params,
+                                           launch_plan=launch_plan, fp_fusion=fp_fusion, window=window))
     if launch_plan is not None:
         raise ValueError(f"launch_plan: only the fused gated path has one, not a {plan.family} plan")
     return PlanBuffers(model, plan, x, known, cond, uniforms, temperature, return_params, window)

@@ -1,8 +1,9 @@
 """Compile the kernels for a GPU without one, exactly as a launch would.
 
-    python -m pixelaux.kernels.compile_check [--preset bench-32] [--preset bench-pp32] [--arch 90] [--json F]
-    # from a source checkout (kernels/ not installed as pixelaux.kernels):
-    python -c "from pixelaux.engines.cached_triton import load_kernels as k; k().compile_check(['--preset', 'tiny-16'])"
+    python -m pixelaux.engines.compile_check [--preset bench-32] [--preset bench-pp32] [--arch 90] [--json F]
+
+(from a source checkout too: the kernels are found by ``cached_triton.load_kernels``,
+installed as ``pixelaux.kernels`` or not).
 
 The interpreter checks the kernels' arithmetic and indexing but not that they
 compile. This runs the real launchers for a preset's models, batches and image
@@ -48,8 +49,13 @@ import sys
 import torch
 import triton
 
-from . import pixel_step, pp_pixel, pp_row, row_step
-from .layout import CachedBuffers, choose_launch_plan
+from .cached_triton import load_kernels
+from .triton_buffers import build
+from .triton_gated_buffers import CachedBuffers
+
+load_kernels()   # pixelaux.kernels: the installed subpackage or a source tree's kernels/
+from pixelaux.kernels import pixel_step, pp_pixel, pp_row, row_step  # noqa: E402
+from pixelaux.kernels.layout import choose_launch_plan  # noqa: E402
 
 #: Every kernel a launch can compile: the gated engine's, then the PixelCNN++ engine's.
 KERNELS = ((row_step, "row_init_kernel"), (row_step, "row_block_kernel"), (row_step, "advance_row_kernel"),
@@ -209,7 +215,6 @@ def _window(x, bits):
 def _launch_pp_row(model, x, known, cond, u, params, window=None):
     """Every launch of a row of the highest trigger level of a ``PixelCNNpp`` (row 0:
     every scale, every column, so every variant a run compiles)."""
-    from ..engines.triton_buffers import build
     build(model, x, known, cond, u, 1.0, return_params=params, window=window).launch_row(model.scales - 1)
 
 
