@@ -440,7 +440,7 @@ def _say_engine(args, model):
     to the torch backend (instead of a RuntimeWarning later)."""
     import torch
 
-    from .engines import cpp_status, triton_status
+    from .engines import REGISTRY
     from .sampling import resolve_engine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)     # said on the engine line instead
@@ -448,9 +448,11 @@ def _say_engine(args, model):
     note = ""
     if engine == "cached" and args.backend == "auto" and backend == "torch":
         device = torch.device(args.device)
-        ok, why = cpp_status() if device.type == "cpu" else triton_status(device)
-        if not ok:
-            note = f" (the {'C++' if device.type == 'cpu' else 'Triton'} backend is unavailable: {why})"
+        for b in REGISTRY.values():                          # the ones auto would have taken here
+            ok, why = b.available(device) if device.type in b.auto_on else (True, "")
+            if not ok:
+                note = f" (the {b.label} backend is unavailable: {why})"
+                break
     print(f"engine: {engine}" + (f", backend: {backend}" if backend else "") + note)
 
 

@@ -50,7 +50,8 @@ import torch
 import triton
 
 from .cached_triton import load_kernels
-from .triton_buffers import build
+from .plan import plan_of
+from .triton_buffers import build, gated_shape
 from .triton_gated_buffers import CachedBuffers
 
 load_kernels()   # pixelaux.kernels: the installed subpackage or a source tree's kernels/
@@ -195,8 +196,8 @@ def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_
                 modes = ((None, False, None), (torch.ones(b, h, w, dtype=torch.bool), True, None),
                          (None, False, _window(x, model.bits)))
                 for known, params, window in modes[1:2] if teacher_forcing_only else modes:
-                    if model.kind == "PixelCNNpp":
-                        _launch_pp_row(model, x, known, cond, u, params, window)
+                    if not gated_shape(plan_of(model)):        # the plan walker's kernels
+                        _launch_plan_row(model, x, known, cond, u, params, window)
                         continue
                     plan = (plans or {}).get(b) or choose_launch_plan(b, model.hidden, w, override="")
                     buf = CachedBuffers(model, x, known, cond, u, 1.0, params, launch_plan=plan, window=window)
@@ -212,10 +213,10 @@ def _window(x, bits):
     return dataclasses.replace(box_window(*full_boxes(x.shape, bits)), block=2)
 
 
-def _launch_pp_row(model, x, known, cond, u, params, window=None):
-    """Every launch of a row of the highest trigger level of a ``PixelCNNpp`` (row 0:
-    every scale, every column, so every variant a run compiles)."""
-    build(model, x, known, cond, u, 1.0, return_params=params, window=window).launch_row(model.scales - 1)
+def _launch_plan_row(model, x, known, cond, u, params, window=None):
+    """Every launch of a row of the plan walker's highest trigger level (row 0: every
+    scale, every column, so every variant a run compiles)."""
+    build(model, x, known, cond, u, 1.0, return_params=params, window=window).launch_row(plan_of(model).scales - 1)
 
 
 def compile_all(configs=None, arch: int = 90, size=(4, 8), batches=(2,), plans=None,
