@@ -1,7 +1,7 @@
 // pixelaux._C: the ahead-of-time ops of pixelaux, registered with TORCH_LIBRARY so
 // that they are schema'd and trace under torch.compile (torch.ops.pixelaux.*).
 //
-//   pixelaux::pack_weights(Tensor[] weights, int[] config) -> Tensor
+//   pixelaux::pack_weights(Tensor[] weights, int[] config, str[]? names=None) -> Tensor
 //   pixelaux::cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor[] cond_terms,
 //       Tensor uniforms, Tensor packed, Tensor table, int[] config, float temperature,
 //       bool return_params=False, int mode=0, Tensor(a!)? progress=None, Tensor? window=None,
@@ -17,12 +17,14 @@
 // config = [family (0: GatedPixelCNN, 1: PixelCNNpp), channels, bits, hidden, blocks,
 //           kernel_size, scales, cond_channels, dist (0: categorical, 1: logistic), nr_mix,
 //           embed_dim] (cpu/cached_engine.h; a GatedPixelCNN has scales 1, a PixelCNNpp
-// kernel_size 3), then the packed sampling plan the engine walks (cached_cpp.pack_plan;
-// pack_weights reads the model's ints only). weights: the sampling plan's, in its order (Plan.weight_tensors, the cond
-// modules included). The first convs read channels * max(embed_dim, 1) + 1 input
-// channels. table: the model's input encoding (PixelInput.table), float32
-// (channels, 2**bits, max(embed_dim, 1)): a pixel, sampled or known, writes its rows into
-// the input buffer (the scaled encoding is the table of v * 2/(K-1) - 1).
+// kernel_size 3), then the packed sampling plan the engine walks (cached_cpp.pack_plan:
+// its steps and its weight groups). weights: the sampling plan's, in its order
+// (Plan.weight_tensors, the cond modules included), their shapes from the plan's weight
+// groups; names: theirs (Plan.weight_names), for the messages, or None (generic names).
+// The first convs read channels * max(embed_dim, 1) + 1 input channels. table: the
+// model's input encoding (PixelInput.table), float32 (channels, 2**bits, max(embed_dim,
+// 1)): a pixel, sampled or known, writes its rows into the input buffer (the scaled
+// encoding is the table of v * 2/(K-1) - 1).
 // The conditioning, by family (cpu/cached_engine.h, SampleArgs): a GatedPixelCNN takes
 // cond, float32, a map (B, cc, H, W), or a vector per image (B, cc) (global conditioning,
 // broadcast over the positions: each block's terms are then computed once per image, not
@@ -68,10 +70,10 @@ namespace {
 
 constexpr int64_t kMaxRowPositions = int64_t(1) << 30;  // B * W and H (int GEMM sizes)
 
-// The checked config of the engine (model_only: the model's ints, without the plan).
-cpu::Config get_config(at::IntArrayRef config, bool model_only = false) {
+// The checked config of the engine: the model's ints and the packed plan.
+cpu::Config get_config(at::IntArrayRef config) {
   cpu::Config c;
-  const std::string err = parse_config(config.data(), (int64_t)config.size(), &c, model_only);
+  const std::string err = parse_config(config.data(), (int64_t)config.size(), &c);
   TORCH_CHECK_VALUE(err.empty(), "pixelaux: ", err);
   return c;
 }
@@ -122,12 +124,20 @@ std::vector<const float*> check_raw(const char* op, at::TensorList weights,
   return ptrs;
 }
 
-// The packed weights of a model: its raw weights checked against raw_weight_specs, packed
-// into its layout.
-at::Tensor pack_weights(at::TensorList weights, at::IntArrayRef config) {
-  const cpu::Config c = get_config(config, /*model_only=*/true);
+// The packed weights of a model: its raw weights checked against raw_weight_specs (named
+// by names when given), packed into its layout.
+at::Tensor pack_weights(at::TensorList weights, at::IntArrayRef config,
+                        const std::optional<std::vector<std::string>>& names) {
+  const char* op = "pixelaux.pack_weights: ";
+  const cpu::Config c = get_config(config);
+  std::vector<cpu::RawSpec> specs = cpu::raw_weight_specs(c);
+  if (names) {
+    TORCH_CHECK_VALUE(names->size() == specs.size(), op, "expected ", specs.size(),
+                      " weight names for this config, got ", names->size());
+    for (size_t i = 0; i < specs.size(); ++i) specs[i].name = (*names)[i];
+  }
   std::vector<at::Tensor> keep;
-  const auto ptrs = check_raw("pixelaux.pack_weights: ", weights, cpu::raw_weight_specs(c), &keep);
+  const auto ptrs = check_raw(op, weights, specs, &keep);
   const cpu::Layout lay = cpu::make_layout(c);
   at::Tensor out = at::empty({lay.total}, at::TensorOptions().dtype(at::kFloat));
   cpu::pack_weights(c, lay, ptrs, out.data_ptr<float>());
@@ -335,21 +345,17 @@ void check_cond(const char* op, const cpu::Config& c, const std::optional<at::Te
   a->cond = keep->back().data_ptr<float>();
 }
 
-// A PixelCNNpp's cond_terms: per block in the plan's order (Plan.cond_blocks: the up pass,
-// scales ascending, then the down pass, scales descending; per block u then ul),
-// (B, H_s, W_s, 3F), or all (B, 1, 1, 3F) (a global cond's terms, broadcast); sets
-// a->cond_terms and a->cond_global.
+// A PixelCNNpp's cond_terms: per block in the plan's order (Plan.cond_blocks; block n at
+// the scale of the row step naming it, PackedPlan::cond_scales), (B, H_s, W_s, 3F), or
+// all (B, 1, 1, 3F) (a global cond's terms, broadcast); sets a->cond_terms and
+// a->cond_global.
 void check_cond_terms(const char* op, const cpu::Config& c, const cpu::Layout& lay,
                       at::TensorList cond_terms, int64_t B, int64_t H, int64_t W,
                       std::vector<at::Tensor>* keep, cpu::SampleArgs* a) {
   TORCH_CHECK_VALUE((int64_t)cond_terms.size() == lay.num_cond_blocks, op, "expected ",
                     lay.num_cond_blocks, " conditioning-term tensors (cond_channels=",
                     c.cond_channels, "), got ", cond_terms.size());
-  std::vector<int64_t> scale_of;
-  for (int s = 0; s < c.scales; ++s)
-    for (int k = 0; k < 2 * c.blocks; ++k) scale_of.push_back(s);
-  for (int s = c.scales - 1; s >= 0; --s)
-    for (int k = 0; k < 2 * c.down_blocks(s); ++k) scale_of.push_back(s);
+  const std::vector<int>& scale_of = c.plan.cond_scales;
   const int64_t F3 = 3 * (int64_t)c.hidden;
   a->cond_global = !cond_terms.empty() && cond_terms[0].sizes() == at::IntArrayRef({B, 1, 1, F3});
   for (size_t n = 0; n < cond_terms.size(); ++n) {
@@ -483,7 +489,7 @@ std::string build_info() {
 }  // namespace pixelaux
 
 TORCH_LIBRARY(pixelaux, m) {
-  m.def("pack_weights(Tensor[] weights, int[] config) -> Tensor");
+  m.def("pack_weights(Tensor[] weights, int[] config, str[]? names=None) -> Tensor");
   m.def(
       "cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor[] cond_terms, Tensor uniforms, "
       "Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False, "

@@ -10,8 +10,10 @@ sampling plan, see ``pixelaux.engines.cached_cpp.config_of``; ``table`` = the mo
 ``model.input.table()``, float32 ``(channels, 2**bits, max(embed_dim, 1))``, what a pixel
 writes into the engine's input buffer):
 
-* ``pack_weights(Tensor[] weights, int[] config) -> Tensor``: the model's weights in its
-  sampling plan's order (``pixelaux.engines.cached_cpp.raw_weights``) packed for the engine.
+* ``pack_weights(Tensor[] weights, int[] config, str[]? names=None) -> Tensor``: the model's
+  weights in its sampling plan's order (``pixelaux.engines.cached_cpp.raw_weights``; their
+  shapes from the packed plan's weight groups) packed for the engine; ``names``
+  (``cached_cpp.weight_names``) name them in the messages.
 * ``cached_sample(Tensor x, Tensor? known, Tensor? cond, Tensor[] cond_terms, Tensor uniforms,
   Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False,
   int mode=0, Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) ->
@@ -97,7 +99,7 @@ def _register_fakes():
         return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
 
     @register("pixelaux::pack_weights")
-    def _pack_fake(weights, config):
+    def _pack_fake(weights, config, names=None):
         ctx = torch.library.get_ctx()
         return weights[0].new_empty((ctx.new_dynamic_size(),), dtype=torch.float32)
 

@@ -266,11 +266,15 @@ def test_bad_inputs_raise_clear_errors():
         op(x, None, cond, [], u, packed, table, cfg[:5] + [4] + cfg[6:], 1.0)
     with pytest.raises(ValueError, match="mode must be"):
         op(x, None, cond, [], u, packed, table, cfg, 1.0, False, 7)
-    raw = cached_cpp.raw_weights(model)
+    raw, names = cached_cpp.raw_weights(model), cached_cpp.weight_names(model)
     with pytest.raises(ValueError, match="expected .* weight tensors"):
         torch.ops.pixelaux.pack_weights(raw[:-1], cfg)
-    with pytest.raises(ValueError, match="head.weight must have shape"):
+    with pytest.raises(ValueError, match="head.weight must have shape"):    # named by the caller
+        torch.ops.pixelaux.pack_weights(raw[:-2] + [raw[-2][:1], raw[-1]], cfg, names)
+    with pytest.raises(ValueError, match=r"weight \d+ \(group \d+, head: conv.weight\) must have shape"):
         torch.ops.pixelaux.pack_weights(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
+    with pytest.raises(ValueError, match="weight names"):
+        torch.ops.pixelaux.pack_weights(raw, cfg, names[:-1])
     with pytest.raises(TypeError, match="must be float32"):
         torch.ops.pixelaux.pack_weights([r.double() for r in raw], cfg)
 
@@ -282,14 +286,15 @@ def test_the_packed_plan_is_checked():
     packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
     table = cached_cpp.input_table(model)
     op = torch.ops.pixelaux.cached_sample
-    nw, nh, nv = cfg[11:14]
-    first = 11 + 5 + 5 * nw + 2 * nh + 2 * nv                      # the first step's op code
-    steps = [cfg[i:i + cached_cpp.STEP_INTS] for i in range(first, len(cfg), cached_cpp.STEP_INTS)]
+    nw, nh, nv, nr, np_, ng = cfg[11:17]
+    first = 11 + 6 + 5 * nw + 2 * nh + 2 * nv                      # the first step's op code
+    steps = [cfg[i:i + cached_cpp.STEP_INTS] for i in range(first, first + cached_cpp.STEP_INTS * (nr + np_),
+                                                              cached_cpp.STEP_INTS)]
     block = first + cached_cpp.STEP_INTS * next(i for i, st in enumerate(steps)
                                                  if cached_cpp.OPS[st[0]] is P.RowBlock)
     for bad, what in [(cfg[:11], "plan .* is missing"), (cfg[:-1], "must have"),
                       (cfg[:first] + [99] + cfg[first + 1:], "bad step"),
-                      (cfg[:block + 2] + [10 ** 6] + cfg[block + 3:], "bad block step"),  # no such block
+                      (cfg[:block + 2] + [10 ** 6] + cfg[block + 3:], "bad step"),  # no such weight group
                       (cfg[:block + 8] + cfg[block + 4:block + 5] + cfg[block + 9:], "bad block step")]:  # a skip, no nin
         with pytest.raises(ValueError, match=what):
             op(x, None, cond, [], u, packed, table, bad, 1.0)
@@ -340,7 +345,8 @@ def test_table_argument_is_checked():
     with pytest.raises(TypeError, match="table must be float32"):
         op(x, None, None, [], u, packed, table.double(), cfg, 1.0)
     with pytest.raises(ValueError, match="u_init.weight must have shape"):  # embed_dim 4 is 5 inputs
-        torch.ops.pixelaux.pack_weights(cached_cpp.raw_weights(model), cfg[:10] + [2] + cfg[11:])
+        torch.ops.pixelaux.pack_weights(cached_cpp.raw_weights(model), cfg[:10] + [2] + cfg[11:],
+                                        cached_cpp.weight_names(model))
 
 
 # ---- progress and Ctrl-C inside the op -------------------------------------------------

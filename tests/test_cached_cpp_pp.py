@@ -146,16 +146,60 @@ def test_bad_inputs_raise_clear_errors():
         op(x, None, None, terms, u, packed, table, cfg, 1.0, False, 7)
     with pytest.raises(ValueError, match="cond is required"):
         cached_cpp.run(model, x, None, None, u, 1.0)
-    raw = cached_cpp.raw_weights(model)
+    raw, names = cached_cpp.raw_weights(model), cached_cpp.weight_names(model)
     with pytest.raises(ValueError, match="expected .* weight tensors"):
         torch.ops.pixelaux.pack_weights(raw[:-1], cfg)
-    with pytest.raises(ValueError, match="head.weight must have shape"):
+    with pytest.raises(ValueError, match="head.weight must have shape"):    # named by the caller
+        torch.ops.pixelaux.pack_weights(raw[:-2] + [raw[-2][:1], raw[-1]], cfg, names)
+    with pytest.raises(ValueError, match=r"weight \d+ \(group \d+, head: conv.weight\) must have shape"):
         torch.ops.pixelaux.pack_weights(raw[:-2] + [raw[-2][:1], raw[-1]], cfg)
+    with pytest.raises(ValueError, match="weight names"):
+        torch.ops.pixelaux.pack_weights(raw, cfg, names[:-1])
     with pytest.raises(TypeError, match="must be float32"):
         torch.ops.pixelaux.pack_weights([r.double() for r in raw], cfg)
 
 
 # ---- token inputs (embed_dim > 0) --------------------------------------------------------
+
+
+def test_the_packed_weight_list_is_checked():
+    """The engine takes the weights' order, shapes and layout from the packed plan's weight
+    groups (``cached_cpp.weight_groups``, after its steps): a list that does not fit the
+    plan's steps or the model's weights is refused before anything is packed or runs."""
+    model, x, cond, u = make("s3-b2-gray8-cond", seed=7)
+    packed, cfg = cached_cpp.packed_weights(model), cached_cpp.config_of(model)
+    table, terms = cached_cpp.input_table(model), cached_cpp.cond_terms(model, cond)
+    raw, names = cached_cpp.raw_weights(model), cached_cpp.weight_names(model)
+    op, pack = torch.ops.pixelaux.cached_sample, torch.ops.pixelaux.pack_weights
+    n, ng = cached_cpp.WEIGHT_INTS, cfg[16]
+    groups = [cfg[len(cfg) - n * (ng - g):len(cfg) - n * (ng - g - 1)] for g in range(ng)]
+    kinds = [cached_cpp.WEIGHT_KINDS[g[0]] for g in groups]
+    block, down, head = kinds.index("block"), kinds.index("down_u"), kinds.index("head")
+    split = next(i for i, g in enumerate(groups) if g[0] == kinds.index("block") and g[2] == cached_cpp.SPLIT)
+
+    def with_group(i, g):
+        return cfg[:len(cfg) - n * (ng - i)] + g + cfg[len(cfg) - n * (ng - i - 1):]
+
+    for bad, what in [(cfg[:16] + [ng + 1] + cfg[17:], "must have .* ints"),              # a group missing
+                      (with_group(block, [99, -1, -1, -1]), "bad weight group"),           # no such kind
+                      (with_group(down, [cached_cpp.WEIGHT_KINDS.index("down_u"), 3, -1, -1]), "bad weight group"),
+                      (with_group(head, groups[0]), "one weight group of the input layers and one of the head"),
+                      (with_group(down, groups[block]), "bad step"),                       # a DownRow's conv is a block
+                      (with_group(block, groups[block][:3] + [0]), "bad step"),            # cond terms, no cond weights
+                      (with_group(block, groups[block][:1] + [5] + groups[block][2:]), "bad block step"),  # kw 5
+                      (with_group(split, groups[split][:2] + [cached_cpp.SKIP, 1]), "bad block step")]:    # no nin_ul
+        with pytest.raises(ValueError, match=what):
+            op(x, None, None, terms, u, packed, table, bad, 1.0)
+    # what the layout would pack does not fit the model's weights: named by the caller
+    with pytest.raises(ValueError, match=r"up_layers\.0\.u_stream\.0\.conv1\.weight must have shape \(8, 16, 2, 5\)"):
+        pack(raw, with_group(block, groups[block][:1] + [5] + groups[block][2:]), names)
+    with pytest.raises(ValueError, match=r"ul_stream\.0\.nin_skip\.weight must have shape \(8, 16, 1, 1\), got "
+                                         r"\(8, 32, 1, 1\)"):
+        pack(raw, with_group(split, groups[split][:2] + [cached_cpp.SKIP, 1]), names)
+    with pytest.raises(ValueError, match="bad step"):                                   # the plan is checked there too
+        pack(raw, with_group(block, groups[block][:3] + [0]), names)
+    assert torch.equal(op(x, None, None, terms, u, packed, table, cfg, 1.0)[0],
+                       cached_cpp.run(model, x, None, cond, u, 1.0))
 
 
 def test_progress_and_interrupt_inside_the_op(monkeypatch):

@@ -17,16 +17,47 @@ namespace {
 // The packed plan after the model's ints (cached_cpp.pack_plan), its indices checked.
 std::string parse_plan(const int64_t* v, int64_t n, Config* c) {
   const std::string bad = "config: the packed plan (cached_cpp.pack_plan) ";
-  if (n < 5) return bad + "is missing, got " + std::to_string(n) + " ints";
-  for (int i = 0; i < 5; ++i)
+  if (n < 6) return bad + "is missing, got " + std::to_string(n) + " ints";
+  for (int i = 0; i < 6; ++i)
     if (v[i] < 0 || v[i] > (int64_t(1) << 20)) return bad + "has a bad count " + std::to_string(v[i]);
-  const int64_t nw = v[0], nh = v[1], nv = v[2], nr = v[3], np = v[4];
-  const int64_t want = 5 + 5 * nw + 2 * nh + 2 * nv + kStepInts * (nr + np);
+  const int64_t nw = v[0], nh = v[1], nv = v[2], nr = v[3], np = v[4], ng = v[5];
+  const int64_t want = 6 + 5 * nw + 2 * nh + 2 * nv + kStepInts * (nr + np) + kWeightInts * ng;
   if (n != want) return bad + "must have " + std::to_string(want) + " ints, got " + std::to_string(n);
   const int64_t S = c->scales, F = c->hidden;
-  const int64_t* p = v + 5;
   auto in = [](int64_t x, int64_t lo, int64_t hi) { return x >= lo && x < hi; };
   PackedPlan& P = c->plan;
+  // The weight groups (after the steps): each block and conv numbered within its kind.
+  int nblocks = 0, nconvs = 0, ninput = 0, nhead = 0, ncond = 0;
+  for (const int64_t* g = v + n - kWeightInts * ng; g < v + n; g += kWeightInts) {
+    PackedWeights w;
+    const std::string err = bad + "has a bad weight group " + std::to_string(P.weights.size());
+    if (!in(g[0], 0, kNumWeightKinds)) return err;
+    w.kind = (int)g[0];
+    if (w.kind == kBlock) {
+      if (!in(g[1], 1, kMaxKernelSize + 1) || !in(g[2], 0, 3) || !in(g[3], 0, 2) || (g[3] && !c->cond_channels))
+        return err;
+      w.kw = (int)g[1];
+      w.skip = (int)g[2];
+      w.cond = (int)g[3];
+      w.index = nblocks++;
+      ncond += w.cond;
+    } else {
+      if (g[1] != -1 || g[2] != -1 || g[3] != -1) return err;
+      ninput += w.kind == kInputLayers;
+      nhead += w.kind == kHeadLayer;
+      if (w.kind != kInputLayers && w.kind != kHeadLayer) w.index = nconvs++;
+    }
+    P.weights.push_back(w);
+  }
+  if (ninput != 1 || nhead != 1) return bad + "must have one weight group of the input layers and one of the head";
+  P.cond_scales.assign(ncond, -1);
+  // A step's weight group x of kind `kind`: its index among the blocks or convs.
+  auto weights = [&](int64_t x, int kind, int* out) {
+    if (!in(x, 0, ng) || P.weights[x].kind != kind) return false;
+    *out = P.weights[x].index;
+    return true;
+  };
+  const int64_t* p = v + 6;
   for (int64_t i = 0; i < nw; ++i, p += 5) {
     if (!in(p[0], 0, S) || (p[1] != F && p[1] != 2 * F) || !in(p[2], 1, 64) || !in(p[3], 0, 64) || !in(p[4], 0, 64))
       return bad + "has a bad window " + std::to_string(i);
@@ -78,28 +109,34 @@ std::string parse_plan(const int64_t* v, int64_t n, Config* c) {
       case kDownPixel:
         ok = s > 0 && window(a[0], s - 1, &st.win) && P.windows[st.win].channels == F && P.windows[st.win].rows == 2 &&
              P.windows[st.win].left == 1 && P.windows[st.win].right == (st.op == kDownRow ? 1 : 0) &&
-             value(a[1], vkind, &st.out);
+             value(a[1], vkind, &st.out) && weights(a[2], st.op == kDownRow ? kDownU : kDownUl, &st.conv);
         break;
       case kFromUp:
         ok = holder(a[0], s, &st.holder) && value(a[1], vkind, &st.out);
         break;
       case kRowBlock:
       case kPixelBlock:
-      case kRowTerm:
-        st.block = (int)a[0];
+      case kRowTerm: {
+        // a block's conditioning: by a row step, once, iff its group has cond_c1 / cond_c2
         st.cond = (int)a[1];
-        ok = st.cond >= -1 && value(a[2], st.op == kRowTerm ? kRowValue : vkind, &st.x) &&
+        ok = weights(a[0], kBlock, &st.block) && value(a[2], st.op == kRowTerm ? kRowValue : vkind, &st.x) &&
              value(a[3], st.op == kRowTerm ? kRowTermValue : vkind, &st.out) && window(a[4], s, &st.win1) &&
              window(a[5], s, &st.win2);
+        const bool cond = ok && P.weights[a[0]].cond;
+        if (ok && st.op == kPixelBlock) ok = st.cond == -1;
+        else if (ok) ok = cond ? in(st.cond, 0, ncond) && P.cond_scales[st.cond] == -1 : st.cond == -1;
+        if (ok && cond) P.cond_scales[st.cond] = s;
         if (ok && st.op != kRowTerm && a[6] != -1) ok = value(a[6], vkind, &st.skip);
         if (ok && st.op == kPixelBlock) ok = value(a[7], kRowTermValue, &st.term);
         break;
+      }
       case kKeep:
         ok = value(a[0], vkind, &st.x) && window(a[1], s, &st.win) && P.windows[st.win].channels == F;
         break;
       case kUpRow:
       case kUpPixel:
-        ok = s > 0 && value(a[0], vkind, &st.x) && holder(a[1], s - 1, &st.holder);
+        ok = s > 0 && value(a[0], vkind, &st.x) && holder(a[1], s - 1, &st.holder) &&
+             weights(a[2], st.op == kUpRow ? kUpU : kUpUl, &st.conv);
         break;
       case kHead:
         ok = s == 0 && value(a[0], kPixelValue, &st.x) && i == nr + np - 1;
@@ -108,6 +145,8 @@ std::string parse_plan(const int64_t* v, int64_t n, Config* c) {
     if (!ok) return err;
     (pixel ? P.pixel_steps : P.row_steps).push_back(st);
   }
+  for (int s : P.cond_scales)
+    if (s < 0) return bad + "must give every block with conditioning weights its terms in a row step";
   return "";
 }
 
@@ -135,7 +174,7 @@ std::string check_plan(const Config& c, const Layout& L) {
   return "";
 }
 
-std::string parse_config(const int64_t* v, int64_t n, Config* c, bool model_only) {
+std::string parse_config(const int64_t* v, int64_t n, Config* c) {
   static const char* names[kConfigLen] = {"family", "channels", "bits", "hidden", "blocks", "kernel_size",
                                           "scales", "cond_channels", "dist", "nr_mix", "embed_dim"};
   if (n < kConfigLen) {
@@ -172,19 +211,19 @@ std::string parse_config(const int64_t* v, int64_t n, Config* c, bool model_only
   c->kh = (c->kernel_size + 1) / 2;
   c->pw = (c->kernel_size - 1) / 2;
   const std::string err = make_dist_spec(c->channels, c->bits, c->dist, c->nr_mix, &c->d);
-  if (!err.empty() || model_only) return err;
+  if (!err.empty()) return err;
   return parse_plan(v + kConfigLen, n - kConfigLen, c);
 }
 
 // ------------------------------------------------------------------------------------
-// Layout and packing, in the plan's weight order (plan.py: gated_plan, pixelcnnpp_plan)
+// Layout and packing, in the order of the plan's weight groups (PackedPlan::weights)
 // ------------------------------------------------------------------------------------
 
 namespace {
 
 // A block of kh-row convs kw columns wide; nin: a 1x1 projection of act(skip) (split:
-// of act(cat(u, ul)), in two parts).
-BlockLayout block_layout(LayoutBuilder& lb, const Config& c, int kw, bool nin, bool split) {
+// of act(cat(u, ul)), in two parts); cond: its conditioning 1x1 convs.
+BlockLayout block_layout(LayoutBuilder& lb, const Config& c, int kw, bool nin, bool split, bool cond) {
   const int F = c.hidden, cc = c.cond_channels;
   BlockLayout B;
   for (int r = 0; r < c.kh; ++r) {
@@ -194,7 +233,7 @@ BlockLayout block_layout(LayoutBuilder& lb, const Config& c, int kw, bool nin, b
   }
   if (nin) B.nin = lb.mat(2 * F, F);
   if (split) B.nin_ul = lb.mat(2 * F, F);
-  if (cc) {
+  if (cond) {
     B.cc1 = lb.mat(2 * cc, F);
     B.cc2a = lb.mat(cc, F);
     B.cc2b = lb.mat(cc, F);
@@ -204,191 +243,175 @@ BlockLayout block_layout(LayoutBuilder& lb, const Config& c, int kw, bool nin, b
   return B;
 }
 
-// The block kinds of the plan: (u stream: k columns centred; ul: kh to the left) x
-// (skip: none, act(x) of F channels, or split act(cat(u, ul))).
-enum Skip { kNoSkip = 0, kSkip = 1, kSplit = 2 };
-
-}  // namespace
-
-namespace {
-
-// Calls block(name prefix, s, k, u stream?, skip) for every block, and conv(name, cout,
-// cin, kh, kw) for every other module with weights, in the plan's weight order.
-template <class Block, class Conv>
-void walk_weights(const Config& c, Block block, Conv conv) {
-  const int64_t F = c.hidden, cin = c.cin, k = c.kernel_size, kh = c.kh, S = c.scales, nb = c.blocks;
-  const bool gated = c.family == kGated;
-  conv("u_init", F, cin, kh, k);
-  conv("ul_init_v", F, cin, 1, k);
-  conv("ul_init_h", F, cin, kh, 1);
-  for (int64_t s = 0; s < S; ++s) {
-    const std::string p = gated ? "" : "up_layers." + std::to_string(s) + ".";
-    for (int64_t b = 0; b < nb; ++b)
-      block(p + (gated ? "u_blocks." : "u_stream.") + std::to_string(b) + ".", (int)s, (int)b, true, kNoSkip);
-    for (int64_t b = 0; b < nb; ++b)
-      block(p + (gated ? "ul_blocks." : "ul_stream.") + std::to_string(b) + ".", (int)s, (int)b, false, kSkip);
-  }
-  if (gated) return;
-  for (int64_t t = 0; t < S; ++t) {  // down_layers[t] runs at scale S-1-t
-    const std::string p = "down_layers." + std::to_string(t) + ".";
-    const int s = (int)(S - 1 - t);
-    for (int b = 0; b < c.down_blocks(s); ++b) block(p + "u_stream." + std::to_string(b) + ".", s, b, true, kSkip);
-    for (int b = 0; b < c.down_blocks(s); ++b) block(p + "ul_stream." + std::to_string(b) + ".", s, b, false, kSplit);
-  }
-  for (int64_t t = 0; t + 1 < S; ++t) {
-    conv("downsize_u." + std::to_string(t), F, F, 2, 3);
-    conv("downsize_ul." + std::to_string(t), F, F, 2, 2);
-  }
-  for (int64_t t = 0; t + 1 < S; ++t) {
-    conv("upsize_u." + std::to_string(t), F, F, 2, 3);  // ConvTranspose2d: (cin, cout, 2, 3)
-    conv("upsize_ul." + std::to_string(t), F, F, 2, 2);
-  }
-}
+// The width of a stride-2 or transposed conv: 3 (u), 2 (ul).
+int conv_width(int kind) { return kind == kDownU || kind == kUpU ? 3 : 2; }
 
 }  // namespace
 
 Layout make_layout(const Config& c) {
   LayoutBuilder lb;
   Layout L;
-  const int F = c.hidden, cin = c.cin, k = c.kernel_size, kh = c.kh, S = c.scales, nb = c.blocks;
-  for (int r = 0; r < kh; ++r) L.u0.push_back(lb.mat(k * cin, F));
-  L.u0b = lb.vec(F);
-  L.ulv = lb.mat(k * cin, F);
-  L.ulvb = lb.vec(F);
-  for (int r = 0; r < kh; ++r) L.ulh.push_back(lb.mat(cin, F));
-  L.ulhb = lb.vec(F);
-  walk_weights(
-      c,
-      [&](const std::string&, int, int, bool u, int skip) {
-        L.blocks.push_back(block_layout(lb, c, u ? k : kh, skip != kNoSkip, skip == kSplit));
-      },
-      [](const std::string&, int64_t, int64_t, int64_t, int64_t) {});
-  L.down_u_conv.resize(S);
-  L.down_ul_conv.resize(S);
-  L.down_u_bias.resize(S);
-  L.down_ul_bias.resize(S);
-  L.up_u_conv.resize(S);
-  L.up_ul_conv.resize(S);
-  L.up_u_bias.resize(S);
-  L.up_ul_bias.resize(S);
-  for (int s = 1; s < S; ++s) {
-    for (int r = 0; r < 2; ++r) L.down_u_conv[s].push_back(lb.mat(3 * F, F));
-    L.down_u_bias[s] = lb.vec(F);
-    for (int r = 0; r < 2; ++r) L.down_ul_conv[s].push_back(lb.mat(2 * F, F));
-    L.down_ul_bias[s] = lb.vec(F);
-    for (int t = 0; t < 6; ++t) L.up_u_conv[s].push_back(lb.mat(F, F));
-    L.up_u_bias[s] = lb.vec(F);
-    for (int t = 0; t < 4; ++t) L.up_ul_conv[s].push_back(lb.mat(F, F));
-    L.up_ul_bias[s] = lb.vec(F);
+  const int F = c.hidden, cin = c.cin, k = c.kernel_size, kh = c.kh;
+  for (const PackedWeights& w : c.plan.weights) {
+    switch (w.kind) {
+      case kInputLayers:
+        for (int r = 0; r < kh; ++r) L.u0.push_back(lb.mat(k * cin, F));
+        L.u0b = lb.vec(F);
+        L.ulv = lb.mat(k * cin, F);
+        L.ulvb = lb.vec(F);
+        for (int r = 0; r < kh; ++r) L.ulh.push_back(lb.mat(cin, F));
+        L.ulhb = lb.vec(F);
+        break;
+      case kBlock:
+        L.blocks.push_back(block_layout(lb, c, w.kw, w.skip != kNoSkip, w.skip == kSplit, w.cond));
+        break;
+      case kDownU:
+      case kDownUl: {  // per kernel row
+        ConvLayout cv;
+        for (int r = 0; r < 2; ++r) cv.mats.push_back(lb.mat(conv_width(w.kind) * F, F));
+        cv.bias = lb.vec(F);
+        L.convs.push_back(cv);
+        break;
+      }
+      case kUpU:
+      case kUpUl: {  // per (row parity, tap / column parity)
+        ConvLayout cv;
+        for (int t = 0; t < 2 * conv_width(w.kind); ++t) cv.mats.push_back(lb.mat(F, F));
+        cv.bias = lb.vec(F);
+        L.convs.push_back(cv);
+        break;
+      }
+      case kHeadLayer:
+        L.head = lb.mat(F, (int)c.d.num_params);
+        L.headb = lb.vec((int)c.d.num_params);
+        break;
+    }
   }
-  L.head = lb.mat(F, (int)c.d.num_params);
-  L.headb = lb.vec((int)c.d.num_params);
-  int n = 0;
-  for (int s = 0; s < S; ++s) n += 2 * nb + 2 * c.down_blocks(s);
-  L.num_cond_blocks = c.cond_channels ? n : 0;
+  L.num_cond_blocks = (int)c.plan.cond_scales.size();
   L.total = lb.total;
   return L;
 }
 
-
 std::vector<RawSpec> raw_weight_specs(const Config& c) {
-  const int64_t F = c.hidden, kh = c.kh, cc = c.cond_channels;
+  const int64_t F = c.hidden, cin = c.cin, k = c.kernel_size, kh = c.kh, cc = c.cond_channels;
+  static const char* kinds[kNumWeightKinds] = {"input layers", "block", "stride-2 conv u", "stride-2 conv ul",
+                                               "transposed conv u", "transposed conv ul", "head"};
   std::vector<RawSpec> out;
-  auto conv = [&](const std::string& name, int64_t cout, int64_t ci, int64_t h, int64_t w) {
-    out.push_back({name + ".weight", {cout, ci, h, w}});
-    out.push_back({name + ".bias", {cout}});
-  };
-  walk_weights(
-      c,
-      [&](const std::string& p, int, int, bool u, int skip) {
-        const int64_t kw = u ? c.kernel_size : kh;
-        conv(p + "conv1", F, 2 * F, kh, kw);
-        if (skip) conv(p + "nin_skip", F, skip == kSplit ? 4 * F : 2 * F, 1, 1);
-        conv(p + "conv2", 2 * F, 2 * F, kh, kw);
-        if (cc) {
-          out.push_back({p + "cond_c1.weight", {F, 2 * cc, 1, 1}});
-          out.push_back({p + "cond_c2.weight", {2 * F, cc, 1, 1}});
+  for (size_t g = 0; g < c.plan.weights.size(); ++g) {
+    const PackedWeights& w = c.plan.weights[g];
+    auto add = [&](const std::string& part, std::vector<int64_t> shape) {
+      out.push_back({"weight " + std::to_string(out.size()) + " (group " + std::to_string(g) + ", " + kinds[w.kind] +
+                         ": " + part + ")",
+                     std::move(shape)});
+    };
+    auto conv = [&](const std::string& part, int64_t cout, int64_t ci, int64_t h, int64_t wd) {
+      add(part + ".weight", {cout, ci, h, wd});
+      add(part + ".bias", {cout});
+    };
+    switch (w.kind) {
+      case kInputLayers:
+        conv("u", F, cin, kh, k);
+        conv("ul_v", F, cin, 1, k);
+        conv("ul_h", F, cin, kh, 1);
+        break;
+      case kBlock:
+        conv("conv1", F, 2 * F, kh, w.kw);
+        if (w.skip != kNoSkip) conv("nin_skip", F, w.skip == kSplit ? 4 * F : 2 * F, 1, 1);
+        conv("conv2", 2 * F, 2 * F, kh, w.kw);
+        if (w.cond) {
+          add("cond_c1.weight", {F, 2 * cc, 1, 1});
+          add("cond_c2.weight", {2 * F, cc, 1, 1});
         }
-      },
-      conv);
-  conv("head", c.d.num_params, F, 1, 1);
+        break;
+      case kDownU:
+      case kDownUl:
+      case kUpU:
+      case kUpUl:  // a ConvTranspose2d's weight is (cin, cout, 2, kw)
+        conv("conv", F, F, 2, conv_width(w.kind));
+        break;
+      case kHeadLayer:
+        conv("conv", c.d.num_params, F, 1, 1);
+        break;
+    }
+  }
   return out;
 }
 
 void pack_weights(const Config& c, const Layout& L, const std::vector<const float*>& raw, float* out) {
   std::memset(out, 0, sizeof(float) * L.total);
-  const int64_t F = c.hidden, cin = c.cin, kh = c.kh, cc = c.cond_channels;
+  const int64_t F = c.hidden, cin = c.cin, k = c.kernel_size, kh = c.kh, cc = c.cond_channels;
   const float* const* next = raw.data();
-  size_t n = 0;  // the blocks, in the plan's order
-  auto block = [&](const std::string&, int, int, bool u, int skip) {
-    const BlockLayout& B = L.blocks[n++];
-    const int64_t kw = u ? c.kernel_size : kh;
-    ConvW w1{*next++, F, 2 * F, kh, kw};
-    const float* b1 = *next++;
-    const float* wn = skip ? *next++ : nullptr;
-    const float* bn = skip ? *next++ : nullptr;
-    ConvW w2{*next++, 2 * F, 2 * F, kh, kw};
-    const float* b2 = *next++;
-    for (int r = 0; r < kh; ++r) {
-      fill_row(out, B.c1[r], w1, r, 0);
-      fill_row(out, B.c2a[r], w2, r, 0);
-      fill_row(out, B.c2b[r], w2, r, (int)F);
-    }
-    for (int64_t o = 0; o < F; ++o) out[B.b1.off + o] = bn ? b1[o] + bn[o] : b1[o];
-    fill_vec(out, B.b2, b2);
-    if (skip == kSkip) {
-      fill_mat(out, B.nin, [&](int k, int n) { return wn[n * 2 * F + k]; });
-    } else if (skip == kSplit) {
-      // concat_elu(cat(u, ul)) = [u, ul, -u, -ul]: the u part is columns [0, F) + [2F, 3F)
-      fill_mat(out, B.nin, [&](int k, int n) { return wn[n * 4 * F + (k < F ? k : F + k)]; });
-      fill_mat(out, B.nin_ul, [&](int k, int n) { return wn[n * 4 * F + (k < F ? F + k : 2 * F + k)]; });
-    }
-    if (cc) {
-      ConvW c1{*next++, F, 2 * cc, 1, 1}, c2{*next++, 2 * F, cc, 1, 1};
-      fill_row(out, B.cc1, c1, 0, 0);
-      fill_row(out, B.cc2a, c2, 0, 0);
-      fill_row(out, B.cc2b, c2, 0, (int)F);
-    }
-  };
-  auto conv = [&](const std::string& name, int64_t, int64_t, int64_t, int64_t) {
-    if (name == "u_init") {
-      ConvW w{*next++, F, cin, kh, c.kernel_size};
-      for (int r = 0; r < kh; ++r) fill_row(out, L.u0[r], w, r, 0);
-      fill_vec(out, L.u0b, *next++);
-    } else if (name == "ul_init_v") {
-      ConvW w{*next++, F, cin, 1, c.kernel_size};
-      fill_row(out, L.ulv, w, 0, 0);
-      fill_vec(out, L.ulvb, *next++);
-    } else if (name == "ul_init_h") {
-      ConvW w{*next++, F, cin, kh, 1};
-      for (int r = 0; r < kh; ++r) fill_row(out, L.ulh[r], w, r, 0);
-      fill_vec(out, L.ulhb, *next++);
-    } else if (name.rfind("downsize_", 0) == 0) {  // downsize_*[t]: scale t -> t+1
-      const bool u = name[9] == 'u' && name[10] == '.';
-      const int s = std::stoi(name.substr(name.find('.') + 1)) + 1;
-      ConvW w{*next++, F, F, 2, u ? 3 : 2};
-      for (int r = 0; r < 2; ++r) fill_row(out, (u ? L.down_u_conv : L.down_ul_conv)[s][r], w, r, 0);
-      fill_vec(out, (u ? L.down_u_bias : L.down_ul_bias)[s], *next++);
-    } else {  // upsize_*[t]: scale S-1-t -> S-2-t; weight (F_in, F_out, 2, kw)
-      const bool u = name[7] == 'u' && name[8] == '.';
-      const int s = c.scales - 1 - std::stoi(name.substr(name.find('.') + 1));
-      const float* w = *next++;
-      if (u) {
-        for (int r = 0; r < 2; ++r)
-          for (int tap = 0; tap < 3; ++tap)
-            fill_mat(out, L.up_u_conv[s][r * 3 + tap], [&](int k, int n) { return w[((k * F + n) * 2 + r) * 3 + tap]; });
-      } else {
-        for (int a = 0; a < 2; ++a)
-          for (int b = 0; b < 2; ++b)
-            fill_mat(out, L.up_ul_conv[s][a * 2 + b], [&](int k, int n) { return w[((k * F + n) * 2 + a) * 2 + b]; });
+  for (const PackedWeights& g : c.plan.weights) {
+    switch (g.kind) {
+      case kInputLayers: {
+        ConvW u{*next++, F, cin, kh, k};
+        for (int r = 0; r < kh; ++r) fill_row(out, L.u0[r], u, r, 0);
+        fill_vec(out, L.u0b, *next++);
+        ConvW v{*next++, F, cin, 1, k};
+        fill_row(out, L.ulv, v, 0, 0);
+        fill_vec(out, L.ulvb, *next++);
+        ConvW h{*next++, F, cin, kh, 1};
+        for (int r = 0; r < kh; ++r) fill_row(out, L.ulh[r], h, r, 0);
+        fill_vec(out, L.ulhb, *next++);
+        break;
       }
-      fill_vec(out, (u ? L.up_u_bias : L.up_ul_bias)[s], *next++);
+      case kBlock: {
+        const BlockLayout& B = L.blocks[g.index];
+        ConvW w1{*next++, F, 2 * F, kh, g.kw};
+        const float* b1 = *next++;
+        const float* wn = g.skip != kNoSkip ? *next++ : nullptr;
+        const float* bn = g.skip != kNoSkip ? *next++ : nullptr;
+        ConvW w2{*next++, 2 * F, 2 * F, kh, g.kw};
+        const float* b2 = *next++;
+        for (int r = 0; r < kh; ++r) {
+          fill_row(out, B.c1[r], w1, r, 0);
+          fill_row(out, B.c2a[r], w2, r, 0);
+          fill_row(out, B.c2b[r], w2, r, (int)F);
+        }
+        for (int64_t o = 0; o < F; ++o) out[B.b1.off + o] = bn ? b1[o] + bn[o] : b1[o];
+        fill_vec(out, B.b2, b2);
+        if (g.skip == kSkip) {
+          fill_mat(out, B.nin, [&](int k, int n) { return wn[n * 2 * F + k]; });
+        } else if (g.skip == kSplit) {
+          // concat_elu(cat(u, ul)) = [u, ul, -u, -ul]: the u part is columns [0, F) + [2F, 3F)
+          fill_mat(out, B.nin, [&](int k, int n) { return wn[n * 4 * F + (k < F ? k : F + k)]; });
+          fill_mat(out, B.nin_ul, [&](int k, int n) { return wn[n * 4 * F + (k < F ? F + k : 2 * F + k)]; });
+        }
+        if (g.cond) {
+          ConvW c1{*next++, F, 2 * cc, 1, 1}, c2{*next++, 2 * F, cc, 1, 1};
+          fill_row(out, B.cc1, c1, 0, 0);
+          fill_row(out, B.cc2a, c2, 0, 0);
+          fill_row(out, B.cc2b, c2, 0, (int)F);
+        }
+        break;
+      }
+      case kDownU:
+      case kDownUl: {
+        const ConvLayout& cv = L.convs[g.index];
+        ConvW w{*next++, F, F, 2, conv_width(g.kind)};
+        for (int r = 0; r < 2; ++r) fill_row(out, cv.mats[r], w, r, 0);
+        fill_vec(out, cv.bias, *next++);
+        break;
+      }
+      case kUpU:
+      case kUpUl: {  // weight (F_in, F_out, 2, kw): mats [row parity * kw + column tap]
+        const ConvLayout& cv = L.convs[g.index];
+        const int kw = conv_width(g.kind);
+        const float* w = *next++;
+        for (int r = 0; r < 2; ++r)
+          for (int t = 0; t < kw; ++t)
+            fill_mat(out, cv.mats[r * kw + t], [&](int k, int n) { return w[((k * F + n) * 2 + r) * kw + t]; });
+        fill_vec(out, cv.bias, *next++);
+        break;
+      }
+      case kHeadLayer: {
+        ConvW w{*next++, c.d.num_params, F, 1, 1};
+        fill_row(out, L.head, w, 0, 0);
+        fill_vec(out, L.headb, *next++);
+        break;
+      }
     }
-  };
-  walk_weights(c, block, conv);
-  ConvW w{*next++, c.d.num_params, F, 1, 1};
-  fill_row(out, L.head, w, 0, 0);
-  fill_vec(out, L.headb, *next++);
+  }
 }
 
 }  // namespace cpu

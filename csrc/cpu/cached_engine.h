@@ -1,6 +1,7 @@
 // The CPU cached sampling engine (docs/design.md section 2.3): one config, one packed
 // weight layout in the sampling plan's weight order (pixelaux/engines/plan.py,
-// Plan.weight_tensors), one SampleArgs, one entry point for every model family.
+// Plan.weight_tensors; the packed plan's weight groups), one SampleArgs, one entry point
+// for every model family.
 //
 // Same algorithm and buffer names as the plan's readable executor
 // (pixelaux/engines/cached_torch.py), with the whole per-image loop in C++: when row i
@@ -38,25 +39,43 @@ enum Op : int {
 };
 constexpr int kStepInts = 10;  // [op, scale, 8 args] (cached_cpp.STEP_INTS)
 
+// The weight groups of a packed plan (cached_cpp.WEIGHT_KINDS, the same order), each
+// [kind, kw, skip, cond] (cached_cpp.WEIGHT_INTS; -1 but for a block), in the plan's weight
+// order (Plan.weights): the input layers (u_init (kh, k), ul_init_v (1, k), ul_init_h (kh,
+// 1): one group), a gated residual block (conv1 and conv2 (kh, kw), its 1x1 projection
+// by Skip, cond_c1 and cond_c2 when cond), the stride-2 convs (F, F, 2, 3) of kDownRow
+// (u) and (F, F, 2, 2) of kDownPixel (ul), the transposed convs (F, F, 2, 3) of kUpRow
+// (u) and (F, F, 2, 2) of kUpPixel (ul), the head. Steps name a block or a conv by the
+// index of its group.
+enum WeightKind : int { kInputLayers = 0, kBlock, kDownU, kDownUl, kUpU, kUpUl, kHeadLayer, kNumWeightKinds };
+constexpr int kWeightInts = 4;
+// A block's 1x1 projection: none, of act(skip) (F channels), or split (of act(cat(u, ul))).
+enum Skip : int { kNoSkip = 0, kSkip = 1, kSplit = 2 };
+// One weight group; index: the block's in Layout::blocks, a conv's in Layout::convs.
+struct PackedWeights { int kind = 0, kw = -1, skip = -1, cond = -1, index = -1; };
+
 // One step: its buffers by index (windows, holders, values of the PackedPlan), blocks by
-// their index in the plan's weight order (Layout::blocks), -1 for none. Fields by op:
+// their index in Layout::blocks, stride-2 / transposed convs by theirs in Layout::convs
+// (the packed steps name both by weight group), -1 for none. Fields by op:
 //   kInputRow: out, out2 (u; ul's row term row_term:ul_init)
 //   kInputPixel: x (the row term), out
-//   kDownRow / kDownPixel: win (the finer scale's window), out
+//   kDownRow / kDownPixel: win (the finer scale's window), out, conv
 //   kFromUp (either phase): holder, out
 //   kRowBlock / kPixelBlock: block, cond, x, out, win1, win2, skip (and kPixelBlock: term)
 //   kRowTerm: block, cond, x (its nin's input), out (the row term), win1, win2 (the
 //     block's conv windows: the taps of the rows above)
 //   kKeep (either phase): x, win
-//   kUpRow / kUpPixel: x, holder
+//   kUpRow / kUpPixel: x, holder, conv
 //   kHead: x
 struct Step {
   int op = 0, scale = 0;
   int block = -1, cond = -1, x = -1, out = -1, out2 = -1, win = -1, win1 = -1, win2 = -1,
-      skip = -1, term = -1, holder = -1;
+      skip = -1, term = -1, holder = -1, conv = -1;
 };
 
-// The packed plan: buffers and the row and pixel steps in the order they run.
+// The packed plan: buffers, the row and pixel steps in the order they run, the weight
+// groups in the plan's weight order, and the scale of each block's conditioning terms
+// (by the index the steps give them, Plan.cond_blocks).
 struct PackedWindow { int scale, channels, rows, left, right; };
 struct PackedHolder { int scale, channels; };
 enum ValueKind : int { kRowValue = 0, kRowTermValue = 1, kPixelValue = 2 };
@@ -66,6 +85,8 @@ struct PackedPlan {
   std::vector<PackedHolder> holders;
   std::vector<PackedValue> values;
   std::vector<Step> row_steps, pixel_steps;
+  std::vector<PackedWeights> weights;
+  std::vector<int> cond_scales;
 };
 
 // The config ints the ops take: [family, channels, bits, hidden, blocks, kernel_size,
@@ -89,17 +110,12 @@ struct Config {
   int cin = 0;            // input channels: channels * per_channel + the ones channel
   int kh = 0;             // rows every conv reads, (k + 1) / 2
   int pw = 0;             // the u convs' padding each side, (k - 1) / 2
-  PackedPlan plan;        // the steps the engine walks (empty for pack_weights)
-  // Blocks of the down pass at scale s (blocks at the smallest scale, blocks+1
-  // elsewhere; a GatedPixelCNN has none).
-  int down_blocks(int s) const {
-    return family == kGated ? 0 : s == scales - 1 ? blocks : blocks + 1;
-  }
+  PackedPlan plan;        // the steps the engine walks and the weights it packs
 };
 
-// Parses and checks the config (with its packed plan unless model_only); returns an error
-// message, empty when valid.
-std::string parse_config(const int64_t* v, int64_t n, Config* c, bool model_only = false);
+// Parses and checks the config with its packed plan; returns an error message, empty
+// when valid.
+std::string parse_config(const int64_t* v, int64_t n, Config* c);
 
 // A gated residual block: per kernel row r (0: the oldest row of the window, kh-1: the
 // current row), the (tap column, channel) x out matrices of conv1 and of conv2's value /
@@ -108,11 +124,19 @@ struct BlockLayout {
   std::vector<MatSlot> c1, c2a, c2b;
   MatSlot nin;              // 1x1 projection of act(skip) (a split one: its act(u) part)
   MatSlot nin_ul;           // a split projection (down-pass ul blocks): its act(ul) part
-  MatSlot cc1, cc2a, cc2b;  // conditioning 1x1 convs (cond_channels > 0)
+  MatSlot cc1, cc2a, cc2b;  // conditioning 1x1 convs (its group's cond)
   VecSlot b1, b2;           // b1: conv1 bias + nin bias; b2: conv2 bias (2F)
 };
 
-// Where each packed matrix lives in the flat packed-weight tensor.
+// A stride-2 conv (mats: per kernel row, K = kw * F) or a transposed conv (mats: [row
+// parity * 3 + tap] (u, taps 0..2) or [row parity * 2 + column parity] (ul), K = F).
+struct ConvLayout {
+  std::vector<MatSlot> mats;
+  VecSlot bias;
+};
+
+// Where each packed matrix lives in the flat packed-weight tensor, in the order of the
+// plan's weight groups.
 struct Layout {
   // the input layers: u_init, a (kh, k) conv over the image rows above; ul_init_v, a
   // (1, k) conv over the row above; ul_init_h, a (kh, 1) conv over the column to the
@@ -123,18 +147,12 @@ struct Layout {
   VecSlot ulvb;
   std::vector<MatSlot> ulh;  // K = cin
   VecSlot ulhb;
-  // the blocks in the plan's weight order
+  // the blocks and the stride-2 / transposed convs in the plan's weight order
   std::vector<BlockLayout> blocks;
-  // into scale s from s-1 (index s, 1 .. S-1): stride-2 convs per kernel row
-  std::vector<std::vector<MatSlot>> down_u_conv, down_ul_conv;
-  std::vector<VecSlot> down_u_bias, down_ul_bias;
-  // from scale s into s-1 (index s, 1 .. S-1): transposed convs, [row parity * 3 + tap]
-  // (u, taps 0..2) and [row parity * 2 + column parity] (ul)
-  std::vector<std::vector<MatSlot>> up_u_conv, up_ul_conv;
-  std::vector<VecSlot> up_u_bias, up_ul_bias;
+  std::vector<ConvLayout> convs;
   MatSlot head;
   VecSlot headb;
-  int num_cond_blocks = 0;  // blocks with conditioning terms (cond_channels > 0)
+  int num_cond_blocks = 0;  // blocks with conditioning terms (the plan's cond_scales)
   int64_t total = 0;        // floats
 };
 
@@ -145,7 +163,8 @@ Layout make_layout(const Config& c);
 std::string check_plan(const Config& c, const Layout& lay);
 
 // The raw weights pack_weights expects, in the plan's order (Plan.weight_tensors, the
-// cond modules included): name and shape of each.
+// cond modules included): shape and a generic name of each ("weight 7 (block 1:
+// conv1.weight)"; the op takes the module names from the caller).
 std::vector<RawSpec> raw_weight_specs(const Config& c);
 
 // Packs the raw (checked, contiguous float32) weights into out (layout.total floats).

@@ -337,15 +337,16 @@ struct Engine : EngineBase<Workspace> {
   void up_row(const Share& sh, const Step& st) {
     const int s = st.scale;
     const int64_t Ws = width(s), Wf = width(s - 1);
+    const ConvLayout& cv = L.convs[st.conv];
     sync();
     const float* x = value(st.x);
     for (int r = 0; r < 2; ++r) {
       float* out = ws.holders[st.holder] + r * Wf * F;  // image b at + b * 2 * Wf * F
       const int64_t img = 2 * Wf * F;
       for (int64_t b = 0; b < Bt; ++b) {
-        init_rows(sh, out + b * img, Wf, F, vec(L.up_u_bias[s]));
+        init_rows(sh, out + b * img, Wf, F, vec(cv.bias));
         const float* in = x + b * Ws * F;
-        const auto& wt = L.up_u_conv[s];
+        const auto& wt = cv.mats;
         // even columns 2q: tap 1 of q; odd 2q+1: tap 2 of q and tap 0 of q+1
         gemm_acc((int)Ws, in, F, mat(wt[r * 3 + 1]), sh.fp0, sh.fp1, out + b * img, 2 * F);
         gemm_acc((int)Ws, in, F, mat(wt[r * 3 + 2]), sh.fp0, sh.fp1, out + b * img + F, 2 * F);
@@ -369,11 +370,13 @@ struct Engine : EngineBase<Workspace> {
           input_ul_row(i, value(st.out2));
           input_u_row(i, value(st.out));
           break;
-        case kDownRow:  // the stride-2 conv over rows 2p-1, 2p of scale s-1
+        case kDownRow: {  // the stride-2 conv over rows 2p-1, 2p of scale s-1
+          const ConvLayout& cv = L.convs[st.conv];
           sync();
-          init_rows(sh, value(st.out), Ms, F, vec(L.down_u_bias[s]));
-          conv_rows(sh, window(st.win), 2 * p - 1, 0, 2, L.down_u_conv[s].data(), Ws, 2, value(st.out), F);
+          init_rows(sh, value(st.out), Ms, F, vec(cv.bias));
+          conv_rows(sh, window(st.win), 2 * p - 1, 0, 2, cv.mats.data(), Ws, 2, value(st.out), F);
           break;
+        }
         case kFromUp: {  // the holder's row of parity p & 1
           const float* h = ws.holders[st.holder];
           float* out = value(st.out);
@@ -449,13 +452,14 @@ struct Engine : EngineBase<Workspace> {
         case kInputPixel: input_ul_pixel(j, value(st.x), value(st.out)); break;
         case kDownPixel: {  // the stride-2 conv over the 2x2 window (2p-1 .. 2p, 2q-1 .. 2q) of scale s-1
           const RowWindow& lw = window(st.win);
+          const ConvLayout& cv = L.convs[st.conv];
           float* out = value(st.out);
           pixel_sync();
-          init_rows(sh, out, Bt, F, vec(L.down_ul_bias[s]));
+          init_rows(sh, out, Bt, F, vec(cv.bias));
           for (int r = 0; r < 2; ++r) {
             const int64_t row = 2 * p - 1 + r;
             if (row < 0) continue;
-            gemm_acc((int)Bt, lw.at(0, row, 2 * q), lw.img(), mat(L.down_ul_conv[s][r]), sh.fp0, sh.fp1, out, F);
+            gemm_acc((int)Bt, lw.at(0, row, 2 * q), lw.img(), mat(cv.mats[r]), sh.fp0, sh.fp1, out, F);
           }
           break;
         }
@@ -477,12 +481,13 @@ struct Engine : EngineBase<Workspace> {
         case kUpPixel: {  // the 2x2 block (2p .. 2p+1, 2q .. 2q+1) of scale s-1 it feeds
           const int64_t Wf = width(s - 1);
           const float* x = value(st.x);
+          const ConvLayout& cv = L.convs[st.conv];
           pixel_sync();
           for (int ar = 0; ar < 2; ++ar)
             for (int ac = 0; ac < 2; ++ac) {
               float* out = ws.holders[st.holder] + (ar * Wf + 2 * q + ac) * F;  // image b at + b * 2 * Wf * F
-              init_rows(sh, out, Bt, 2 * Wf * F, vec(L.up_ul_bias[s]));
-              gemm_acc((int)Bt, x, F, mat(L.up_ul_conv[s][ar * 2 + ac]), sh.fp0, sh.fp1, out, 2 * Wf * F);
+              init_rows(sh, out, Bt, 2 * Wf * F, vec(cv.bias));
+              gemm_acc((int)Bt, x, F, mat(cv.mats[ar * 2 + ac]), sh.fp0, sh.fp1, out, 2 * Wf * F);
             }
           break;
         }

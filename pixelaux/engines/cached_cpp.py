@@ -62,18 +62,78 @@ STEP_INTS = 10
 ROW, ROW_TERM, PIXEL = 0, 1, 2
 
 
+#: The weight groups of a packed plan by their kind code (``WeightKind`` in
+#: csrc/cpu/cached_engine.h): the input layers (``u_init``, ``ul_init_v``, ``ul_init_h``
+#: of ``InputRow`` / ``InputPixel``), a gated residual block, the stride-2 convs of
+#: ``DownRow`` (u) and ``DownPixel`` (ul), the transposed convs of ``UpRow`` (u) and
+#: ``UpPixel`` (ul), the head; each packs :data:`WEIGHT_INTS` ints ``[kind, kw, skip,
+#: cond]`` (-1 but for a block).
+WEIGHT_KINDS = ("input", "block", "down_u", "down_ul", "up_u", "up_ul", "head")
+WEIGHT_INTS = 4
+#: A block's 1x1 projection: none, of ``act(skip)``, or split (of ``act(cat(u, ul))``).
+NO_SKIP, SKIP, SPLIT = 0, 1, 2
+
+
+def weight_groups(plan) -> list[tuple]:
+    """``Plan.weights`` as the engine packs them: per group ``(kind, kw, skip, cond,
+    modules)`` in order (kind: an index in :data:`WEIGHT_KINDS`; a block's conv width
+    ``kw``, its projection, whether it has ``cond_c1`` / ``cond_c2``; the group's module
+    names, the first one naming it in the steps). Raises ValueError for weights the
+    engine cannot pack."""
+    steps = [st for _, sts in (*plan.row_steps, *plan.pixel_steps) for st in sts]
+    conv_kind = {}
+    for st in steps:
+        for cls, kind in ((P.DownRow, "down_u"), (P.DownPixel, "down_ul"), (P.UpRow, "up_u"),
+                          (P.UpPixel, "up_ul"), (P.Head, "head")):
+            if isinstance(st, cls):
+                conv_kind[st.conv] = kind
+    inputs = tuple(m for st in steps if isinstance(st, P.InputRow) for m in (st.u_conv, st.ul_conv)) + \
+        tuple(st.conv for st in steps if isinstance(st, P.InputPixel))
+    split = {st.block for st in steps if isinstance(st, P.RowTerm) and st.split}
+    windows = {w.name: w for w in plan.windows}
+    ws, out, i = plan.weights, [], 0
+    while i < len(ws):
+        w = ws[i]
+        if w.role == "input":
+            group = tuple(x.module for x in ws[i:i + 3])
+            if group != inputs or any(x.role != "input" for x in ws[i:i + 3]):
+                raise ValueError(f"the plan's input weights {group} are not the input steps' {inputs}")
+            out.append((WEIGHT_KINDS.index("input"), -1, -1, -1, group))
+            i += 3
+        elif w.role == "conv" and w.module.endswith(".conv1"):
+            block = w.module[:-len(".conv1")]
+            skip = i + 1 < len(ws) and ws[i + 1].role == "skip"
+            cond = any(x.role == "cond" and x.module.startswith(block + ".") for x in ws[i:i + 5])
+            group = P._block_weights(block, skip, cond)
+            if tuple(ws[i:i + len(group)]) != tuple(group):
+                raise ValueError(f"the plan's weights of block {block} are not a gated block's {group}")
+            win = windows[f"{block}.conv1"]
+            out.append((WEIGHT_KINDS.index("block"), win.left + win.right + 1,
+                        (SPLIT if block in split else SKIP) if skip else NO_SKIP, int(cond),
+                        tuple(x.module for x in group)))
+            i += len(group)
+        elif w.role in ("down", "up", "head") and conv_kind.get(w.module, "").startswith(w.role):
+            out.append((WEIGHT_KINDS.index(conv_kind[w.module]), -1, -1, -1, (w.module,)))
+            i += 1
+        else:
+            raise ValueError(f"the C++ engine cannot pack weight {w} (no step of its role names it)")
+    return out
+
+
 def pack_plan(plan) -> list[int]:
     """The plan as the engine walks it, ints: ``[len(windows), len(holders), len(values),
-    len(row steps), len(pixel steps)]``, then per window ``[scale, channels, rows, left,
-    right]``, per holder ``[scale, channels]``, per value ``[kind, scale]``, then the row
-    steps and the pixel steps in the order they run, each ``[op, scale, args...]`` padded
-    to :data:`STEP_INTS` with -1: buffers by their index in those lists, blocks by their
-    index among the plan's blocks (``Plan.weights`` order), each block's conditioning by
-    its index in ``Plan.cond_blocks`` (-1: none)."""
+    len(row steps), len(pixel steps), len(weight groups)]``, then per window ``[scale,
+    channels, rows, left, right]``, per holder ``[scale, channels]``, per value ``[kind,
+    scale]``, then the row steps and the pixel steps in the order they run, each ``[op,
+    scale, args...]`` padded to :data:`STEP_INTS` with -1, then the weight groups
+    (:func:`weight_groups`), :data:`WEIGHT_INTS` ints each: buffers by their index in
+    those lists, a block or a stride-2 / transposed conv by the index of its weight group,
+    each block's conditioning by its index in ``Plan.cond_blocks`` (-1: none). The engine
+    takes the weights' order, shapes and packed layout from the weight groups."""
     windows = {w.name: i for i, w in enumerate(plan.windows)}
     holders = {h.name: i for i, h in enumerate(plan.holders)}
-    blocks = [w.module[:-len(".conv1")] for w in plan.weights if w.module.endswith(".conv1")]
-    block = {b: i for i, b in enumerate(blocks)}
+    groups = weight_groups(plan)
+    group = {g[4][0].removesuffix(".conv1"): i for i, g in enumerate(groups)}  # blocks and convs by name
     conds = {b: i for i, (b, _) in enumerate(plan.cond_blocks)}
     values, kinds = {}, []
 
@@ -90,22 +150,22 @@ def pack_plan(plan) -> list[int]:
         elif isinstance(st, P.InputPixel):
             args = [v(st.row, ROW), v(st.out)]
         elif isinstance(st, (P.DownRow, P.DownPixel)):
-            args = [windows[st.src], v(st.out)]
+            args = [windows[st.src], v(st.out), group[st.conv]]
         elif isinstance(st, P.FromUp):
             args = [holders[st.src], v(st.out)]
         elif isinstance(st, P.RowBlock):
-            args = [block[st.block], conds.get(st.block, -1), v(st.x), v(st.out), *(windows[w] for w in st.windows),
+            args = [group[st.block], conds.get(st.block, -1), v(st.x), v(st.out), *(windows[w] for w in st.windows),
                     v(st.skip) if st.skip else -1]
         elif isinstance(st, P.RowTerm):
-            args = [block[st.block], conds.get(st.block, -1), v(st.src), v(st.out, ROW_TERM),
+            args = [group[st.block], conds.get(st.block, -1), v(st.src), v(st.out, ROW_TERM),
                     windows[f"{st.block}.conv1"], windows[f"{st.block}.conv2"]]
         elif isinstance(st, P.PixelBlock):
-            args = [block[st.block], -1, v(st.x), v(st.out), *(windows[w] for w in st.windows),
+            args = [group[st.block], -1, v(st.x), v(st.out), *(windows[w] for w in st.windows),
                     v(st.skip) if st.skip else -1, v(st.term, ROW_TERM)]
         elif isinstance(st, P.Keep):
             args = [v(st.src), windows[st.window]]
         elif isinstance(st, (P.UpRow, P.UpPixel)):
-            args = [v(st.src), holders[st.dst]]
+            args = [v(st.src), holders[st.dst], group[st.conv]]
         elif isinstance(st, P.Head):
             args = [v(st.src)]
         else:
@@ -116,7 +176,7 @@ def pack_plan(plan) -> list[int]:
 
     rows = [step(s, st, False) for s, steps in plan.row_steps for st in steps]
     pixels = [step(s, st, True) for s, steps in plan.pixel_steps for st in steps]
-    out = [len(plan.windows), len(plan.holders), len(kinds), len(rows), len(pixels)]
+    out = [len(plan.windows), len(plan.holders), len(kinds), len(rows), len(pixels), len(groups)]
     for w in plan.windows:
         out += [w.scale, w.channels, w.rows, w.left, w.right]
     for h in plan.holders:
@@ -125,6 +185,8 @@ def pack_plan(plan) -> list[int]:
         out += [kind, scale]
     for st in rows + pixels:
         out += st
+    for g in groups:
+        out += g[:WEIGHT_INTS]
     return out
 
 
@@ -154,8 +216,14 @@ def _cond_in_engine(model) -> bool:
 def raw_weights(model) -> list[torch.Tensor]:
     """The model's weights in the order ``pack_weights`` expects: the sampling plan's
     (``plan.Plan.weight_tensors``; a weight-normed conv's ``.weight`` is its folded
-    ``g * V / ||V||``)."""
+    ``g * V / ||V||``). Their shapes: the packed plan's weight groups (:func:`pack_plan`)."""
     return plan_of(model).weight_tensors(model)
+
+
+def weight_names(model) -> list[str]:
+    """The names of :func:`raw_weights` (``Plan.weight_names``), which ``pack_weights``
+    gives in its messages."""
+    return plan_of(model).weight_names()
 
 
 def pack_cached(model, raw, pack, config) -> torch.Tensor:
@@ -180,8 +248,9 @@ def pack_cached(model, raw, pack, config) -> torch.Tensor:
 
 def packed_weights(model) -> torch.Tensor:
     """The packed weights of ``model``, recomputed only when a parameter changed."""
-    return pack_cached(model, lambda: raw_weights(model), torch.ops.pixelaux.pack_weights,
-                       lambda: config_of(model))
+    def pack(raw, config):
+        return torch.ops.pixelaux.pack_weights(raw, config, weight_names(model))
+    return pack_cached(model, lambda: raw_weights(model), pack, lambda: config_of(model))
 
 
 def input_table(model) -> torch.Tensor:

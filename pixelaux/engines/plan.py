@@ -215,6 +215,11 @@ class Plan:
             out += [m.weight] if w.role == "cond" else [m.weight, m.bias]
         return out
 
+    def weight_names(self, cond: bool = True) -> list:
+        """The names of :meth:`weight_tensors`, in its order (``"u_init.weight"``, ...)."""
+        return [f"{w.module}.{p}" for w in self.weights if cond or w.role != "cond"
+                for p in (("weight",) if w.role == "cond" else ("weight", "bias"))]
+
 
 def _block_weights(block: str, has_skip: bool, has_cond: bool) -> list:
     out = [Weight(f"{block}.conv1", "conv")]
