@@ -14,10 +14,10 @@
 //       hidden, out_channels]: lower int64 (B, in_channels, h, w) -> float32 (B, out, 2h, 2w)
 //   pixelaux::build_info() -> str
 //
-// config = [family (0: GatedPixelCNN, 1: PixelCNNpp), channels, bits, hidden, blocks,
-//           kernel_size, scales, cond_channels, dist (0: categorical, 1: logistic), nr_mix,
-//           embed_dim] (cpu/cached_engine.h; a GatedPixelCNN has scales 1, a PixelCNNpp
-// kernel_size 3), then the packed sampling plan the engine walks (cached_cpp.pack_plan:
+// config = [cond_in_engine (1: the engine computes the cond terms from cond, one scale;
+//           0: the caller gives them), channels, bits, hidden, blocks, kernel_size, scales,
+//           cond_channels, dist (0: categorical, 1: logistic), nr_mix, embed_dim]
+// (cpu/cached_engine.h; no model family: the plan says the topology), then the packed sampling plan the engine walks (cached_cpp.pack_plan:
 // its steps and its weight groups). weights: the sampling plan's, in its order
 // (Plan.weight_tensors, the cond modules included), their shapes from the plan's weight
 // groups; names: theirs (Plan.weight_names), for the messages, or None (generic names).
@@ -25,11 +25,12 @@
 // model's input encoding (PixelInput.table), float32 (channels, 2**bits, max(embed_dim,
 // 1)): a pixel, sampled or known, writes its rows into the input buffer (the scaled
 // encoding is the table of v * 2/(K-1) - 1).
-// The conditioning, by family (cpu/cached_engine.h, SampleArgs): a GatedPixelCNN takes
+// The conditioning (cpu/cached_engine.h, SampleArgs): with cond_in_engine (the
+// GatedPixelCNN, cached_cpp.COND_IN_ENGINE) the op takes
 // cond, float32, a map (B, cc, H, W), or a vector per image (B, cc) (global conditioning,
 // broadcast over the positions: each block's terms are then computed once per image, not
-// per row; the images equal those of its expanded map), and cond_terms []; a PixelCNNpp
-// takes cond None and cond_terms, the conditioning terms of every block computed once per
+// per row; the images equal those of its expanded map), and cond_terms []; without it
+// (the PixelCNNpp) cond None and cond_terms, the conditioning terms of every block computed once per
 // image by the caller, in the plan's order (Plan.cond_blocks); [] without cond. Each
 // (B, H_s, W_s, 3F), or all of them (B, 1, 1, 3F): the terms of a global cond, broadcast.
 // mode (thread split, for benchmarks): 0 auto, 1 images over threads, 2 a team over
@@ -391,16 +392,16 @@ std::tuple<at::Tensor, at::Tensor> cached_sample(const at::Tensor& x,
   const cpu::Layout lay = get_layout(c);
   std::vector<at::Tensor> keep;
   cpu::SampleArgs a;
-  if (c.family == cpu::kGated) {
-    TORCH_CHECK_VALUE(cond_terms.empty(), op, "cond_terms must be [] for a GatedPixelCNN (it takes cond)");
+  const int64_t f = int64_t(1) << (c.scales - 1);
+  TORCH_CHECK_VALUE(H % f == 0 && W % f == 0, op, "a model with scales=", c.scales,
+                    " needs H and W divisible by 2**(scales-1) = ", f, ", got ", H, " x ", W, " (H x W)");
+  if (c.cond_in_engine) {
+    TORCH_CHECK_VALUE(cond_terms.empty(), op,
+                      "cond_terms must be [] when the engine computes the cond terms (cond_in_engine: it takes cond)");
     check_cond(op, c, cond, B, H, W, &keep, &a);
   } else {
-    const int64_t f = int64_t(1) << (c.scales - 1);
-    TORCH_CHECK_VALUE(H % f == 0 && W % f == 0, op, "a PixelCNNpp with scales=", c.scales,
-                      " needs H and W divisible by 2**(scales-1) = ", f, ", got ", H, " x ", W,
-                      " (H x W)");
     TORCH_CHECK_VALUE(!(cond.has_value() && cond->defined()), op,
-                      "cond must be None for a PixelCNNpp (it takes cond_terms)");
+                      "cond must be None when the caller gives the cond terms (cond_in_engine 0: it takes cond_terms)");
     check_cond_terms(op, c, lay, cond_terms, B, H, W, &keep, &a);
   }
   const at::Tensor pk = check_packed(op, "pack_weights", packed, lay.total);

@@ -4,7 +4,7 @@ Importing ``pixelaux._C`` registers the ops ``torch.ops.pixelaux.*`` (docs/desig
 section 4). This module never raises when the extension is missing:
 ``available()`` says whether it loaded and ``reason()`` why not.
 
-Ops (schemas; ``config`` = ``[family, channels, bits, hidden, blocks, kernel_size, scales,
+Ops (schemas; ``config`` = ``[cond_in_engine, channels, bits, hidden, blocks, kernel_size, scales,
 cond_channels, dist (0 categorical, 1 logistic), nr_mix, embed_dim]`` and the packed
 sampling plan, see ``pixelaux.engines.cached_cpp.config_of``; ``table`` = the model's input encoding
 ``model.input.table()``, float32 ``(channels, 2**bits, max(embed_dim, 1))``, what a pixel
@@ -18,9 +18,9 @@ writes into the engine's input buffer):
   Tensor packed, Tensor table, int[] config, float temperature, bool return_params=False,
   int mode=0, Tensor(a!)? progress=None, Tensor? window=None, int[] window_consts=[]) ->
   (Tensor, Tensor)``: the cached engine over a whole batch, every family (see
-  ``cached_cpp.run``). The conditioning, by family: a ``GatedPixelCNN`` takes ``cond``, a
+  ``cached_cpp.run``). The conditioning: with ``cond_in_engine`` (a ``GatedPixelCNN``) it takes ``cond``, a
   map ``(B, cond_channels, H, W)`` or a vector per image ``(B, cond_channels)`` (global:
-  its terms computed once per image), and ``cond_terms`` ``[]``; a ``PixelCNNpp`` takes
+  its terms computed once per image), and ``cond_terms`` ``[]``; without (a ``PixelCNNpp``) it takes
   ``cond`` None and ``cond_terms``, per block of the plan ``(B, H_s, W_s, 3F)``, or all
   ``(B, 1, 1, 3F)`` for a global cond, broadcast (``cached_cpp.cond_terms``).
   ``progress``: an int64 tensor ``[rows done, stop]`` the op updates row by row and

@@ -471,3 +471,30 @@ def test_progress_tensor_is_checked():
     counter = torch.zeros(2, dtype=torch.long)
     op(x, None, cond, [], u, packed, table, cfg, 1.0, False, 0, counter)
     assert counter[0] == x.shape[0] * x.shape[2]
+
+
+@pytest.mark.parametrize("cond_kind", ["map", "vector"])
+def test_the_engine_knows_no_family_cond_terms_given_to_a_gated_plan(monkeypatch, cond_kind):
+    """The engine reads topology and weights from the packed plan and no family: a
+    GatedPixelCNN run as a family outside ``COND_IN_ENGINE`` would be (its cond terms
+    computed in Python, ``cached_cpp.cond_terms``, the config's ``cond_in_engine`` 0)
+    teacher-forces as the forward and samples the naive engine's images."""
+    from helpers import assert_same_images, random_cond
+    from pixelaux.engines import cached_cpp, naive
+    monkeypatch.setattr(cached_cpp, "COND_IN_ENGINE", ())
+    model = random_gated(seed=5, channels=3, bits=5, hidden=8, blocks=2, nr_mix=2, cond_channels=3)
+    h, w = 5, 6
+    x = torch.randint(0, 2 ** model.bits, (2, 3, h, w), generator=torch.Generator().manual_seed(1))
+    cond = random_cond(model, 2, h, w, seed=2)
+    if cond_kind == "vector":
+        cond = cond[:, :, 0, 0].contiguous()
+    assert cached_cpp.config_of(model)[0] == 0 and cached_cpp.cond_terms(model, cond)
+    full = torch.ones(2, h, w, dtype=torch.bool)
+    _, params = cached_cpp.run(model, x, full, cond, torch.rand(2, h, w, model.dist.num_uniforms), 1.0,
+                               return_params=True)
+    fcond = cond if cond.dim() == 4 else cond[:, :, None, None].expand(-1, -1, h, w)
+    assert_matches_forward(params, model, x, fcond)
+    u = torch.rand(2, h, w, model.dist.num_uniforms, generator=torch.Generator().manual_seed(3))
+    ref = naive.run(model, torch.zeros_like(x), None, cond, u, 1.0)
+    got, got_params = cached_cpp.run(model, torch.zeros_like(x), None, cond, u, 1.0, return_params=True)
+    assert_same_images(model, cond, u, 1.0, ref, got, got_params, "cond terms given")

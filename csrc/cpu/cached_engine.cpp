@@ -175,7 +175,7 @@ std::string check_plan(const Config& c, const Layout& L) {
 }
 
 std::string parse_config(const int64_t* v, int64_t n, Config* c) {
-  static const char* names[kConfigLen] = {"family", "channels", "bits", "hidden", "blocks", "kernel_size",
+  static const char* names[kConfigLen] = {"cond_in_engine", "channels", "bits", "hidden", "blocks", "kernel_size",
                                           "scales", "cond_channels", "dist", "nr_mix", "embed_dim"};
   if (n < kConfigLen) {
     std::string all;
@@ -184,13 +184,13 @@ std::string parse_config(const int64_t* v, int64_t n, Config* c) {
            std::to_string(n);
   }
   const int64_t lo[kConfigLen] = {0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 0};
-  const int64_t hi[kConfigLen] = {kUNet, kMaxChannels, 16, 16384, 4096, kMaxKernelSize,
+  const int64_t hi[kConfigLen] = {1, kMaxChannels, 16, 16384, 4096, kMaxKernelSize,
                                   kMaxScales, 16384, 255, 4096, kMaxEmbedDim};  // dist: make_dist_spec knows the kinds
   for (int i = 0; i < kConfigLen; ++i)
     if (v[i] < lo[i] || v[i] > hi[i])
       return std::string("config ") + names[i] + " must be in [" + std::to_string(lo[i]) + ", " +
              std::to_string(hi[i]) + "], got " + std::to_string(v[i]);
-  c->family = (int)v[0];
+  c->cond_in_engine = (int)v[0];
   c->channels = (int)v[1];
   c->bits = (int)v[2];
   c->hidden = (int)v[3];
@@ -202,10 +202,9 @@ std::string parse_config(const int64_t* v, int64_t n, Config* c) {
   c->nr_mix = (int)v[9];
   c->embed_dim = (int)v[10];
   if (c->kernel_size % 2 != 1) return "config kernel_size must be odd, got " + std::to_string(v[5]);
-  if (c->family == kGated && c->scales != 1)
-    return "config scales must be 1 for a GatedPixelCNN, got " + std::to_string(v[6]);
-  if (c->family == kUNet && c->kernel_size != 3)
-    return "config kernel_size must be 3 for a PixelCNNpp, got " + std::to_string(v[5]);
+  if (c->cond_in_engine && c->scales != 1)  // its cond GEMMs run at one scale
+    return "config scales must be 1 when the engine computes the cond terms (cond_in_engine), got " +
+           std::to_string(v[6]);
   c->per_channel = std::max(c->embed_dim, 1);
   c->cin = c->channels * c->per_channel + 1;
   c->kh = (c->kernel_size + 1) / 2;

@@ -25,9 +25,6 @@
 namespace pixelaux {
 namespace cpu {
 
-// The model families, in the order of pixelaux.engines.cached_cpp.FAMILIES.
-enum Family : int { kGated = 0, kUNet = 1 };
-
 constexpr int kConfigLen = 11;  // the model's ints; the packed plan follows
 constexpr int kMaxKernelSize = 63;
 constexpr int kMaxScales = 8;
@@ -89,11 +86,11 @@ struct PackedPlan {
   std::vector<int> cond_scales;
 };
 
-// The config ints the ops take: [family, channels, bits, hidden, blocks, kernel_size,
+// The config ints the ops take: [cond_in_engine, channels, bits, hidden, blocks, kernel_size,
 // scales, cond_channels, dist, nr_mix, embed_dim], then the packed plan
 // (cached_cpp.config_of, pack_plan).
 struct Config {
-  int family = 0;         // Family
+  int cond_in_engine = 0; // 1: the engine computes the blocks' cond terms from cond (one scale)
   int channels = 0;       // C
   int bits = 0;           // 1 .. 16
   int hidden = 0;         // F

@@ -74,9 +74,9 @@ struct Workspace : WorkspaceBase {
   std::vector<BlockCond> conds;
 };
 
-// Whether the family's conditioning terms are computed here, from SampleArgs::cond (by
-// GEMM; the others' come computed, SampleArgs::cond_terms), and whether there are any.
-bool computes_cond(const Config& c) { return c.family == kGated; }
+// Whether the conditioning terms are computed here, from SampleArgs::cond (by GEMM; else
+// they come computed, SampleArgs::cond_terms), and whether there are any.
+bool computes_cond(const Config& c) { return c.cond_in_engine != 0; }
 bool cond_in_engine(const Config& c) { return computes_cond(c) && c.cond_channels > 0; }
 
 // With allocate=false only the arena's requests are made (workspace_floats counts them).
@@ -190,7 +190,7 @@ struct Engine : EngineBase<Workspace> {
   Engine(const SampleArgs& args, Workspace& w, Barrier& b, int rank_, int size_, bool pixel_team_)
       : EngineBase(args, w, b, rank_, size_, pixel_team_), kh(c.kh), cc(c.cond_channels), plan(c.plan) {}
 
-  void run() { run_rows(*this, c.family == kGated ? "" : " (PixelCNNpp)"); }
+  void run() { run_rows(*this, c.scales > 1 ? " (U-net)" : ""); }
 
   int64_t width(int s) const { return W >> s; }
   float* value(int n) const { return ws.values[n]; }

@@ -45,10 +45,10 @@ _PACKED = weakref.WeakKeyDictionary()
 _CONFIG = weakref.WeakKeyDictionary()
 
 
-#: The families the engine runs, by their config int (``Family`` in csrc/cpu/cached_engine.h).
-FAMILIES = ("GatedPixelCNN", "PixelCNNpp")
 #: The families whose conditioning terms the engine computes itself from ``cond`` (by GEMM,
-#: in C++); the others take them computed here (``cond_terms``).
+#: in C++, at one scale: the config's ``cond_in_engine``); every other family, a new one
+#: included, takes them computed here (``cond_terms``). The engine knows no family: the
+#: packed plan gives its topology and its weights.
 COND_IN_ENGINE = ("GatedPixelCNN",)
 
 
@@ -191,10 +191,10 @@ def pack_plan(plan) -> list[int]:
 
 
 def config_of(model) -> list[int]:
-    """The integer config the ops take: ``[family, channels, bits, hidden, blocks,
+    """The integer config the ops take: ``[cond_in_engine, channels, bits, hidden, blocks,
     kernel_size, scales, cond_channels, dist (0 categorical, 1 logistic), nr_mix,
-    embed_dim]`` (``family``: the index in :data:`FAMILIES`; ``kernel_size``, ``scales``:
-    the plan's ``kw`` and ``scales``), then the packed plan (:func:`pack_plan`). Built
+    embed_dim]`` (``cond_in_engine``: 1 for a family of :data:`COND_IN_ENGINE`;
+    ``kernel_size``, ``scales``: the plan's ``kw`` and ``scales``), then the packed plan (:func:`pack_plan`). Built
     once per model and configuration (a few milliseconds of Python for a deep U-net)."""
     cfg = model.config
     key = (repr(sorted(cfg.items())), model.dist.engine_spec, int(model.input.embed_dim))
@@ -202,7 +202,7 @@ def config_of(model) -> list[int]:
     if hit is not None and hit[0] == key:
         return list(hit[1])
     plan = plan_of(model)
-    out = [FAMILIES.index(plan.family), int(cfg["channels"]), int(cfg["bits"]), plan.hidden,
+    out = [int(plan.family in COND_IN_ENGINE), int(cfg["channels"]), int(cfg["bits"]), plan.hidden,
            int(cfg["blocks"]), plan.kw, plan.scales, int(cfg["cond_channels"]),
            model.dist.engine_spec[0], int(cfg["nr_mix"]), int(model.input.embed_dim), *pack_plan(plan)]
     _CONFIG[model] = (key, tuple(out))
@@ -210,7 +210,7 @@ def config_of(model) -> list[int]:
 
 
 def _cond_in_engine(model) -> bool:
-    return FAMILIES[config_of(model)[0]] in COND_IN_ENGINE
+    return bool(config_of(model)[0])
 
 
 def raw_weights(model) -> list[torch.Tensor]:
