@@ -14,7 +14,7 @@ with the launches of one row (``launch_row``):
   launch per step of the plan, with the 2-row kernels of ``kernels/pp_row.py`` and
   ``kernels/pp_pixel.py``, one buffer per value the plan names. It runs any plan whose
   convs read 2 rows and 3 columns, whatever the family (a 3x3 ``GatedPixelCNN``'s plan
-  too: ``tests/test_cached_triton_pp.py``).
+  too: ``tests/test_triton_plan_walker.py``).
 
 Both answer ``H``, ``W``, ``x``, ``params``, ``fill(x, known, cond, uniforms, temperature,
 window)``, ``row_key(i)`` (rows with the same key launch the same sequence: one CUDA graph

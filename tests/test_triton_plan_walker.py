@@ -1,4 +1,5 @@
-"""The Triton backend of the cached engine for ``PixelCNNpp`` (docs/design.md sections 2 and 5).
+"""The Triton backend's plan walker (``triton_buffers.PlanBuffers``, every plan that is not
+the fused gated path's: the ``PixelCNNpp``'s) and its kernels (docs/design.md sections 2 and 5).
 
 Runs the kernels under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
 ``conftest.py``) on tiny shapes (hidden 4-8, 0-1 blocks, 4x4 / 8x4 images):
