@@ -68,7 +68,8 @@ void TeamMember::team_point() {
     const auto now = std::chrono::steady_clock::now();
     const double us = std::chrono::duration<double, std::micro>(now - since).count();
     if (us >= kTeamCheckUs) {
-      if (waited_us > kGiveUpFraction * us) team.give_up.store(1, std::memory_order_relaxed);
+      strikes = waited_us > kGiveUpFraction * us ? strikes + 1 : 0;
+      if (strikes >= kGiveUpStrikes) team.give_up.store(1, std::memory_order_relaxed);
       since = now;
       waited_us = 0;
     }

@@ -39,6 +39,9 @@ constexpr int kBarrierSpins = 256;        // pause-spins before a barrier starts
 constexpr double kBarrierSpinUs = 10.0;   // then spins this long before yielding the CPU
 constexpr double kTeamCheckUs = 2000.0;   // rank 0 checks the team's lateness this often
 constexpr double kGiveUpFraction = 0.5;   // ... and gives up when it waited more than this
+// ... in two checks in a row: one late window is a start-up (a fresh OpenMP pool of the
+// worker thread next to another one still spinning) or a blip, not a busy machine
+constexpr int kGiveUpStrikes = 2;
 constexpr int kStartSpins = 4096;         // spins of a thread waiting for the whole team to start
 
 // A spin barrier for the threads of one team: spins for up to kBarrierSpinUs, then
@@ -73,6 +76,7 @@ struct TeamMember {
   int size;
   bool pixel_team;           // pixels split over the team too (else rank 0 alone)
   double waited_us = 0;      // rank 0: time spent waiting for the team since the last check
+  int strikes = 0;           // rank 0: checks in a row that found the team late
   std::chrono::steady_clock::time_point since;  // rank 0: the last check
   bool may_give_up = true;   // PIXELAUX_TEAM_GIVE_UP=0: never (for tests and benchmarks)
   bool gave_up = false;      // rank 0: the team gave up, it works alone
