@@ -224,3 +224,37 @@ def spy_tf32_in_cond_terms(monkeypatch) -> list:
 
     monkeypatch.setattr(GatedResidualBlock, "cond_terms", spy)
     return seen
+
+
+class RowCounter:
+    """A stand-in progress bar for ``cached_triton.sample_rows``: counts what it reports."""
+
+    def __init__(self):
+        self.n = 0
+
+    def update(self, k):
+        self.n += k
+
+
+class StandInCapture:
+    """A stand-in for CUDA graph capture: records each function it is given and returns it,
+    so a "replay" runs the launches again (the CUDA path's structure, on CPU)."""
+
+    def __init__(self):
+        self.captured = []
+
+    def __call__(self, fn):
+        self.captured.append(fn)
+        return fn
+
+
+def run_without_interpreter(code: str):
+    """``python -c code`` from the repository root without ``TRITON_INTERPRET`` (the Triton
+    kernels compile for real; fp fusion off unless set), its output captured."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "0")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)

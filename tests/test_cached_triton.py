@@ -26,7 +26,8 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
 from helpers import (assert_matches_forward, param_error, random_cond, random_gated,  # noqa: E402
-                     random_images, spy_tf32_in_cond_terms, tf32_on)
+                     random_images, RowCounter, run_without_interpreter, spy_tf32_in_cond_terms, StandInCapture,
+                     tf32_on)
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.engines import cached_triton, naive, triton_buffers  # noqa: E402
@@ -259,19 +260,10 @@ def test_row_replay_sequencing():
     model = _model(3, channels=1, bits=3, hidden=3, blocks=1, dist="categorical")
     u = torch.rand(1, 4, 3, 1, generator=_gen(6))
     x0 = torch.zeros(1, 1, 4, 3, dtype=torch.long, device=DEVICE)
-    captured = []
+    fake_capture = StandInCapture()
+    captured = fake_capture.captured
 
-    def fake_capture(fn):
-        captured.append(fn)
-        return fn
-
-    class Bar:
-        n = 0
-
-        def update(self, k):
-            self.n += k
-
-    bar = Bar()
+    bar = RowCounter()
     buf = triton_buffers.build(model, x0, None, None, u, 1.0)
     assert isinstance(buf, triton_buffers.FusedGated)
     cached_triton.sample_rows(cached_triton._Run(buf), bar, capture=fake_capture)
@@ -339,7 +331,6 @@ def test_grayscale_and_pyramid_stages_match_torch_backend(kind):
     """Every stage of the composite models through ``pixelaux.sample``: the gray prior
     and the conditioned colour stage; the pyramid's unconditional seed level and its
     conditioned upper level; a completion so known pixels pass through each stage."""
-    import pixelaux
     from helpers import randomize
     torch.manual_seed(0)
     if kind == "grayscale":
@@ -372,21 +363,12 @@ def test_buffers_and_graph_are_reused_across_calls():
     u2 = torch.rand(2, 3, 2, 1, generator=_gen(2))
     x0 = torch.zeros(2, 1, 3, 2, dtype=torch.long, device=DEVICE)
     cached_triton.clear_cache()
-    captured = []
-
-    def fake_capture(fn):
-        captured.append(fn)
-        return fn
-
-    class Bar:
-        n = 0
-
-        def update(self, k):
-            self.n += k
+    fake_capture = StandInCapture()
+    captured = fake_capture.captured
     runs = []
     for u, t in ((u1, 1.0), (u2, 0.7), (u1, 1.0)):
         entry = cached_triton._entry(model, x0, None, None, u, t, False)
-        bar = Bar()
+        bar = RowCounter()
         cached_triton.sample_rows(entry, bar, capture=fake_capture)
         assert bar.n == 3 * 2
         runs.append(entry.buf.x.clone())
@@ -595,11 +577,7 @@ def test_kernels_compile_for_a_gpu_without_one():
             "                            embed_dim=70)], batches=(3,)))\n"
             "names = sorted({v['kernel'] for v in r.values()})\n"
             "print(len(r), 'variants', names, [v.get('stack', 0) for v in r.values()])\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "0")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)
+    out = run_without_interpreter(code)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "variants" in out.stdout
     for name in ("pixel_conv_kernel", "pixel_head_kernel", "pixel_fused_kernel", "row_block_kernel"):

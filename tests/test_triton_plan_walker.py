@@ -23,7 +23,8 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
 
 from helpers import (assert_matches_forward, one_thread, randomize,  # noqa: E402,F401
-                     spy_tf32_in_cond_terms, tf32_on)
+                     RowCounter, run_without_interpreter, spy_tf32_in_cond_terms, StandInCapture,
+                     tf32_on)
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.engines import cached_triton, naive, triton_buffers  # noqa: E402
@@ -257,13 +258,9 @@ def test_the_plan_walker_runs_a_gated_plan_too():
     size = (4, 5)
     x, cond, u = _inputs(model, 2, size, seed=3)
 
-    class Bar:
-        def update(self, k):
-            pass
-
     def walk(x, known, return_params=False):
         buf = triton_buffers.PlanBuffers(model, plan_of(model), x, known, cond, u, 1.0, return_params)
-        cached_triton.sample_rows(cached_triton._Run(buf), Bar())
+        cached_triton.sample_rows(cached_triton._Run(buf), RowCounter())
         return buf
 
     buf = walk(x, torch.ones(2, *size, dtype=torch.bool, device=DEVICE), return_params=True)
@@ -289,19 +286,10 @@ def test_per_level_graph_sequencing():
     model = _model(3, size=(8, 4), channels=1, bits=3, hidden=4, blocks=0, scales=3, dist="categorical")
     _, _, u = _inputs(model, 1, (8, 4), seed=6)
     x0 = torch.zeros(1, 1, 8, 4, dtype=torch.long, device=DEVICE)
-    captured = []
+    fake_capture = StandInCapture()
+    captured = fake_capture.captured
 
-    def fake_capture(fn):
-        captured.append(fn)
-        return fn
-
-    class Bar:
-        n = 0
-
-        def update(self, k):
-            self.n += k
-
-    bar = Bar()
+    bar = RowCounter()
     buf = triton_buffers.build(model, x0, None, None, u, 1.0)
     assert isinstance(buf, triton_buffers.PlanBuffers)
     graphs = cached_triton.sample_rows(cached_triton._Run(buf), bar, capture=fake_capture).graphs
@@ -322,11 +310,8 @@ def test_later_calls_reuse_the_buffers_and_graphs(monkeypatch):
     on fresh buffers are checked against naive in ``test_conformance.py``."""
     size = (8, 4)
     model = _model(7, size=size, channels=3, hidden=4, blocks=1, scales=3, nr_mix=2, cond_channels=2)
-    captured = []
-
-    def fake_capture(fn):
-        captured.append(fn)
-        return fn
+    fake_capture = StandInCapture()
+    captured = fake_capture.captured
 
     monkeypatch.setattr(cached_triton, "_row_capture", lambda device, ref: fake_capture)
     cached_triton.clear_cache()
@@ -428,9 +413,6 @@ def test_kernels_compile_for_a_gpu_without_one():
     categorical) compiles in under a minute, where bench-pp32's width 80 takes minutes
     of ptxas alone; that preset's check is the prepared run ``python -m
     pixelaux.engines.compile_check --preset bench-pp32`` of docs/design.md section 2.4."""
-    import os
-    import subprocess
-    import sys
     import triton.backends
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this triton has no NVIDIA backend")
@@ -445,11 +427,7 @@ def test_kernels_compile_for_a_gpu_without_one():
             "from pixelaux.engines.compile_check import header, report\n"
             "print(header(90))\n"
             "print('\\n'.join(report(dict(enumerate(m for _, m in r)))[0]))\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "0")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)
+    out = run_without_interpreter(code)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "variants" in out.stdout, out.stdout
     for name in ("row_init_kernel", "row_conv_kernel", "row_deconv_kernel", "advance_row_kernel", "pixel_init_kernel",
