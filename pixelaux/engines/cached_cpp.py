@@ -190,23 +190,29 @@ def pack_plan(plan) -> list[int]:
     return out
 
 
-def config_of(model) -> list[int]:
-    """The integer config the ops take: ``[cond_in_engine, channels, bits, hidden, blocks,
-    kernel_size, scales, cond_channels, dist (0 categorical, 1 logistic), nr_mix,
-    embed_dim]`` (``cond_in_engine``: 1 for a family of :data:`COND_IN_ENGINE`;
-    ``kernel_size``, ``scales``: the plan's ``kw`` and ``scales``), then the packed plan (:func:`pack_plan`). Built
-    once per model and configuration (a few milliseconds of Python for a deep U-net)."""
+def _plan_and_config(model) -> tuple:
+    """``(plan, config)`` of ``model``, built once per model and configuration (a few
+    milliseconds of Python for a deep U-net), not per call."""
     cfg = model.config
     key = (repr(sorted(cfg.items())), model.dist.engine_spec, int(model.input.embed_dim))
     hit = _CONFIG.get(model)
     if hit is not None and hit[0] == key:
-        return list(hit[1])
+        return hit[1]
     plan = plan_of(model)
     out = [int(plan.family in COND_IN_ENGINE), int(cfg["channels"]), int(cfg["bits"]), plan.hidden,
            int(cfg["blocks"]), plan.kw, plan.scales, int(cfg["cond_channels"]),
            model.dist.engine_spec[0], int(cfg["nr_mix"]), int(model.input.embed_dim), *pack_plan(plan)]
-    _CONFIG[model] = (key, tuple(out))
-    return out
+    _CONFIG[model] = (key, (plan, tuple(out)))
+    return plan, tuple(out)
+
+
+def config_of(model) -> list[int]:
+    """The integer config the ops take: ``[cond_in_engine, channels, bits, hidden, blocks,
+    kernel_size, scales, cond_channels, dist (0 categorical, 1 logistic), nr_mix,
+    embed_dim]`` (``cond_in_engine``: 1 for a family of :data:`COND_IN_ENGINE`;
+    ``kernel_size``, ``scales``: the plan's ``kw`` and ``scales``), then the packed plan
+    (:func:`pack_plan`)."""
+    return list(_plan_and_config(model)[1])
 
 
 def _cond_in_engine(model) -> bool:
@@ -217,13 +223,13 @@ def raw_weights(model) -> list[torch.Tensor]:
     """The model's weights in the order ``pack_weights`` expects: the sampling plan's
     (``plan.Plan.weight_tensors``; a weight-normed conv's ``.weight`` is its folded
     ``g * V / ||V||``). Their shapes: the packed plan's weight groups (:func:`pack_plan`)."""
-    return plan_of(model).weight_tensors(model)
+    return _plan_and_config(model)[0].weight_tensors(model)
 
 
 def weight_names(model) -> list[str]:
     """The names of :func:`raw_weights` (``Plan.weight_names``), which ``pack_weights``
     gives in its messages."""
-    return plan_of(model).weight_names()
+    return _plan_and_config(model)[0].weight_names()
 
 
 def pack_cached(model, raw, pack, config) -> torch.Tensor:
@@ -275,7 +281,7 @@ def cond_terms(model, cond) -> list[torch.Tensor]:
     are ``(B, 1, 1, 3F)``, computed from the vector; the op broadcasts them."""
     if not model.cond_channels or _cond_in_engine(model):
         return []
-    plan = plan_of(model)
+    plan = _plan_and_config(model)[0]
     f32 = (cond.to(torch.float32) if isinstance(cond, torch.Tensor)
            else tuple(c.to(torch.float32) for c in cond))      # per-scale maps
     conds = model.scale_conds(f32)
