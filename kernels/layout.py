@@ -106,59 +106,121 @@ class WindowBuffer:
         return self.window_cls(*self.packed.long(), tuple(coef), tuple(div), self.block)
 
 
+#: The dots' ``input_precision`` a launch plan may ask for: true fp32 FMAs (the default, the
+#: exactness contract's), or TF32 tensor cores three times over (near fp32; opt-in, its
+#: exactness measured by ``benchmarks/gpu_check.py`` against the references).
+PRECISIONS = ("ieee", "tf32x3")
+
+#: Streaming multiprocessors assumed when the device is not known (H100 SXM: 132).
+DEFAULT_SMS = 132
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     """How the work of one pixel and one row maps onto programs (docs/design.md section 2.4, "GPU engine").
 
-    * ``group``: images per program (``G``, a power of two >= 16): the ``M`` of every
-      per-pixel ``tl.dot``; each weight is read once per group.
+    * ``group``: images per program (``G``, a power of two): the ``M`` of every per-pixel
+      product; each weight is read once per group. ``G >= 16``: ``tl.dot`` (its minimum);
+      ``G < 16`` (batches below 16): matrix-vector products per image (``_jitmath.mm``),
+      no rows padded.
     * ``pixel_tile``: output channels per program in the pixel op; ``>= hid_p`` is the
-      fused plan (one launch per pixel, current taps in registers), smaller splits
-      every conv over ``cdiv(HID, pixel_tile)`` programs (``2 * blocks + 1`` launches).
+      fused plan (one launch per pixel, one program per group); smaller splits every
+      conv over ``cdiv(HID, pixel_tile)`` programs (grid ``(groups, tiles)``, ``2 *
+      blocks + 1`` launches per pixel). At least 16 with ``tl.dot``, 4 without.
     * ``row_tile``: output channels per program in the row op (grid ``(B, column
       tiles, channel tiles)``).
+    * ``precision``: the dots' ``input_precision`` (``PRECISIONS``), pixel and row ops.
     """
     group: int
     pixel_tile: int
     row_tile: int
     hid_p: int
     pixel_warps: int
+    precision: str = "ieee"
 
     @property
     def fused(self) -> bool:
         return self.pixel_tile >= self.hid_p
 
+    @property
+    def matvec(self) -> bool:
+        """Whether the per-pixel products are matrix-vector products (``G < 16``), not ``tl.dot``."""
+        return self.group < 16
+
+    def programs(self, batch: int) -> int:
+        """Programs of one pixel-op launch for ``batch`` images (groups x channel tiles)."""
+        return -(-batch // self.group) * -(-self.hid_p // self.pixel_tile)
+
     def key(self) -> tuple:
-        return (self.group, self.pixel_tile, self.row_tile, self.pixel_warps)
+        return (self.group, self.pixel_tile, self.row_tile, self.pixel_warps, self.precision)
+
+    def describe(self) -> str:
+        """``group=..,pixel_tile=..,row_tile=..,precision=..``: the override that gives this plan."""
+        return f"group={self.group},pixel_tile={self.pixel_tile},row_tile={self.row_tile},precision={self.precision}"
 
 
 def _p2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def choose_launch_plan(batch: int, hidden: int, width: int = 32, override: str | None = None) -> LaunchPlan:
-    """The default plan for a batch and hidden size (``override``, or the environment
-    variable ``PIXELAUX_TRITON_PLAN``, e.g. ``"group=16,pixel_tile=16,row_tile=16"``,
-    sets fields by name; sizes are rounded to powers of two >= 16).
+def choose_launch_plan(batch: int, hidden: int, width: int = 32, override: str | None = None,
+                       sms: int | None = None) -> LaunchPlan:
+    """The default plan for a batch and hidden size on a GPU of ``sms`` multiprocessors
+    (``DEFAULT_SMS`` when None). ``override``, or the environment variable
+    ``PIXELAUX_TRITON_PLAN`` (e.g. ``"group=1,pixel_tile=8,precision=tf32x3"``), sets
+    fields by name; sizes are rounded up to powers of two (``group >= 1``, ``pixel_tile``
+    >= 16 with ``tl.dot`` and >= 4 without, ``row_tile >= 16``).
 
-    Defaults: ``G = 16`` (32 from 2048 images); the pixel op fused while the current
-    tap's weight tile of ``conv2`` (``2*hid_p x 2*hid_p``) fits the register budget
-    (``hid_p <= 64``), else split into tiles of ``max(16, 4096 // hid_p)`` channels;
-    the row op split into 16-channel tiles while it has fewer than 16 programs."""
+    Defaults (docs/design.md, "Launch plans by batch size", has the predicted costs):
+
+    * ``group``: the batch rounded up to a power of two below 16 (matrix-vector
+      products, no padded rows), 16 up to 2047 images, 32 from 2048;
+    * ``pixel_tile``: fused (one launch per pixel) up to 4 images, where a pixel is
+      bound by streaming the weights through one program and ``2 * blocks + 1`` launch
+      latencies would cost more; otherwise split, the channel tile the largest that still
+      gives every SM a program (``groups * tiles >= sms``), at least the minimum tile; and
+      split whenever the fused program's tile of ``conv2`` would not fit the registers
+      (``hid_p > 64``: tiles of ``max(16, 4096 // hid_p)``);
+    * ``row_tile``: 16-channel tiles while the row op would have fewer than 16 programs;
+    * ``precision``: ``"ieee"`` (true fp32; ``"tf32x3"`` opt-in)."""
     hid_p = max(16, _p2(hidden))
-    group = 16 if batch < 2048 else 32
-    pixel_tile = hid_p if hid_p <= 64 else max(16, 4096 // hid_p)
+    sms = DEFAULT_SMS if sms is None else max(1, int(sms))
+    group = _p2(batch) if batch < 16 else (16 if batch < 2048 else 32)
     col_tiles = -(-max(width, 1) // 32)
-    row_tile = hid_p if batch * col_tiles >= 16 else 16
-    fields = dict(group=group, pixel_tile=pixel_tile, row_tile=row_tile)
+    fields = dict(group=group, pixel_tile=None, row_tile=hid_p if batch * col_tiles >= 16 else 16,
+                  precision="ieee")
     text = override if override is not None else os.environ.get("PIXELAUX_TRITON_PLAN", "")
     for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        if name.strip() not in fields:
-            raise ValueError(f"PIXELAUX_TRITON_PLAN: unknown field {name.strip()!r} (one of {sorted(fields)})")
-        fields[name.strip()] = max(16, _p2(int(value)))
-    fields["pixel_tile"] = min(fields["pixel_tile"], hid_p)
-    fields["row_tile"] = min(fields["row_tile"], hid_p)
+        name, _, value = (t.strip() for t in part.partition("="))
+        if name not in fields:
+            raise ValueError(f"PIXELAUX_TRITON_PLAN: unknown field {name!r} (one of {sorted(fields)})")
+        if name == "precision":
+            if value not in PRECISIONS:
+                raise ValueError(f"PIXELAUX_TRITON_PLAN: precision must be one of {PRECISIONS}, got {value!r}")
+            fields[name] = value
+            continue
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"PIXELAUX_TRITON_PLAN: {name} must be a positive integer, got {value!r}")
+        fields[name] = _p2(n)
+    group = fields["group"]
+    min_tile = 16 if group >= 16 else 4
+    if fields["pixel_tile"] is None:
+        groups = -(-max(batch, 1) // group)
+        if hid_p > 64:
+            tile = max(16, 4096 // hid_p)
+        elif batch <= 4:
+            tile = hid_p
+        else:
+            tile = hid_p
+            while tile > min_tile and groups * (hid_p // tile) < sms:
+                tile //= 2
+        fields["pixel_tile"] = tile
+    fields["pixel_tile"] = min(max(fields["pixel_tile"], min_tile), hid_p)
+    fields["row_tile"] = min(max(fields["row_tile"], 16), hid_p)
     return LaunchPlan(hid_p=hid_p, pixel_warps=4 if hid_p <= 32 else 8, **fields)
 
 

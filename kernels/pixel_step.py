@@ -1,9 +1,12 @@
 """The pixel op: one pixel of every image, from the cached rows to the sampled value.
 
-Images are **grouped**: a program owns ``G`` images (``G`` a power of two >= 16, the
-rows of every per-pixel matmul), so each weight is read once per group and every
-per-pixel product is a ``tl.dot`` with ``M = G`` (fp32, ``input_precision="ieee"``:
-no TF32). A batch that is not a multiple of ``G`` masks the rows of its last group.
+Images are **grouped**: a program owns ``G`` images (``G`` a power of two, the rows of
+every per-pixel matmul), so each weight is read once per group. Every per-pixel product
+is ``_jitmath.mm``: a ``tl.dot`` with ``M = G`` when ``G >= 16`` (fp32,
+``input_precision="ieee"``, or the launch plan's opt-in ``"tf32x3"``), else (batches
+below 16) a matrix-vector product per image, so batch 1 computes one image's products,
+not 16 padded rows. A batch that is not a multiple of ``G`` masks the rows of its last
+group. The chunk sizes keep each product within ``product_budget``.
 
 Two launch plans (``layout.LaunchPlan``), same arithmetic:
 
@@ -82,7 +85,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._jitmath import ceil_div, floor_div, log1mexp, log1p, logsig, model_input, round_half_even, tanh
+from ._jitmath import ceil_div, floor_div, log1mexp, log1p, logsig, mm, model_input, round_half_even, tanh
 from .layout import act_interleaved, deinterleave
 
 LOG_SCALE_MIN = tl.constexpr(-7.0)     # pixelaux.distributions.LOG_SCALE_MIN
@@ -102,7 +105,7 @@ def act2d(t, G: tl.constexpr, N: tl.constexpr):
 @triton.jit
 def first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, L_IN,
                 C: tl.constexpr, E: tl.constexpr, KH: tl.constexpr, HID: tl.constexpr,
-                HID_P: tl.constexpr, G: tl.constexpr, T0_B: tl.constexpr):
+                HID_P: tl.constexpr, G: tl.constexpr, T0_B: tl.constexpr, PREC: tl.constexpr):
     """``ul`` of the first horizontal layer at ``(i, j)`` for images ``bidx`` ``[G]``:
     ``ul_row0[j]`` + the right-shifted ``(KH, 1)`` conv at column ``j-1`` (zero at
     ``j = 0``), im2col over ``t = r * CIN + ci`` in chunks of ``T0_B`` (token inputs
@@ -121,7 +124,7 @@ def first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, 
         xv = model_input(x_ptr, tab_ptr, (bidx[:, None] * C * H + trow[None, :]) * W + jj - 1,
                          (tt % CIN)[None, :], m, H * W, L_IN, C, E)
         wt = tl.load(w_h_ptr + tt[:, None] * HID + ch[None, :], mask=(tt < T)[:, None] & cm[None, :], other=0.0)
-        ulh += tl.dot(xv, wt, input_precision="ieee")
+        ulh += mm(xv, wt, PREC)
     ulh += tl.load(b_h_ptr + ch, mask=cm, other=0.0)[None, :]
     ul = tl.load(row0_ptr + (bidx[:, None] * W + jj) * HID + ch[None, :],
                  mask=bm[:, None] & cm[None, :], other=0.0)
@@ -132,7 +135,7 @@ def first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, 
 @triton.jit
 def conv_px(ring_ptr, w_ptr, cur, bidx, bm, i, jj, W, o0,
             OUT: tl.constexpr, OUT_T: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
-            KH: tl.constexpr, BK: tl.constexpr, G: tl.constexpr, CUR_IN_RING: tl.constexpr):
+            KH: tl.constexpr, BK: tl.constexpr, G: tl.constexpr, CUR_IN_RING: tl.constexpr, PREC: tl.constexpr):
     """Down-right-shifted ``(KH, KH)`` conv at ``(i, j)`` for images ``bidx``, outputs
     ``o0 .. o0+OUT_T`` of ``OUT``. ``cur`` ``[G, 2*HID_P]``: the current tap (interleaved
     activations at ``(i, j)``), in registers; the other ``KH*KH - 1`` taps are read from
@@ -154,7 +157,7 @@ def conv_px(ring_ptr, w_ptr, cur, bidx, bm, i, jj, W, o0,
         n2 = tl.arange(0, K2P)
         wc = tl.load(w_ptr + ((KH * KH - 1) * K2 + n2[:, None]) * OUT + on[None, :],
                      mask=(n2 < K2)[:, None] & om[None, :], other=0.0)
-        acc = tl.dot(cur, wc, input_precision="ieee")
+        acc = mm(cur, wc, PREC)
         first = 1
     for n in range(first, KH * KH):
         t = (n + KH * KH - 1) % (KH * KH)             # the current tap (KH*KH - 1) first, then 0, 1, ...
@@ -170,7 +173,7 @@ def conv_px(ring_ptr, w_ptr, cur, bidx, bm, i, jj, W, o0,
             a = tl.load(base + k0 + kb[None, :], mask=tl.where(ok, bm[:, None] & km[None, :], False), other=0.0)
             wt = tl.load(w_ptr + (t * K2 + k0 + kb[:, None]) * OUT + on[None, :],
                          mask=km[:, None] & om[None, :], other=0.0)
-            acc += tl.dot(a, wt, input_precision="ieee")
+            acc += mm(a, wt, PREC)
     return acc
 
 
@@ -274,7 +277,7 @@ def head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
                 G: tl.constexpr, P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr,
                 DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr, TOP: tl.constexpr,
                 HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                BLOCK: tl.constexpr):
+                BLOCK: tl.constexpr, PREC: tl.constexpr):
     """The head, the sampling and the write-back for the images ``bidx`` at ``(i, j)``;
     with ``HAS_WINDOW`` each channel truncated to its window (``window_range``)."""
     ch = tl.arange(0, HID_P)
@@ -288,7 +291,7 @@ def head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
         pn = p0 + pb
         pm = pn < P
         wt = tl.load(wh_ptr + ch[:, None] * P + pn[None, :], mask=cm[:, None] & pm[None, :], other=0.0)
-        y = tl.dot(e, wt, input_precision="ieee") + tl.load(bh_ptr + pn, mask=pm, other=0.0)[None, :]
+        y = mm(e, wt, PREC) + tl.load(bh_ptr + pn, mask=pm, other=0.0)[None, :]
         sm = bm[:, None] & pm[None, :]
         tl.store(pscr_ptr + bidx[:, None] * P + pn[None, :], y, mask=sm)
         if RETURN_PARAMS:
@@ -378,7 +381,8 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
                        BK1: tl.constexpr, BK2: tl.constexpr, P: tl.constexpr, PB: tl.constexpr,
                        U: tl.constexpr, DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr,
                        TOP: tl.constexpr, HAS_COND: tl.constexpr, HAS_KNOWN: tl.constexpr,
-                       RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr):
+                       RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr,
+                       PREC: tl.constexpr):
     """The whole pixel for ``G`` images per program (the fused plan)."""
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
     bm = bidx < B
@@ -391,7 +395,7 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
     n2 = tl.arange(0, 2 * HID_P)
     am = bm[:, None] & (n2 < K2)[None, :]
     ul = first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, L_IN,
-                     C, E, KH, HID, HID_P, G, T0_B)
+                     C, E, KH, HID, HID_P, G, T0_B, PREC)
     plane = KH * W * K2
     here = bidx[:, None] * plane + ((i % KH) * W + jj) * K2 + n2[None, :]    # ring slot of (i, j)
     pix_off = (bidx * H + i) * W + jj
@@ -403,7 +407,7 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
         tl.store(win1 + here, a_ul, mask=am)          # for this conv (read back in chunks) and later pixels
         tl.debug_barrier()                            # the CTA's stores visible to its loads
         c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, 0,
-                     HID, HID_P, HID, HID_P, KH, BK1, G, True)
+                     HID, HID_P, HID, HID_P, KH, BK1, G, True, PREC)
         c1 += tl.load(b1_ptr + kk * HID + ch, mask=cm, other=0.0)[None, :]
         c1 += tl.load(row_term_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + ch[None, :],
                       mask=bm[:, None] & cm[None, :], other=0.0)
@@ -412,7 +416,7 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
         tl.store(win2 + here, a_c1, mask=am)
         tl.debug_barrier()
         c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), a_c1, bidx, bm, i, jj, W, 0,
-                     K2, 2 * HID_P, HID, HID_P, KH, BK2, G, True)
+                     K2, 2 * HID_P, HID, HID_P, KH, BK2, G, True, PREC)
         c2 += tl.load(b2_ptr + kk * K2 + n2, mask=n2 < K2, other=0.0)[None, :]
         if HAS_COND:
             c2 += tl.load(h2_ptr + (kk * B * H * W + pix_off[:, None]) * K2 + n2[None, :], mask=am, other=0.0)
@@ -422,7 +426,7 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
     head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
                 x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr, win_ptr, wc_ptr,
                 C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, TOP, HAS_KNOWN, RETURN_PARAMS,
-                HAS_WINDOW, BLOCK)
+                HAS_WINDOW, BLOCK, PREC)
 
 
 @triton.jit(do_not_specialize=["j", "blk"])
@@ -431,7 +435,8 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
                       w_h_ptr, b_h_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
                       STAGE: tl.constexpr, FIRST: tl.constexpr, C: tl.constexpr, E: tl.constexpr,
                       KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr, G: tl.constexpr,
-                      OT: tl.constexpr, T0_B: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr, HAS_COND: tl.constexpr):
+                      OT: tl.constexpr, T0_B: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr, HAS_COND: tl.constexpr,
+                      PREC: tl.constexpr):
     """One conv of block ``blk`` at one pixel, output channels ``OT * program_id(1) ..``
     (the split plan). ``STAGE=1``: ``c1`` (block 0 also computes the first layer);
     ``STAGE=2``: ``c2``, the gate and the residual into ``ul_cur``."""
@@ -455,7 +460,7 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
     if STAGE == 1:
         if FIRST:
             ul = first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, L_IN,
-                             C, E, KH, HID, HID_P, G, T0_B)
+                             C, E, KH, HID, HID_P, G, T0_B, PREC)
             own = bm[:, None] & (ch >= o0)[None, :] & (ch < o0 + OT)[None, :] & (ch < HID)[None, :]
             tl.store(ulcur_ptr + bidx[:, None] * HID + ch[None, :], ul, mask=own)
         else:
@@ -465,7 +470,7 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
         own2 = bm[:, None] & (n2 >= 2 * o0)[None, :] & (n2 < 2 * o0 + 2 * OT)[None, :] & (n2 < K2)[None, :]
         tl.store(win1 + bidx[:, None] * plane + slot_off + n2[None, :], a_ul, mask=own2)
         c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, o0,
-                     HID, OT, HID, HID_P, KH, BK1, G, False)
+                     HID, OT, HID, HID_P, KH, BK1, G, False, PREC)
         c1 += tl.load(b1_ptr + kk * HID + to, mask=tm, other=0.0)[None, :]
         c1 += tl.load(row_term_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + to[None, :],
                       mask=bm[:, None] & tm[None, :], other=0.0)
@@ -476,7 +481,7 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
         a_c1 = tl.load(win2 + bidx[:, None] * plane + slot_off + n2[None, :],
                        mask=bm[:, None] & (n2 < K2)[None, :], other=0.0)     # written by stage 1
         c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), a_c1, bidx, bm, i, jj, W, 2 * o0,
-                     K2, 2 * OT, HID, HID_P, KH, BK2, G, False)
+                     K2, 2 * OT, HID, HID_P, KH, BK2, G, False, PREC)
         c2 += tl.load(b2_ptr + kk * K2 + t2, mask=t2m, other=0.0)[None, :]
         if HAS_COND:
             pix_off = (bidx * H + i) * W + jj
@@ -497,7 +502,8 @@ def pixel_head_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, 
                       T0_B: tl.constexpr,
                       P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr, DIST: tl.constexpr,
                       L: tl.constexpr, L_B: tl.constexpr, TOP: tl.constexpr, HAS_KNOWN: tl.constexpr,
-                      RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr):
+                      RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr,
+                      PREC: tl.constexpr):
     """Head, sampling and write-back (the split plan's last launch of a pixel); with
     ``FIRST`` (no blocks) it computes the first layer itself."""
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
@@ -508,14 +514,14 @@ def pixel_head_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, 
     ch = tl.arange(0, HID_P)
     if FIRST:
         ul = first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, W, L_IN,
-                         C, E, KH, HID, HID_P, G, T0_B)
+                         C, E, KH, HID, HID_P, G, T0_B, PREC)
     else:
         ul = tl.load(ulcur_ptr + bidx[:, None] * HID + ch[None, :],
                      mask=bm[:, None] & (ch < HID)[None, :], other=0.0)
     head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
                 x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr, win_ptr, wc_ptr,
                 C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, TOP, HAS_KNOWN, RETURN_PARAMS,
-                HAS_WINDOW, BLOCK)
+                HAS_WINDOW, BLOCK, PREC)
 
 
 # -- launcher -------------------------------------------------------------------------
@@ -539,31 +545,41 @@ def chunk(total: int, gpu_chunk: int) -> int:
 DIST_KINDS = (0, 1)
 
 
-def sampling_chunks(dist_kind: int, L: int, c_p: int, p: int, hid_p: int) -> tuple:
+def product_budget(group: int) -> tuple:
+    """``(floats, minimum)``: how large a chunk's product may be and the smallest chunk
+    dimension. ``tl.dot`` (``group >= 16``): a weight tile ``[BK, OUT]`` of at most 4096
+    floats, every dimension >= 16; a matrix-vector product (``group < 16``): the products
+    ``[G, BK, OUT]`` at most 4096 floats (registers), any power of two."""
+    return (4096, 16) if group >= 16 else (4096 // group, 1)
+
+
+def sampling_chunks(dist_kind: int, L: int, c_p: int, p: int, hid_p: int, group: int = 16) -> tuple:
     """``(L_B, PB)`` of ``head_sample``: the levels per chunk of the categorical sampler
     (``L`` levels; tiles ``[G, C_P, L_B]``, at most 4096 values a group of 16; the
     mixture reads its ``L = nr_mix`` components at once) and the parameters per chunk
-    of the head (weight tile ``[HID_P, PB]`` at most 4096 floats)."""
+    of the head (``product_budget``: weight tile ``[HID_P, PB]`` at most 4096 floats for
+    a dot, the products ``[G, HID_P, PB]`` for a matrix-vector product)."""
     if dist_kind not in DIST_KINDS:
         raise ValueError(f"dist: the Triton kernels sample the engine_spec kinds {DIST_KINDS} "
                          f"(categorical, logistic mixture), got {dist_kind}; use backend='torch'")
     p2 = triton.next_power_of_2
+    budget, least = product_budget(group)
     l_b = chunk(p2(L), min(p2(L), max(16, 256 // c_p))) if dist_kind == 0 else p2(L)
-    return l_b, chunk(p2(p), max(16, min(p2(p), 4096 // hid_p)))
+    return l_b, chunk(p2(p), max(least, min(p2(p), budget // hid_p)))
 
 
 def _meta(buf) -> dict:
-    """Block sizes: powers of two, every dot dimension >= 16; the weight tile of a
-    chunk ``[BK, OUT_T]`` at most 4096 floats."""
+    """Block sizes: powers of two within ``product_budget`` of the launch plan's group."""
     p2 = triton.next_power_of_2
     pl = buf.launch_plan
     hid_p = pl.hid_p
     c_p = p2(buf.C)
-    l_b, pb = sampling_chunks(buf.DIST, buf.L, c_p, buf.P, hid_p)
+    budget, least = product_budget(pl.group)
+    l_b, pb = sampling_chunks(buf.DIST, buf.L, c_p, buf.P, hid_p, pl.group)
     ot = pl.pixel_tile
-    bk = lambda out_t: max(16, min(2 * hid_p, 4096 // out_t))
-    return dict(C_P=c_p, HID_P=hid_p, G=pl.group, T0_B=max(16, min(p2(buf.KH * buf.CIN), 4096 // hid_p)),
-                BK1=bk(ot), BK2=bk(2 * ot), PB=pb, L_B=l_b, OT=ot)
+    bk = lambda out_t: max(least, min(2 * hid_p, budget // out_t))
+    return dict(C_P=c_p, HID_P=hid_p, G=pl.group, T0_B=max(least, min(p2(buf.KH * buf.CIN), budget // hid_p)),
+                BK1=bk(ot), BK2=bk(2 * ot), PB=pb, L_B=l_b, OT=ot, PREC=pl.precision)
 
 
 def window_meta(window) -> dict:
@@ -583,7 +599,8 @@ def launch_pixel_step(buf, j: int):
     z = _meta(buf)
     pl = buf.launch_plan
     groups = triton.cdiv(buf.B, pl.group)
-    common = dict(C=buf.C, E=buf.E, KH=buf.KH, HID=buf.HID, HID_P=z["HID_P"], G=z["G"], T0_B=z["T0_B"])
+    common = dict(C=buf.C, E=buf.E, KH=buf.KH, HID=buf.HID, HID_P=z["HID_P"], G=z["G"], T0_B=z["T0_B"],
+                  PREC=z["PREC"])
     samp = dict(C_P=z["C_P"], P=buf.P, PB=z["PB"], U=buf.U, DIST=buf.DIST, L=buf.L, L_B=z["L_B"],
                 TOP=buf.top, HAS_KNOWN=buf.known is not None,
                 RETURN_PARAMS=buf.params is not None, **window_meta(buf.window))

@@ -2,10 +2,12 @@
 
 Buffers and weight layouts as in ``kernels/pp_row.py`` (values ``(B, NS, W_s, K)``,
 row ``r`` in slot ``r % NS``, ``concat_elu`` applied on load). Every pixel kernel has
-grid ``(cdiv(B, G),)``: a program owns ``G`` images (``G`` a power of two >= 16), the
-``M = G`` rows of every dot (``tl.dot``, fp32, ``input_precision="ieee"``: no TF32),
-so each weight is read once per group; a batch that is not a multiple of ``G``
-masks the rows of its last group. The position is ``(p, q) = (row >> s, q)``: the row
+grid ``(cdiv(B, G),)``: a program owns ``G`` images (``G`` a power of two, the launch
+plan's ``group``: ``layout.choose_launch_plan`` by batch size), the ``M = G`` rows of every
+product (``_jitmath.mm``: ``tl.dot`` in fp32, ``input_precision="ieee"`` or the opt-in
+``"tf32x3"``, from 16 images; a matrix-vector product per image below), so each weight is
+read once per group; a batch that is not a multiple of ``G`` masks the rows of its last
+group. The position is ``(p, q) = (row >> s, q)``: the row
 from the device counter, the column an argument (not specialised on).
 
 * ``pixel_init_kernel``: scale 0, the first ``ul`` layer at ``(i, j)``: ``ul_row0[j]``
@@ -41,6 +43,7 @@ import triton
 import triton.language as tl
 
 from .pixel_step import head_sample, sampling_chunks, window_args, window_meta
+from ._jitmath import mm
 from .pp_row import _act_dot, _image, _p2, concat_elu_halves, conv_acc, image_conv
 
 GROUP = 16                             # images per program (the M of every pixel dot)
@@ -64,7 +67,7 @@ def _store_val(ptr, v, bidx, bm, slot, NS, WS, col, K: tl.constexpr, K_P: tl.con
 @triton.jit(do_not_specialize=["j"])
 def pixel_init_kernel(x_ptr, tab_ptr, row_ptr, j, B, H, W, L_IN, row0_ptr, out_ptr, wh_ptr, bh_ptr,
                       C: tl.constexpr, E: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr,
-                      G: tl.constexpr, TB: tl.constexpr):
+                      G: tl.constexpr, TB: tl.constexpr, PREC: tl.constexpr):
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
     bm = bidx < B
     i = tl.load(row_ptr).to(tl.int64)
@@ -72,7 +75,7 @@ def pixel_init_kernel(x_ptr, tab_ptr, row_ptr, j, B, H, W, L_IN, row0_ptr, out_p
     ch = tl.arange(0, N_P)
     cm = ch < N
     h = image_conv(x_ptr, tab_ptr, wh_ptr, bidx, jj, bm, i - 1, H, W, L_IN, ch, cm,
-                   N, C, E, 2, 1, 1, G, N_P, TB) + tl.load(bh_ptr + ch, mask=cm, other=0.0)[None, :]
+                   N, C, E, 2, 1, 1, G, N_P, TB, PREC) + tl.load(bh_ptr + ch, mask=cm, other=0.0)[None, :]
     ul = _load_val(row0_ptr, bidx, bm, 0, 1, W, j, N, N_P)
     ul += tl.where(j > 0, h, 0.0)                 # right_shift: column 0 is zero
     _store_val(out_ptr, ul, bidx, bm, i % 2, 2, W, j, N, N_P)
@@ -81,7 +84,7 @@ def pixel_init_kernel(x_ptr, tab_ptr, row_ptr, j, B, H, W, L_IN, row0_ptr, out_p
 @triton.jit(do_not_specialize=["q"])
 def pixel_down_kernel(row_ptr, q, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_ptr, NS_OUT, W_OUT,
                       SH: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr,
-                      G: tl.constexpr, BK: tl.constexpr):
+                      G: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
     bm = bidx < B
     p = tl.load(row_ptr).to(tl.int64) >> SH
@@ -89,7 +92,7 @@ def pixel_down_kernel(row_ptr, q, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_ptr,
     ch = tl.arange(0, N_P)
     acc = tl.zeros([G, N_P], dtype=tl.float32) + tl.load(b_ptr + ch, mask=ch < N, other=0.0)[None, :]
     acc, _unused = conv_acc(acc, acc, in_ptr, w_ptr, bidx, cols, bm, p, NS_IN, W_IN, 0, N, N, 0,
-                        K, 2, 2, 2, 1, False, False, False, BK, N_P)
+                        K, 2, 2, 2, 1, False, False, False, BK, N_P, PREC)
     _store_val(out_ptr, acc, bidx, bm, p % NS_OUT, NS_OUT, W_OUT, q, N, N_P)
 
 
@@ -98,7 +101,7 @@ def pixel_block_kernel(row_ptr, q, B, x_ptr, NS_X, WS, c1_ptr, out_ptr, NS_OUT, 
                        skip_ptr, NS_SKIP, ws_ptr, h2_ptr, H_S, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
                        SH: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr, G: tl.constexpr,
                        BK: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_COND: tl.constexpr,
-                       CUR_IN_REGS: tl.constexpr):
+                       CUR_IN_REGS: tl.constexpr, PREC: tl.constexpr):
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
     bm = bidx < B
     p = tl.load(row_ptr).to(tl.int64) >> SH
@@ -108,11 +111,11 @@ def pixel_block_kernel(row_ptr, q, B, x_ptr, NS_X, WS, c1_ptr, out_ptr, NS_OUT, 
     # c1 = conv1(act(x)) over rows p-1, p, columns q-1, q, + biases + the row's terms
     c1 = tl.zeros([G, N_P], dtype=tl.float32) + tl.load(b1_ptr + ch, mask=cm, other=0.0)[None, :]
     c1, _unused = conv_acc(c1, c1, x_ptr, w1_ptr, bidx, cols, bm, p, NS_X, WS, 0, N, N, 0,
-                      N, 2, 2, 1, 1, True, False, False, BK, N_P)
+                      N, 2, 2, 1, 1, True, False, False, BK, N_P, PREC)
     c1 += _load_val(row_term_ptr, bidx, bm, 0, 1, WS, q, N, N_P)
     if HAS_SKIP:
         c1, _unused = conv_acc(c1, c1, skip_ptr, ws_ptr, bidx, cols, bm, p, NS_SKIP, WS, 0, N, N, 0,
-                          N, 1, 1, 1, 0, True, False, False, BK, N_P)
+                          N, 1, 1, 1, 0, True, False, False, BK, N_P, PREC)
     c1 = tl.where(cm[None, :], c1, 0.0)
     _store_val(c1_ptr, c1, bidx, bm, p % 2, 2, WS, q, N, N_P)     # for the later positions
     # c2 = conv2(act(c1)) in both gate halves: the three cached taps from the window, the
@@ -120,21 +123,21 @@ def pixel_block_kernel(row_ptr, q, B, x_ptr, NS_X, WS, c1_ptr, out_ptr, NS_OUT, 
     ca = tl.zeros([G, N_P], dtype=tl.float32) + tl.load(b2_ptr + ch, mask=cm, other=0.0)[None, :]
     cb = tl.zeros([G, N_P], dtype=tl.float32) + tl.load(b2_ptr + N + ch, mask=cm, other=0.0)[None, :]
     ca, cb = conv_acc(ca, cb, c1_ptr, w2_ptr, bidx, cols, bm, p, 2, WS, 0, N, 2 * N, N,
-                      N, 2, 2, 1, 1, True, True, True, BK, N_P)
+                      N, 2, 2, 1, 1, True, True, True, BK, N_P, PREC)
     if CUR_IN_REGS:
         ep, en = concat_elu_halves(c1)
         wl = w2_ptr + 3 * 2 * N * (2 * N) + ch[:, None] * (2 * N) + ch[None, :]   # tap (1, 1)
         wm = cm[:, None] & cm[None, :]
-        ca += tl.dot(ep, tl.load(wl, mask=wm, other=0.0), input_precision="ieee")
-        ca += tl.dot(en, tl.load(wl + N * 2 * N, mask=wm, other=0.0), input_precision="ieee")
-        cb += tl.dot(ep, tl.load(wl + N, mask=wm, other=0.0), input_precision="ieee")
-        cb += tl.dot(en, tl.load(wl + N * 2 * N + N, mask=wm, other=0.0), input_precision="ieee")
+        ca += mm(ep, tl.load(wl, mask=wm, other=0.0), PREC)
+        ca += mm(en, tl.load(wl + N * 2 * N, mask=wm, other=0.0), PREC)
+        cb += mm(ep, tl.load(wl + N, mask=wm, other=0.0), PREC)
+        cb += mm(en, tl.load(wl + N * 2 * N + N, mask=wm, other=0.0), PREC)
     else:
         # wide layers: an [N_P, N_P] weight tile does not fit in registers; read the
         # current tap back from the window (this program's own stores) in chunks
         tl.debug_barrier()
         ca, cb = conv_acc(ca, cb, c1_ptr + (p % 2) * WS * N, w2_ptr + 3 * 2 * N * (2 * N), bidx, cols, bm,
-                          0, 2, WS, 0, N, 2 * N, N, N, 1, 1, 1, 0, True, False, True, BK, N_P)
+                          0, 2, WS, 0, N, 2 * N, N, N, 1, 1, 1, 0, True, False, True, BK, N_P, PREC)
     if HAS_COND:
         hp = h2_ptr + ((bidx[:, None] * H_S + p) * WS + q) * (2 * N) + ch[None, :]
         hm = bm[:, None] & cm[None, :]
@@ -148,7 +151,7 @@ def pixel_block_kernel(row_ptr, q, B, x_ptr, NS_X, WS, c1_ptr, out_ptr, NS_OUT, 
 @triton.jit(do_not_specialize=["q"])
 def pixel_deconv_kernel(row_ptr, q, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_ptr, NS_OUT, W_OUT,
                         SH: tl.constexpr, K: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr,
-                        G: tl.constexpr, BK: tl.constexpr):
+                        G: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """``out[2p + a, 2q + c] = b + W[a, c]^T in[p, q]`` (``DownRightShiftedConvTranspose2d``);
     weight ``(2, 2, K, N)``."""
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
@@ -166,7 +169,7 @@ def pixel_deconv_kernel(row_ptr, q, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_pt
             a = tl.load(base[:, None] + k0 + kb[None, :], mask=bm[:, None] & km[None, :], other=0.0)
             wt = tl.load(w_ptr + (t * K + k0 + kb[:, None]) * N + ch[None, :], mask=km[:, None] & cm[None, :],
                          other=0.0)
-            acc += tl.dot(a, wt, input_precision="ieee")
+            acc += mm(a, wt, PREC)
         r = 2 * p + t // 2
         _store_val(out_ptr, acc, bidx, bm, r % NS_OUT, NS_OUT, W_OUT, 2 * q + t % 2, N, N_P)
 
@@ -178,7 +181,7 @@ def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, win_ptr, 
                       G: tl.constexpr, P: tl.constexpr, PB: tl.constexpr, U: tl.constexpr,
                       DIST: tl.constexpr, L: tl.constexpr, L_B: tl.constexpr, TOP: tl.constexpr,
                       HAS_KNOWN: tl.constexpr, RETURN_PARAMS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                      BLOCK: tl.constexpr):
+                      BLOCK: tl.constexpr, PREC: tl.constexpr):
     bidx = tl.program_id(0).to(tl.int64) * G + tl.arange(0, G)
     bm = bidx < B
     i = tl.load(row_ptr).to(tl.int64)
@@ -188,7 +191,7 @@ def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, win_ptr, 
     head_sample(ul, bidx, bm, i, jj, B, H, W, temp, half_top, to_unit,
                 x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, wh_ptr, bh_ptr, win_ptr, wc_ptr,
                 C, C_P, HID, HID_P, G, P, PB, U, DIST, L, L_B, TOP, HAS_KNOWN, RETURN_PARAMS,
-                HAS_WINDOW, BLOCK)
+                HAS_WINDOW, BLOCK, PREC)
 
 
 # -- launchers ------------------------------------------------------------------------
@@ -196,43 +199,57 @@ def pixel_head_kernel(x_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr, win_ptr, 
 CUR_IN_REGS_MAX = 32                   # widest layer whose current conv2 tap stays in registers
 
 
-def _pixel_bk(k: int, n_p: int) -> int:
-    """Input chunk of a pixel conv: its weight tile ``[BK, N_P]`` at most 2048 floats."""
-    return max(16, min(_p2(k), 32, 2048 // n_p))
+def _pixel_bk(k: int, n_p: int, group: int = GROUP) -> int:
+    """Input chunk of a pixel conv: its weight tile ``[BK, N_P]`` at most 2048 floats (a
+    ``tl.dot``, ``group >= 16``), or its products ``[G, BK, N_P]`` (a matrix-vector product
+    per image, ``group < 16``: any power of two)."""
+    if group >= 16:
+        return max(16, min(_p2(k), 32, 2048 // n_p))
+    return max(1, min(_p2(k), 32, 2048 // (group * n_p)))
+
+
+def _cur_in_regs(n_p: int, group: int) -> bool:
+    """Whether ``pixel_block_kernel`` multiplies the current ``conv2`` tap from registers:
+    its ``[N_P, N_P]`` weight tile fits (``N_P <= CUR_IN_REGS_MAX``) and, as matrix-vector
+    products, ``[G, N_P, N_P]`` too."""
+    return n_p <= CUR_IN_REGS_MAX and (group >= 16 or group * n_p * n_p <= 4096)
 
 
 def _warps(n_p: int) -> int:
     return 4 if n_p <= 64 else 8
 
 
-def _groups(b: int) -> tuple:
-    return (triton.cdiv(b, GROUP),)
+def _groups(b: int, group: int) -> tuple:
+    return (triton.cdiv(b, group),)
 
 
-def launch_pixel_init(x, row, j, row0, out, wh, bh, table, fp_fusion=False):
+def launch_pixel_init(x, row, j, row0, out, wh, bh, table, fp_fusion=False, group=GROUP, precision="ieee"):
     """Scale 0: ``out`` ``(B, 2, W, N)`` at ``(i, j)`` = ``row0[j]`` + the right-shifted
     ``(2, 1)`` conv at column ``j-1``; ``wh`` ``(2*CIN, N)``; ``table`` ``(C, 2**bits, E)``
-    the input encoding (``CIN = C*E + 1``)."""
+    the input encoding (``CIN = C*E + 1``). Every pixel launcher: ``group`` images per
+    program (``G``), ``precision`` the dots' (``layout.LaunchPlan``)."""
     b, c, h, w = x.shape
     n = out.shape[-1]
     n_p = max(16, _p2(n))
-    pixel_init_kernel[_groups(b)](x, table, row, j, b, h, w, table.shape[1], row0, out, wh, bh,
-                                  C=c, E=table.shape[2], N=n, N_P=n_p, G=GROUP,
-                                  TB=_pixel_bk(2 * (c * table.shape[2] + 1), n_p), enable_fp_fusion=fp_fusion)
+    pixel_init_kernel[_groups(b, group)](x, table, row, j, b, h, w, table.shape[1], row0, out, wh, bh,
+                                         C=c, E=table.shape[2], N=n, N_P=n_p, G=group,
+                                         TB=_pixel_bk(2 * (c * table.shape[2] + 1), n_p, group), PREC=precision,
+                                         enable_fp_fusion=fp_fusion)
 
 
-def launch_pixel_down(row, q, inp, w, b, out, shift, fp_fusion=False):
+def launch_pixel_down(row, q, inp, w, b, out, shift, fp_fusion=False, group=GROUP, precision="ieee"):
     """``downsize_ul`` at ``(p, q)`` of scale ``shift`` from ``inp`` (scale ``shift - 1``);
     ``w`` ``(2, 2, 1, K, N)``."""
     bsz, ns_in, w_in, k = inp.shape
     _, ns_out, w_out, n = out.shape
-    pixel_down_kernel[_groups(bsz)](row, q, bsz, inp, ns_in, w_in, w, b, out, ns_out, w_out,
-                                    SH=shift, K=k, N=n, N_P=max(16, _p2(n)), G=GROUP,
-                                    BK=_pixel_bk(k, max(16, _p2(n))), enable_fp_fusion=fp_fusion)
+    n_p = max(16, _p2(n))
+    pixel_down_kernel[_groups(bsz, group)](row, q, bsz, inp, ns_in, w_in, w, b, out, ns_out, w_out,
+                                           SH=shift, K=k, N=n, N_P=n_p, G=group, BK=_pixel_bk(k, n_p, group),
+                                           PREC=precision, enable_fp_fusion=fp_fusion)
 
 
 def launch_pixel_block(row, q, x, c1, out, row_term, w1, b1, w2, b2, shift, skip=None, ws=None,
-                       h2=None, fp_fusion=False):
+                       h2=None, fp_fusion=False, group=GROUP, precision="ieee"):
     """One gated ``ul`` block at ``(p, q)``: ``x`` ``(B, NS, W_s, N)`` in, ``c1`` ``(B, 2, W_s, N)``
     its conv2 window, ``out`` the block's output value; ``row_term`` ``(B, 1, W_s, N)``;
     ``w1`` ``(2, 2, 2, N, N)``, ``w2`` ``(2, 2, 2, N, 2N)``; ``skip``/``ws`` the down pass's
@@ -240,50 +257,51 @@ def launch_pixel_block(row, q, x, c1, out, row_term, w1, b1, w2, b2, shift, skip
     bsz, ns_x, ws_, n = x.shape
     n_p = max(16, _p2(n))
     d = out
-    pixel_block_kernel[_groups(bsz)](
+    pixel_block_kernel[_groups(bsz, group)](
         row, q, bsz, x, ns_x, ws_, c1, out, out.shape[1], row_term,
         skip if skip is not None else d, skip.shape[1] if skip is not None else 1, ws if ws is not None else d,
         h2 if h2 is not None else d, h2.shape[1] if h2 is not None else 1, w1, b1, w2, b2,
-        SH=shift, N=n, N_P=n_p, G=GROUP, BK=_pixel_bk(n, n_p), HAS_SKIP=skip is not None,
-        HAS_COND=h2 is not None, CUR_IN_REGS=n_p <= CUR_IN_REGS_MAX, num_warps=_warps(n_p),
+        SH=shift, N=n, N_P=n_p, G=group, BK=_pixel_bk(n, n_p, group), HAS_SKIP=skip is not None,
+        HAS_COND=h2 is not None, CUR_IN_REGS=_cur_in_regs(n_p, group), PREC=precision, num_warps=_warps(n_p),
         enable_fp_fusion=fp_fusion)
 
 
-def launch_pixel_deconv(row, q, inp, w, b, out, shift, fp_fusion=False):
+def launch_pixel_deconv(row, q, inp, w, b, out, shift, fp_fusion=False, group=GROUP, precision="ieee"):
     """Transposed ``(2, 2)`` conv of ``(p, q)`` of scale ``shift`` into ``out`` (scale ``shift - 1``)."""
     bsz, ns_in, w_in, k = inp.shape
     _, ns_out, w_out, n = out.shape
-    pixel_deconv_kernel[_groups(bsz)](row, q, bsz, inp, ns_in, w_in, w, b, out, ns_out, w_out,
-                                      SH=shift, K=k, N=n, N_P=max(16, _p2(n)), G=GROUP,
-                                      BK=_pixel_bk(k, max(16, _p2(n))), enable_fp_fusion=fp_fusion)
+    n_p = max(16, _p2(n))
+    pixel_deconv_kernel[_groups(bsz, group)](row, q, bsz, inp, ns_in, w_in, w, b, out, ns_out, w_out,
+                                             SH=shift, K=k, N=n, N_P=n_p, G=group, BK=_pixel_bk(k, n_p, group),
+                                             PREC=precision, enable_fp_fusion=fp_fusion)
 
 
-def head_meta(dist, channels: int, hidden: int) -> dict:
+def head_meta(dist, channels: int, hidden: int, group: int = GROUP) -> dict:
     """The sampling constants of ``dist`` for ``pixel_head_kernel``."""
     c_p = _p2(channels)
     hid_p = max(16, _p2(hidden))
     P = dist.num_params
     d, L = dist.engine_spec
-    l_b, pb = sampling_chunks(d, L, c_p, P, hid_p)
-    return dict(C=channels, C_P=c_p, HID=hidden, HID_P=hid_p, G=GROUP, P=P, PB=pb, U=dist.num_uniforms,
+    l_b, pb = sampling_chunks(d, L, c_p, P, hid_p, group)
+    return dict(C=channels, C_P=c_p, HID=hidden, HID_P=hid_p, G=group, P=P, PB=pb, U=dist.num_uniforms,
                 DIST=d, L=L, L_B=l_b, TOP=2 ** dist.bits - 1)
 
 
 def launch_pixel_head(x, known, uniforms, params, pscr, row, temp, j, inp, wh, bh, dist, window=None,
-                      fp_fusion=False):
+                      fp_fusion=False, group=GROUP, precision="ieee"):
     """Head, sampling and write-back at ``(i, j)``: ``inp`` ``(B, NS, W, HID)`` the final
     ``ul``; ``wh`` ``(HID, P)``; ``known`` ``(B, H, W)`` int8 or None; ``params``
     ``(B, P, H, W)`` or None; ``pscr`` ``(B, P)`` scratch; ``temp`` ``(1,)``; ``window`` a
     ``layout.WindowBuffer`` (consistent decoding) or None."""
     b, c, h, w = x.shape
-    meta = head_meta(dist, c, inp.shape[-1])
+    meta = head_meta(dist, c, inp.shape[-1], group)
     top = meta["TOP"]
     d = pscr
-    pixel_head_kernel[_groups(b)](
+    pixel_head_kernel[_groups(b, group)](
         x, known if known is not None else d, uniforms, params if params is not None else d, pscr,
         *window_args(window, d), row, temp, j, b, h, w, top / 2.0, 2.0 / top, inp, inp.shape[1], wh, bh,
         HAS_KNOWN=known is not None, RETURN_PARAMS=params is not None, **window_meta(window), **meta,
-        enable_fp_fusion=fp_fusion)
+        PREC=precision, enable_fp_fusion=fp_fusion)
 
 
 # -- PyTorch references (same signatures, same buffer updates) ------------------------
@@ -296,7 +314,7 @@ def _at(t, r, c):
 
 
 @torch.no_grad()
-def pixel_init_reference(x, row, j, row0, out, wh, bh, table, fp_fusion=False):
+def pixel_init_reference(x, row, j, row0, out, wh, bh, table, fp_fusion=False, group=GROUP, precision="ieee"):
     i = int(row[0])
     ul = row0[:, 0, j].clone()
     if j > 0:
@@ -306,7 +324,7 @@ def pixel_init_reference(x, row, j, row0, out, wh, bh, table, fp_fusion=False):
 
 
 @torch.no_grad()
-def pixel_down_reference(row, q, inp, w, b, out, shift, fp_fusion=False):
+def pixel_down_reference(row, q, inp, w, b, out, shift, fp_fusion=False, group=GROUP, precision="ieee"):
     p = int(row[0]) >> shift
     acc = b.expand(inp.shape[0], -1).clone()
     for tr in range(2):
@@ -317,7 +335,7 @@ def pixel_down_reference(row, q, inp, w, b, out, shift, fp_fusion=False):
 
 @torch.no_grad()
 def pixel_block_reference(row, q, x, c1, out, row_term, w1, b1, w2, b2, shift, skip=None, ws=None,
-                          h2=None, fp_fusion=False):
+                          h2=None, fp_fusion=False, group=GROUP, precision="ieee"):
     p = int(row[0]) >> shift
     n = x.shape[-1]
 
@@ -339,7 +357,7 @@ def pixel_block_reference(row, q, x, c1, out, row_term, w1, b1, w2, b2, shift, s
 
 
 @torch.no_grad()
-def pixel_deconv_reference(row, q, inp, w, b, out, shift, fp_fusion=False):
+def pixel_deconv_reference(row, q, inp, w, b, out, shift, fp_fusion=False, group=GROUP, precision="ieee"):
     p = int(row[0]) >> shift
     v = _at(inp, p, q)
     for a in range(2):
@@ -349,7 +367,7 @@ def pixel_deconv_reference(row, q, inp, w, b, out, shift, fp_fusion=False):
 
 @torch.no_grad()
 def pixel_head_reference(x, known, uniforms, params, pscr, row, temp, j, inp, wh, bh, dist, window=None,
-                         fp_fusion=False):
+                         fp_fusion=False, group=GROUP, precision="ieee"):
     i = int(row[0])
     y = F.elu(inp[:, i % inp.shape[1], j]) @ wh + bh
     pscr.copy_(y)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._jitmath import model_input
+from ._jitmath import mm, model_input
 
 ROW_M = 32          # rows of a row op's dots: GR images x BW columns
 
@@ -59,7 +59,7 @@ def concat_elu_halves(a):
 def conv_acc(acc, accb, in_ptr, w_ptr, bidx, cols, pm, p, NS, WI, n0, n_hi, WN, B_OFF,
              K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr,
              PADL: tl.constexpr, ACT: tl.constexpr, SKIP_LAST: tl.constexpr, TWO: tl.constexpr,
-             BK: tl.constexpr, BN: tl.constexpr):
+             BK: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """``acc [M, BN] +=`` the ``(KH, KW)`` conv at output row ``p``, columns ``cols [M]`` of
     images ``bidx [M]`` (rows masked by ``pm``), output channels ``n0 .. n0+BN`` (masked
     ``< n_hi``; weight rows have ``WN`` columns); with ``TWO`` also ``accb +=`` the same for
@@ -91,23 +91,23 @@ def conv_acc(acc, accb, in_ptr, w_ptr, bidx, cols, pm, p, NS, WI, n0, n_hi, WN, 
                     wt = w_ptr + (tap * NH * K + k0) * WN + woff
                     if ACT:
                         pos, neg = concat_elu_halves(a)
-                        acc += tl.dot(pos, tl.load(wt, mask=wm, other=0.0), input_precision="ieee")
-                        acc += tl.dot(neg, tl.load(wt + K * WN, mask=wm, other=0.0), input_precision="ieee")
+                        acc += mm(pos, tl.load(wt, mask=wm, other=0.0), PREC)
+                        acc += mm(neg, tl.load(wt + K * WN, mask=wm, other=0.0), PREC)
                         if TWO:
-                            accb += tl.dot(pos, tl.load(wt + B_OFF, mask=wm, other=0.0), input_precision="ieee")
-                            accb += tl.dot(neg, tl.load(wt + K * WN + B_OFF, mask=wm, other=0.0),
-                                           input_precision="ieee")
+                            accb += mm(pos, tl.load(wt + B_OFF, mask=wm, other=0.0), PREC)
+                            accb += mm(neg, tl.load(wt + K * WN + B_OFF, mask=wm, other=0.0), PREC)
                     else:
-                        acc += tl.dot(a, tl.load(wt, mask=wm, other=0.0), input_precision="ieee")
+                        acc += mm(a, tl.load(wt, mask=wm, other=0.0), PREC)
                         if TWO:
-                            accb += tl.dot(a, tl.load(wt + B_OFF, mask=wm, other=0.0), input_precision="ieee")
+                            accb += mm(a, tl.load(wt + B_OFF, mask=wm, other=0.0), PREC)
     return acc, accb
 
 
 @triton.jit
 def image_conv(x_ptr, tab_ptr, w_ptr, bidx, cols, pm, r0, H, W, L_IN, nn, nm,
                N: tl.constexpr, C: tl.constexpr, E: tl.constexpr, NR: tl.constexpr, NC: tl.constexpr,
-               PADL: tl.constexpr, M: tl.constexpr, BN: tl.constexpr, TB: tl.constexpr):
+               PADL: tl.constexpr, M: tl.constexpr, BN: tl.constexpr, TB: tl.constexpr,
+               PREC: tl.constexpr):
     """The ``(NR, NC)`` conv of the model's input (zero outside the image) over rows ``r0 ..
     r0+NR-1``, columns ``cols - PADL .. cols - PADL + NC - 1`` of images ``bidx`` (``[M]``,
     masked by ``pm``), output channels ``nn`` (``[BN]``, masked by ``nm``), no bias: im2col
@@ -125,14 +125,14 @@ def image_conv(x_ptr, tab_ptr, w_ptr, bidx, cols, pm, r0, H, W, L_IN, nn, nm,
         a = model_input(x_ptr, tab_ptr, (bidx[:, None] * C * H + rr[None, :]) * W + cc, (tt % CIN)[None, :],
                         ok, H * W, L_IN, C, E)
         wt = tl.load(w_ptr + tt[:, None] * N + nn[None, :], mask=(tt < T)[:, None] & nm[None, :], other=0.0)
-        acc += tl.dot(a, wt, input_precision="ieee")
+        acc += mm(a, wt, PREC)
     return acc
 
 
 @triton.jit
 def row_init_kernel(x_ptr, tab_ptr, row_ptr, B, H, W, L_IN, u_ptr, row0_ptr, wu_ptr, bu_ptr, wv_ptr, bv_ptr,
                     C: tl.constexpr, E: tl.constexpr, N: tl.constexpr, GR: tl.constexpr, BW: tl.constexpr,
-                    BN: tl.constexpr, TU: tl.constexpr, TV: tl.constexpr):
+                    BN: tl.constexpr, TU: tl.constexpr, TV: tl.constexpr, PREC: tl.constexpr):
     m = tl.arange(0, GR * BW)
     bidx = tl.program_id(0).to(tl.int64) * GR + m // BW
     cols = tl.program_id(2) * BW + m % BW
@@ -141,9 +141,9 @@ def row_init_kernel(x_ptr, tab_ptr, row_ptr, B, H, W, L_IN, u_ptr, row0_ptr, wu_
     nm = nn < N
     i = tl.load(row_ptr).to(tl.int64)
     u = image_conv(x_ptr, tab_ptr, wu_ptr, bidx, cols, pm, i - 2, H, W, L_IN, nn, nm,
-                   N, C, E, 2, 3, 1, GR * BW, BN, TU) + tl.load(bu_ptr + nn, mask=nm, other=0.0)[None, :]
+                   N, C, E, 2, 3, 1, GR * BW, BN, TU, PREC) + tl.load(bu_ptr + nn, mask=nm, other=0.0)[None, :]
     v = image_conv(x_ptr, tab_ptr, wv_ptr, bidx, cols, pm, i - 1, H, W, L_IN, nn, nm,
-                   N, C, E, 1, 3, 1, GR * BW, BN, TV) + tl.load(bv_ptr + nn, mask=nm, other=0.0)[None, :]
+                   N, C, E, 1, 3, 1, GR * BW, BN, TV, PREC) + tl.load(bv_ptr + nn, mask=nm, other=0.0)[None, :]
     u = tl.where(i > 0, u, 0.0)           # down_shift: row 0 is zero (bias included)
     v = tl.where(i > 0, v, 0.0)
     sm = pm[:, None] & nm[None, :]
@@ -157,7 +157,7 @@ def row_conv_kernel(row_ptr, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, skip_ptr, NS_
                     SH: tl.constexpr, K: tl.constexpr, N: tl.constexpr, KH: tl.constexpr,
                     KW: tl.constexpr, STRIDE: tl.constexpr, PADL: tl.constexpr, ACT: tl.constexpr,
                     HAS_SKIP: tl.constexpr, HAS_COND: tl.constexpr, GATE: tl.constexpr,
-                    GR: tl.constexpr, BW: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
+                    GR: tl.constexpr, BW: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     m = tl.arange(0, GR * BW)
     bidx = tl.program_id(0).to(tl.int64) * GR + m // BW
     cols = tl.program_id(2) * BW + m % BW
@@ -173,10 +173,10 @@ def row_conv_kernel(row_ptr, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, skip_ptr, NS_
     if GATE:
         accb += tl.load(b_ptr + N + nn, mask=nm, other=0.0)[None, :]
     acc, accb = conv_acc(acc, accb, in_ptr, w_ptr, bidx, cols, pm, p, NS_IN, W_IN, n0, N, WN, N,
-                         K, KH, KW, STRIDE, PADL, ACT, False, GATE, BK, BN)
+                         K, KH, KW, STRIDE, PADL, ACT, False, GATE, BK, BN, PREC)
     if HAS_SKIP:          # 1x1 projection of concat_elu(skip) at the output positions
         acc, accb = conv_acc(acc, accb, skip_ptr, ws_ptr, bidx, cols, pm, p, NS_SKIP, W_OUT, n0, N, N, 0,
-                             K, 1, 1, 1, 0, True, False, False, BK, BN)
+                             K, 1, 1, 1, 0, True, False, False, BK, BN, PREC)
     sm = pm[:, None] & nm[None, :]
     cpos = ((bidx[:, None] * H_S + p) * W_OUT + cols[:, None]) * WN + nn[None, :]
     if HAS_COND:
@@ -194,7 +194,7 @@ def row_conv_kernel(row_ptr, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, skip_ptr, NS_
 @triton.jit
 def row_deconv_kernel(row_ptr, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_ptr, NS_OUT, W_OUT,
                       SH: tl.constexpr, K: tl.constexpr, N: tl.constexpr, GR: tl.constexpr,
-                      BW: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
+                      BW: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """``out[2p + a, c] = b + sum_t W[a, t]^T in[p, (c + 1 - t) / 2]`` over the ``t`` in
     ``0..2`` with ``c + 1 - t`` even and the column inside (``DownShiftedConvTranspose2d``);
     weight ``(2, 3, K, N)``."""
@@ -221,8 +221,8 @@ def row_deconv_kernel(row_ptr, B, in_ptr, NS_IN, W_IN, w_ptr, b_ptr, out_ptr, NS
             wm = km[:, None] & nm[None, :]
             w0 = tl.load(w_ptr + ((0 * 3 + t) * K + k0 + kb[:, None]) * N + nn[None, :], mask=wm, other=0.0)
             w1 = tl.load(w_ptr + ((1 * 3 + t) * K + k0 + kb[:, None]) * N + nn[None, :], mask=wm, other=0.0)
-            acc0 += tl.dot(a, w0, input_precision="ieee")
-            acc1 += tl.dot(a, w1, input_precision="ieee")
+            acc0 += mm(a, w0, PREC)
+            acc1 += mm(a, w1, PREC)
     sm = pm[:, None] & nm[None, :]
     r0 = 2 * p
     tl.store(out_ptr + ((bidx[:, None] * NS_OUT + r0 % NS_OUT) * W_OUT + cols[:, None]) * N + nn[None, :],
@@ -262,7 +262,7 @@ def image_chunk(taps: int, bn: int) -> int:
     return max(16, min(_p2(taps), 32, 1024 // bn))
 
 
-def launch_row_init(x, row, u_out, row0, wu, bu, wv, bv, table, fp_fusion=False):
+def launch_row_init(x, row, u_out, row0, wu, bu, wv, bv, table, fp_fusion=False, precision="ieee"):
     """Scale 0, first layer of row ``row``: ``u_out`` ``(B, 2, W, N)`` slot ``i % 2`` and
     ``row0`` ``(B, 1, W, N)``; ``wu`` ``(6*CIN, N)``, ``wv`` ``(3*CIN, N)``; ``table``
     ``(C, 2**bits, E)`` the input encoding (``CIN = C*E + 1``)."""
@@ -272,11 +272,11 @@ def launch_row_init(x, row, u_out, row0, wu, bu, wv, bv, table, fp_fusion=False)
     gr, bw, bn, grid = _tiles(b, w, n)
     row_init_kernel[grid](x, table, row, b, h, w, table.shape[1], u_out, row0, wu, bu, wv, bv,
                           C=c, E=table.shape[2], N=n, GR=gr, BW=bw, BN=bn, TU=image_chunk(6 * cin, bn),
-                          TV=image_chunk(3 * cin, bn), enable_fp_fusion=fp_fusion)
+                          TV=image_chunk(3 * cin, bn), PREC=precision, enable_fp_fusion=fp_fusion)
 
 
 def launch_row_conv(row, inp, w, b, out, shift, stride=1, padl=1, act=True, skip=None, ws=None,
-                    cond=None, res=None, fp_fusion=False):
+                    cond=None, res=None, fp_fusion=False, precision="ieee"):
     """One conv of row ``p = row >> shift`` into ``out`` ``(B, NS_OUT, W_OUT, N)`` slot
     ``p % NS_OUT``. ``inp`` ``(B, NS_IN, W_IN, K)``; ``w`` ``(KH, KW, NH, K, WN)`` with
     ``WN = 2N`` when ``res`` is given (the gated residual ``res + a * sigmoid(b)``);
@@ -295,17 +295,18 @@ def launch_row_conv(row, inp, w, b, out, shift, stride=1, padl=1, act=True, skip
         out, ns_out, w_out,
         SH=shift, K=k, N=n, KH=kh, KW=kw, STRIDE=stride, PADL=padl, ACT=act,
         HAS_SKIP=skip is not None, HAS_COND=cond is not None, GATE=res is not None,
-        GR=gr, BW=bw, BK=_bk(k), BN=bn, enable_fp_fusion=fp_fusion)
+        GR=gr, BW=bw, BK=_bk(k), BN=bn, PREC=precision, enable_fp_fusion=fp_fusion)
 
 
-def launch_row_deconv(row, inp, w, b, out, shift, fp_fusion=False):
+def launch_row_deconv(row, inp, w, b, out, shift, fp_fusion=False, precision="ieee"):
     """Transposed conv of row ``p = row >> shift`` of ``inp`` ``(B, NS_IN, W_s, K)`` into rows
     ``2p, 2p+1`` of ``out`` ``(B, NS_OUT, 2 W_s, N)``; ``w`` ``(2, 3, K, N)``."""
     bsz, ns_in, w_in, k = inp.shape
     _, ns_out, w_out, n = out.shape
     gr, bw, bn, grid = _tiles(bsz, w_out, n)
     row_deconv_kernel[grid](row, bsz, inp, ns_in, w_in, w, b, out, ns_out, w_out,
-                            SH=shift, K=k, N=n, GR=gr, BW=bw, BK=_bk(k), BN=bn, enable_fp_fusion=fp_fusion)
+                            SH=shift, K=k, N=n, GR=gr, BW=bw, BK=_bk(k), BN=bn, PREC=precision,
+                            enable_fp_fusion=fp_fusion)
 
 
 def launch_advance_row(row):
@@ -339,7 +340,7 @@ def _image(x, table):
 
 
 @torch.no_grad()
-def row_init_reference(x, row, u_out, row0, wu, bu, wv, bv, table, fp_fusion=False):
+def row_init_reference(x, row, u_out, row0, wu, bu, wv, bv, table, fp_fusion=False, precision="ieee"):
     i = int(row[0])
     h = F.pad(_image(x, table), (1, 1, 2, 0))                       # rows i-2.. at index i
     b, cin = h.shape[:2]
@@ -358,7 +359,7 @@ def row_init_reference(x, row, u_out, row0, wu, bu, wv, bv, table, fp_fusion=Fal
 
 @torch.no_grad()
 def row_conv_reference(row, inp, w, b, out, shift, stride=1, padl=1, act=True, skip=None, ws=None,
-                       cond=None, res=None, fp_fusion=False):
+                       cond=None, res=None, fp_fusion=False, precision="ieee"):
     p = int(row[0]) >> shift
     _, ns_out, w_out, n = out.shape
     kh, kw = w.shape[0], w.shape[1]
@@ -378,7 +379,7 @@ def row_conv_reference(row, inp, w, b, out, shift, stride=1, padl=1, act=True, s
 
 
 @torch.no_grad()
-def row_deconv_reference(row, inp, w, b, out, shift, fp_fusion=False):
+def row_deconv_reference(row, inp, w, b, out, shift, fp_fusion=False, precision="ieee"):
     p = int(row[0]) >> shift
     x = inp[:, p % inp.shape[1]]                                   # (B, W_s, K)
     w_in = x.shape[1]

@@ -19,11 +19,11 @@ When row ``i`` starts (``i`` read from the device row counter ``row``):
    Two launches per block because ``conv2`` reads ``c1`` at neighbouring columns
    that other programs compute.
 
-Grid: ``(B, cdiv(W, BLOCK_W))``, one program per image and tile of columns, all
-hidden channels in the program. The convs are im2col over the flattened
+Grid: ``(B, cdiv(W, BLOCK_W), channel tiles)``, one program per image, tile of columns
+and tile of ``row_tile`` output channels. The convs are im2col over the flattened
 (tap, channel) index in chunks of ``BK``, each chunk one ``tl.dot`` with
-``input_precision="ieee"`` (float32 exactly; TF32 would break the exactness
-contract); every dot dimension is a power of two >= 16, masks do the rest. The
+``input_precision=PREC``: the launch plan's, ``"ieee"`` (float32 exactly, the default:
+TF32 would break the exactness contract) or the opt-in ``"tf32x3"``; every dot dimension is a power of two >= 16, masks do the rest. The
 chunk loops are runtime loops: unrolled, the compiler hoists every load and spills.
 
 ``advance_row_kernel`` adds one to the row counter (grid ``(1,)``), last in a row.
@@ -48,7 +48,7 @@ def row_init_kernel(x_ptr, tab_ptr, row_ptr, ucur_ptr, uwin_ptr, row0_ptr,
                     H, W, L,
                     C: tl.constexpr, E: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                     HID: tl.constexpr, OT: tl.constexpr, BLOCK_W: tl.constexpr,
-                    TB: tl.constexpr, HAS_U: tl.constexpr):
+                    TB: tl.constexpr, HAS_U: tl.constexpr, PREC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
     o0 = tl.program_id(2) * OT
@@ -76,10 +76,10 @@ def row_init_kernel(x_ptr, tab_ptr, row_ptr, ucur_ptr, uwin_ptr, row0_ptr,
         xv = model_input(x_ptr, tab_ptr, (b * C * H + row[None, :]) * W + cin, tc[None, :], ok, H * W, L, C, E)
         wmask = (tt < T)[:, None] & omask[None, :]
         wv = tl.load(w_v_ptr + tt[:, None] * HID + co[None, :], mask=wmask, other=0.0)
-        acc_v += tl.dot(xv, wv, input_precision="ieee")
+        acc_v += tl.dot(xv, wv, input_precision=PREC)
         if HAS_U:
             wu = tl.load(w_u_ptr + tt[:, None] * HID + co[None, :], mask=wmask, other=0.0)
-            acc_u += tl.dot(xv, wu, input_precision="ieee")
+            acc_u += tl.dot(xv, wu, input_precision=PREC)
     live = i > 0                              # down_shift: row 0 is zero
     smask = cmask[:, None] & omask[None, :]
     v = tl.where(live, acc_v + tl.load(b_v_ptr + co, mask=omask, other=0.0)[None, :], 0.0)
@@ -101,7 +101,7 @@ def row_init_kernel(x_ptr, tab_ptr, row_ptr, ucur_ptr, uwin_ptr, row0_ptr,
 @triton.jit
 def _conv_rows(win_ptr, w_ptr, b, i, cols, cmask, W, o0,
                HID: tl.constexpr, HID_P: tl.constexpr, OUT: tl.constexpr, OUT_P: tl.constexpr,
-               KH: tl.constexpr, KW: tl.constexpr, BLOCK_W: tl.constexpr, BK: tl.constexpr):
+               KH: tl.constexpr, KW: tl.constexpr, BLOCK_W: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """Down-shifted ``(KH, KW)`` conv at row ``i``, columns ``cols``, over a ring buffer
     of interleaved activations ``(B, KH, W, 2*HID)``; tap matrices ``(2*HID, OUT)``.
     im2col over the flattened (tap, channel) index ``kk = t * 2*HID_P + n``, ``t = r*KW
@@ -129,14 +129,14 @@ def _conv_rows(win_ptr, w_ptr, b, i, cols, cmask, W, o0,
         a = tl.load(win_ptr + ((b * KH + slot[None, :]) * W + cin) * K2 + n[None, :], mask=m, other=0.0)
         wt = tl.load(w_ptr + (t[:, None] * K2 + n[:, None]) * OUT + on[None, :],
                      mask=kok[:, None] & omask[None, :], other=0.0)
-        acc += tl.dot(a, wt, input_precision="ieee")
+        acc += tl.dot(a, wt, input_precision=PREC)
     return acc
 
 
 @triton.jit
 def _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, row_term_ptr, k, b, i, cols, cmask, B, H, W, o0,
               HAS_COND: tl.constexpr, KH: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
-              OT: tl.constexpr, BLOCK_W: tl.constexpr, BKN: tl.constexpr):
+              OT: tl.constexpr, BLOCK_W: tl.constexpr, BKN: tl.constexpr, PREC: tl.constexpr):
     """The horizontal block ``k``'s per-row term ``nin_skip(concat_elu(u)) (+ cond)`` at
     row ``i``, outputs ``o0 .. o0+OT``, reading ``concat_elu(u)`` from the ring in chunks."""
     K2: tl.constexpr = 2 * HID
@@ -152,7 +152,7 @@ def _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, row_term_ptr, k, b, i, cols
                     mask=cmask[:, None] & km[None, :], other=0.0)
         wn = tl.load(nin_ptr + (k * K2 + k0 + kb[:, None]) * HID + co[None, :],
                      mask=km[:, None] & omask[None, :], other=0.0)
-        rb += tl.dot(a, wn, input_precision="ieee")
+        rb += tl.dot(a, wn, input_precision=PREC)
     rb += tl.load(bnin_ptr + k * HID + co, mask=omask, other=0.0)[None, :]
     if HAS_COND:
         pos = ((k * B + b) * H + i) * W + cols[:, None]
@@ -166,7 +166,8 @@ def row_block_kernel(row_ptr, blk, NB, B, H, W,
                      nin_ptr, bnin_ptr, ulh1_ptr, row_term_ptr,
                      STAGE: tl.constexpr, HAS_COND: tl.constexpr,
                      KH: tl.constexpr, KW: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
-                     OT: tl.constexpr, BLOCK_W: tl.constexpr, BK: tl.constexpr, BKN: tl.constexpr):
+                     OT: tl.constexpr, BLOCK_W: tl.constexpr, BK: tl.constexpr, BKN: tl.constexpr,
+                     PREC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
     o0 = tl.program_id(2) * OT                          # this program's output channels
@@ -189,7 +190,7 @@ def row_block_kernel(row_ptr, blk, NB, B, H, W,
     pos = ((k * B + b) * H + i) * W + cols[:, None]                      # (k, b, i, col)
     if STAGE == 1:
         c1 = _conv_rows(win_u, w1_ptr + k * (KH * KW * K2 * HID), b, i, cols, cmask, W, o0,
-                        HID, HID_P, HID, OT, KH, KW, BLOCK_W, BK)
+                        HID, HID_P, HID, OT, KH, KW, BLOCK_W, BK, PREC)
         c1 += tl.load(b1_ptr + k * HID + co, mask=omask, other=0.0)[None, :]
         if HAS_COND:
             c1 += tl.load(h1_ptr + pos * HID + co[None, :], mask=smask, other=0.0)
@@ -200,7 +201,7 @@ def row_block_kernel(row_ptr, blk, NB, B, H, W,
         tl.store(win_c1 + here2, a1, mask=amask)
     elif STAGE == 2:
         c2 = _conv_rows(win_c1, w2_ptr + k * (KH * KW * K2 * K2), b, i, cols, cmask, W, 2 * o0,
-                        HID, HID_P, K2, 2 * OT, KH, KW, BLOCK_W, BK)
+                        HID, HID_P, K2, 2 * OT, KH, KW, BLOCK_W, BK, PREC)
         c2 += tl.load(b2_ptr + k * K2 + n2, mask=n2 < K2, other=0.0)[None, :]
         if HAS_COND:
             c2 += tl.load(h2_ptr + pos * K2 + n2[None, :], mask=amask, other=0.0)
@@ -222,10 +223,10 @@ def row_block_kernel(row_ptr, blk, NB, B, H, W,
             # CTA barrier); with channel tiles it is a launch of its own (STAGE 3)
             tl.debug_barrier()
             _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, row_term_ptr, k, b, i, cols, cmask, B, H, W, o0,
-                      HAS_COND, KH, HID, HID_P, OT, BLOCK_W, BKN)
+                      HAS_COND, KH, HID, HID_P, OT, BLOCK_W, BKN, PREC)
     else:
         _nin_rows(win_next, nin_ptr, bnin_ptr, ulh1_ptr, row_term_ptr, k, b, i, cols, cmask, B, H, W, o0,
-                  HAS_COND, KH, HID, HID_P, OT, BLOCK_W, BKN)
+                  HAS_COND, KH, HID, HID_P, OT, BLOCK_W, BKN, PREC)
 
 
 @triton.jit
@@ -257,7 +258,7 @@ def launch_row_step(buf):
     blocks`` with channel tiles: the ``nin`` needs every channel of ``u``)."""
     z = _sizes(buf)
     tiles = triton.cdiv(buf.HID, z["ot"])
-    fuse = dict(enable_fp_fusion=buf.fp_fusion)
+    fuse = dict(enable_fp_fusion=buf.fp_fusion, PREC=buf.launch_plan.precision)
     row_init_kernel[(buf.B, triton.cdiv(buf.W, 16), tiles)](
         buf.x, buf.table, buf.row, buf.u_cur, buf.u_win, buf.ul_row0, buf.w_u0, buf.b_u0, buf.w_v0, buf.b_v0,
         buf.H, buf.W, buf.L_IN,

@@ -280,12 +280,23 @@ def _tie_checked(model, u, temperature, ref, got, what):
     return equal
 
 
-@pytest.mark.parametrize("batch,plan", [(1, ""), (1, SPLIT), (5, SPLIT), (19, ""), (37, "")],
-                         ids=["b1", "b1-split", "b5-split", "b19", "b37"])
-def test_groups_and_tiles_match_cached_torch(batch, plan):
-    """Batches that are not a multiple of the group size G=16 (the last group masked),
-    hidden 20 (padded to 32; two channel tiles in the split plan), conditioning and
-    known pixels: teacher forcing and the images of the cached torch engine."""
+#: (batch, override, (group, fused)): every kind of launch plan on odd batches. Batch 1
+#: and 5: matrix-vector products (G < 16), fused and split over 4- and 8-channel tiles;
+#: 5 and 19 with tl.dot and masked groups; 37 fused with dots; tf32x3 (its precision
+#: only differs on a GPU: the interpreter multiplies in float64).
+PLAN_CASES = [(1, "", (1, True)), (1, "group=1,pixel_tile=4", (1, False)), (5, "", (8, False)),
+              (5, "group=16," + SPLIT, (16, False)), (19, "", (16, False)), (37, "pixel_tile=32", (16, True)),
+              (19, "pixel_tile=32,precision=tf32x3", (16, True))]
+
+
+@pytest.mark.parametrize("batch,plan,shape", PLAN_CASES,
+                         ids=["b1-matvec", "b1-matvec-split4", "b5-matvec-split", "b5-split", "b19-split",
+                              "b37-fused", "b19-tf32x3"])
+def test_groups_and_tiles_match_cached_torch(batch, plan, shape):
+    """Every launch plan kind on batches that are not a multiple of the group size (the
+    last group masked), hidden 20 (padded to 32; channel tiles in the split plans),
+    conditioning and known pixels: teacher forcing and the images of the cached torch
+    engine."""
     from pixelaux.engines import cached_torch
     model = _model(9, channels=3, bits=8, hidden=20, blocks=2, nr_mix=2, cond_channels=2)
     h, w = 2, 3
@@ -293,7 +304,7 @@ def test_groups_and_tiles_match_cached_torch(batch, plan):
     x = random_images(model, batch, h, w, seed=3).to(DEVICE)
     u = torch.rand(batch, h, w, model.dist.num_uniforms, generator=_gen(batch))
     pl = _plan(model, batch, w, plan)
-    assert pl.group == 16 and pl.fused == (plan == "")
+    assert (pl.group, pl.fused) == shape and pl.matvec == (pl.group < 16)
     if batch <= 5:      # (teacher forcing of the large batches: their params are tie-checked below)
         full = torch.ones(batch, h, w, dtype=torch.bool, device=DEVICE)
         _, params = cached_triton.run(model, x, full, cond, u, 1.0, return_params=True, launch_plan=pl)
@@ -301,7 +312,7 @@ def test_groups_and_tiles_match_cached_torch(batch, plan):
     known = (torch.rand(batch, h, w, generator=_gen(1)) < 0.3).to(DEVICE)
     got, params = cached_triton.run(model, x, known, cond, u, 0.9, return_params=True, launch_plan=pl)
     ref = cached_torch.run(model, x, known, cond, u, 0.9, return_params=True)
-    _tie_checked(model, u, 0.9, ref, (got, params), f"batch {batch} {plan or 'fused'}")
+    _tie_checked(model, u, 0.9, ref, (got, params), f"batch {batch} {pl.describe()}")
     keep = known[:, None].expand_as(x)
     assert torch.equal(got[keep], x[keep])
 
@@ -388,16 +399,35 @@ def test_buffers_and_graph_are_reused_across_calls():
 
 
 def test_plan_choice_and_override():
-    pl = K.choose_launch_plan(1, 64, 32, override="")
-    assert pl.fused and pl.group == 16 and pl.row_tile == 16 and pl.hid_p == 64
-    assert K.choose_launch_plan(256, 64, 32, override="").row_tile == 64
-    big = K.choose_launch_plan(1, 200, 32, override="")
-    assert not big.fused and big.pixel_tile == 16 and big.hid_p == 256
-    assert K.choose_launch_plan(4096, 20, 8, override="").group == 32
-    sp = K.choose_launch_plan(1, 64, 32, override="pixel_tile=16, group=20")
+    choose = K.choose_launch_plan
+    one = choose(1, 64, 32, override="")            # batch 1: one image, fused, matrix-vector products
+    assert one.fused and one.matvec and one.group == 1 and one.row_tile == 16 and one.hid_p == 64
+    assert one.precision == "ieee" and one.programs(1) == 1
+    four = choose(3, 64, 32, override="")
+    assert four.fused and four.group == 4
+    five = choose(5, 64, 32, override="")          # split over 4-channel tiles: 16 programs
+    assert not five.fused and five.group == 8 and five.pixel_tile == 4 and five.programs(5) == 16
+    b16 = choose(16, 64, 32, override="")          # tl.dot: tiles of at least 16 channels
+    assert not b16.matvec and b16.pixel_tile == 16 and b16.programs(16) == 4
+    b256 = choose(256, 64, 32, override="")
+    assert b256.pixel_tile == 16 and b256.programs(256) == 64 and b256.row_tile == 64
+    assert choose(256, 64, 32, override="", sms=8).fused           # 16 groups fill 8 SMs
+    assert choose(256, 64, 32, override="", sms=32).pixel_tile == 32
+    big = choose(1, 200, 32, override="")
+    assert not big.fused and big.pixel_tile == 16 and big.hid_p == 256 and big.group == 1
+    assert choose(4096, 20, 8, override="").group == 32
+    sp = choose(1, 64, 32, override="pixel_tile=16, group=20")
     assert sp.pixel_tile == 16 and sp.group == 32 and not sp.fused
-    with pytest.raises(ValueError, match="unknown field"):
-        K.choose_launch_plan(1, 64, 32, override="tile=3")
+    assert choose(1, 64, 32, override="group=1,pixel_tile=2").pixel_tile == 4       # matvec minimum
+    assert choose(1, 64, 32, override="group=16,pixel_tile=4").pixel_tile == 16     # tl.dot minimum
+    tf = choose(256, 64, 32, override="precision=tf32x3")
+    assert tf.precision == "tf32x3" and tf.key() != b256.key()
+    for pl in (one, five, b256, tf, sp):
+        assert choose(7, 64, 32, override=pl.describe()) == pl
+    for bad, what in (("tile=3", "unknown field"), ("precision=tf32", "precision must be"),
+                      ("group=0", "group must be a positive"), ("row_tile=x", "row_tile must be")):
+        with pytest.raises(ValueError, match=what):
+            choose(1, 64, 32, override=bad)
 
 
 def _one_pixel_categorical(logits_ref, logits_got, u0):

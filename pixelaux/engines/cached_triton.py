@@ -345,8 +345,8 @@ def run(model, x, known, cond, uniforms, temperature, progress=False, return_par
     ``(B, cond_channels)`` (its terms computed once per image) or None; uniforms
     ``(B, H, W, U)`` float32. Returns the completed ``x`` (a new tensor), or ``(x, params)``
     with ``params`` ``(B, P, H, W)`` when ``return_params``.
-    ``launch_plan``: a ``kernels.layout.LaunchPlan`` of the fused gated path (default:
-    ``choose_launch_plan`` for the batch). ``window``: a ``pixelaux.consistency.Window``
+    ``launch_plan``: a ``kernels.layout.LaunchPlan`` (default: ``choose_launch_plan`` for
+    the batch; the plan walker (``PixelCNNpp``) takes its ``group`` and ``precision``). ``window``: a ``pixelaux.consistency.Window``
     of ``x``'s shape (consistent decoding) or None. ``reference=True`` runs the same
     buffers and launch sequence with the kernels' PyTorch references (any device, tests).
     Raises ``RuntimeError`` when the backend cannot run here (see ``status``).

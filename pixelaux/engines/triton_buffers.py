@@ -26,8 +26,9 @@ largest ``s < S`` with ``2**s | i``), pixel ``(i, j)`` those with also ``2**s | 
 steps of the triggered scales run in the plan's order (up pass ascending, down pass
 descending). Per row step a launch with grid ``(image groups, output-channel tiles,
 column tiles)``, a conv being a matmul over the gathered window with ``M = images x
-columns``; per pixel step a launch with grid ``(cdiv(B, 16),)``, ``tl.dot`` with ``M =
-16`` images; the head with the sampling fused; then the row counter advances on the
+columns``; per pixel step a launch with grid ``(cdiv(B, G),)``, products with ``M = G``
+images (the launch plan's ``group`` and ``precision``, chosen by batch size as for the
+gated path: ``tl.dot`` from 16 images, matrix-vector products below); the head with the sampling fused; then the row counter advances on the
 device. A row's launches depend only on ``level(i)``: one graph per level (at most
 ``S``), not one graph whose kernels exit early at untriggered scales (that would launch
 the work of every scale at every pixel, most of it empty programs). Not fused yet: one
@@ -74,9 +75,7 @@ def build(model, x, known, cond, uniforms, temperature, return_params=False, win
         K = kernels()
         return FusedGated(K, CachedBuffers(model, x, known, cond, uniforms, temperature, return_params,
                                            launch_plan=launch_plan, fp_fusion=fp_fusion, window=window))
-    if launch_plan is not None:
-        raise ValueError(f"launch_plan: only the fused gated path has one, not a {plan.family} plan")
-    return PlanBuffers(model, plan, x, known, cond, uniforms, temperature, return_params, window)
+    return PlanBuffers(model, plan, x, known, cond, uniforms, temperature, return_params, window, launch_plan)
 
 
 class FusedGated:
@@ -184,10 +183,15 @@ class PlanBuffers:
     ``return_params``, ``window`` (a ``WindowBuffer``) with a window, and the cond terms
     of every block at its scale, ``(B, H_s, W_s, F)`` / ``(B, H_s, W_s, 2F)``."""
 
-    def __init__(self, model, plan, x, known, cond, uniforms, temperature, return_params=False, window=None):
+    def __init__(self, model, plan, x, known, cond, uniforms, temperature, return_params=False, window=None,
+                 launch_plan=None):
         if plan.kh != 2 or plan.kw != 3:
             raise ValueError(f"the plan walker's kernels read 2 rows, 3 columns; plan has ({plan.kh}, {plan.kw})")
         b, c, h, w = x.shape
+        # images per pixel program and the dots' precision, by batch size as the gated path
+        # (its channel tiles do not apply: one pixel program per group and step)
+        self.launch_plan = (launch_plan if launch_plan is not None
+                            else kernels().layout.choose_launch_plan(b, plan.hidden, w))
         dev = x.device
         self.model, self.plan, self.dist = model, plan, model.dist
         self.B, self.C, self.H, self.W, self.S, self.F = b, c, h, w, plan.scales, plan.hidden
@@ -349,11 +353,13 @@ class PlanBuffers:
         return ops
 
     def launch_row(self, key: int, reference: bool = False):
-        launch(self.row_ops(key), reference)
+        launch(self.row_ops(key), reference, self.launch_plan)
 
 
-def launch(ops, reference=False):
-    """Run the launches ``ops`` with the 2-row kernels (or their PyTorch references)."""
+def launch(ops, reference=False, launch_plan=None):
+    """Run the launches ``ops`` with the 2-row kernels (or their PyTorch references);
+    ``launch_plan``: its ``group`` (pixel launches) and ``precision`` (all), else 16 and
+    ``"ieee"``."""
     kernels()
     row_k = importlib.import_module("pixelaux.kernels.pp_row")
     px_k = importlib.import_module("pixelaux.kernels.pp_pixel")
@@ -365,4 +371,8 @@ def launch(ops, reference=False):
             kw["q" if name in _BY_Q else "j"] = col
         if name != "advance_row":
             kw["fp_fusion"] = False
+            if launch_plan is not None:
+                kw["precision"] = launch_plan.precision
+                if mod is px_k:
+                    kw["group"] = launch_plan.group
         fn(**kw)
