@@ -174,18 +174,23 @@ def choose_launch_plan(batch: int, hidden: int, width: int = 32, override: str |
     Defaults (docs/design.md, "Launch plans by batch size", has the predicted costs):
 
     * ``group``: the batch rounded up to a power of two below 16 (matrix-vector
-      products, no padded rows), 16 up to 2047 images, 32 from 2048;
+      products, no padded rows; at most ``512 // hid_p`` images, so a split program's
+      products stay in registers), 16 up to 2047 images, 32 from 2048;
     * ``pixel_tile``: fused (one launch per pixel) up to 4 images, where a pixel is
       bound by streaming the weights through one program and ``2 * blocks + 1`` launch
       latencies would cost more; otherwise split, the channel tile the largest that still
       gives every SM a program (``groups * tiles >= sms``), at least the minimum tile; and
       split whenever the fused program's tile of ``conv2`` would not fit the registers
-      (``hid_p > 64``: tiles of ``max(16, 4096 // hid_p)``);
+      (``hid_p > 64``: tiles of at most ``max(16, 4096 // hid_p)``, narrower to fill the
+      SMs). (bench-32's hidden 64 at batch 256 gets 16 groups x 4 tiles = 64 programs:
+      narrower than 16 channels would leave ``tl.dot``.)
     * ``row_tile``: 16-channel tiles while the row op would have fewer than 16 programs;
     * ``precision``: ``"ieee"`` (true fp32; ``"tf32x3"`` opt-in)."""
     hid_p = max(16, _p2(hidden))
     sms = DEFAULT_SMS if sms is None else max(1, int(sms))
-    group = _p2(batch) if batch < 16 else (16 if batch < 2048 else 32)
+    # below 16 images: matrix-vector products, at most 512 // hid_p images a group (a split
+    # program multiplies its current tap [G, 2*hid_p] by [2*hid_p, 4+] weights in registers)
+    group = min(_p2(batch), max(1, 512 // hid_p)) if batch < 16 else (16 if batch < 2048 else 32)
     col_tiles = -(-max(width, 1) // 32)
     fields = dict(group=group, pixel_tile=None, row_tile=hid_p if batch * col_tiles >= 16 else 16,
                   precision="ieee")
@@ -210,12 +215,8 @@ def choose_launch_plan(batch: int, hidden: int, width: int = 32, override: str |
     min_tile = 16 if group >= 16 else 4
     if fields["pixel_tile"] is None:
         groups = -(-max(batch, 1) // group)
-        if hid_p > 64:
-            tile = max(16, 4096 // hid_p)
-        elif batch <= 4:
-            tile = hid_p
-        else:
-            tile = hid_p
+        tile = hid_p if hid_p <= 64 else max(16, 4096 // hid_p)
+        if hid_p > 64 or batch > 4:
             while tile > min_tile and groups * (hid_p // tile) < sms:
                 tile //= 2
         fields["pixel_tile"] = tile

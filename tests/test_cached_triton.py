@@ -413,8 +413,10 @@ def test_plan_choice_and_override():
     assert b256.pixel_tile == 16 and b256.programs(256) == 64 and b256.row_tile == 64
     assert choose(256, 64, 32, override="", sms=8).fused           # 16 groups fill 8 SMs
     assert choose(256, 64, 32, override="", sms=32).pixel_tile == 32
-    big = choose(1, 200, 32, override="")
-    assert not big.fused and big.pixel_tile == 16 and big.hid_p == 256 and big.group == 1
+    big = choose(1, 200, 32, override="")          # too wide to fuse: 4-channel tiles, 64 programs
+    assert not big.fused and big.pixel_tile == 4 and big.hid_p == 256 and big.group == 1 and big.programs(1) == 64
+    assert choose(8, 200, 32, override="").group == 2                # matvec groups of <= 512 // hid_p
+    assert choose(256, 200, 32, override="").programs(256) >= 132
     assert choose(4096, 20, 8, override="").group == 32
     sp = choose(1, 64, 32, override="pixel_tile=16, group=20")
     assert sp.pixel_tile == 16 and sp.group == 32 and not sp.fused

@@ -270,13 +270,20 @@ def test_the_plan_walker_runs_a_gated_plan_too():
     assert torch.equal(walk(x0, None).x, naive.run(model, x0, None, cond, u, 1.0))
 
 
-def test_batch_of_two_groups_matches_naive():
-    """17 images: two groups of 16, the last with one image (masked rows)."""
-    model = _model(8, channels=1, bits=3, hidden=4, blocks=0, scales=2, dist="categorical")
-    assert P.GROUP == 16
-    _, _, u = _inputs(model, 17, (4, 4), seed=5)
-    x0 = torch.zeros(17, 1, 4, 4, dtype=torch.long, device=DEVICE)
-    assert torch.equal(cached_triton.run(model, x0, None, None, u, 1.0), naive.run(model, x0, None, None, u, 1.0))
+@pytest.mark.parametrize("batch,plan,group", [(17, "", 16), (3, "", 4), (3, "group=2,precision=tf32x3", 2)],
+                         ids=["b17-two-groups", "b3-matvec", "b3-groups-of-2-tf32x3"])
+def test_launch_plans_match_naive(batch, plan, group):
+    """The plan walker takes the launch plan's group and precision: 17 images in two groups
+    of 16 (the last with one image: masked rows), 3 images as one matrix-vector group of
+    4, and in groups of 2 (the last masked) with the tf32x3 dots asked for (on the
+    interpreter the products are float64 whatever the precision: this checks the plumbing)."""
+    model = _model(8, channels=1, bits=3, hidden=4, blocks=1, scales=2, dist="categorical")
+    _, _, u = _inputs(model, batch, (4, 4), seed=5)
+    x0 = torch.zeros(batch, 1, 4, 4, dtype=torch.long, device=DEVICE)
+    pl = K.choose_launch_plan(batch, model.hidden, 4, override=plan)
+    assert pl.group == group and triton_buffers.build(model, x0, None, None, u, 1.0, launch_plan=pl).launch_plan == pl
+    assert torch.equal(cached_triton.run(model, x0, None, None, u, 1.0, launch_plan=pl),
+                       naive.run(model, x0, None, None, u, 1.0))
 
 
 def test_per_level_graph_sequencing():
