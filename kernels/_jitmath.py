@@ -12,13 +12,14 @@ import triton.language as tl
 
 @triton.jit
 def mm(a, w, PREC: tl.constexpr):
-    """``a @ w`` in float32 for ``a`` ``[G, K]``, ``w`` ``[K, N]``: a ``tl.dot`` when ``G >= 16``
-    (``input_precision=PREC``: ``"ieee"``, true fp32 FMAs, or the opt-in ``"tf32x3"``, three
-    TF32 tensor-core products, near fp32), else a matrix-vector product per image (the
-    products summed over ``K``), so a batch below 16 computes only the images it has
-    instead of padding ``M`` to ``tl.dot``'s 16 rows. Both sum in a tree order of their own,
-    not PyTorch's; the precision applies to the dot only."""
-    if a.shape[0] >= 16:
+    """``a @ w`` in float32 for ``a`` ``[M, K]``, ``w`` ``[K, N]``: a ``tl.dot`` when ``M`` and
+    ``N`` are at least 16, ``tl.dot``'s minimum (``input_precision=PREC``: ``"ieee"``, true
+    fp32 FMAs, or the opt-in ``"tf32x3"``, three TF32 tensor-core products, near fp32; the
+    callers' chunks keep ``K >= 16`` then), else the products summed over ``K`` (a
+    matrix-vector product per row), so a batch below 16 computes only the images it has
+    instead of padding ``M`` to 16 rows, and an 8-channel tile is not padded to 16 columns.
+    Both sum in a tree order of their own, not PyTorch's; the precision applies to the dot."""
+    if a.shape[0] >= 16 and w.shape[1] >= 16:
         return tl.dot(a, w, input_precision=PREC)
     else:
         return tl.sum(a[:, :, None] * w[None, :, :], axis=1)

@@ -126,7 +126,8 @@ class LaunchPlan:
     * ``pixel_tile``: output channels per program in the pixel op; ``>= hid_p`` is the
       fused plan (one launch per pixel, one program per group); smaller splits every
       conv over ``cdiv(HID, pixel_tile)`` programs (grid ``(groups, tiles)``, ``2 *
-      blocks + 1`` launches per pixel). At least 16 with ``tl.dot``, 4 without.
+      blocks + 1`` launches per pixel). At least 8 (a ``conv1`` tile below 16 columns is
+      summed products, not a dot; ``conv2``'s gate halves make it 16 wide), 4 below 16 images.
     * ``row_tile``: output channels per program in the row op (grid ``(B, column
       tiles, channel tiles)``).
     * ``precision``: the dots' ``input_precision`` (``PRECISIONS``), pixel and row ops.
@@ -169,28 +170,24 @@ def choose_launch_plan(batch: int, hidden: int, width: int = 32, override: str |
     (``DEFAULT_SMS`` when None). ``override``, or the environment variable
     ``PIXELAUX_TRITON_PLAN`` (e.g. ``"group=1,pixel_tile=8,precision=tf32x3"``), sets
     fields by name; sizes are rounded up to powers of two (``group >= 1``, ``pixel_tile``
-    >= 16 with ``tl.dot`` and >= 4 without, ``row_tile >= 16``).
+    >= 8 from 16 images and >= 4 below, ``row_tile >= 16``).
 
     Defaults (docs/design.md, "Launch plans by batch size", has the predicted costs):
 
     * ``group``: the batch rounded up to a power of two below 16 (matrix-vector
-      products, no padded rows; at most ``512 // hid_p`` images, so a split program's
-      products stay in registers), 16 up to 2047 images, 32 from 2048;
+      products, no padded rows), 16 up to 2047 images, 32 from 2048;
     * ``pixel_tile``: fused (one launch per pixel) up to 4 images, where a pixel is
       bound by streaming the weights through one program and ``2 * blocks + 1`` launch
       latencies would cost more; otherwise split, the channel tile the largest that still
       gives every SM a program (``groups * tiles >= sms``), at least the minimum tile; and
       split whenever the fused program's tile of ``conv2`` would not fit the registers
       (``hid_p > 64``: tiles of at most ``max(16, 4096 // hid_p)``, narrower to fill the
-      SMs). (bench-32's hidden 64 at batch 256 gets 16 groups x 4 tiles = 64 programs:
-      narrower than 16 channels would leave ``tl.dot``.)
+      SMs; bench-32's hidden 64 at batch 256: 16 groups x 8 tiles = 128 programs);
     * ``row_tile``: 16-channel tiles while the row op would have fewer than 16 programs;
     * ``precision``: ``"ieee"`` (true fp32; ``"tf32x3"`` opt-in)."""
     hid_p = max(16, _p2(hidden))
     sms = DEFAULT_SMS if sms is None else max(1, int(sms))
-    # below 16 images: matrix-vector products, at most 512 // hid_p images a group (a split
-    # program multiplies its current tap [G, 2*hid_p] by [2*hid_p, 4+] weights in registers)
-    group = min(_p2(batch), max(1, 512 // hid_p)) if batch < 16 else (16 if batch < 2048 else 32)
+    group = _p2(batch) if batch < 16 else (16 if batch < 2048 else 32)
     col_tiles = -(-max(width, 1) // 32)
     fields = dict(group=group, pixel_tile=None, row_tile=hid_p if batch * col_tiles >= 16 else 16,
                   precision="ieee")
@@ -212,7 +209,7 @@ def choose_launch_plan(batch: int, hidden: int, width: int = 32, override: str |
             raise ValueError(f"PIXELAUX_TRITON_PLAN: {name} must be a positive integer, got {value!r}")
         fields[name] = _p2(n)
     group = fields["group"]
-    min_tile = 16 if group >= 16 else 4
+    min_tile = 8 if group >= 16 else 4
     if fields["pixel_tile"] is None:
         groups = -(-max(batch, 1) // group)
         tile = hid_p if hid_p <= 64 else max(16, 4096 // hid_p)

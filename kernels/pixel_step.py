@@ -6,7 +6,7 @@ is ``_jitmath.mm``: a ``tl.dot`` with ``M = G`` when ``G >= 16`` (fp32,
 ``input_precision="ieee"``, or the launch plan's opt-in ``"tf32x3"``), else (batches
 below 16) a matrix-vector product per image, so batch 1 computes one image's products,
 not 16 padded rows. A batch that is not a multiple of ``G`` masks the rows of its last
-group. The chunk sizes keep each product within ``product_budget``.
+group. The chunk sizes keep each product within a register budget (``k_chunk``).
 
 Two launch plans (``layout.LaunchPlan``), same arithmetic:
 
@@ -23,9 +23,9 @@ Two launch plans (``layout.LaunchPlan``), same arithmetic:
   over ``cdiv(HID, OT)`` programs (grid ``(cdiv(B, G), tiles)``), so one pixel uses
   ``tiles`` times more SMs and each reads ``1 / tiles`` of the weights. A launch
   boundary is the synchronisation between layers (a conv needs every channel of its
-  input); the current tap comes from registers where the program computed it (the
-  first layer, ``act(ul)`` of the residual) and from the ring where another program
-  did (``act(c1)``).
+  input); every tap, the current one included, is read from the ring in chunks of
+  ``BK`` channels (``act(ul)``: every program stores the whole tap, the same values,
+  then a CTA barrier; ``act(c1)``: written by the previous launch).
 
 Per pixel ``(i, j)`` (``i`` from the device row counter, ``j`` an argument):
 
@@ -133,33 +133,23 @@ def first_layer(x_ptr, tab_ptr, row0_ptr, w_h_ptr, b_h_ptr, bidx, bm, i, jj, H, 
 
 
 @triton.jit
-def conv_px(ring_ptr, w_ptr, cur, bidx, bm, i, jj, W, o0,
+def conv_px(ring_ptr, w_ptr, bidx, bm, i, jj, W, o0,
             OUT: tl.constexpr, OUT_T: tl.constexpr, HID: tl.constexpr, HID_P: tl.constexpr,
-            KH: tl.constexpr, BK: tl.constexpr, G: tl.constexpr, CUR_IN_RING: tl.constexpr, PREC: tl.constexpr):
+            KH: tl.constexpr, BK: tl.constexpr, G: tl.constexpr, PREC: tl.constexpr):
     """Down-right-shifted ``(KH, KH)`` conv at ``(i, j)`` for images ``bidx``, outputs
-    ``o0 .. o0+OUT_T`` of ``OUT``. ``cur`` ``[G, 2*HID_P]``: the current tap (interleaved
-    activations at ``(i, j)``), in registers; the other ``KH*KH - 1`` taps are read from
-    the ring ``(B, KH, W, 2*HID)`` of this block's conv input, ``BK`` channels a dot.
-    With ``CUR_IN_RING`` the current tap is read back from the ring too (the caller
-    stored it and passed a CTA barrier), ``BK`` channels a dot like the others, so no
-    weight tile is wider than ``[BK, OUT_T]``; ``cur`` is then unused. Tap matrices
-    ``(KH*KH, 2*HID, OUT)``. Returns ``[G, OUT_T]``."""
+    ``o0 .. o0+OUT_T`` of ``OUT``. Every tap, the current one included (the caller stored
+    it and passed a CTA barrier, or a previous launch wrote it), is read from the ring
+    ``(B, KH, W, 2*HID)`` of this block's conv input, ``BK`` channels a product, so no
+    weight tile is wider than ``[BK, OUT_T]``. Tap matrices ``(KH*KH, 2*HID, OUT)``.
+    Returns ``[G, OUT_T]``."""
     K2: tl.constexpr = 2 * HID
     K2P: tl.constexpr = 2 * HID_P
     on = o0 + tl.arange(0, OUT_T)
     om = on < OUT
     plane = KH * W * K2
     kb = tl.arange(0, BK)
-    if CUR_IN_RING:       # every tap from the ring, in chunks of BK channels
-        acc = tl.zeros([G, OUT_T], dtype=tl.float32)
-        first = 0
-    else:                 # the current tap from registers, the others from the ring
-        n2 = tl.arange(0, K2P)
-        wc = tl.load(w_ptr + ((KH * KH - 1) * K2 + n2[:, None]) * OUT + on[None, :],
-                     mask=(n2 < K2)[:, None] & om[None, :], other=0.0)
-        acc = mm(cur, wc, PREC)
-        first = 1
-    for n in range(first, KH * KH):
+    acc = tl.zeros([G, OUT_T], dtype=tl.float32)
+    for n in range(KH * KH):
         t = (n + KH * KH - 1) % (KH * KH)             # the current tap (KH*KH - 1) first, then 0, 1, ...
         r = t // KH
         s = t % KH
@@ -403,11 +393,11 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
         kk = tl.full([], 0, tl.int64) + k
         win1 = ulwin_ptr + (kk * 2 + 0) * B * plane
         win2 = ulwin_ptr + (kk * 2 + 1) * B * plane
-        a_ul = act2d(ul, G, HID_P)                    # the current tap, kept in registers
+        a_ul = act2d(ul, G, HID_P)                    # the current tap
         tl.store(win1 + here, a_ul, mask=am)          # for this conv (read back in chunks) and later pixels
         tl.debug_barrier()                            # the CTA's stores visible to its loads
-        c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, 0,
-                     HID, HID_P, HID, HID_P, KH, BK1, G, True, PREC)
+        c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), bidx, bm, i, jj, W, 0,
+                     HID, HID_P, HID, HID_P, KH, BK1, G, PREC)
         c1 += tl.load(b1_ptr + kk * HID + ch, mask=cm, other=0.0)[None, :]
         c1 += tl.load(row_term_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + ch[None, :],
                       mask=bm[:, None] & cm[None, :], other=0.0)
@@ -415,8 +405,8 @@ def pixel_fused_kernel(x_ptr, tab_ptr, known_ptr, uni_ptr, params_ptr, pscr_ptr,
         a_c1 = act2d(c1, G, HID_P)
         tl.store(win2 + here, a_c1, mask=am)
         tl.debug_barrier()
-        c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), a_c1, bidx, bm, i, jj, W, 0,
-                     K2, 2 * HID_P, HID, HID_P, KH, BK2, G, True, PREC)
+        c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), bidx, bm, i, jj, W, 0,
+                     K2, 2 * HID_P, HID, HID_P, KH, BK2, G, PREC)
         c2 += tl.load(b2_ptr + kk * K2 + n2, mask=n2 < K2, other=0.0)[None, :]
         if HAS_COND:
             c2 += tl.load(h2_ptr + (kk * B * H * W + pix_off[:, None]) * K2 + n2[None, :], mask=am, other=0.0)
@@ -467,10 +457,14 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
             ul = tl.load(ulcur_ptr + bidx[:, None] * HID + ch[None, :],
                          mask=bm[:, None] & (ch < HID)[None, :], other=0.0)
         a_ul = act2d(ul, G, HID_P)
-        own2 = bm[:, None] & (n2 >= 2 * o0)[None, :] & (n2 < 2 * o0 + 2 * OT)[None, :] & (n2 < K2)[None, :]
-        tl.store(win1 + bidx[:, None] * plane + slot_off + n2[None, :], a_ul, mask=own2)
-        c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), a_ul, bidx, bm, i, jj, W, o0,
-                     HID, OT, HID, HID_P, KH, BK1, G, False, PREC)
+        # every program stores the whole current tap (the same values: each computed the
+        # same ul) and reads it back from the ring after a CTA barrier, BK channels a
+        # product like the cached taps: no [G, 2*HID] x [2*HID, OT] product in registers
+        tl.store(win1 + bidx[:, None] * plane + slot_off + n2[None, :], a_ul,
+                 mask=bm[:, None] & (n2 < K2)[None, :])
+        tl.debug_barrier()
+        c1 = conv_px(win1, w1_ptr + kk * (KH * KH * K2 * HID), bidx, bm, i, jj, W, o0,
+                     HID, OT, HID, HID_P, KH, BK1, G, PREC)
         c1 += tl.load(b1_ptr + kk * HID + to, mask=tm, other=0.0)[None, :]
         c1 += tl.load(row_term_ptr + ((kk * B + bidx[:, None]) * W + jj) * HID + to[None, :],
                       mask=bm[:, None] & tm[None, :], other=0.0)
@@ -478,10 +472,9 @@ def pixel_conv_kernel(x_ptr, tab_ptr, row_ptr, j, blk, B, H, W, L_IN,
         tl.store(win2 + bidx[:, None] * plane + slot_off + t2[None, :], act2d(c1, G, OT),
                  mask=bm[:, None] & t2m[None, :])
     else:
-        a_c1 = tl.load(win2 + bidx[:, None] * plane + slot_off + n2[None, :],
-                       mask=bm[:, None] & (n2 < K2)[None, :], other=0.0)     # written by stage 1
-        c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), a_c1, bidx, bm, i, jj, W, 2 * o0,
-                     K2, 2 * OT, HID, HID_P, KH, BK2, G, False, PREC)
+        # the current tap act(c1) is in the ring already (stage 1's launch wrote it)
+        c2 = conv_px(win2, w2_ptr + kk * (KH * KH * K2 * K2), bidx, bm, i, jj, W, 2 * o0,
+                     K2, 2 * OT, HID, HID_P, KH, BK2, G, PREC)
         c2 += tl.load(b2_ptr + kk * K2 + t2, mask=t2m, other=0.0)[None, :]
         if HAS_COND:
             pix_off = (bidx * H + i) * W + jj
@@ -545,41 +538,42 @@ def chunk(total: int, gpu_chunk: int) -> int:
 DIST_KINDS = (0, 1)
 
 
-def product_budget(group: int) -> tuple:
-    """``(floats, minimum)``: how large a chunk's product may be and the smallest chunk
-    dimension. ``tl.dot`` (``group >= 16``): a weight tile ``[BK, OUT]`` of at most 4096
-    floats, every dimension >= 16; a matrix-vector product (``group < 16``): the products
-    ``[G, BK, OUT]`` at most 4096 floats (registers), any power of two."""
-    return (4096, 16) if group >= 16 else (4096 // group, 1)
+def k_chunk(group: int, out: int, k: int) -> int:
+    """The ``K`` chunk of a product ``[G, K] x [K, out]`` (``_jitmath.mm``), a power of two:
+    a ``tl.dot`` (``group`` and ``out`` >= 16) takes a weight tile ``[BK, out]`` of at most
+    4096 floats and ``BK >= 16``; the summed products ``[G, BK, out]``, at most 4096
+    floats (registers), any ``BK >= 1``. Never more than ``k`` (rounded up)."""
+    k = triton.next_power_of_2(k)
+    if group >= 16 and out >= 16:
+        return max(16, min(k, 4096 // out))
+    return max(1, min(k, 4096 // (group * out)))
 
 
 def sampling_chunks(dist_kind: int, L: int, c_p: int, p: int, hid_p: int, group: int = 16) -> tuple:
     """``(L_B, PB)`` of ``head_sample``: the levels per chunk of the categorical sampler
     (``L`` levels; tiles ``[G, C_P, L_B]``, at most 4096 values a group of 16; the
     mixture reads its ``L = nr_mix`` components at once) and the parameters per chunk
-    of the head (``product_budget``: weight tile ``[HID_P, PB]`` at most 4096 floats for
-    a dot, the products ``[G, HID_P, PB]`` for a matrix-vector product)."""
+    of the head (``[G, HID_P] x [HID_P, PB]``: a weight tile of at most 4096 floats for a
+    dot, products ``[G, HID_P, PB]`` of at most 4096 below 16 images)."""
     if dist_kind not in DIST_KINDS:
         raise ValueError(f"dist: the Triton kernels sample the engine_spec kinds {DIST_KINDS} "
                          f"(categorical, logistic mixture), got {dist_kind}; use backend='torch'")
     p2 = triton.next_power_of_2
-    budget, least = product_budget(group)
     l_b = chunk(p2(L), min(p2(L), max(16, 256 // c_p))) if dist_kind == 0 else p2(L)
-    return l_b, chunk(p2(p), max(least, min(p2(p), budget // hid_p)))
+    pb = max(16, min(p2(p), 4096 // hid_p)) if group >= 16 else max(1, min(p2(p), 4096 // (group * hid_p)))
+    return l_b, chunk(p2(p), pb)
 
 
 def _meta(buf) -> dict:
-    """Block sizes: powers of two within ``product_budget`` of the launch plan's group."""
+    """Block sizes: powers of two, each product's chunk by ``k_chunk``."""
     p2 = triton.next_power_of_2
     pl = buf.launch_plan
-    hid_p = pl.hid_p
+    hid_p, g, ot = pl.hid_p, pl.group, pl.pixel_tile
     c_p = p2(buf.C)
-    budget, least = product_budget(pl.group)
-    l_b, pb = sampling_chunks(buf.DIST, buf.L, c_p, buf.P, hid_p, pl.group)
-    ot = pl.pixel_tile
-    bk = lambda out_t: max(least, min(2 * hid_p, budget // out_t))
-    return dict(C_P=c_p, HID_P=hid_p, G=pl.group, T0_B=max(least, min(p2(buf.KH * buf.CIN), budget // hid_p)),
-                BK1=bk(ot), BK2=bk(2 * ot), PB=pb, L_B=l_b, OT=ot, PREC=pl.precision)
+    l_b, pb = sampling_chunks(buf.DIST, buf.L, c_p, buf.P, hid_p, g)
+    return dict(C_P=c_p, HID_P=hid_p, G=g, T0_B=k_chunk(g, hid_p, buf.KH * buf.CIN),
+                BK1=k_chunk(g, ot, 2 * hid_p), BK2=k_chunk(g, 2 * ot, 2 * hid_p), PB=pb, L_B=l_b, OT=ot,
+                PREC=pl.precision)
 
 
 def window_meta(window) -> dict:

@@ -407,21 +407,20 @@ def test_plan_choice_and_override():
     assert four.fused and four.group == 4
     five = choose(5, 64, 32, override="")          # split over 4-channel tiles: 16 programs
     assert not five.fused and five.group == 8 and five.pixel_tile == 4 and five.programs(5) == 16
-    b16 = choose(16, 64, 32, override="")          # tl.dot: tiles of at least 16 channels
-    assert not b16.matvec and b16.pixel_tile == 16 and b16.programs(16) == 4
-    b256 = choose(256, 64, 32, override="")
-    assert b256.pixel_tile == 16 and b256.programs(256) == 64 and b256.row_tile == 64
+    b16 = choose(16, 64, 32, override="")          # from 16 images: tiles of at least 8 channels
+    assert not b16.matvec and b16.pixel_tile == 8 and b16.programs(16) == 8
+    b256 = choose(256, 64, 32, override="")        # 16 groups x 8 tiles: (nearly) every SM
+    assert b256.pixel_tile == 8 and b256.programs(256) == 128 and b256.row_tile == 64
     assert choose(256, 64, 32, override="", sms=8).fused           # 16 groups fill 8 SMs
     assert choose(256, 64, 32, override="", sms=32).pixel_tile == 32
     big = choose(1, 200, 32, override="")          # too wide to fuse: 4-channel tiles, 64 programs
     assert not big.fused and big.pixel_tile == 4 and big.hid_p == 256 and big.group == 1 and big.programs(1) == 64
-    assert choose(8, 200, 32, override="").group == 2                # matvec groups of <= 512 // hid_p
     assert choose(256, 200, 32, override="").programs(256) >= 132
     assert choose(4096, 20, 8, override="").group == 32
     sp = choose(1, 64, 32, override="pixel_tile=16, group=20")
     assert sp.pixel_tile == 16 and sp.group == 32 and not sp.fused
     assert choose(1, 64, 32, override="group=1,pixel_tile=2").pixel_tile == 4       # matvec minimum
-    assert choose(1, 64, 32, override="group=16,pixel_tile=4").pixel_tile == 16     # tl.dot minimum
+    assert choose(1, 64, 32, override="group=16,pixel_tile=4").pixel_tile == 8      # 16+ images minimum
     tf = choose(256, 64, 32, override="precision=tf32x3")
     assert tf.precision == "tf32x3" and tf.key() != b256.key()
     for pl in (one, five, b256, tf, sp):
