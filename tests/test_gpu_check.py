@@ -58,12 +58,12 @@ def test_plan_matrix_is_the_issues_list_and_its_plans_differ():
         (1, "default", "group=1,pixel_tile=64,row_tile=16,precision=ieee"),
         (1, "split-matvec", "group=1,pixel_tile=8,row_tile=16,precision=ieee"),
         (1, "padded", "group=16,pixel_tile=64,row_tile=16,precision=ieee"),
-        (16, "default", "group=16,pixel_tile=16,row_tile=64,precision=ieee"),
+        (16, "default", "group=16,pixel_tile=8,row_tile=64,precision=ieee"),
         (16, "fused", "group=16,pixel_tile=64,row_tile=64,precision=ieee"),
-        (16, "default-tf32x3", "group=16,pixel_tile=16,row_tile=64,precision=tf32x3"),
-        (256, "default", "group=16,pixel_tile=16,row_tile=64,precision=ieee"),
+        (16, "default-tf32x3", "group=16,pixel_tile=8,row_tile=64,precision=tf32x3"),
+        (256, "default", "group=16,pixel_tile=8,row_tile=64,precision=ieee"),
         (256, "fused", "group=16,pixel_tile=64,row_tile=64,precision=ieee"),
-        (256, "default-tf32x3", "group=16,pixel_tile=16,row_tile=64,precision=tf32x3"),
+        (256, "default-tf32x3", "group=16,pixel_tile=8,row_tile=64,precision=tf32x3"),
         (256, "fused-tf32x3", "group=16,pixel_tile=64,row_tile=64,precision=tf32x3")]
     by = {(b, label): p for b, label, p in m}
     assert by[1, "default"].fused and by[1, "default"].matvec
@@ -74,7 +74,7 @@ def test_plan_matrix_is_the_issues_list_and_its_plans_differ():
         keys = [p.key() for bb, _, p in m if bb == b]
         assert len(set(keys)) == len(keys), b
     # programs per pixel launch: groups x channel tiles
-    assert [gpu_check.pixel_programs(p, b) for b, _, p in m] == [1, 8, 1, 4, 1, 4, 64, 16, 64, 16]
+    assert [gpu_check.pixel_programs(p, b) for b, _, p in m] == [1, 8, 1, 8, 1, 8, 128, 16, 128, 16]
     # the SM count is the device's: with 16 the default at 256 needs no channel split
     assert gpu_check.plan_matrix(64, 32, 16)[6][2].fused
 
@@ -95,9 +95,9 @@ def test_run_order_runs_every_plan_once_most_informative_first():
         (1, 1, 1), (16, 16, 1), (256, 16, 16)}
     jobs = gpu_check.precompile_jobs(order)
     assert sorted(jobs.values()) == [
-        ("bench-pp32", 1, "group=1,pixel_tile=32,row_tile=16,precision=ieee"),
-        ("bench-pp32", 256, "group=16,pixel_tile=32,row_tile=128,precision=ieee"),
-        ("bench-pp32", 256, "group=16,pixel_tile=32,row_tile=128,precision=tf32x3")]
+        ("bench-pp32", 1, "group=1,pixel_tile=4,row_tile=16,precision=ieee"),
+        ("bench-pp32", 256, "group=16,pixel_tile=8,row_tile=128,precision=ieee"),
+        ("bench-pp32", 256, "group=16,pixel_tile=8,row_tile=128,precision=tf32x3")]
     b16 = next(plan for p, b, label, plan in order if (p, b) == ("bench-pp32", 16))
     assert jobs[("bench-pp32", b16.key(), False)][1] == 256
     cmd = gpu_check.precompile_command("bench-pp32", 1, "group=1", 90, 400.7)
