@@ -270,14 +270,15 @@ def test_the_plan_walker_runs_a_gated_plan_too():
     assert torch.equal(walk(x0, None).x, naive.run(model, x0, None, cond, u, 1.0))
 
 
-@pytest.mark.parametrize("batch,plan,group", [(17, "", 16), (3, "", 4), (3, "group=2,precision=tf32x3", 2)],
+@pytest.mark.parametrize("batch,plan,group,blocks", [(17, "", 16, 0), (3, "", 4, 1),
+                                                    (3, "group=2,precision=tf32x3", 2, 1)],
                          ids=["b17-two-groups", "b3-matvec", "b3-groups-of-2-tf32x3"])
-def test_launch_plans_match_naive(batch, plan, group):
+def test_launch_plans_match_naive(batch, plan, group, blocks):
     """The plan walker takes the launch plan's group and precision: 17 images in two groups
     of 16 (the last with one image: masked rows), 3 images as one matrix-vector group of
     4, and in groups of 2 (the last masked) with the tf32x3 dots asked for (on the
     interpreter the products are float64 whatever the precision: this checks the plumbing)."""
-    model = _model(8, channels=1, bits=3, hidden=4, blocks=1, scales=2, dist="categorical")
+    model = _model(8, channels=1, bits=3, hidden=4, blocks=blocks, scales=2, dist="categorical")
     _, _, u = _inputs(model, batch, (4, 4), seed=5)
     x0 = torch.zeros(batch, 1, 4, 4, dtype=torch.long, device=DEVICE)
     pl = K.choose_launch_plan(batch, model.hidden, 4, override=plan)
