@@ -1,6 +1,7 @@
 """Compile the kernels for a GPU without one, exactly as a launch would.
 
-    python -m pixelaux.engines.compile_check [--preset bench-32] [--preset bench-pp32] [--arch 90] [--json F]
+    python -m pixelaux.engines.compile_check [--preset bench-32] [--preset bench-pp32] [--arch 90]
+                                             [--batch 1 16 256] [--precision ieee|tf32x3|both] [--json F]
 
 (from a source checkout too: the kernels are found by ``cached_triton.load_kernels``,
 installed as ``pixelaux.kernels`` or not).
@@ -18,9 +19,13 @@ arguments divisible by 16 or equal to 1, ``do_not_specialize``; the same
 constexprs and options, ``num_warps`` and ``enable_fp_fusion``) compiles the variant
 through its frontend, optimiser, LLVM and ptxas and returns it without launching.
 Per variant it reports registers, spill stack and local memory (``cuobjdump``,
-shipped with triton's NVIDIA backend) and shared memory (the compiled metadata),
-under the Triton that runs it (its version heads the report: register allocation
-and spills differ between Triton releases). No GPU, no driver: it says nothing
+shipped with triton's NVIDIA backend), the SASS's local loads and stores
+(``local_ops``: ``LDL``/``STL``) and shared memory (the compiled metadata), under the
+Triton that runs it (its version and the ptxas it compiles the arch with head the
+report: Triton 3.9 takes ``ptxas-blackwell`` for sm_90 too; register allocation and
+spills differ between releases). A variant *spills* with a stack frame or local
+memory; one whose frame no instruction touches (``local_ops=0``, ptxas's "0 bytes
+spill stores") is marked as a dead stack frame. No GPU, no driver: it says nothing
 about speed.
 
 Presets: ``bench-32``, ``tiny-16`` and ``bench-pp32`` (``pixelaux.bench``; the default
@@ -31,6 +36,15 @@ first), each at batches 1, 16 and 256 (the plans differ: channel tiles at small
 batches) for sampling (no known pixels), teacher forcing (known pixels and the
 returned parameters) and consistent decoding (sampling with a window of block 2, the
 sampler's largest variant). ``bench-pp32`` (width 80) is minutes of ptxas.
+
+``--precision``: the dots' ``input_precision`` of the plans compiled (``layout.LaunchPlan``;
+the plan walker of a ``PixelCNNpp`` takes the plan's group and precision): ``ieee``
+(the default plans, what the bench presets and every run without an override launch),
+``tf32x3`` (the opt-in, ``PIXELAUX_TRITON_PLAN=precision=tf32x3``: three TF32
+tensor-core products per dot, a different code path with its own register needs), or
+``both``, the default: a check of the launches a user can make covers the opt-in too.
+It doubles the compile time (a ``G < 16`` plan's pixel products are no dots: its
+``tf32x3`` pixel variants are the ``ieee`` code under another key; its row ops are dots).
 
 Needs the kernels imported *without* ``TRITON_INTERPRET`` (the variable is read when
 they are decorated).
