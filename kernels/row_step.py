@@ -240,13 +240,16 @@ def _sizes(buf) -> dict:
     """Block sizes. Every dot dimension is a power of two >= 16 (``tl.dot`` wants it);
     the chunks keep each dot operand at <= 4096 floats: larger ones spill registers
     (``compile_check`` reports it). The first layer's im2col gather takes tiles of
-    ``[16, TB]``: it is the most register-hungry part."""
+    ``[16, TB]``: it is the most register-hungry part. ``tf32x3`` splits every operand
+    into a high and a low part: at most 64 channels a chunk (128 spills bench-32's
+    ``conv2`` at batch 1 under Triton 3.6 and 3.9)."""
     p2 = triton.next_power_of_2
     hid_p = buf.launch_plan.hid_p
     ot = buf.launch_plan.row_tile
     block_w = max(16, min(64 if ot <= 32 else 32 if ot <= 128 else 16, p2(buf.W)))
     kt = p2(buf.KH * buf.KW * 2 * hid_p)                  # a conv's flattened (tap, channel) size
-    bk = lambda out_p: max(16, min(128, kt, 4096 // max(out_p, block_w)))
+    most = 128 if buf.launch_plan.precision == "ieee" else 64
+    bk = lambda out_p: max(16, min(most, kt, 4096 // max(out_p, block_w)))
     return dict(hid_p=hid_p, ot=ot, block_w=block_w, bk1=bk(ot), bk2=bk(2 * ot), bkn=min(2 * hid_p, bk(ot)),
                 tb=min(32 if ot <= 128 else 16, max(16, p2(buf.KH * buf.KW * buf.CIN))),
                 warps=4 if ot <= 64 else 8, init_warps=4 if ot <= 32 else 8)

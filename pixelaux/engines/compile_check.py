@@ -1,6 +1,7 @@
 """Compile the kernels for a GPU without one, exactly as a launch would.
 
-    python -m pixelaux.engines.compile_check [--preset bench-32] [--preset bench-pp32] [--arch 90] [--json F]
+    python -m pixelaux.engines.compile_check [--preset bench-32] [--preset bench-pp32] [--arch 90]
+                                             [--batch 1 16 256] [--precision ieee|tf32x3|both] [--json F]
 
 (from a source checkout too: the kernels are found by ``cached_triton.load_kernels``,
 installed as ``pixelaux.kernels`` or not).
@@ -18,9 +19,13 @@ arguments divisible by 16 or equal to 1, ``do_not_specialize``; the same
 constexprs and options, ``num_warps`` and ``enable_fp_fusion``) compiles the variant
 through its frontend, optimiser, LLVM and ptxas and returns it without launching.
 Per variant it reports registers, spill stack and local memory (``cuobjdump``,
-shipped with triton's NVIDIA backend) and shared memory (the compiled metadata),
-under the Triton that runs it (its version heads the report: register allocation
-and spills differ between Triton releases). No GPU, no driver: it says nothing
+shipped with triton's NVIDIA backend), the SASS's local loads and stores
+(``local_ops``: ``LDL``/``STL``) and shared memory (the compiled metadata), under the
+Triton that runs it (its version and the ptxas it compiles the arch with head the
+report: Triton 3.9 takes ``ptxas-blackwell`` for sm_90 too; register allocation and
+spills differ between releases). A variant *spills* with a stack frame or local
+memory; one whose frame no instruction touches (``local_ops=0``, ptxas's "0 bytes
+spill stores") is marked as a dead stack frame. No GPU, no driver: it says nothing
 about speed.
 
 Presets: ``bench-32``, ``tiny-16`` and ``bench-pp32`` (``pixelaux.bench``; the default
@@ -31,6 +36,15 @@ first), each at batches 1, 16 and 256 (the plans differ: channel tiles at small
 batches) for sampling (no known pixels), teacher forcing (known pixels and the
 returned parameters) and consistent decoding (sampling with a window of block 2, the
 sampler's largest variant). ``bench-pp32`` (width 80) is minutes of ptxas.
+
+``--precision``: the dots' ``input_precision`` of the plans compiled (``layout.LaunchPlan``;
+the plan walker of a ``PixelCNNpp`` takes the plan's group and precision): ``ieee``
+(the default plans, what the bench presets and every run without an override launch),
+``tf32x3`` (the opt-in, ``PIXELAUX_TRITON_PLAN=precision=tf32x3``: three TF32
+tensor-core products per dot, a different code path with its own register needs), or
+``both``, the default: a check of the launches a user can make covers the opt-in too.
+It doubles the compile time (a ``G < 16`` plan's pixel products are no dots: its
+``tf32x3`` pixel variants are the ``ieee`` code under another key; its row ops are dots).
 
 Needs the kernels imported *without* ``TRITON_INTERPRET`` (the variable is read when
 they are decorated).
@@ -56,7 +70,7 @@ from .triton_gated_buffers import CachedBuffers
 
 load_kernels()   # pixelaux.kernels: the installed subpackage or a source tree's kernels/
 from pixelaux.kernels import pixel_step, pp_pixel, pp_row, row_step  # noqa: E402
-from pixelaux.kernels.layout import choose_launch_plan  # noqa: E402
+from pixelaux.kernels.layout import PRECISIONS, choose_launch_plan  # noqa: E402
 
 #: Every kernel a launch can compile: the gated engine's, then the PixelCNN++ engine's.
 KERNELS = ((row_step, "row_init_kernel"), (row_step, "row_block_kernel"), (row_step, "advance_row_kernel"),
@@ -68,7 +82,7 @@ KERNELS = ((row_step, "row_init_kernel"), (row_step, "row_block_kernel"), (row_s
 #: The constexprs a report names a variant by (those a launcher passes).
 CONSTS = ("STAGE", "FIRST", "HAS_COND", "HID_P", "OT", "G", "DIST", "C", "E", "KH", "KW", "BLOCK_W", "HAS_KNOWN",
           "RETURN_PARAMS", "HAS_WINDOW", "BLOCK", "SH", "N", "STRIDE", "ACT", "HAS_SKIP", "GATE", "GR", "BW", "BK",
-          "BN", "CUR_IN_REGS")
+          "BN", "CUR_IN_REGS", "PREC")
 PRESET_NAMES = ("bench-32", "tiny-16", "bench-pp32", "default", "pyramid")
 DEFAULT_PRESETS = ("bench-32", "bench-pp32")
 BATCHES = (1, 16, 256)
@@ -97,6 +111,9 @@ def preset_stages(name: str):
 
 
 def _resources(cubin: bytes) -> dict:
+    """``reg``, ``stack``, ``shared``, ``local`` (``cuobjdump -res-usage``) and ``local_ops``:
+    the local-memory loads and stores of the SASS (``LDL``/``STL``: spill traffic; a stack
+    frame without them is never touched)."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
         return {}
@@ -104,12 +121,14 @@ def _resources(cubin: bytes) -> dict:
     with open(path, "wb") as f:
         f.write(cubin)
     try:
-        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True).stdout
+        out, sass = (subprocess.run([tool, flag, path], capture_output=True, text=True).stdout
+                     for flag in ("-res-usage", "-sass"))
     finally:
         os.remove(path)
     for ln in out.splitlines():
         if "REG:" in ln:
-            return {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", ln)}
+            res = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", ln)}
+            return dict(res, local_ops=len(re.findall(r"\b(?:LDL|STL)\b", sass)))
     return {}
 
 
@@ -175,21 +194,27 @@ def _compiling(arch, results, label):
         driver._active = old
 
 
-def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_forcing_only: bool = False) -> dict:
+def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_forcing_only: bool = False,
+                   precisions=("ieee",)) -> dict:
     """Compile what sampling, teacher forcing and consistent decoding launch for each
     stage and batch.
     ``stages``: ``[(label, model, (H, W), has_cond)]``, each model a ``GatedPixelCNN``
-    or a ``PixelCNNpp``; ``plans``: optional ``{batch: LaunchPlan}`` (gated models).
-    ``teacher_forcing_only``: the launches with known pixels and returned parameters
-    only. Returns ``{(kernel, hash): info}``; raises on a compile error."""
+    or a ``PixelCNNpp``; ``plans``: optional ``{batch: LaunchPlan}`` (replacing the default
+    plans of its batch, whatever ``precisions``; the plan walker takes its group and
+    precision); ``precisions``: the default plan of each batch is compiled with each of
+    these dots' precisions (``layout.PRECISIONS``). ``teacher_forcing_only``: the
+    launches with known pixels and returned parameters only. Returns
+    ``{(kernel, hash): info}``; raises on a compile error."""
     from triton.runtime.interpreter import InterpretedFunction
     if isinstance(pixel_step.pixel_fused_kernel, InterpretedFunction):
         raise RuntimeError("the kernels were imported with TRITON_INTERPRET=1: run this without it")
     results, label = {}, [""]
     with _compiling(arch, results, label), torch.no_grad():
         for name, model, (h, w), has_cond in stages:
-            for b in batches:
-                label[0] = f"{name} B={b}"
+            for b, prec in ((b, p) for b in batches for p in precisions):
+                plan = (plans or {}).get(b) or choose_launch_plan(b, plan_of(model).hidden, w,
+                                                                  override=f"precision={prec}")
+                label[0] = f"{name} B={b}" + ("" if plan.precision == "ieee" else f" {plan.precision}")
                 x = torch.zeros(b, model.channels, h, w, dtype=torch.long)
                 cond = torch.zeros(b, model.cond_channels, h, w) if has_cond and model.cond_channels else None
                 u = torch.rand(b, h, w, model.dist.num_uniforms)
@@ -197,9 +222,8 @@ def compile_stages(stages, arch: int = 90, batches=BATCHES, plans=None, teacher_
                          (None, False, _window(x, model.bits)))
                 for known, params, window in modes[1:2] if teacher_forcing_only else modes:
                     if not gated_shape(plan_of(model)):        # the plan walker's kernels
-                        _launch_plan_row(model, x, known, cond, u, params, window)
+                        _launch_plan_row(model, x, known, cond, u, params, window, plan)
                         continue
-                    plan = (plans or {}).get(b) or choose_launch_plan(b, model.hidden, w, override="")
                     buf = CachedBuffers(model, x, known, cond, u, 1.0, params, launch_plan=plan, window=window)
                     row_step.launch_row_step(buf)
                     pixel_step.launch_pixel_step(buf, min(1, w - 1))
@@ -213,10 +237,12 @@ def _window(x, bits):
     return dataclasses.replace(box_window(*full_boxes(x.shape, bits)), block=2)
 
 
-def _launch_plan_row(model, x, known, cond, u, params, window=None):
+def _launch_plan_row(model, x, known, cond, u, params, window=None, launch_plan=None):
     """Every launch of a row of the plan walker's highest trigger level (row 0: every
-    scale, every column, so every variant a run compiles)."""
-    build(model, x, known, cond, u, 1.0, return_params=params, window=window).launch_row(plan_of(model).scales - 1)
+    scale, every column, so every variant a run compiles); ``launch_plan``: its group
+    and precision."""
+    build(model, x, known, cond, u, 1.0, return_params=params, window=window,
+          launch_plan=launch_plan).launch_row(plan_of(model).scales - 1)
 
 
 def compile_all(configs=None, arch: int = 90, size=(4, 8), batches=(2,), plans=None,
@@ -236,13 +262,29 @@ def compile_all(configs=None, arch: int = 90, size=(4, 8), batches=(2,), plans=N
 
 
 def spills(info: dict) -> bool:
-    """Whether a compiled variant spills (stack or local memory)."""
+    """Whether a compiled variant spills: a stack frame or local memory (``dead_stack``
+    tells the frames that no instruction touches)."""
     return info.get("stack", 0) > 0 or info.get("local", 0) > 0
 
 
+def dead_stack(info: dict) -> bool:
+    """A stack frame and no local memory, loads or stores (``ptxas -v``: "N bytes stack
+    frame, 0 bytes spill stores, 0 bytes spill loads"): nothing spills at run time."""
+    return spills(info) and info.get("local", 0) == 0 and info.get("local_ops", 1) == 0
+
+
+def _ptxas(arch: int) -> str:
+    """The ptxas Triton compiles ``sm_<arch>`` with (3.9: ``ptxas-blackwell`` from sm_90)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(arch).path
+    except Exception:   # an older Triton
+        return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
 def header(arch: int) -> str:
-    """The toolchain the figures belong to: Triton's version and its ptxas."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    """The toolchain the figures belong to: Triton's version and the ptxas it uses."""
+    ptxas = _ptxas(arch)
     version = "ptxas not found"
     if os.path.exists(ptxas):
         out = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
@@ -253,25 +295,28 @@ def header(arch: int) -> str:
 
 def report(results: dict) -> tuple[list[str], int]:
     """One line per variant (kernel, preset and batch, warps, shared memory in bytes,
-    registers, spill stack and local memory in bytes, its constexprs) and one per
-    kernel (variants, most registers, most shared memory, how many spill);
-    ``(lines, variants that spill)``."""
+    registers, spill stack and local memory in bytes, local loads and stores, its
+    constexprs) and one per kernel (variants, most registers, most shared memory, how
+    many spill, how many of those only by a dead stack frame); ``(lines, variants that
+    spill)``."""
     lines, n_spill, per_kernel = [], 0, {}
     for info in results.values():
-        spill = spills(info)
+        spill, dead = spills(info), dead_stack(info)
         n_spill += spill
-        res = " ".join(f"{k}={info[k]}" for k in ("reg", "stack", "local") if k in info)
+        res = " ".join(f"{k}={info[k]}" for k in ("reg", "stack", "local", "local_ops") if k in info)
+        mark = "  <-- stack frame, no local loads/stores" if dead else "  <-- spills" if spill else ""
         lines.append(f"{info['kernel']:28s} {info['label']:22s} warps={info['num_warps']} smem={info['shared']:>6} "
-                     f"{res or '(no cuobjdump)'} {info['consts']}{'  <-- spills' if spill else ''}")
-        k = per_kernel.setdefault(info["kernel"], dict(n=0, reg=0, smem=0, spill=0))
+                     f"{res or '(no cuobjdump)'} {info['consts']}{mark}")
+        k = per_kernel.setdefault(info["kernel"], dict(n=0, reg=0, smem=0, spill=0, dead=0))
         k["n"] += 1
         k["reg"] = max(k["reg"], info.get("reg", 0))
         k["smem"] = max(k["smem"], info["shared"])
         k["spill"] += spill
+        k["dead"] += dead
     lines.append("per kernel:")
     for name, k in per_kernel.items():
         lines.append(f"  {name:28s} {k['n']:>3} variants, registers <= {k['reg']:>3}, "
-                     f"smem <= {k['smem']:>6}, {k['spill']} spill")
+                     f"smem <= {k['smem']:>6}, {k['spill']} spill ({k['dead']} a dead stack frame only)")
     return lines, n_spill
 
 
@@ -282,17 +327,23 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", action="append", choices=PRESET_NAMES, default=None,
                     help=f"models to compile for (repeatable; default {' and '.join(DEFAULT_PRESETS)})")
     ap.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
+    ap.add_argument("--precision", choices=(*PRECISIONS, "both"), default="both",
+                    help="the dots' precision of the plans compiled: ieee (the default plans), tf32x3 "
+                         "(the opt-in), or both (default)")
     ap.add_argument("--json", default=None, help="also write every variant's figures to this file")
     args = ap.parse_args(argv)
+    precisions = PRECISIONS if args.precision == "both" else (args.precision,)
     print(header(args.arch), flush=True)
     stages = [s for p in (args.preset or DEFAULT_PRESETS) for s in preset_stages(p)]
-    results = compile_stages(stages, arch=args.arch, batches=args.batch)
+    results = compile_stages(stages, arch=args.arch, batches=args.batch, precisions=precisions)
     lines, n_spill = report(results)
     print("\n".join(lines))
-    print(f"{len(results)} variants compiled for sm_{args.arch}, {n_spill} with spills ({header(args.arch)})")
+    n_dead = sum(map(dead_stack, results.values()))
+    print(f"{len(results)} variants compiled for sm_{args.arch} ({', '.join(precisions)}), {n_spill} with spills, "
+          f"{n_dead} of them a dead stack frame only ({header(args.arch)})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(toolchain=header(args.arch), variants=list(results.values())), f, indent=1, default=str)
+            json.dump(dict(toolchain=header(args.arch), precisions=list(precisions), variants=list(results.values())), f, indent=1, default=str)
     return 0
 
 
