@@ -42,7 +42,7 @@ import triton.language as tl
 
 from ._jitmath import mm, model_input
 
-ROW_M = 32          # rows of a row op's dots: GR images x BW columns
+ROW_M = 16          # rows of a row op's dots, GR images x BW columns: tl.dot's least (32 spill: _tiles)
 
 
 @triton.jit
@@ -245,11 +245,10 @@ def _p2(n: int) -> int:
 def _tiles(b: int, width: int, n: int, max_bn: int = 64):
     """``(GR, BW, BN)`` and the grid of a row op over ``b`` images, ``width`` output
     columns and ``n`` output channels (tiles of at most ``max_bn``): ``M = GR * BW`` of
-    16 rows, ``tl.dot``'s least (``ROW_M`` = 32 rows spill bench-pp32's row convs on
-    sm_90 under Triton 3.6 and 3.9, ``tf32x3`` most: ``compile_check``)."""
-    m = 16
-    bw = min(_p2(width), m)
-    gr = max(1, m // bw)
+    ``ROW_M`` rows (32 rows spill bench-pp32's row convs on sm_90 under Triton 3.6 and 3.9,
+    ``tf32x3`` most: ``compile_check``)."""
+    bw = min(_p2(width), ROW_M)
+    gr = max(1, ROW_M // bw)
     bn = max(16, min(_p2(n), max_bn))
     grid = (triton.cdiv(b, gr), triton.cdiv(n, bn), triton.cdiv(width, bw))
     return gr, bw, bn, grid
