@@ -104,11 +104,12 @@ BASELINE_NEED = {GATED: 15, PP: 30}
 MAX_WAIT = 240
 
 #: ``plans.csv``'s columns.
-PLAN_COLUMNS = ("preset", "batch", "label", "plan", "precision", "programs", "status", "ms_per_image", "speedup",
+PLAN_COLUMNS = ("preset", "batch", "label", "plan", "precision", "programs", "status", "ms_per_image",
+                "predicted_ms", "speedup",
                 "overhead", "gflops", "verdict", "equal", "tf_error", "tf_error_fp64", "note", "seconds",
                 "first_call_s")
 #: ``plans.md``'s columns.
-MD_COLUMNS = ("preset", "batch", "name", "plan", "programs/launch", "ms/image", "speedup vs naive",
+MD_COLUMNS = ("preset", "batch", "name", "plan", "programs/launch", "ms/image", "predicted", "speedup vs naive",
               "overhead vs forward", "exactness")
 
 
@@ -177,13 +178,68 @@ def pixel_programs(plan, batch: int, gated: bool = True) -> int:
     return plan.programs(batch) if gated else -(-batch // plan.group)
 
 
+# -- the cost model of docs/design.md, "Launch plans by batch size" (pure) --------------------
+
+#: Its assumptions for one H100/H200 SM, none measured: bytes per second one SM streams from
+#: L2, fp32 multiply-adds per second of its products (dot or summed; about half its FFMA
+#: peak), the factor tf32x3 dots gain, seconds per dependent kernel node of a CUDA graph.
+COST = dict(l2_bytes=110e9, fma=110e9, tf32x3=3.0, launch=2.5e-6)
+
+
+def stream_macs(model) -> tuple:
+    """``(row, pixel)``: multiply-adds per image and position of a ``GatedPixelCNN``'s row
+    op (the vertical stream, the first layer's row parts, the ``nin`` row terms) and of
+    its pixel op (the horizontal convs, the first layer's pixel part, the head): each
+    conv weight is used once per output position."""
+    pixel = row = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            n = mod.weight.numel()
+            if name == "ul_init_h" or name == "head" or (name.startswith("ul_blocks.") and "nin_skip" not in name):
+                pixel += n
+            else:
+                row += n
+    return row, pixel
+
+
+def predicted_ms_per_image(plan, batch: int, size: int, blocks: int, row_macs: int, pixel_macs: int,
+                           sms: int = 132, cost: dict = COST) -> float:
+    """The cost model's ms per image for a gated plan: per pixel, its launches (1 fused,
+    ``2 * blocks + 1`` split) times a graph node's latency, plus each wave of programs'
+    time, the larger of streaming its weights (``1 / tiles`` of them) and its products
+    (``G / tiles`` images' worth; a dot computes all ``G`` rows); per row the same for the
+    row op (grid ``(B, column tiles, channel tiles)``, ``row_step.row_block_w`` columns a
+    tile, ``2 + 2 * blocks`` launches, ``+ blocks`` with channel tiles); ``H * W`` pixels
+    and ``H`` rows per batch."""
+    def rate(dot: bool) -> float:
+        return cost["fma"] * (cost["tf32x3"] if dot and plan.precision == "tf32x3" else 1.0)
+
+    def wave_time(programs, weights, macs_per_program, dot):
+        waves = -(-programs // sms)
+        return waves * max(4.0 * weights / cost["l2_bytes"], macs_per_program / rate(dot))
+
+    from pixelaux.engines.cached_triton import load_kernels
+    tiles = -(-plan.hid_p // plan.pixel_tile)
+    launches = 1 if plan.fused else 2 * blocks + 1
+    g = plan.group if plan.group >= 16 else min(plan.group, batch)      # a dot computes all G rows
+    t_pixel = launches * cost["launch"] + wave_time(plan.programs(batch), pixel_macs / tiles,
+                                                    g * pixel_macs / tiles, plan.group >= 16)
+    row_tiles = -(-plan.hid_p // plan.row_tile)
+    programs = batch * -(-size // load_kernels().row_step.row_block_w(batch, size, plan.row_tile, plan.hid_p)) * row_tiles
+    row_launches = 2 + 2 * blocks + (blocks if row_tiles > 1 else 0)
+    t_row = row_launches * cost["launch"] + wave_time(programs, row_macs / row_tiles,
+                                                      batch * size * row_macs / programs, True)
+    return 1e3 * (size * size * t_pixel + size * t_row) / batch
+
+
 # -- a row's figures and verdict (pure) ------------------------------------------------------
 
-def plan_row(preset: str, batch: int, label: str, plan, gated: bool = True) -> dict:
-    """A row of ``plans.csv`` before it is measured (``status`` ``"pending"``)."""
+def plan_row(preset: str, batch: int, label: str, plan, gated: bool = True, predicted=None) -> dict:
+    """A row of ``plans.csv`` before it is measured (``status`` ``"pending"``);
+    ``predicted``: the cost model's ms/image (gated plans), or None."""
     row = dict.fromkeys(PLAN_COLUMNS)
     row.update(preset=preset, batch=batch, label=label, plan=plan.describe(), precision=plan.precision,
-               programs=pixel_programs(plan, batch, gated), status="pending")
+               programs=pixel_programs(plan, batch, gated), status="pending", predicted_ms=predicted)
     return row
 
 
@@ -237,7 +293,8 @@ def markdown_table(rows: list) -> str:
         if r.get("note"):
             exact += f": {r['note']}"
         cells = (r["preset"], str(r["batch"]), r["label"], f"`{r['plan']}`", str(r["programs"]),
-                 _fmt(r["ms_per_image"], ".4g"), _times(r["speedup"]), _times(r["overhead"]),
+                 _fmt(r["ms_per_image"], ".4g"), _fmt(r.get("predicted_ms"), ".3g"), _times(r["speedup"]),
+                 _times(r["overhead"]),
                  exact.replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -742,7 +799,12 @@ def run_all(ck: Check, args):
            + ", ".join(f"{n} {v['flops'] / 1e9:.2f}" for n, v in presets.items()))
 
     # -- 2. the plan matrix -------------------------------------------------------------------
-    rows = [plan_row(preset, b, label, plan, presets[preset]["gated"]) for preset, b, label, plan in order]
+    gm = g["model"]
+    macs = stream_macs(gm)
+    rows = [plan_row(preset, b, label, plan, presets[preset]["gated"],
+                     predicted_ms_per_image(plan, b, g["size"], len(gm.ul_blocks), *macs, sms)
+                     if preset == GATED else None)
+            for preset, b, label, plan in order]
     contexts, baselines = {}, []
     ck.data["plans"] = rows
     write_plans(args.out, rows)

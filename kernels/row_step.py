@@ -236,6 +236,17 @@ def advance_row_kernel(row_ptr):
 
 # -- launchers ------------------------------------------------------------------------
 
+def row_block_w(batch: int, width: int, row_tile: int, hid_p: int) -> int:
+    """Columns per program of the row op's blocks (the ``M`` of its dots): 64, 32 or 16 by
+    the channel tile (registers), and 16 while the grid ``(B, column tiles, channel
+    tiles)`` would have fewer than 16 programs (batch 1: twice the programs)."""
+    p2 = triton.next_power_of_2
+    bw = max(16, min(64 if row_tile <= 32 else 32 if row_tile <= 128 else 16, p2(width)))
+    if batch * triton.cdiv(width, bw) * triton.cdiv(hid_p, row_tile) < 16:
+        bw = 16
+    return bw
+
+
 def _sizes(buf) -> dict:
     """Block sizes. Every dot dimension is a power of two >= 16 (``tl.dot`` wants it);
     the chunks keep each dot operand at <= 4096 floats: larger ones spill registers
@@ -246,7 +257,7 @@ def _sizes(buf) -> dict:
     p2 = triton.next_power_of_2
     hid_p = buf.launch_plan.hid_p
     ot = buf.launch_plan.row_tile
-    block_w = max(16, min(64 if ot <= 32 else 32 if ot <= 128 else 16, p2(buf.W)))
+    block_w = row_block_w(buf.B, buf.W, ot, hid_p)
     kt = p2(buf.KH * buf.KW * 2 * hid_p)                  # a conv's flattened (tap, channel) size
     most = 128 if buf.launch_plan.precision == "ieee" else 64
     bk = lambda out_p: max(16, min(most, kt, 4096 // max(out_p, block_w)))
