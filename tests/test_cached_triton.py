@@ -592,7 +592,9 @@ def test_bad_temperature_is_rejected():
 def test_kernels_compile_for_a_gpu_without_one():
     """The interpreter does not compile the kernels: compile every variant the
     launchers use for sm_90 (Triton's frontend, LLVM and the ptxas shipped with
-    triton; no GPU or driver needed), in a process without TRITON_INTERPRET."""
+    triton; no GPU or driver needed), in a process without TRITON_INTERPRET: matrix-vector
+    products (batch 1, split; batch 3, fused) and dots (batch 17: groups of 16, split over
+    8-channel tiles, so conv1's products are summed and conv2's a dot)."""
     import triton.backends
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this triton has no NVIDIA backend")
@@ -602,8 +604,8 @@ def test_kernels_compile_for_a_gpu_without_one():
             "from pixelaux.kernels.layout import choose_launch_plan\n"
             "r = compile_all([dict(channels=3, bits=8, hidden=20, blocks=1, nr_mix=3, cond_channels=2)],\n"
             "                batches=(1,), plans={1: choose_launch_plan(1, 20, 8, override='pixel_tile=16')})\n"
-            "r.update(compile_all([dict(channels=1, bits=4, hidden=5, blocks=0, kernel_size=5,\n"
-            "                            dist='categorical')], batches=(3,)))\n"
+            "r.update(compile_all([dict(channels=1, bits=4, hidden=5, blocks=1, kernel_size=5,\n"
+            "                            dist='categorical')], batches=(17,)))\n"
             "r.update(compile_all([dict(channels=1, bits=16, hidden=8, blocks=1, dist='categorical',\n"
             "                            embed_dim=70)], batches=(3,)))\n"
             "names = sorted({v['kernel'] for v in r.values()})\n"
