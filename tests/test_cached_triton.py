@@ -320,13 +320,17 @@ def test_groups_and_tiles_match_cached_torch(batch, plan, shape):
 @pytest.mark.slow
 @pytest.mark.parametrize("plan", ["", SPLIT], ids=["fused", "split"])
 def test_rows_wider_than_a_column_tile(plan):
-    """W = 70: two column tiles of the row op's blocks (64 wide) and five of its first
-    layer (16 wide); teacher forcing (fused plan) and the naive engine's images (split)."""
+    """W = 70: at batch 1 the row op's blocks take five column tiles of 16 (the last
+    partial; ``row_step.row_block_w``), its first layer five of 16 too; teacher forcing
+    (fused plan) and the naive engine's images (split). The 64-column tiles of larger
+    batches: ``test_row_step_in_64_column_tiles``."""
+    from pixelaux.kernels.row_step import row_block_w
     model = _model(5, channels=1, bits=4, hidden=18, blocks=1, dist="categorical")
     h, w = 2, 70
     x = random_images(model, 1, h, w, seed=1).to(DEVICE)
     u = torch.rand(1, h, w, 1, generator=_gen(2))
     pl = _plan(model, 1, w, plan)
+    assert row_block_w(1, w, pl.row_tile, pl.hid_p) == 16
     if plan == "":
         full = torch.ones(1, h, w, dtype=torch.bool, device=DEVICE)
         _, params = cached_triton.run(model, x, full, None, u, 1.0, return_params=True, launch_plan=pl)
@@ -335,6 +339,25 @@ def test_rows_wider_than_a_column_tile(plan):
     x0 = torch.zeros_like(x)
     got, params = cached_triton.run(model, x0, None, None, u, 1.0, return_params=True, launch_plan=pl)
     _tie_checked(model, u, 1.0, naive.run(model, x0, None, None, u, 1.0, return_params=True), (got, params), "W=70")
+
+
+@pytest.mark.parametrize("plan", ["", SPLIT], ids=["one-tile", "channel-tiles"])
+def test_row_step_in_64_column_tiles(plan):
+    """8 images of W = 70: the row op's blocks in two column tiles of 64 (the second
+    partial), one launch of each row kernel against its reference, in the middle of a run."""
+    from pixelaux.kernels.row_step import row_block_w
+    cfg = dict(channels=2, bits=5, hidden=18, blocks=2, kernel_size=3, nr_mix=2, dist="logistic", cond_channels=1)
+    buf = _random_buffers(cfg, 8, 3, 70, 2, seed=4, plan=plan)
+    assert row_block_w(8, 70, buf.launch_plan.row_tile, buf.launch_plan.hid_p) == 64
+    ref = buf.clone()
+    K.launch_row_step(buf)
+    K.row_step_reference(ref)
+    for name, t in ref.state().items():     # float32 sums in two orders: within 1e-5 of the scale (~1e-6 seen)
+        got = getattr(buf, name)
+        if name in ("x", "row"):
+            assert torch.equal(got, t), name
+        else:
+            assert (got - t).abs().max() <= 1e-5 * t.abs().max(), name
 
 
 @pytest.mark.parametrize("kind", ["grayscale", "pyramid"])
