@@ -14,13 +14,13 @@ Two launch plans (``layout.LaunchPlan``), same arithmetic:
   one program computes every output channel of every layer for its images. The
   current tap of each conv (``concat_elu`` of the value just computed) is stored into
   the ring buffer (for the later pixels) and, after a CTA barrier, read back with the
-  cached taps (earlier columns and rows), ``BK`` channels a dot, so no weight tile is
+  cached taps (earlier columns and rows), ``BK`` channels a product, so no weight tile is
   wider than ``[BK, OUT]`` (at most 4096 floats). (A dot of the whole current tap from
   registers needs a ``[2*HID, OUT]`` tile: 16384 floats at bench-32's width, which
   Triton 3.6 held in registers, 255 of them with 1.2 KB of spill stack per variant.)
 * **split** (``pixel_conv_kernel`` + ``pixel_head_kernel``, ``2 * blocks + 1``
-  launches per pixel): for small batches, each conv's output channels are tiled
-  over ``cdiv(HID, OT)`` programs (grid ``(cdiv(B, G), tiles)``), so one pixel uses
+  launches per pixel): from 5 images (``layout.choose_launch_plan``), each conv's output
+  channels are tiled over ``cdiv(HID, OT)`` programs (grid ``(cdiv(B, G), tiles)``), so one pixel uses
   ``tiles`` times more SMs and each reads ``1 / tiles`` of the weights. A launch
   boundary is the synchronisation between layers (a conv needs every channel of its
   input); every tap, the current one included, is read from the ring in chunks of
