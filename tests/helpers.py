@@ -258,3 +258,16 @@ def run_without_interpreter(code: str):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "0")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)
+
+
+def triton_kernels_or_skip():
+    """``(kernels, device)`` for a Triton test module: ``pixelaux.kernels`` and where its
+    kernels run (``"cpu"`` under ``TRITON_INTERPRET=1``, else ``"cuda"``); skips the whole
+    module when triton is missing or the kernels can run nowhere here."""
+    pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
+    from pixelaux.engines import cached_triton
+    kernels = cached_triton.load_kernels()
+    if not kernels.interpreted() and not torch.cuda.is_available():  # pragma: no cover
+        pytest.skip("the Triton kernels were imported without TRITON_INTERPRET=1 and there is no GPU",
+                    allow_module_level=True)
+    return kernels, "cpu" if kernels.interpreted() else "cuda"

@@ -23,26 +23,18 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
-
-from helpers import (assert_matches_forward, param_error, random_cond, random_gated,  # noqa: E402
+from helpers import (assert_matches_forward, param_error, random_cond, random_gated,
                      random_images, RowCounter, run_without_interpreter, spy_tf32_in_cond_terms, StandInCapture,
-                     tf32_on)
+                     tf32_on, triton_kernels_or_skip)
+
+K, DEVICE = triton_kernels_or_skip()
 import pixelaux  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.engines import cached_triton, naive, triton_buffers  # noqa: E402
 from pixelaux.engines.triton_gated_buffers import CachedBuffers  # noqa: E402
-
-K = cached_triton.load_kernels()
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
 from pixelaux.kernels import _jitmath as jm  # noqa: E402
-
-if not K.interpreted() and not torch.cuda.is_available():  # pragma: no cover
-    pytest.skip("the Triton kernels were imported without TRITON_INTERPRET=1 and there is no GPU",
-                allow_module_level=True)
-
-DEVICE = "cpu" if K.interpreted() else "cuda"
 
 
 def _gen(seed):

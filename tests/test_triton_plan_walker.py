@@ -20,24 +20,16 @@ Runs the kernels under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
 import pytest
 import torch
 
-pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test] installs it)")
-
-from helpers import (assert_matches_forward, one_thread, randomize,  # noqa: E402,F401
+from helpers import (assert_matches_forward, one_thread, randomize,  # noqa: F401
                      RowCounter, run_without_interpreter, spy_tf32_in_cond_terms, StandInCapture,
-                     tf32_on)
+                     tf32_on, triton_kernels_or_skip)
+
+K, DEVICE = triton_kernels_or_skip()
 import pixelaux  # noqa: E402
 from pixelaux import engines  # noqa: E402
 from pixelaux.engines import cached_triton, naive, triton_buffers  # noqa: E402
 from pixelaux.engines.plan import plan_of  # noqa: E402
-
-K = cached_triton.load_kernels()
 from pixelaux.kernels import pp_pixel as P, pp_row as R  # noqa: E402
-
-if not K.interpreted() and not torch.cuda.is_available():  # pragma: no cover
-    pytest.skip("the Triton kernels were imported without TRITON_INTERPRET=1 and there is no GPU",
-                allow_module_level=True)
-
-DEVICE = "cpu" if K.interpreted() else "cuda"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")    # tiny ops: threads only add spin-waits
